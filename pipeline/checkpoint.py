@@ -1,0 +1,66 @@
+"""Checkpoints as plain data (loadable with weights_only=True) and atomic artifact writes."""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError
+
+KIND = "prunedroid/checkpoint"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path` in one step, on
+    failure removed. Readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__}
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Writes `checkpoint` (arch, state_dict, recipe, metrics, ... - plain data only) with its kind and versions."""
+    with atomic_path(path) as tmp:
+        torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "versions": library_versions(), **checkpoint}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Loads a checkpoint written by save_checkpoint, refusing anything else with a message that says why."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"checkpoint not found: {path}. Train one with `invoke train` or check the path.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise PipelineError(f"{path} is not a readable checkpoint (corrupted, truncated or not a PyTorch file): "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != KIND:
+        raise PipelineError(f"{path} is a PyTorch file but not a prunedroid checkpoint (no kind '{KIND}'); "
+                            f"pass a checkpoint written by `invoke train`.")
+    if checkpoint.get("format_version") != FORMAT_VERSION:
+        raise PipelineError(f"{path} has checkpoint format {checkpoint.get('format_version')}, this version reads "
+                            f"{FORMAT_VERSION}; re-create it with this version of prunedroid.")
+    return checkpoint

@@ -1,0 +1,102 @@
+"""VGG16 with BatchNorm for 32x32 inputs, described by data so a pruned model rebuilds from its checkpoint alone."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+# Channels of the 13 conv layers of VGG16 and the conv indices after which a 2x2 max-pool halves the map.
+VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+VGG16_POOL_AFTER = (1, 3, 6, 9, 12)
+
+
+@dataclass(frozen=True)
+class VGGSpec:
+    """Everything needed to rebuild the network: per-layer widths, not a class name and a multiplier.
+
+    conv_channels: output channels of each 3x3 conv (pruning edits these).
+    pool_after: conv indices followed by a 2x2 max-pool; five pools take 32x32 down to 1x1.
+    hidden: width of the classifier's hidden layer (Linear -> BN -> ReLU), 0 for a single Linear.
+    """
+
+    conv_channels: tuple[int, ...]
+    pool_after: tuple[int, ...] = VGG16_POOL_AFTER
+    hidden: int = 512
+    num_classes: int = 10
+    in_channels: int = 3
+    name: str = field(default="vgg16_bn")
+
+    def __post_init__(self) -> None:
+        if not self.conv_channels or min(self.conv_channels) < 1:
+            raise PipelineError(f"every conv layer needs at least one channel, got {list(self.conv_channels)}")
+        if any(not 0 <= i < len(self.conv_channels) for i in self.pool_after):
+            raise PipelineError(f"pool_after {list(self.pool_after)} names a layer outside 0..{len(self.conv_channels) - 1}")
+
+    def to_dict(self) -> dict:
+        spec = asdict(self)
+        spec["conv_channels"] = list(self.conv_channels)
+        spec["pool_after"] = list(self.pool_after)
+        return spec
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "VGGSpec":
+        try:
+            return cls(**{**spec, "conv_channels": tuple(spec["conv_channels"]), "pool_after": tuple(spec["pool_after"])})
+        except (KeyError, TypeError) as err:
+            raise PipelineError(f"not a VGG architecture description ({err}): {spec!r}") from err
+
+
+def vgg16_spec(width: float = 1.0, num_classes: int = 10) -> VGGSpec:
+    """VGG16-BN for CIFAR with every layer (classifier hidden included) scaled by `width`."""
+    if width <= 0:
+        raise PipelineError(f"width must be > 0, got {width}")
+    scale = lambda c: max(1, round(c * width))  # noqa: E731
+    return VGGSpec(conv_channels=tuple(scale(c) for c in VGG16_CHANNELS), hidden=scale(512), num_classes=num_classes)
+
+
+class VGG(nn.Module):
+    """features: [Conv3x3 -> BN -> ReLU (-> MaxPool)] x 13; classifier: Linear -> BN -> ReLU -> Linear.
+
+    Input (N, 3, 32, 32) normalised images; output (N, num_classes) logits.
+    """
+
+    def __init__(self, spec: VGGSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        layers: list[nn.Module] = []
+        in_channels = spec.in_channels
+        for index, out_channels in enumerate(spec.conv_channels):
+            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                       nn.ReLU(inplace=True)]
+            if index in spec.pool_after:
+                layers.append(nn.MaxPool2d(2))
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        if spec.hidden:
+            self.classifier = nn.Sequential(nn.Linear(in_channels, spec.hidden, bias=False), nn.BatchNorm1d(spec.hidden),
+                                            nn.ReLU(inplace=True), nn.Linear(spec.hidden, spec.num_classes))
+        else:
+            self.classifier = nn.Sequential(nn.Linear(in_channels, spec.num_classes))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def build_model(spec: VGGSpec | dict) -> VGG:
+    return VGG(spec if isinstance(spec, VGGSpec) else VGGSpec.from_dict(spec))

@@ -1,0 +1,42 @@
+"""Shared fixtures: synthetic CIFAR-10 batches written in the official python format (no network, no real data)."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import data as cifar
+
+REAL_CIFAR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / cifar.ARCHIVE_FOLDER
+
+
+def write_batch(path: Path, seed: int, images: int = cifar.IMAGES_PER_BATCH_FILE) -> None:
+    """One batch file laid out as the official ones: a pickled dict with bytes keys and a uint8 array. Protocol 4,
+    because Python 3 writes protocol-2 bytes through _codecs.encode, a global the official (Python 2) files lack."""
+    rng = np.random.default_rng(seed)
+    batch = {b"batch_label": f"synthetic batch {seed}".encode(),
+             b"labels": rng.integers(0, 10, images).tolist(),
+             b"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
+             b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(images)]}
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh, protocol=4)
+
+
+def write_cifar_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate((*cifar.TRAIN_FILES, cifar.TEST_FILE)):
+        write_batch(folder / name, seed)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """A complete synthetic cifar-10-batches-py folder (random images and labels); treat as read-only."""
+    return write_cifar_dir(tmp_path_factory.mktemp("synthetic") / cifar.ARCHIVE_FOLDER)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(cifar_dir) -> cifar.Cifar10:
+    return cifar.load_cifar10(cifar_dir, holdout=500, download=False)

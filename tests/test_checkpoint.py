@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from pipeline.checkpoint import KIND, atomic_path, load_checkpoint, save_checkpoint
+from pipeline.errors import PipelineError
+from pipeline.models import build_model, vgg16_spec
+from pipeline.train import model_from_checkpoint
+
+
+def test_round_trip_is_plain_data(tmp_path):
+    spec = vgg16_spec(0.0625)
+    model = build_model(spec)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"arch": spec.to_dict(), "state_dict": model.state_dict(), "recipe": {"lr": 0.1},
+                           "metrics": {"test": {"top1": 0.5}}, "seed": 3})
+    raw = torch.load(path, weights_only=True)  # no pickled classes: loads under the safe loader
+    assert raw["kind"] == KIND and raw["versions"]["torch"] == torch.__version__
+    restored = model_from_checkpoint(load_checkpoint(path))
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), restored.eval()
+    assert torch.equal(model(x), restored(x))
+
+
+def test_missing_corrupt_and_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(PipelineError, match="checkpoint not found.*invoke train"):
+        load_checkpoint(tmp_path / "nope.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(PipelineError, match="corrupt.pt is not a readable checkpoint"):
+        load_checkpoint(corrupt)
+    truncated = tmp_path / "truncated.pt"
+    save_checkpoint(truncated, {"state_dict": build_model(vgg16_spec(0.0625)).state_dict()})
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(PipelineError, match="not a readable checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": torch.zeros(3)}, foreign)
+    with pytest.raises(PipelineError, match="not a prunedroid checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_mismatched_weights_are_a_clear_error(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"arch": vgg16_spec(0.125).to_dict(),
+                           "state_dict": build_model(vgg16_spec(0.0625)).state_dict()})
+    with pytest.raises(PipelineError, match="do not match its architecture"):
+        model_from_checkpoint(load_checkpoint(path))
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "artifact.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact.bin"]

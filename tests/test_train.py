@@ -1,0 +1,95 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import PipelineError
+from pipeline.train import CHECKPOINT_NAME, PRESETS, lr_at, make_config, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+    for schedule in ("cosine", "onecycle"):
+        rates = [lr_at(step, 100, 10, 0.2, schedule) for step in range(100)]
+        assert rates[9] == pytest.approx(0.2)  # peak at the end of warm-up
+        assert all(a < b for a, b in zip(rates[:9], rates[1:10]))
+        assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+        assert rates[-1] < 0.01
+    assert lr_at(55, 100, 10, 0.2, "cosine") == pytest.approx(0.1)  # half-way through the decay
+    assert lr_at(55, 100, 10, 0.2, "onecycle") == pytest.approx(0.1)
+
+
+def test_presets_and_overrides():
+    assert make_config("quick") == PRESETS["quick"]
+    config = make_config("smoke", {"epochs": "3", "lr": "0.5", "channels_last": "no", "train_limit": "none",
+                                   "width": None})
+    assert (config.epochs, config.lr, config.channels_last, config.train_limit) == (3, 0.5, False, None)
+    assert config.width == PRESETS["smoke"].width
+    assert PRESETS["paper"].width == 1.0 and PRESETS["quick"].width < 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": "ten"}, "--epochs expects int"), ({"lr": "-1"}, "lr must be > 0"),
+    ({"schedule": "step"}, "schedule must be one of"), ({"nesterov": "maybe"}, "--nesterov expects bool"),
+    ({"bogus": "1"}, "unknown training option"),
+])
+def test_bad_options_are_clear_errors(overrides, message):
+    with pytest.raises(PipelineError, match=message):
+        make_config("smoke", overrides)
+    with pytest.raises(PipelineError, match="unknown preset"):
+        make_config("huge")
+
+
+def test_smoke_training_writes_a_complete_checkpoint(synthetic_data, tmp_path):
+    config = make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1"})
+    result = train(config, synthetic_data, tmp_path, progress=False)
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert checkpoint["epoch"] == 1 and checkpoint["recipe"]["train_limit"] == 256
+    assert checkpoint["metrics"]["test"]["images"] == 200
+    assert checkpoint["metrics"]["test"]["top1"] == result["metrics"]["test"]["top1"]
+    assert checkpoint["cost"]["macs"] > 0 and checkpoint["data"]["classes"][0] == "airplane"
+    assert checkpoint["history"][0]["holdout_top1"] >= 0
+    with pytest.raises(PipelineError, match="already exists; pass --resume"):
+        train(config, synthetic_data, tmp_path, progress=False)
+    with pytest.raises(PipelineError, match=r"cannot resume .*lr: checkpoint 0.05 vs now 0.1"):
+        train(make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1", "lr": "0.1"}),
+              synthetic_data, tmp_path, resume=True, progress=False)
+
+
+def _invoke_train(out: Path, cifar_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "invoke", "train", "--preset", "smoke", "--epochs", "4", "--threads", "1",
+            "--out", str(out), "--data-dir", str(cifar_dir), *extra]
+
+
+def test_killed_training_resumes_to_the_same_result(cifar_dir, tmp_path):
+    """Kill -9 mid-run, then --resume: the final weights equal an uninterrupted run's, bit for bit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(_invoke_train(tmp_path / "whole", cifar_dir), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_invoke_train(killed, cifar_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (killed / CHECKPOINT_NAME).exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.1)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = load_checkpoint(killed / CHECKPOINT_NAME)["epoch"]
+    assert process.returncode == -signal.SIGKILL and 1 <= interrupted_at < 4, "the kill did not land mid-run"
+
+    resumed = subprocess.run(_invoke_train(killed, cifar_dir, "--resume"), cwd=ROOT, env=env, check=True,
+                             capture_output=True, text=True)
+    assert f"resuming {killed / CHECKPOINT_NAME} after epoch {interrupted_at}/4" in resumed.stdout
+    whole, again = load_checkpoint(tmp_path / "whole" / CHECKPOINT_NAME), load_checkpoint(killed / CHECKPOINT_NAME)
+    assert again["epoch"] == 4 and [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in whole["history"]]
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, again["state_dict"][name]), name
+    assert again["metrics"] == whole["metrics"]
