@@ -33,6 +33,7 @@ TRAIN_HELP = {
     "test_limit": "evaluate on the first N test images only (default: all 10,000)",
     "channels_last": "NHWC memory format: yes/no",
     "threads": "torch intra-op threads (default: torch's choice)",
+    "device": "auto (a CUDA GPU when present), cpu, cuda or cuda:N",
 }
 
 
@@ -54,7 +55,7 @@ def reports_errors(function):
 def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, width=None, epochs=None,
           batch_size=None, lr=None, momentum=None, nesterov=None, weight_decay=None, warmup_epochs=None,
           schedule=None, label_smoothing=None, seed=None, holdout=None, train_limit=None, test_limit=None,
-          channels_last=None, threads=None):
+          channels_last=None, threads=None, device=None):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
     from pipeline.data import load_cifar10
     from pipeline.train import make_config, train as run_training
@@ -62,7 +63,7 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
     overrides = dict(width=width, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
                      label_smoothing=label_smoothing, seed=seed, holdout=holdout, train_limit=train_limit,
-                     test_limit=test_limit, channels_last=channels_last, threads=threads)
+                     test_limit=test_limit, channels_last=channels_last, threads=threads, device=device)
     config = make_config(preset, overrides)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path("runs") / preset, resume=resume, overwrite=overwrite,

@@ -52,6 +52,10 @@ class Split:
         """The first `count` images (all when None): slices for smoke runs and tests."""
         return self if count is None else Split(self.images[:count], self.labels[:count])
 
+    def to(self, device: torch.device | str) -> "Split":
+        """The split on `device`: on a GPU the whole uint8 set (150 MB) lives there and is augmented there."""
+        return Split(self.images.to(device), self.labels.to(device))
+
 
 @dataclass(frozen=True)
 class Cifar10:
@@ -188,14 +192,16 @@ def load_cifar10(data_dir: str | Path | None = None, holdout: int = 5000, downlo
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 normalised with the CIFAR-10 mean/std."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
     return (images.float() - mean) / std
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop after zero-padding by `pad` pixels, then a random horizontal flip, for a whole uint8 batch at
-    once (one gather instead of N per-image transforms). (N, 3, H, W) -> same shape."""
+    once (one gather instead of N per-image transforms). (N, 3, H, W) -> same shape.
+
+    The random draws come from a CPU generator whatever the device, so CPU and GPU runs see the same crops."""
     n, _, height, width = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -203,10 +209,11 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
     flip = torch.rand(n, generator=generator) < 0.5
     cols = torch.arange(width)
     cols = torch.where(flip[:, None], cols.flip(0), cols)  # a flip is a reversed column order
-    rows = dy[:, None] + torch.arange(height)
-    cols = dx[:, None] + cols
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    rows = (dy[:, None] + torch.arange(height)).to(images.device)
+    cols = (dx[:, None] + cols).to(images.device)
+    n_index, c_index = torch.arange(n, device=images.device), torch.arange(3, device=images.device)
+    return padded[n_index[:, None, None, None], c_index[None, :, None, None], rows[:, None, :, None],
+                  cols[:, None, None, :]]
 
 
 def batches(split: Split, batch_size: int, *, generator: torch.Generator | None = None, train: bool = False,
@@ -220,7 +227,7 @@ def batches(split: Split, batch_size: int, *, generator: torch.Generator | None 
     if train:
         if generator is None:
             raise ValueError("train=True needs a generator")
-        order = torch.randperm(count, generator=generator)
+        order = torch.randperm(count, generator=generator).to(split.images.device)
         stops = range(batch_size, count + 1, batch_size)
     else:
         order = None

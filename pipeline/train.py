@@ -17,7 +17,7 @@ from pipeline import data as cifar
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
-from pipeline.models import VGGSpec, build_model, vgg16_spec
+from pipeline.models import build_model, vgg16_spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SCHEDULES = ("cosine", "onecycle")
@@ -43,6 +43,7 @@ class TrainConfig:
     test_limit: int | None = None  # evaluate on the first N test images (smoke runs); None = all 10,000
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
     threads: int | None = None  # torch intra-op threads; None = torch's default
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
         checks = [(self.width > 0, "width must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
@@ -56,7 +57,9 @@ class TrainConfig:
                   (self.train_limit is None or self.train_limit >= self.batch_size,
                    "train_limit must be at least one batch"),
                   (self.test_limit is None or self.test_limit >= 1, "test_limit must be >= 1"),
-                  (self.threads is None or self.threads >= 1, "threads must be >= 1")]
+                  (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+                  (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+                   "device must be auto, cpu, cuda[:N] or mps")]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise PipelineError("bad training options: " + "; ".join(problems))
@@ -113,6 +116,18 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule:
     return peak * (1 - progress)
 
 
+# Options that change where and how fast a run goes, not what it computes: a resume may change them.
+NON_RECIPE_OPTIONS = ("threads", "device")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device {name!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The only source of randomness in an epoch (order and augmentation), so a resumed run repeats it exactly."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -120,16 +135,17 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channels_last: bool = True) -> dict:
-    """Top-1 accuracy (fraction) and mean cross-entropy of `model` on `split`."""
+    """Top-1 accuracy (fraction) and mean cross-entropy of `model` on `split`, on the model's device."""
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
-    for images, labels in cifar.batches(split, batch_size, channels_last=channels_last):
+    device = next(model.parameters()).device
+    correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    for images, labels in cifar.batches(split.to(device), batch_size, channels_last=channels_last):
         logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
     model.train(was_training)
-    return {"top1": correct / len(split), "loss": loss_sum / len(split), "images": len(split)}
+    return {"top1": correct.item() / len(split), "loss": loss_sum.item() / len(split), "images": len(split)}
 
 
 def model_from_checkpoint(checkpoint: dict) -> nn.Module:
@@ -144,7 +160,7 @@ def model_from_checkpoint(checkpoint: dict) -> nn.Module:
 def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
     saved = checkpoint.get("recipe", {})
     differing = [name for name, value in dataclasses.asdict(config).items()
-                 if name != "threads" and saved.get(name) != value]
+                 if name not in NON_RECIPE_OPTIONS and saved.get(name) != value]
     if differing:
         details = ", ".join(f"{name}: checkpoint {saved.get(name)!r} vs now {getattr(config, name)!r}"
                             for name in differing)
@@ -156,55 +172,46 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
           overwrite: bool = False, progress: bool = True) -> dict:
     """Trains VGG16 per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final checkpoint.
 
-    resume=True continues from that checkpoint's epoch with identical results to an uninterrupted run.
+    resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
+    run (on a GPU, cuDNN's kernel choice may differ in the last bits).
     """
     path = Path(out_dir) / CHECKPOINT_NAME
+    device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    train_split = data.train.head(config.train_limit)
-    test_split = data.test.head(config.test_limit)
+    train_split = data.train.head(config.train_limit).to(device)
+    holdout, test_split = data.holdout.to(device), data.test.head(config.test_limit).to(device)
     steps_per_epoch = len(train_split) // config.batch_size
     total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
 
     torch.manual_seed(config.seed)
-    spec = vgg16_spec(config.width, num_classes=len(cifar.CLASSES))
-    model = build_model(spec)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
-    start_epoch, history = 0, []
-    if path.exists():
-        if resume:
-            checkpoint = load_checkpoint(path)
-            _check_resumable(checkpoint, config, path)
-            model = model_from_checkpoint(checkpoint)
-            optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                        nesterov=config.nesterov, weight_decay=config.weight_decay)
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            start_epoch, history = checkpoint["epoch"], list(checkpoint["history"])
-            print(f"resuming {path} after epoch {start_epoch}/{config.epochs}")
-        elif not overwrite:
-            raise PipelineError(f"{path} already exists; pass --resume to continue it, --overwrite to start over, "
-                                f"or --out to train into another folder.")
+    checkpoint = {"arch": vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict(), "epoch": 0,
+                  "history": []}
+    if path.exists() and resume:
+        checkpoint = load_checkpoint(path)
+        _check_resumable(checkpoint, config, path)
+        print(f"resuming {path} after epoch {checkpoint['epoch']}/{config.epochs}")
+        if checkpoint["epoch"] >= config.epochs:
+            return checkpoint
+    elif path.exists() and not overwrite:
+        raise PipelineError(f"{path} already exists; pass --resume to continue it, --overwrite to start over, "
+                            f"or --out to train into another folder.")
     elif resume:
         print(f"nothing to resume at {path}; starting from scratch")
-    if start_epoch >= config.epochs:
-        print(f"{path} already finished all {config.epochs} epochs")
-        return checkpoint
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model_from_checkpoint(checkpoint) if "state_dict" in checkpoint else build_model(checkpoint["arch"])
     cost = count_cost(model)
+    model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if "optimizer" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    history = list(checkpoint["history"])
 
-    def snapshot(epoch: int, metrics: dict) -> dict:
-        return {"arch": spec.to_dict(), "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "recipe": dataclasses.asdict(config), "history": history, "metrics": metrics,
-                "cost": cost.to_dict(), "seed": config.seed,
-                "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
-                         "train_images": len(train_split), "holdout_images": len(data.holdout)}}
-
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(checkpoint["epoch"], config.epochs):
         model.train()
         generator = epoch_generator(config.seed, epoch)
-        loss_sum, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        seen, started = 0, time.perf_counter()
         bar = tqdm(cifar.batches(train_split, config.batch_size, generator=generator, train=True,
                                  channels_last=config.channels_last),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
@@ -217,23 +224,33 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{seen / (time.perf_counter() - started):.0f}")
+            if progress and step % 10 == 0:  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - started):.0f}")
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
                   "seconds": seconds, "images_per_s": seen / seconds}
-        if len(data.holdout):
-            record["holdout_top1"] = evaluate(model, data.holdout, channels_last=config.channels_last)["top1"]
+        if len(holdout):
+            record["holdout_top1"] = evaluate(model, holdout, channels_last=config.channels_last)["top1"]
         history.append(record)
         print(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, train {record['train_top1']:.2%}"
               + (f", holdout {record['holdout_top1']:.2%}" if "holdout_top1" in record else "")
-              + f", {record['images_per_s']:.0f} img/s, {seconds:.0f} s", flush=True)
+              + f", {record['images_per_s']:.0f} img/s, {seconds:.1f} s", flush=True)
         final = epoch + 1 == config.epochs
-        metrics = {"test": evaluate(model, test_split, channels_last=config.channels_last)} if final else {}
-        save_checkpoint(path, snapshot(epoch + 1, metrics))
-    print(f"test top-1 {metrics['test']['top1']:.2%} on {metrics['test']['images']} images; "
-          f"{cost.macs / 1e6:.1f}M MACs, {cost.params / 1e6:.2f}M params; checkpoint {path}")
-    return snapshot(config.epochs, metrics)
+        checkpoint = {
+            "arch": checkpoint["arch"], "epoch": epoch + 1, "history": history, "cost": cost.to_dict(),
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "recipe": dataclasses.asdict(config), "seed": config.seed,
+            "metrics": {"test": evaluate(model, test_split, channels_last=config.channels_last)} if final else {},
+            "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
+                     "train_images": len(train_split), "holdout_images": len(holdout)},
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        }
+        save_checkpoint(path, checkpoint)
+    test = checkpoint["metrics"]["test"]
+    print(f"test top-1 {test['top1']:.2%} on {test['images']} images; {cost.macs / 1e6:.1f}M MACs, "
+          f"{cost.params / 1e6:.2f}M params; checkpoint {path}")
+    return checkpoint
