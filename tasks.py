@@ -58,7 +58,8 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
           channels_last=None, threads=None, device=None):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
     from pipeline.data import load_cifar10
-    from pipeline.train import make_config, train as run_training
+    from pipeline.train import make_config
+    from pipeline.train import train as run_training
 
     overrides = dict(width=width, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
@@ -75,17 +76,137 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
 @reports_errors
 def evaluate(c, checkpoint, data_dir=None, test_limit=None):
     """Top-1 on the CIFAR-10 test set (all 10,000 images), with MACs and parameters."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
     from pipeline.cost import count_cost
-    from pipeline.data import load_cifar10
-    from pipeline.train import evaluate as run_evaluation, model_from_checkpoint
+    from pipeline.data import load_test
+    from pipeline.train import evaluate as run_evaluation
 
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    test = load_cifar10(data_dir, holdout=0).test.head(int(test_limit) if test_limit else None)
+    if test_limit is not None and not str(test_limit).isdigit():
+        raise PipelineError(f"--test-limit expects a whole number of images, got {test_limit!r}")
+    test = load_test(data_dir).head(int(test_limit) if test_limit else None)
     result = run_evaluation(model, test)
     cost = count_cost(model)
     print(f"{checkpoint}: test top-1 {result['top1']:.2%} on {result['images']} images, loss {result['loss']:.4f}; "
           f"{cost.macs / 1e6:.1f}M MACs, {cost.params / 1e6:.3f}M params")
+
+
+BUDGET_HELP = {
+    "mac_reduction": "fraction of MACs to remove, e.g. 0.5 (reached within 1%)",
+    "ratio": "fraction of every conv layer's channels to remove",
+    "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16)",
+}
+
+
+@task(help={"checkpoint": "trained checkpoint to prune", "method": "l1 (Li et al. 2017) or random",
+            "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
+            "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers",
+            "overwrite": "replace an existing output folder", **BUDGET_HELP}, auto_shortflags=False)
+@reports_errors
+def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
+          seed=0, overwrite=False):
+    """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
+    from pipeline.data import load_test
+    from pipeline.flow import prune_stage
+    from pipeline.prune import METHODS, Budget
+
+    if method not in METHODS:
+        raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    budget = Budget.from_options(ratio, layer_ratios, mac_reduction)
+    out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
+    if out.exists() and not overwrite:
+        raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
+    prune_stage(Path(checkpoint), out, method, budget, load_test(data_dir), int(seed))
+
+
+NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
+
+
+@task(help={**{k: v for k, v in TRAIN_HELP.items() if k not in NOT_FOR_FINETUNING},
+            "checkpoint": "pruned checkpoint to fine-tune",
+            "preset": "whose fine-tuning recipe to use: smoke, quick (3 epochs, lr 0.02) or paper (40 epochs)",
+            "out": "run folder (default: <checkpoint folder>-finetuned)"}, auto_shortflags=False)
+@reports_errors
+def finetune(c, checkpoint, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, epochs=None,
+             batch_size=None, lr=None, weight_decay=None, warmup_epochs=None, schedule=None, label_smoothing=None,
+             seed=None, train_limit=None, test_limit=None, threads=None, device=None):
+    """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.data import load_cifar10
+    from pipeline.train import make_config
+    from pipeline.train import train as run_training
+
+    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                     warmup_epochs=warmup_epochs, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
+                     train_limit=train_limit, test_limit=test_limit, threads=threads, device=device)
+    config = make_config(preset, overrides, finetune=True)
+    init = load_checkpoint(checkpoint)
+    data = load_cifar10(data_dir, holdout=config.holdout)
+    run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,
+                 overwrite=overwrite, progress=sys.stderr.isatty(), init=init)
+
+
+@task(help={"checkpoint": "checkpoint to export", "out": "folder for <name>.ptl, <name>.onnx, <name>.json",
+            "name": "file name stem (default: model)", "static_batch": "ONNX with a fixed batch of 1",
+            "data_dir": TRAIN_HELP["data_dir"]}, auto_shortflags=False)
+@reports_errors
+def export(c, checkpoint, out="export", name="model", static_batch=False, data_dir=None):
+    """Export to TorchScript Lite (.ptl) and ONNX, each verified against PyTorch on 1,000 test images."""
+    from pipeline.data import load_test
+    from pipeline.export import export_checkpoint
+
+    result = export_checkpoint(checkpoint, load_test(data_dir), out, name, dynamic_batch=not static_batch)
+    report, checks = result.report, result.report["verification"]
+    print(f"{result.ptl} ({report['ptl_bytes'] / 1e6:.2f} MB, bytecode v{report['torchscript']['bytecode_version']}; "
+          f"optimize_for_mobile: {report['torchscript']['optimize_for_mobile']})\n"
+          f"{result.onnx} ({report['onnx_bytes'] / 1e6:.2f} MB, opset {report['onnx_export']['opset']})\n"
+          f"max |diff| vs PyTorch: lite {checks['torchscript_lite']['max_abs_diff']:.1e}, onnx "
+          f"{checks['onnx']['max_abs_diff']:.1e} on {checks['onnx']['images']} test images; sidecar {result.sidecar}")
+
+
+@task(help={"models": "comma-separated sidecar JSON files written by `invoke export`",
+            "threads": "threads for every runtime (default 1, as a phone's big core)",
+            "runs": "timed runs per model/runtime",
+            "warmup": "untimed runs first", "out": "results path without extension (writes .json and .md)",
+            "data_dir": TRAIN_HELP["data_dir"]}, auto_shortflags=False)
+@reports_errors
+def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None):
+    """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
+    from pipeline.bench import benchmark, table_rows
+    from pipeline.data import load_test
+    from pipeline.report import markdown_table, write_results
+
+    result = benchmark(models.split(","), load_test(data_dir), threads=int(threads), warmup=int(warmup),
+                       runs=int(runs))
+    table = markdown_table(table_rows(result), list(table_rows(result)[0]))
+    write_results(out, result, title="Host benchmark", table=table)
+    print(table)
+
+
+@task(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
+            "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
+            "method": "pruning method: l1 or random", "finetune_epochs": "override the fine-tuning epochs",
+            "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
+            "bench_runs": "timed runs per model and runtime", "data_dir": TRAIN_HELP["data_dir"],
+            "device": TRAIN_HELP["device"], **BUDGET_HELP}, auto_shortflags=False)
+@reports_errors
+def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
+             layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
+             device=None):
+    """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
+    from pipeline.data import load_cifar10
+    from pipeline.flow import run_pipeline
+    from pipeline.prune import Budget
+    from pipeline.train import make_config
+
+    if mac_reduction is None and ratio is None and layer_ratios is None:
+        mac_reduction = 0.5
+    budget = Budget.from_options(ratio, layer_ratios, mac_reduction)
+    train_config = make_config(preset, {"device": device})
+    finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
+    data = load_cifar10(data_dir, holdout=train_config.holdout)
+    run_pipeline(name or preset, train_config, finetune_config, method, budget, data, base=base, resume=resume,
+                 overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
 
 
 @task(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})

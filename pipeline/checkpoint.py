@@ -7,13 +7,14 @@ import pickle
 import platform
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.models import VGG, build_model
 
 KIND = "prunedroid/checkpoint"
 FORMAT_VERSION = 1
@@ -64,3 +65,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise PipelineError(f"{path} has checkpoint format {checkpoint.get('format_version')}, this version reads "
                             f"{FORMAT_VERSION}; re-create it with this version of prunedroid.")
     return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> VGG:
+    """The model a checkpoint describes, with its weights (in training mode, as built)."""
+    model = build_model(checkpoint["arch"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise PipelineError(f"checkpoint weights do not match its architecture description: {err}") from err
+    return model

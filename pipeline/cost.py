@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.models import VGGSpec
+
 
 @dataclass(frozen=True)
 class ModelCost:
@@ -44,3 +46,16 @@ def count_cost(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> 
         for hook in hooks:
             hook.remove()
     return ModelCost(macs=macs, params=sum(p.numel() for p in model.parameters()))
+
+
+def vgg_macs(spec: VGGSpec, image_size: int = 32) -> int:
+    """MACs per image of a VGG from its description alone, without building it (budget searches call this
+    thousands of times); equal to count_cost on the built model, which a test checks."""
+    macs, size, in_channels = 0, image_size, spec.in_channels
+    for index, out_channels in enumerate(spec.conv_channels):
+        macs += size * size * out_channels * in_channels * 9
+        size = size // 2 if index in spec.pool_after else size
+        in_channels = out_channels
+    features = in_channels * size * size
+    return macs + (features * spec.hidden + spec.hidden * spec.num_classes if spec.hidden
+                   else features * spec.num_classes)

@@ -13,9 +13,9 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -48,11 +48,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, count: int | None) -> "Split":
+    def head(self, count: int | None) -> Split:
         """The first `count` images (all when None): slices for smoke runs and tests."""
         return self if count is None else Split(self.images[:count], self.labels[:count])
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         """The split on `device`: on a GPU the whole uint8 set (150 MB) lives there and is augmented there."""
         return Split(self.images.to(device), self.labels.to(device))
 
@@ -157,7 +157,8 @@ def read_batch(path: Path) -> Split:
             batch = _BatchUnpickler(fh, encoding="bytes").load()
     except Exception as err:  # truncated, foreign or malicious: all mean "this is not a CIFAR-10 batch"
         raise PipelineError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); "
-                            f"the file is truncated or not from the official archive - delete it and re-download.") from err
+                            f"the file is truncated or not from the official archive - delete it and re-download."
+                            ) from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise PipelineError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
     data, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -173,6 +174,11 @@ def read_batch(path: Path) -> Split:
 
 def concat(splits: list[Split]) -> Split:
     return Split(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
+
+
+def load_test(data_dir: str | Path | None = None, download: bool = True) -> Split:
+    """Only the official 10,000-image test set, for evaluation."""
+    return read_batch(locate_cifar10(data_dir, download=download) / TEST_FILE)
 
 
 def load_cifar10(data_dir: str | Path | None = None, holdout: int = 5000, download: bool = True) -> Cifar10:

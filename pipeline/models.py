@@ -33,7 +33,8 @@ class VGGSpec:
         if not self.conv_channels or min(self.conv_channels) < 1:
             raise PipelineError(f"every conv layer needs at least one channel, got {list(self.conv_channels)}")
         if any(not 0 <= i < len(self.conv_channels) for i in self.pool_after):
-            raise PipelineError(f"pool_after {list(self.pool_after)} names a layer outside 0..{len(self.conv_channels) - 1}")
+            last = len(self.conv_channels) - 1
+            raise PipelineError(f"pool_after {list(self.pool_after)} names a layer outside 0..{last}")
 
     def to_dict(self) -> dict:
         spec = asdict(self)
@@ -42,9 +43,10 @@ class VGGSpec:
         return spec
 
     @classmethod
-    def from_dict(cls, spec: dict) -> "VGGSpec":
+    def from_dict(cls, spec: dict) -> VGGSpec:
         try:
-            return cls(**{**spec, "conv_channels": tuple(spec["conv_channels"]), "pool_after": tuple(spec["pool_after"])})
+            return cls(**{**spec, "conv_channels": tuple(spec["conv_channels"]),
+                          "pool_after": tuple(spec["pool_after"])})
         except (KeyError, TypeError) as err:
             raise PipelineError(f"not a VGG architecture description ({err}): {spec!r}") from err
 
@@ -53,7 +55,7 @@ def vgg16_spec(width: float = 1.0, num_classes: int = 10) -> VGGSpec:
     """VGG16-BN for CIFAR with every layer (classifier hidden included) scaled by `width`."""
     if width <= 0:
         raise PipelineError(f"width must be > 0, got {width}")
-    scale = lambda c: max(1, round(c * width))  # noqa: E731
+    scale = lambda c: max(1, round(c * width))
     return VGGSpec(conv_channels=tuple(scale(c) for c in VGG16_CHANNELS), hidden=scale(512), num_classes=num_classes)
 
 
@@ -76,7 +78,8 @@ class VGG(nn.Module):
             in_channels = out_channels
         self.features = nn.Sequential(*layers)
         if spec.hidden:
-            self.classifier = nn.Sequential(nn.Linear(in_channels, spec.hidden, bias=False), nn.BatchNorm1d(spec.hidden),
+            self.classifier = nn.Sequential(nn.Linear(in_channels, spec.hidden, bias=False),
+                                            nn.BatchNorm1d(spec.hidden),
                                             nn.ReLU(inplace=True), nn.Linear(spec.hidden, spec.num_classes))
         else:
             self.classifier = nn.Sequential(nn.Linear(in_channels, spec.num_classes))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import build_model, vgg16_spec
@@ -77,6 +76,14 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# Fine-tuning a pruned model: the training preset's recipe with a short, gentle schedule.
+FINETUNE_OVERRIDES: dict[str, dict] = {
+    "smoke": {"epochs": 1, "lr": 0.01, "warmup_epochs": 0.0},
+    "quick": {"epochs": 3, "lr": 0.02, "warmup_epochs": 0.0, "schedule": "cosine"},
+    "paper": {"epochs": 40, "lr": 0.01, "warmup_epochs": 0.0, "schedule": "cosine"},
+}
+
+
 def _parse(value: str, annotation: str, name: str):
     kind = annotation.replace(" | None", "")
     if value.lower() in ("none", "") and "None" in annotation:
@@ -92,10 +99,13 @@ def _parse(value: str, annotation: str, name: str):
         raise PipelineError(f"option --{name.replace('_', '-')} expects {annotation}, got {value!r}") from None
 
 
-def make_config(preset: str, overrides: dict[str, str | int | float | bool | None] | None = None) -> TrainConfig:
-    """A preset with command-line overrides applied; an override of None leaves the preset's value."""
+def make_config(preset: str, overrides: dict[str, str | int | float | bool | None] | None = None,
+                finetune: bool = False) -> TrainConfig:
+    """A preset (its fine-tuning variant with finetune=True) with command-line overrides applied; an override of
+    None leaves the preset's value."""
     if preset not in PRESETS:
         raise PipelineError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = dataclasses.replace(PRESETS[preset], **FINETUNE_OVERRIDES[preset]) if finetune else PRESETS[preset]
     hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     changes = {}
     for name, value in (overrides or {}).items():
@@ -103,7 +113,7 @@ def make_config(preset: str, overrides: dict[str, str | int | float | bool | Non
             raise PipelineError(f"unknown training option {name!r}; known: {', '.join(hints)}")
         if value is not None:
             changes[name] = _parse(str(value), hints[name], name)
-    return dataclasses.replace(PRESETS[preset], **changes)
+    return dataclasses.replace(base, **changes)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
@@ -148,15 +158,6 @@ def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channe
     return {"top1": correct.item() / len(split), "loss": loss_sum.item() / len(split), "images": len(split)}
 
 
-def model_from_checkpoint(checkpoint: dict) -> nn.Module:
-    model = build_model(checkpoint["arch"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except (RuntimeError, KeyError) as err:
-        raise PipelineError(f"checkpoint weights do not match its architecture description: {err}") from err
-    return model
-
-
 def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
     saved = checkpoint.get("recipe", {})
     differing = [name for name, value in dataclasses.asdict(config).items()
@@ -169,8 +170,11 @@ def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
 
 
 def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume: bool = False,
-          overwrite: bool = False, progress: bool = True) -> dict:
+          overwrite: bool = False, progress: bool = True, init: dict | None = None) -> dict:
     """Trains VGG16 per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final checkpoint.
+
+    init: a checkpoint to start from (fine-tuning a pruned model): its architecture and weights replace the fresh
+    `config.width` model, and its `pruning` record is carried into the new checkpoint.
 
     resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
     run (on a GPU, cuDNN's kernel choice may differ in the last bits).
@@ -185,8 +189,12 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
     total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
 
     torch.manual_seed(config.seed)
-    checkpoint = {"arch": vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict(), "epoch": 0,
-                  "history": []}
+    if init is not None:
+        checkpoint = {"arch": init["arch"], "state_dict": init["state_dict"], "pruning": init.get("pruning"),
+                      "epoch": 0, "history": []}
+    else:
+        checkpoint = {"arch": vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict(), "epoch": 0,
+                      "history": []}
     if path.exists() and resume:
         checkpoint = load_checkpoint(path)
         _check_resumable(checkpoint, config, path)
@@ -248,6 +256,7 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
             "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
                      "train_images": len(train_split), "holdout_images": len(holdout)},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+            "pruning": checkpoint.get("pruning"),
         }
         save_checkpoint(path, checkpoint)
     test = checkpoint["metrics"]["test"]

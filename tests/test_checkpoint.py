@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from pipeline.checkpoint import KIND, atomic_path, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import KIND, atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.models import build_model, vgg16_spec
-from pipeline.train import model_from_checkpoint
 
 
 def test_round_trip_is_plain_data(tmp_path):

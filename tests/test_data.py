@@ -1,5 +1,4 @@
 import hashlib
-import io
 import pickle
 import shutil
 import tarfile
@@ -8,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_CIFAR_DIR, write_batch, write_cifar_dir
 
 from pipeline import data as cifar
 from pipeline.errors import PipelineError
-
-from conftest import REAL_CIFAR_DIR, write_batch, write_cifar_dir
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +85,8 @@ def test_planted_pickle_cannot_run_code(tmp_path, monkeypatch):
 def test_lookup_order(cifar_dir, tmp_path):
     env = {"CIFAR10_DIR": str(cifar_dir)}
     assert cifar.locate_cifar10(None, download=False, environ=env) == cifar_dir
-    assert cifar.candidate_dirs(tmp_path, env) == [tmp_path, cifar_dir, tmp_path / "project-data" / cifar.ARCHIVE_FOLDER]
+    project_default = tmp_path / "project-data" / cifar.ARCHIVE_FOLDER
+    assert cifar.candidate_dirs(tmp_path, env) == [tmp_path, cifar_dir, project_default]
     assert cifar.locate_cifar10(tmp_path, download=False, environ=env) == cifar_dir  # explicit folder is empty
 
 
@@ -129,7 +128,7 @@ def test_augment_is_a_crop_and_flip_of_each_image():
 
 def test_augment_and_batches_are_deterministic(synthetic_data):
     split = synthetic_data.train.head(1000)
-    run = lambda seed: [x for x, _ in cifar.batches(split, 128, generator=torch.Generator().manual_seed(seed),  # noqa: E731
+    run = lambda seed: [x for x, _ in cifar.batches(split, 128, generator=torch.Generator().manual_seed(seed),
                                                    train=True)]
     first, again, other = run(1), run(1), run(2)
     assert len(first) == 1000 // 128  # the incomplete last batch is dropped in training

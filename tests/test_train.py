@@ -89,7 +89,8 @@ def test_killed_training_resumes_to_the_same_result(cifar_dir, tmp_path):
                              capture_output=True, text=True)
     assert f"resuming {killed / CHECKPOINT_NAME} after epoch {interrupted_at}/4" in resumed.stdout
     whole, again = load_checkpoint(tmp_path / "whole" / CHECKPOINT_NAME), load_checkpoint(killed / CHECKPOINT_NAME)
-    assert again["epoch"] == 4 and [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in whole["history"]]
+    assert again["epoch"] == 4
+    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in whole["history"]]
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, again["state_dict"][name]), name
     assert again["metrics"] == whole["metrics"]

@@ -1,0 +1,98 @@
+"""Host benchmark: for each exported model and runtime (eager PyTorch, TorchScript Lite, onnxruntime), batch-1
+latency, file size, MACs, parameters and test top-1, side by side in one run."""
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.jit.mobile
+
+from pipeline import data as cifar
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.errors import PipelineError
+from pipeline.export import fold_batchnorm
+
+RUNTIMES = ("pytorch", "torchscript-lite", "onnxruntime")
+
+
+def _predictors(sidecar_path: Path, threads: int) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
+    """runtime -> (batch -> logits, file size in bytes) for one exported model."""
+    import onnxruntime
+
+    sidecar = json.loads(sidecar_path.read_text())
+    folder = sidecar_path.parent
+    eager = fold_batchnorm(model_from_checkpoint(load_checkpoint(sidecar["checkpoint"])))
+    state = io.BytesIO()
+    torch.save(eager.state_dict(), state)
+    lite = torch.jit.mobile._load_for_lite_interpreter(str(folder / sidecar["ptl"]))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(folder / sidecar["onnx"]), options, providers=["CPUExecutionProvider"])
+
+    def run_eager(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return eager(x)
+
+    return {"pytorch": (run_eager, state.getbuffer().nbytes),
+            "torchscript-lite": (lambda x: lite(x), (folder / sidecar["ptl"]).stat().st_size),
+            "onnxruntime": (lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]),
+                            (folder / sidecar["onnx"]).stat().st_size)}
+
+
+def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
+              rounds: int = 10) -> dict:
+    """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
+    shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
+    if threads < 1 or runs < rounds or warmup < 0:
+        raise PipelineError("need threads >= 1, runs >= rounds and warmup >= 0")
+    torch.set_num_threads(threads)
+    models = {Path(p).stem: (Path(p), _predictors(Path(p), threads)) for p in map(Path, sidecars)}
+    images = cifar.normalize(test.images)
+    one = images[:1].contiguous()
+    timings = {(m, r): [] for m in models for r in RUNTIMES}
+    for _, predictors in models.values():
+        for predict, _ in predictors.values():
+            for _ in range(warmup):
+                predict(one)
+    for _ in range(rounds):
+        for model_name, (_, predictors) in models.items():
+            for runtime, (predict, _) in predictors.items():
+                for _ in range(runs // rounds):
+                    started = time.perf_counter()
+                    predict(one)
+                    timings[model_name, runtime].append(1000 * (time.perf_counter() - started))
+    rows = []
+    for model_name, (path, predictors) in models.items():
+        sidecar = json.loads(path.read_text())
+        for runtime, (predict, size) in predictors.items():
+            batch = 100 if runtime != "onnxruntime" or sidecar["onnx_export"]["dynamic_batch"] else 1
+            predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+            latencies = timings[model_name, runtime]
+            rows.append({"model": model_name, "runtime": runtime,
+                         "test_top1": (predictions == test.labels).float().mean().item(),
+                         "macs": sidecar["macs"], "params": sidecar["params"], "file_bytes": size,
+                         "latency_median_ms": statistics.median(latencies),
+                         "latency_p90_ms": float(np.percentile(latencies, 90)), "threads": threads})
+    baseline = {r["runtime"]: r for r in rows if r["model"] == rows[0]["model"]}
+    for row in rows:
+        base = baseline[row["runtime"]]
+        row["mac_ratio"] = row["macs"] / base["macs"]
+        row["latency_ratio"] = row["latency_median_ms"] / base["latency_median_ms"]
+    return {"rows": rows, "threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds,
+            "test_images": len(test), "baseline_model": rows[0]["model"]}
+
+
+def table_rows(result: dict) -> list[dict]:
+    """Rows formatted for a Markdown table."""
+    return [{"model": r["model"], "runtime": r["runtime"], "test top-1": f"{100 * r['test_top1']:.2f}%",
+             "MACs": f"{r['macs'] / 1e6:.2f}M", "params": f"{r['params'] / 1e6:.3f}M",
+             "file": f"{r['file_bytes'] / 1e6:.2f} MB", "median ms": f"{r['latency_median_ms']:.3f}",
+             "p90 ms": f"{r['latency_p90_ms']:.3f}", "MACs vs base": f"{r['mac_ratio']:.2f}x",
+             "latency vs base": f"{r['latency_ratio']:.2f}x"} for r in result["rows"]]

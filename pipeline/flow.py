@@ -1,0 +1,73 @@
+"""The whole job in one run folder: train (or reuse a base) -> prune -> fine-tune -> export -> benchmark.
+
+runs/<name>/
+  base/checkpoint.pt        trained model (or --base, used in place)
+  pruned/checkpoint.pt      pruned, not fine-tuned; pruned/report.json per-layer report and top-1 right after pruning
+  finetuned/checkpoint.pt   pruned and fine-tuned
+  export/base.{ptl,onnx,json}, export/pruned.{ptl,onnx,json}
+  bench.json, bench.md      the side-by-side table
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from pipeline import data as cifar
+from pipeline.bench import benchmark, table_rows
+from pipeline.checkpoint import atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.errors import PipelineError
+from pipeline.export import export_checkpoint
+from pipeline.prune import Budget, prune_checkpoint
+from pipeline.report import markdown_table, write_results
+from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
+
+
+def prune_stage(base_path: Path, out_dir: Path, method: str, budget: Budget, test: cifar.Split, seed: int) -> dict:
+    """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report."""
+    pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed)
+    result = evaluate(model_from_checkpoint(pruned), test)
+    pruned["metrics"] = {"test": result}
+    report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"]}
+    save_checkpoint(out_dir / CHECKPOINT_NAME, pruned)
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"pruned with {method} ({budget.to_dict()}): MACs {report['macs_before'] / 1e6:.1f}M -> "
+          f"{report['macs_after'] / 1e6:.1f}M ({report['mac_reduction']:.1%} fewer), params "
+          f"{report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 right after "
+          f"pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})", flush=True)
+    return report
+
+
+def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: str, budget: Budget,
+                 data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
+                 resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200) -> dict:
+    """Runs every stage into runs_dir/name; with resume=True, finished stages are kept and an interrupted training
+    or fine-tuning continues from its last epoch."""
+    run = Path(runs_dir) / name
+    if run.exists() and not (resume or overwrite):
+        raise PipelineError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
+                            f"or --name to start another run.")
+    if run.exists() and overwrite:
+        shutil.rmtree(run)
+    base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
+    if base:
+        load_checkpoint(base_path)  # fail now, not after training, if it is not a checkpoint
+    else:
+        # The folder is new or --resume was given, so resuming is always what is wanted here.
+        train(train_config, data, run / "base", resume=True, progress=progress)
+    if not (run / "pruned" / CHECKPOINT_NAME).exists():
+        prune_stage(base_path, run / "pruned", method, budget, data.test, train_config.seed)
+    train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
+          init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
+    sidecars = [export_checkpoint(path, data.test, run / "export", label).sidecar
+                for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
+    result = benchmark(sidecars, data.test, runs=bench_runs)
+    result["config"] = {"name": name, "method": method, "budget": budget.to_dict(), "base": str(base_path),
+                        "train": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(finetune_config)}
+    table = markdown_table(table_rows(result), list(table_rows(result)[0]))
+    write_results(run / "bench", result, title=f"{name}: base vs {method}-pruned ({budget.to_dict()}), fine-tuned",
+                  table=table)
+    print(table)
+    return result

@@ -1,0 +1,56 @@
+"""Channel pruning: a method scores or picks channels, a budget says how many go, one surgery cuts them."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pipeline.checkpoint import model_from_checkpoint
+from pipeline.cost import count_cost
+from pipeline.errors import PipelineError
+from pipeline.models import VGG
+from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction
+from pipeline.prune.l1 import l1_scores, random_scores
+from pipeline.prune.surgery import prune_channels, vgg_couplings
+
+# Methods that rank channels by a score: the budget decides how many each layer keeps, the score which.
+SCORERS: dict[str, Callable[[nn.Module, int], list[torch.Tensor]]] = {
+    "l1": lambda model, seed: l1_scores(model),
+    "random": random_scores,
+}
+METHODS = tuple(SCORERS)
+
+
+def prune(model: VGG, method: str, budget: Budget, seed: int = 0) -> tuple[VGG, dict]:
+    """The pruned model and a report: per layer channels before/after, MACs/params before/after."""
+    if method not in SCORERS:
+        raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    counts = kept_counts(model.spec, budget)
+    keep = keep_top(SCORERS[method](model, seed), counts)
+    pruned = prune_channels(model, keep)
+    before, after = count_cost(model), count_cost(pruned)
+    report = {
+        "method": method, "budget": budget.to_dict(), "seed": seed,
+        "layers": [{"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
+                    "kept": keep[c.layer]} for c in vgg_couplings(model)],
+        "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
+        "params_after": after.params, "mac_reduction": 1 - after.macs / before.macs,
+        "param_reduction": 1 - after.params / before.params,
+    }
+    return pruned, report
+
+
+__all__ = ["Budget", "METHODS", "prune", "prune_checkpoint", "prune_channels", "vgg_couplings", "mac_reduction",
+           "kept_counts"]
+
+
+def prune_checkpoint(checkpoint: dict, method: str, budget: Budget, seed: int = 0) -> dict:
+    """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
+    recipe and data statistics and a `pruning` report."""
+    pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed)
+    parent_metrics = checkpoint.get("metrics", {})
+    report["parent_test_top1"] = parent_metrics.get("test", {}).get("top1")
+    return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
+            "recipe": checkpoint["recipe"], "data": checkpoint["data"], "seed": seed, "metrics": {},
+            "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}

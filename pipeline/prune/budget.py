@@ -1,0 +1,103 @@
+"""How much to prune, and turning per-channel scores into kept channels under that budget."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.cost import vgg_macs
+from pipeline.errors import PipelineError
+from pipeline.models import VGGSpec
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of:
+    ratio: the fraction of every conv layer's channels to remove;
+    layer_ratios: that fraction per conv layer;
+    mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute)."""
+
+    ratio: float | None = None
+    layer_ratios: tuple[float, ...] | None = None
+    mac_reduction: float | None = None
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("ratio", "layer_ratios", "mac_reduction") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PipelineError("give exactly one budget: --ratio, --layer-ratios or --mac-reduction"
+                                + (f" (got {', '.join(given)})" if given else ""))
+        for value in (self.layer_ratios or ()) + tuple(v for v in (self.ratio, self.mac_reduction) if v is not None):
+            if not 0 < value < 1:
+                raise PipelineError(f"pruning ratios and MAC reductions must be in (0, 1), got {value}; "
+                                    f"e.g. 0.5 removes half")
+
+    @classmethod
+    def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
+                     mac_reduction: str | float | None = None) -> Budget:
+        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5."""
+        def number(text: str | float, option: str) -> float:
+            try:
+                return float(text)
+            except ValueError:
+                raise PipelineError(f"--{option} expects a number in (0, 1), got {text!r}") from None
+        return cls(ratio=None if ratio is None else number(ratio, "ratio"),
+                   layer_ratios=None if layer_ratios is None else tuple(
+                       number(part, "layer-ratios") for part in str(layer_ratios).split(",")),
+                   mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac-reduction"))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+                if v is not None}
+
+
+def mac_reduction(spec: VGGSpec, channels: Sequence[int]) -> float:
+    """Fraction of `spec`'s MACs removed when its conv layers have `channels` channels."""
+    return 1 - vgg_macs(dataclasses.replace(spec, conv_channels=tuple(channels))) / vgg_macs(spec)
+
+
+def kept_counts(spec: VGGSpec, budget: Budget) -> list[int]:
+    """Channels each conv layer keeps. A MAC target uses one removal ratio for every layer (found by bisection),
+    then trims single channels from the layers with the most channels left until the target is met."""
+    original = spec.conv_channels
+    count = lambda c, r: max(1, c - math.floor(c * r + 0.5))
+    if budget.ratio is not None:
+        return [count(c, budget.ratio) for c in original]
+    if budget.layer_ratios is not None:
+        if len(budget.layer_ratios) != len(original):
+            raise PipelineError(f"--layer-ratios needs {len(original)} values (one per conv layer), "
+                                f"got {len(budget.layer_ratios)}")
+        return [count(c, r) for c, r in zip(original, budget.layer_ratios)]
+    target, tolerance = budget.mac_reduction, budget.tolerance
+    most = mac_reduction(spec, [1] * len(original))
+    if target > most:
+        raise PipelineError(f"a {target:.0%} MAC reduction cannot be reached: keeping one channel per layer removes "
+                            f"only {most:.1%}; ask for less")
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if mac_reduction(spec, [count(c, middle) for c in original]) <= target:
+            low = middle
+        else:
+            high = middle
+    counts = [count(c, low) for c in original]
+    while (reached := mac_reduction(spec, counts)) < target - tolerance / 2:
+        # Of the layers whose next channel keeps us within tolerance, the one with the largest share of its channels
+        # left loses one: the per-layer ratios stay as even as the step sizes allow.
+        fits = [i for i, c in enumerate(counts) if c > 1
+                and mac_reduction(spec, counts[:i] + [c - 1] + counts[i + 1:]) <= target + tolerance]
+        if not fits:
+            break
+        counts[max(fits, key=lambda i: counts[i] / original[i])] -= 1
+    if abs(reached - target) > tolerance:
+        raise PipelineError(f"could not reach a {target:.1%} MAC reduction within {tolerance:.1%} (got {reached:.1%})")
+    return counts
+
+
+def keep_top(scores: Sequence[torch.Tensor], counts: Sequence[int]) -> dict[int, list[int]]:
+    """For each layer, the indices of its `counts[layer]` highest-scoring channels, in ascending order."""
+    return {layer: sorted(torch.topk(layer_scores, k).indices.tolist())
+            for layer, (layer_scores, k) in enumerate(zip(scores, counts))}
