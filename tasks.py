@@ -188,11 +188,12 @@ def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None)
             "method": "pruning method: l1 or random", "finetune_epochs": "override the fine-tuning epochs",
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime", "data_dir": TRAIN_HELP["data_dir"],
-            "device": TRAIN_HELP["device"], **BUDGET_HELP}, auto_shortflags=False)
+            "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP},
+      auto_shortflags=False)
 @reports_errors
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
              layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
-             device=None):
+             device=None, runs_dir="runs"):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.data import load_cifar10
     from pipeline.flow import run_pipeline
@@ -205,8 +206,8 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     train_config = make_config(preset, {"device": device})
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
     data = load_cifar10(data_dir, holdout=train_config.holdout)
-    run_pipeline(name or preset, train_config, finetune_config, method, budget, data, base=base, resume=resume,
-                 overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
+    run_pipeline(name or preset, train_config, finetune_config, method, budget, data, base=base, runs_dir=runs_dir,
+                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
 
 
 @task(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})

@@ -23,9 +23,10 @@ from pipeline.checkpoint import atomic_path, load_checkpoint, model_from_checkpo
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 
-# The newest TorchScript bytecode version PyTorch Mobile's lite runtime for Android reads
-# (org.pytorch:pytorch_android_lite 1.13.1: kMaxSupportedBytecodeVersion = 8). Newer torch writes newer
-# bytecode by default, so exports are backported to this version.
+# TorchScript bytecode version of the .ptl files. The Android app's runtime, org.pytorch:pytorch_android_lite 1.13.1
+# (the last release), is PyTorch 1.13, which writes v8 itself; PyTorch's mobile loader reads
+# kMinSupportedBytecodeVersion..kMaxSupportedBytecodeVersion (4..9 in the sources checked). Newer torch builds may
+# write newer bytecode, so exports are backported to v8 when needed.
 TARGET_BYTECODE_VERSION = 8
 ONNX_OPSET = 17
 MAX_ABS_DIFF = 1e-4  # logits, between the eager model and each exported file

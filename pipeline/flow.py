@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 from pipeline import data as cifar
@@ -52,22 +53,37 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
     if run.exists() and overwrite:
         shutil.rmtree(run)
     base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
+    seconds, started = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal started
+        seconds[stage] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+
     if base:
         load_checkpoint(base_path)  # fail now, not after training, if it is not a checkpoint
     else:
         # The folder is new or --resume was given, so resuming is always what is wanted here.
         train(train_config, data, run / "base", resume=True, progress=progress)
+    lap("train")
     if not (run / "pruned" / CHECKPOINT_NAME).exists():
         prune_stage(base_path, run / "pruned", method, budget, data.test, train_config.seed)
+    lap("prune")
     train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
           init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
+    lap("finetune")
     sidecars = [export_checkpoint(path, data.test, run / "export", label).sidecar
                 for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
+    lap("export")
     result = benchmark(sidecars, data.test, runs=bench_runs)
+    lap("bench")
+    result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
     result["config"] = {"name": name, "method": method, "budget": budget.to_dict(), "base": str(base_path),
                         "train": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(finetune_config)}
     table = markdown_table(table_rows(result), list(table_rows(result)[0]))
+    stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())
     write_results(run / "bench", result, title=f"{name}: base vs {method}-pruned ({budget.to_dict()}), fine-tuned",
-                  table=table)
+                  table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
+                                     f"runs in {result['rounds']} interleaved rounds. Stages: {stages}.")
     print(table)
     return result

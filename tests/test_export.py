@@ -1,0 +1,81 @@
+import json
+
+import onnx
+import pytest
+import torch
+from test_prune import trained_like
+
+import pipeline.export as export
+from pipeline import data as cifar
+from pipeline.bench import benchmark
+from pipeline.checkpoint import save_checkpoint
+from pipeline.data import normalize
+from pipeline.errors import PipelineError
+from pipeline.models import build_model, vgg16_spec
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, synthetic_data):
+    """Two tiny models (a base and a narrower one) exported the way `invoke export` does."""
+    folder = tmp_path_factory.mktemp("export")
+    for name, width in (("base", 0.0625), ("narrow", 0.03125)):
+        model = trained_like(vgg16_spec(width))
+        save_checkpoint(folder / f"{name}.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict(),
+                                                 "metrics": {"test": {"top1": 0.1, "images": 10}}})
+        export.export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name)
+    return folder
+
+
+def test_batchnorm_folding_keeps_outputs():
+    model = trained_like(vgg16_spec(0.0625))
+    folded = export.fold_batchnorm(model)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)) for m in folded.modules())
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_files_load_back_and_match_pytorch(exported, synthetic_data):
+    out = exported / "out"
+    sidecar = json.loads((out / "base.json").read_text())
+    assert sidecar["torchscript"]["bytecode_version"] <= export.TARGET_BYTECODE_VERSION
+    assert sidecar["mean"] == list(cifar.MEAN) and sidecar["std"] == list(cifar.STD)
+    assert sidecar["classes"] == list(cifar.CLASSES)
+    assert sidecar["input_shape"] == [1, 3, 32, 32] and sidecar["macs"] > 0
+    for check in sidecar["verification"].values():
+        assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0 and check["images"] >= 1000
+    model = build_model(sidecar["arch"]).eval()
+    model.load_state_dict(torch.load(exported / "base.pt", weights_only=True)["state_dict"])
+    images = normalize(synthetic_data.test.images[:64])
+    with torch.no_grad():
+        reference = model(images)
+    lite = torch.jit.mobile._load_for_lite_interpreter(str(out / "base.ptl"))
+    assert (lite(images) - reference).abs().max() <= 1e-4
+    graph = onnx.load(str(out / "base.onnx"))
+    onnx.checker.check_model(graph)
+    assert graph.opset_import[0].version >= 17
+    assert (export.run_onnx(out / "base.onnx", images, dynamic_batch=True) - reference).abs().max() <= 1e-4
+
+
+def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypatch):
+    model = trained_like(vgg16_spec(0.0625))
+    save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    real_run = export.run_onnx
+    monkeypatch.setattr(export, "run_onnx", lambda *a, **k: real_run(*a, **k) + 1e-3)  # a broken runtime
+    with pytest.raises(PipelineError, match="ONNX export disagrees with PyTorch.*max \\|diff\\|"):
+        export.export_checkpoint(tmp_path / "m.pt", synthetic_data.test, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_benchmark_reports_every_runtime_side_by_side(exported, synthetic_data):
+    result = benchmark([exported / "out" / "base.json", exported / "out" / "narrow.json"],
+                       synthetic_data.test.head(1000), warmup=2, runs=20, rounds=4)
+    rows = {(r["model"], r["runtime"]): r for r in result["rows"]}
+    assert set(rows) == {(m, r) for m in ("base", "narrow") for r in ("pytorch", "torchscript-lite", "onnxruntime")}
+    for model in ("base", "narrow"):
+        top1 = {rows[model, r]["test_top1"] for r in ("pytorch", "torchscript-lite", "onnxruntime")}
+        assert len(top1) == 1  # the runtimes agree on every image's class
+    assert rows["narrow", "onnxruntime"]["mac_ratio"] == pytest.approx(
+        rows["narrow", "onnxruntime"]["macs"] / rows["base", "onnxruntime"]["macs"])
+    assert all(r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"] and r["file_bytes"] > 0
+               for r in result["rows"])

@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.cost import count_cost, vgg_macs
+from pipeline.errors import PipelineError
+from pipeline.models import VGGSpec, build_model, vgg16_spec
+from pipeline.prune import Budget, kept_counts, mac_reduction, prune, prune_channels, prune_checkpoint
+from pipeline.prune.l1 import l1_scores
+
+SMALL = VGGSpec(conv_channels=(6, 8, 10, 12, 9, 7, 11, 5, 6, 8, 7, 9, 10), hidden=12)
+
+
+def trained_like(spec: VGGSpec, seed: int = 0) -> nn.Module:
+    """A model in eval mode with non-trivial BatchNorm statistics, so a wrong slice shows in the output."""
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def zeroed(model: nn.Module, keep: dict[int, list[int]]) -> nn.Module:
+    """The same network with every channel not kept silenced (BN weight and bias 0, so its ReLU output is 0)."""
+    copy = build_model(model.spec)
+    copy.load_state_dict(model.state_dict())
+    norms = [m for m in copy.features if isinstance(m, nn.BatchNorm2d)]
+    for layer, channels in keep.items():
+        dropped = sorted(set(range(norms[layer].num_features)) - set(channels))
+        norms[layer].weight.data[dropped] = 0
+        norms[layer].bias.data[dropped] = 0
+    return copy.eval()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_surgery_equals_zeroing_the_removed_channels(seed):
+    model = trained_like(SMALL, seed)
+    generator = torch.Generator().manual_seed(seed)
+    keep = {}
+    for layer, channels in enumerate(SMALL.conv_channels):
+        if torch.rand(1, generator=generator) < 0.7:  # some layers untouched
+            count = int(torch.randint(1, channels + 1, (1,), generator=generator))
+            keep[layer] = sorted(torch.randperm(channels, generator=generator)[:count].tolist())
+    pruned = prune_channels(model, keep)
+    x = torch.randn(4, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), zeroed(model, keep)(x), atol=1e-5)
+    assert pruned.spec.conv_channels == tuple(len(keep.get(i, range(c))) for i, c in enumerate(SMALL.conv_channels))
+    assert [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)] == list(pruned.spec.conv_channels)
+    assert pruned.classifier[-1].out_features == 10  # the classifier's outputs are never pruned
+
+
+def test_l1_removes_the_smallest_filters_and_matches_zeroing_them():
+    model = trained_like(SMALL, 7)
+    pruned, report = prune(model, "l1", Budget(ratio=0.5))
+    scores = l1_scores(model)
+    keep = {}
+    for row in report["layers"]:
+        kept, layer_scores = row["kept"], scores[row["layer"]]
+        dropped = sorted(set(range(row["channels_before"])) - set(kept))
+        assert len(kept) == max(1, row["channels_before"] - math.floor(row["channels_before"] * 0.5 + 0.5))
+        if dropped:
+            assert layer_scores[dropped].max() <= layer_scores[kept].min()
+        keep[row["layer"]] = kept
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), zeroed(model, keep)(x), atol=1e-5)
+
+
+def test_pruned_checkpoint_rebuilds_from_itself(tmp_path):
+    model = trained_like(SMALL)
+    base = {"arch": SMALL.to_dict(), "state_dict": model.state_dict(), "recipe": {"seed": 0}, "data": {},
+            "metrics": {"test": {"top1": 0.5}}}
+    pruned = prune_checkpoint(base, "l1", Budget(mac_reduction=0.5))
+    save_checkpoint(tmp_path / "p.pt", pruned)
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "p.pt")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), prune(model, "l1", Budget(mac_reduction=0.5))[0].eval()(x))
+    assert pruned["pruning"]["parent_test_top1"] == 0.5 and pruned["cost"]["macs"] == count_cost(rebuilt).macs
+
+
+@pytest.mark.parametrize("spec", [vgg16_spec(1.0), vgg16_spec(0.25), vgg16_spec(0.0625)],
+                         ids=["full", "quick", "smoke"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_mac_targets_are_reached_within_one_percent(spec, target):
+    counts = kept_counts(spec, Budget(mac_reduction=target))
+    assert abs(mac_reduction(spec, counts) - target) <= 0.01
+    assert all(1 <= c <= o for c, o in zip(counts, spec.conv_channels))
+
+
+def test_analytic_macs_equal_the_hook_count():
+    for spec in (SMALL, vgg16_spec(0.5), VGGSpec(conv_channels=(3,) * 13, hidden=0)):
+        assert vgg_macs(spec) == count_cost(build_model(spec)).macs
+
+
+@pytest.mark.parametrize("budget, message", [
+    (dict(ratio=1.2), "must be in \\(0, 1\\)"), (dict(mac_reduction=0.0), "must be in \\(0, 1\\)"),
+    (dict(), "exactly one budget"), (dict(ratio=0.5, mac_reduction=0.5), "exactly one budget"),
+])
+def test_bad_budgets_are_clear_errors(budget, message):
+    with pytest.raises(PipelineError, match=message):
+        Budget(**budget)
+
+
+def test_unreachable_targets_and_bad_choices_are_errors():
+    with pytest.raises(PipelineError, match="cannot be reached.*ask for less"):
+        kept_counts(vgg16_spec(0.25), Budget(mac_reduction=0.999))
+    with pytest.raises(PipelineError, match="13 values"):
+        kept_counts(vgg16_spec(0.25), Budget(layer_ratios=(0.5, 0.5)))
+    model = trained_like(SMALL)
+    with pytest.raises(PipelineError, match="keep no channels"):
+        prune_channels(model, {0: []})
+    with pytest.raises(PipelineError, match="distinct indices in 0..5"):
+        prune_channels(model, {0: [0, 6]})
+    with pytest.raises(PipelineError, match="unknown pruning method"):
+        prune(model, "magic", Budget(ratio=0.5))
