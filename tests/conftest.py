@@ -1,7 +1,10 @@
 """Shared fixtures: synthetic CIFAR-10 batches written in the official python format (no network, no real data)."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,14 @@ import pytest
 
 from pipeline import data as cifar
 
-REAL_CIFAR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / cifar.ARCHIVE_FOLDER
+ROOT = Path(__file__).resolve().parent.parent
+REAL_CIFAR_DIR = ROOT.parent / "shared" / cifar.ARCHIVE_FOLDER
+
+
+def run_invoke(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`invoke ARGS` in the project root, as a user types it, in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout, check=False)
 
 
 def write_batch(path: Path, seed: int, images: int = cifar.IMAGES_PER_BATCH_FILE) -> None:

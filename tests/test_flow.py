@@ -1,26 +1,17 @@
 """The whole job as a user runs it: `invoke pipeline --preset smoke`, then the errors of `invoke prune`."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+from conftest import run_invoke
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models import build_model, vgg16_spec
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def invoke(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
 
 
 def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     runs = tmp_path / "runs"
     args = ("pipeline", "--preset", "smoke", "--name", "e2e", "--data-dir", str(cifar_dir), "--bench-runs", "20",
             "--runs-dir", str(runs))
-    result = invoke(*args)
+    result = run_invoke(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs / "e2e"
     report = json.loads((run / "pruned" / "report.json").read_text())
@@ -34,25 +25,25 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     assert {(r["model"], r["runtime"]) for r in bench["rows"]} == {
         (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime")}
     assert "| pruned | onnxruntime |" in (run / "bench.md").read_text()
-    again = invoke(*args)
+    again = run_invoke(*args)
     assert again.returncode == 2 and "already exists; pass --resume" in again.stderr
 
 
 def test_prune_errors_stop_and_write_nothing(tmp_path, cifar_dir):
     out = tmp_path / "out"
     common = ("--data-dir", str(cifar_dir), "--out", str(out))
-    missing = invoke("prune", "--checkpoint", str(tmp_path / "none.pt"), "--mac-reduction", "0.5", *common)
+    missing = run_invoke("prune", "--checkpoint", str(tmp_path / "none.pt"), "--mac-reduction", "0.5", *common)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
     not_a_model = tmp_path / "notes.pt"
     not_a_model.write_text("hello")
-    garbage = invoke("prune", "--checkpoint", str(not_a_model), "--mac-reduction", "0.5", *common)
+    garbage = run_invoke("prune", "--checkpoint", str(not_a_model), "--mac-reduction", "0.5", *common)
     assert garbage.returncode == 2 and "not a readable checkpoint" in garbage.stderr
     model = build_model(vgg16_spec(0.0625))
     good = tmp_path / "good.pt"
     save_checkpoint(good, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
                            "data": {}})
-    bad_ratio = invoke("prune", "--checkpoint", str(good), "--ratio", "1.5", *common)
+    bad_ratio = run_invoke("prune", "--checkpoint", str(good), "--ratio", "1.5", *common)
     assert bad_ratio.returncode == 2 and "must be in (0, 1)" in bad_ratio.stderr
-    unreachable = invoke("prune", "--checkpoint", str(good), "--mac-reduction", "0.995", *common)
+    unreachable = run_invoke("prune", "--checkpoint", str(good), "--mac-reduction", "0.995", *common)
     assert unreachable.returncode == 2 and "cannot be reached" in unreachable.stderr
     assert not out.exists()

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.train import CHECKPOINT_NAME, PRESETS, lr_at, make_config, train
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_schedules_warm_up_then_decay_to_zero():
