@@ -108,10 +108,8 @@ def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_rati
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
     from pipeline.data import load_test
     from pipeline.flow import prune_stage
-    from pipeline.prune import METHODS, Budget
+    from pipeline.prune import Budget
 
-    if method not in METHODS:
-        raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     budget = Budget.from_options(ratio, layer_ratios, mac_reduction)
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
@@ -178,7 +176,8 @@ def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None)
 
     result = benchmark(models.split(","), load_test(data_dir), threads=int(threads), warmup=int(warmup),
                        runs=int(runs))
-    table = markdown_table(table_rows(result), list(table_rows(result)[0]))
+    rows = table_rows(result)
+    table = markdown_table(rows, list(rows[0]))
     write_results(out, result, title="Host benchmark", table=table)
     print(table)
 

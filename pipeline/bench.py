@@ -21,12 +21,13 @@ from pipeline.export import fold_batchnorm
 RUNTIMES = ("pytorch", "torchscript-lite", "onnxruntime")
 
 
-def _predictors(sidecar_path: Path, threads: int) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
-    """runtime -> (batch -> logits, file size in bytes) for one exported model."""
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, 32, 32) normalised images -> (N, 10) logits
+
+
+def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Predictor, int]]:
+    """runtime -> (batch -> logits, file size in bytes) for one exported model (its sidecar and folder)."""
     import onnxruntime
 
-    sidecar = json.loads(sidecar_path.read_text())
-    folder = sidecar_path.parent
     eager = fold_batchnorm(model_from_checkpoint(load_checkpoint(sidecar["checkpoint"])))
     state = io.BytesIO()
     torch.save(eager.state_dict(), state)
@@ -53,7 +54,10 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
     if threads < 1 or runs < rounds or warmup < 0:
         raise PipelineError("need threads >= 1, runs >= rounds and warmup >= 0")
     torch.set_num_threads(threads)
-    models = {Path(p).stem: (Path(p), _predictors(Path(p), threads)) for p in map(Path, sidecars)}
+    models = {}
+    for path in map(Path, sidecars):
+        sidecar = json.loads(path.read_text())
+        models[path.stem] = (sidecar, _predictors(sidecar, path.parent, threads))
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()
     timings = {(m, r): [] for m in models for r in RUNTIMES}
@@ -69,8 +73,7 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
                     predict(one)
                     timings[model_name, runtime].append(1000 * (time.perf_counter() - started))
     rows = []
-    for model_name, (path, predictors) in models.items():
-        sidecar = json.loads(path.read_text())
+    for model_name, (sidecar, predictors) in models.items():
         for runtime, (predict, size) in predictors.items():
             batch = 100 if runtime != "onnxruntime" or sidecar["onnx_export"]["dynamic_batch"] else 1
             predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])

@@ -80,7 +80,8 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
     result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
     result["config"] = {"name": name, "method": method, "budget": budget.to_dict(), "base": str(base_path),
                         "train": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(finetune_config)}
-    table = markdown_table(table_rows(result), list(table_rows(result)[0]))
+    rows = table_rows(result)
+    table = markdown_table(rows, list(rows[0]))
     stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())
     write_results(run / "bench", result, title=f"{name}: base vs {method}-pruned ({budget.to_dict()}), fine-tuned",
                   table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "

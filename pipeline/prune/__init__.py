@@ -41,10 +41,6 @@ def prune(model: VGG, method: str, budget: Budget, seed: int = 0) -> tuple[VGG, 
     return pruned, report
 
 
-__all__ = ["Budget", "METHODS", "prune", "prune_checkpoint", "prune_channels", "vgg_couplings", "mac_reduction",
-           "kept_counts"]
-
-
 def prune_checkpoint(checkpoint: dict, method: str, budget: Budget, seed: int = 0) -> dict:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report."""
@@ -54,3 +50,7 @@ def prune_checkpoint(checkpoint: dict, method: str, budget: Budget, seed: int = 
     return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
             "recipe": checkpoint["recipe"], "data": checkpoint["data"], "seed": seed, "metrics": {},
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
+
+
+__all__ = ["Budget", "METHODS", "prune", "prune_checkpoint", "prune_channels", "vgg_couplings", "mac_reduction",
+           "kept_counts"]
