@@ -97,6 +97,13 @@ class VGG(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def conv_blocks(self) -> list[nn.Sequential]:
+        """Per conv layer, its conv -> BN -> ReLU (-> max-pool), sharing this model's modules. Run in order on
+        (N, 3, 32, 32) images, block l outputs the maps that layer l + 1 (after the last, the classifier) consumes."""
+        starts = [i for i, module in enumerate(self.features) if isinstance(module, nn.Conv2d)]
+        ends = starts[1:] + [len(self.features)]
+        return [self.features[start:end] for start, end in zip(starts, ends)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
 

@@ -1,4 +1,6 @@
-"""Channel pruning: a method scores or picks channels, a budget says how many go, one surgery cuts them."""
+"""Channel pruning: a method scores or picks channels, a budget says how many go, one surgery cuts them.
+
+A method is the name of a scorer ("l1", "random") or a method's options (SCPConfig)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import VGG
 from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction
 from pipeline.prune.l1 import l1_scores, random_scores
+from pipeline.prune.scp import SCPConfig, prune_scp
 from pipeline.prune.surgery import prune_channels, vgg_couplings
 
 # Methods that rank channels by a score: the budget decides how many each layer keeps, the score which.
@@ -19,32 +22,49 @@ SCORERS: dict[str, Callable[[nn.Module, int], list[torch.Tensor]]] = {
     "l1": lambda model, seed: l1_scores(model),
     "random": random_scores,
 }
-METHODS = tuple(SCORERS)
+METHODS = (*SCORERS, "scp")
+Method = str | SCPConfig
 
 
-def prune(model: VGG, method: str, budget: Budget, seed: int = 0) -> tuple[VGG, dict]:
-    """The pruned model and a report: per layer channels before/after, MACs/params before/after."""
-    if method not in SCORERS:
+def method_name(method: Method) -> str:
+    return "scp" if isinstance(method, SCPConfig) else method
+
+
+def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
+          evaluation: torch.Tensor | None = None) -> tuple[VGG, dict]:
+    """The pruned model and a report: per layer channels before/after, MACs/params before/after.
+
+    evaluation: uint8 (n, 3, 32, 32) images whose feature maps data-driven methods (SCP) analyse."""
+    if isinstance(method, SCPConfig):
+        if evaluation is None:
+            raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
+        pruned, rows = prune_scp(model, method, budget, evaluation)
+        options = method.to_dict()
+    elif method in SCORERS:
+        if budget is None:
+            raise PipelineError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
+        keep = keep_top(SCORERS[method](model, seed), kept_counts(model.spec, budget))
+        pruned = prune_channels(model, keep)
+        rows = [{"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
+                 "kept": keep[c.layer]} for c in vgg_couplings(model)]
+        options = {}
+    else:
         raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-    counts = kept_counts(model.spec, budget)
-    keep = keep_top(SCORERS[method](model, seed), counts)
-    pruned = prune_channels(model, keep)
     before, after = count_cost(model), count_cost(pruned)
     report = {
-        "method": method, "budget": budget.to_dict(), "seed": seed,
-        "layers": [{"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
-                    "kept": keep[c.layer]} for c in vgg_couplings(model)],
-        "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
-        "params_after": after.params, "mac_reduction": 1 - after.macs / before.macs,
+        "method": method_name(method), "options": options, "budget": budget.to_dict() if budget else None,
+        "seed": seed, "layers": rows, "macs_before": before.macs, "macs_after": after.macs,
+        "params_before": before.params, "params_after": after.params, "mac_reduction": 1 - after.macs / before.macs,
         "param_reduction": 1 - after.params / before.params,
     }
     return pruned, report
 
 
-def prune_checkpoint(checkpoint: dict, method: str, budget: Budget, seed: int = 0) -> dict:
+def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, seed: int = 0,
+                     evaluation: torch.Tensor | None = None) -> dict:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report."""
-    pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed)
+    pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed, evaluation)
     parent_metrics = checkpoint.get("metrics", {})
     report["parent_test_top1"] = parent_metrics.get("test", {}).get("top1")
     return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
@@ -52,5 +72,5 @@ def prune_checkpoint(checkpoint: dict, method: str, budget: Budget, seed: int = 
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
 
 
-__all__ = ["Budget", "METHODS", "prune", "prune_checkpoint", "prune_channels", "vgg_couplings", "mac_reduction",
-           "kept_counts"]
+__all__ = ["Budget", "METHODS", "Method", "SCPConfig", "method_name", "prune", "prune_checkpoint", "prune_channels",
+           "vgg_couplings", "mac_reduction", "kept_counts"]

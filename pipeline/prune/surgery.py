@@ -50,6 +50,29 @@ def vgg_couplings(model: VGG) -> list[ChannelCoupling]:
     return couplings
 
 
+@dataclass(frozen=True)
+class Merge:
+    """Channel `removed` of a layer goes, and whatever consumed it now reads `factor` x channel `kept` instead:
+    the consumers' input weights of `removed`, scaled by `factor`, are added to those of `kept` (weight combination;
+    right when the removed map is close to `factor` times the kept one)."""
+
+    removed: int
+    kept: int
+    factor: float
+
+
+def fold_channels(state_dict: dict[str, torch.Tensor], coupling: ChannelCoupling, merges: Sequence[Merge]) -> None:
+    """Weight combination, in place on `state_dict`: adds each removed channel's consumer weights, times its factor,
+    to its kept twin's. Cutting the removed channels is left to `prune_channels`."""
+    if {m.kept for m in merges} & {m.removed for m in merges}:
+        raise PipelineError(f"layer {coupling.layer}: a channel cannot be both kept (merged into) and removed")
+    for key, dim in coupling.consumers:
+        weight = state_dict[key].clone()
+        for merge in merges:
+            weight.select(dim, merge.kept).add_(weight.select(dim, merge.removed), alpha=merge.factor)
+        state_dict[key] = weight
+
+
 def check_keep(couplings: Sequence[ChannelCoupling], keep: Mapping[int, Sequence[int]]) -> None:
     by_layer = {c.layer: c for c in couplings}
     for layer, channels in keep.items():
