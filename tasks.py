@@ -96,25 +96,63 @@ BUDGET_HELP = {
     "ratio": "fraction of every conv layer's channels to remove",
     "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16)",
 }
+METHOD_HELP = "l1 (Li et al. 2017), random, or scp (similarity-aware channel pruning)"
+SCP_HELP = {
+    "criterion": "scp: cosine (default), euclidean, manhattan or chebyshev feature-map similarity",
+    "knn": "scp: nearest neighbours per channel in the similarity matrix (default 3)",
+    "threshold": "scp: prune every pair more similar than this, in [0, 1], instead of a budget",
+    "combine": "scp: weight combination lstsq (default), sum (the paper) or none",
+    "rank": "scp with a budget: pairs go in order of estimated pruning loss (default) or of similarity (the paper)",
+    "recalibrate": "scp: yes/no re-measure the next layer's BatchNorm on the evaluation maps (default yes)",
+    "eval_images": "scp: held-out training images whose feature maps are compared (default 1024)",
+    "batch_size": "scp: images per forward pass (default 256)",
+}
 
 
-@task(help={"checkpoint": "trained checkpoint to prune", "method": "l1 (Li et al. 2017) or random",
+def _method_and_budget(method, ratio, layer_ratios, mac_reduction, scp_options, default_budget=None):
+    """The pruning method (a name, or SCP's options) and budget from command-line strings."""
+    from pipeline.options import with_options
+    from pipeline.prune import Budget, SCPConfig
+
+    no_budget = ratio is None and layer_ratios is None and mac_reduction is None
+    if method != "scp":
+        given = [f"--{name.replace('_', '-')}" for name, value in scp_options.items() if value is not None]
+        if given:
+            raise PipelineError(f"{', '.join(given)} apply to --method scp only")
+        return method, Budget.from_options(ratio, layer_ratios, mac_reduction if not no_budget else default_budget)
+    config = with_options(SCPConfig(), scp_options, "SCP")
+    if config.threshold is not None:
+        if not no_budget:
+            raise PipelineError("give either --threshold or a budget (--mac-reduction, --ratio, --layer-ratios), "
+                                "not both")
+        return config, None
+    if no_budget and default_budget is None:
+        raise PipelineError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
+                            "(--mac-reduction, --ratio or --layer-ratios)")
+    return config, Budget.from_options(ratio, layer_ratios, mac_reduction if not no_budget else default_budget)
+
+
+@task(help={"checkpoint": "trained checkpoint to prune", "method": METHOD_HELP,
             "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
             "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers",
-            "overwrite": "replace an existing output folder", **BUDGET_HELP}, auto_shortflags=False)
+            "overwrite": "replace an existing output folder", **BUDGET_HELP, **SCP_HELP}, auto_shortflags=False)
 @reports_errors
 def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
-          seed=0, overwrite=False):
+          seed=0, overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
+          recalibrate=None, eval_images=None, batch_size=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
-    from pipeline.data import load_test
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.data import load_cifar10
     from pipeline.flow import prune_stage
-    from pipeline.prune import Budget
 
-    budget = Budget.from_options(ratio, layer_ratios, mac_reduction)
+    scp_options = dict(criterion=criterion, knn=knn, threshold=threshold, combine=combine, rank=rank,
+                       recalibrate=recalibrate, eval_images=eval_images, batch_size=batch_size)
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, scp_options)
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
-    prune_stage(Path(checkpoint), out, method, budget, load_test(data_dir), int(seed))
+    held_out = load_checkpoint(checkpoint).get("data", {}).get("holdout_images", 0)
+    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out), int(seed))
 
 
 NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
@@ -184,28 +222,30 @@ def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None)
 
 @task(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
-            "method": "pruning method: l1 or random", "finetune_epochs": "override the fine-tuning epochs",
+            "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime", "data_dir": TRAIN_HELP["data_dir"],
-            "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP},
-      auto_shortflags=False)
+            "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
+            **SCP_HELP}, auto_shortflags=False)
 @reports_errors
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
              layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
-             device=None, runs_dir="runs"):
+             device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None, rank=None,
+             recalibrate=None, eval_images=None, batch_size=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
+    from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
     from pipeline.flow import run_pipeline
-    from pipeline.prune import Budget
     from pipeline.train import make_config
 
-    if mac_reduction is None and ratio is None and layer_ratios is None:
-        mac_reduction = 0.5
-    budget = Budget.from_options(ratio, layer_ratios, mac_reduction)
+    scp_options = dict(criterion=criterion, knn=knn, threshold=threshold, combine=combine, rank=rank,
+                       recalibrate=recalibrate, eval_images=eval_images, batch_size=batch_size)
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, scp_options, default_budget=0.5)
     train_config = make_config(preset, {"device": device})
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
-    data = load_cifar10(data_dir, holdout=train_config.holdout)
-    run_pipeline(name or preset, train_config, finetune_config, method, budget, data, base=base, runs_dir=runs_dir,
+    held_out = load_checkpoint(base).get("data", {}).get("holdout_images", 0) if base else train_config.holdout
+    data = load_cifar10(data_dir, holdout=held_out)
+    run_pipeline(name or preset, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
 
 

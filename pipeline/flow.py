@@ -15,33 +15,55 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from pipeline import data as cifar
 from pipeline.bench import benchmark, table_rows
 from pipeline.checkpoint import atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint
-from pipeline.prune import Budget, prune_checkpoint
+from pipeline.prune import Budget, Method, SCPConfig, method_name, method_options, prune_checkpoint
 from pipeline.report import markdown_table, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
 
 
-def prune_stage(base_path: Path, out_dir: Path, method: str, budget: Budget, test: cifar.Split, seed: int) -> dict:
-    """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report."""
-    pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed)
-    result = evaluate(model_from_checkpoint(pruned), test)
+def evaluation_images(method: Method, holdout: cifar.Split) -> torch.Tensor | None:
+    """The images a data-driven method analyses: the first of the training images held out from the base's training
+    (never the test set), or None for methods that look at weights only."""
+    if not isinstance(method, SCPConfig):
+        return None
+    if len(holdout) < method.eval_images:
+        raise PipelineError(f"SCP needs {method.eval_images} evaluation images from the held-out training images, "
+                            f"but only {len(holdout)} were held out when the base model was trained; pass "
+                            f"--eval-images {len(holdout)} or less, or train the base with a larger --holdout")
+    return holdout.head(method.eval_images).images
+
+
+def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget | None, data: cifar.Cifar10,
+                seed: int) -> dict:
+    """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
+    `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count)."""
+    started = time.perf_counter()
+    pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed, evaluation_images(method,
+                                                                                                 data.holdout))
+    seconds = time.perf_counter() - started
+    result = evaluate(model_from_checkpoint(pruned), data.test)
     pruned["metrics"] = {"test": result}
-    report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"]}
+    report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"],
+              "prune_seconds": round(seconds, 2)}
     save_checkpoint(out_dir / CHECKPOINT_NAME, pruned)
     with atomic_path(out_dir / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"pruned with {method} ({budget.to_dict()}): MACs {report['macs_before'] / 1e6:.1f}M -> "
-          f"{report['macs_after'] / 1e6:.1f}M ({report['mac_reduction']:.1%} fewer), params "
+    print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
+          f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
+          f"({report['mac_reduction']:.1%} fewer), params "
           f"{report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 right after "
           f"pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})", flush=True)
     return report
 
 
-def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: str, budget: Budget,
+def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
+                 budget: Budget | None,
                  data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
                  resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200) -> dict:
     """Runs every stage into runs_dir/name; with resume=True, finished stages are kept and an interrupted training
@@ -67,7 +89,7 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
         train(train_config, data, run / "base", resume=True, progress=progress)
     lap("train")
     if not (run / "pruned" / CHECKPOINT_NAME).exists():
-        prune_stage(base_path, run / "pruned", method, budget, data.test, train_config.seed)
+        prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed)
     lap("prune")
     train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
           init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
@@ -78,12 +100,14 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
     result = benchmark(sidecars, data.test, runs=bench_runs)
     lap("bench")
     result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
-    result["config"] = {"name": name, "method": method, "budget": budget.to_dict(), "base": str(base_path),
+    result["config"] = {"name": name, "method": method_name(method), "options": method_options(method),
+                        "budget": budget.to_dict() if budget else None, "base": str(base_path),
                         "train": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(finetune_config)}
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())
-    write_results(run / "bench", result, title=f"{name}: base vs {method}-pruned ({budget.to_dict()}), fine-tuned",
+    write_results(run / "bench", result, title=f"{name}: base vs {method_name(method)}-pruned "
+                                                 f"({(budget or method).to_dict()}), fine-tuned",
                   table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
                                      f"runs in {result['rounds']} interleaved rounds. Stages: {stages}.")
     print(table)

@@ -17,6 +17,7 @@ from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import build_model, vgg16_spec
+from pipeline.options import with_options
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SCHEDULES = ("cosine", "onecycle")
@@ -84,21 +85,6 @@ FINETUNE_OVERRIDES: dict[str, dict] = {
 }
 
 
-def _parse(value: str, annotation: str, name: str):
-    kind = annotation.replace(" | None", "")
-    if value.lower() in ("none", "") and "None" in annotation:
-        return None
-    try:
-        if kind == "bool":
-            lowered = value.lower()
-            if lowered not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return lowered in ("1", "true", "yes")
-        return {"int": int, "float": float, "str": str}[kind](value)
-    except ValueError:
-        raise PipelineError(f"option --{name.replace('_', '-')} expects {annotation}, got {value!r}") from None
-
-
 def make_config(preset: str, overrides: dict[str, str | int | float | bool | None] | None = None,
                 finetune: bool = False) -> TrainConfig:
     """A preset (its fine-tuning variant with finetune=True) with command-line overrides applied; an override of
@@ -106,14 +92,7 @@ def make_config(preset: str, overrides: dict[str, str | int | float | bool | Non
     if preset not in PRESETS:
         raise PipelineError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = dataclasses.replace(PRESETS[preset], **FINETUNE_OVERRIDES[preset]) if finetune else PRESETS[preset]
-    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    changes = {}
-    for name, value in (overrides or {}).items():
-        if name not in hints:
-            raise PipelineError(f"unknown training option {name!r}; known: {', '.join(hints)}")
-        if value is not None:
-            changes[name] = _parse(str(value), hints[name], name)
-    return dataclasses.replace(base, **changes)
+    return with_options(base, overrides, "training")
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:

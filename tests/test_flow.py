@@ -47,3 +47,35 @@ def test_prune_errors_stop_and_write_nothing(tmp_path, cifar_dir):
     unreachable = run_invoke("prune", "--checkpoint", str(good), "--mac-reduction", "0.995", *common)
     assert unreachable.returncode == 2 and "cannot be reached" in unreachable.stderr
     assert not out.exists()
+
+
+def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
+    model = build_model(vgg16_spec(0.0625))
+    base = tmp_path / "base.pt"
+    save_checkpoint(base, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
+                           "data": {"holdout_images": 500}, "metrics": {"test": {"top1": 0.1}}})
+    out = tmp_path / "scp"
+    common = ("prune", "--checkpoint", str(base), "--method", "scp", "--data-dir", str(cifar_dir), "--out", str(out))
+    for args, message in [
+        (("--threshold", "1.5"), "threshold must be in [0, 1]"), (("--threshold", "0.5", "--knn", "0"), "k (nearest"),
+        (("--threshold", "0.5", "--criterion", "jaccard"), "unknown criterion 'jaccard'"),
+        (("--mac-reduction", "0.5", "--eval-images", "100"), "smaller than one batch (256)"),
+        (("--mac-reduction", "0.5", "--eval-images", "1024", "--batch-size", "64"),
+         "only 500 were held out"),
+        (("--threshold", "0.5", "--mac-reduction", "0.5"), "not both"), ((), "exactly one of --threshold"),
+        (("--knn", "three", "--threshold", "0.5"), "--knn expects int"),
+    ]:
+        result = run_invoke(*common, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
+    l1_with_scp_option = run_invoke(*common[:3], "--method", "l1", "--criterion", "cosine", "--ratio", "0.5",
+                                    "--out", str(out))
+    assert l1_with_scp_option.returncode == 2 and "apply to --method scp only" in l1_with_scp_option.stderr
+    assert not out.exists()
+    done = run_invoke(*common, "--mac-reduction", "0.5", "--eval-images", "128", "--batch-size", "64",
+                      "--criterion", "euclidean")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "scp" and report["options"]["criterion"] == "euclidean"
+    assert abs(report["mac_reduction"] - 0.5) <= 0.01 and len(report["layers"]) == 13
+    assert {"knn_pairs", "removed_similarity_mean", "pruning_loss", "merges"} <= set(report["layers"][0])
+    assert load_checkpoint(out / "checkpoint.pt")["cost"]["macs"] == report["macs_after"]

@@ -30,6 +30,10 @@ def method_name(method: Method) -> str:
     return "scp" if isinstance(method, SCPConfig) else method
 
 
+def method_options(method: Method) -> dict:
+    return method.to_dict() if isinstance(method, SCPConfig) else {}
+
+
 def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
           evaluation: torch.Tensor | None = None) -> tuple[VGG, dict]:
     """The pruned model and a report: per layer channels before/after, MACs/params before/after.
@@ -39,7 +43,6 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
         if evaluation is None:
             raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
         pruned, rows = prune_scp(model, method, budget, evaluation)
-        options = method.to_dict()
     elif method in SCORERS:
         if budget is None:
             raise PipelineError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
@@ -47,13 +50,13 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
         pruned = prune_channels(model, keep)
         rows = [{"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
                  "kept": keep[c.layer]} for c in vgg_couplings(model)]
-        options = {}
     else:
         raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     before, after = count_cost(model), count_cost(pruned)
     report = {
-        "method": method_name(method), "options": options, "budget": budget.to_dict() if budget else None,
-        "seed": seed, "layers": rows, "macs_before": before.macs, "macs_after": after.macs,
+        "method": method_name(method), "options": method_options(method),
+        "budget": budget.to_dict() if budget else None, "seed": seed, "layers": rows,
+        "macs_before": before.macs, "macs_after": after.macs,
         "params_before": before.params, "params_after": after.params, "mac_reduction": 1 - after.macs / before.macs,
         "param_reduction": 1 - after.params / before.params,
     }
@@ -72,5 +75,5 @@ def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, se
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
 
 
-__all__ = ["Budget", "METHODS", "Method", "SCPConfig", "method_name", "prune", "prune_checkpoint", "prune_channels",
-           "vgg_couplings", "mac_reduction", "kept_counts"]
+__all__ = ["Budget", "METHODS", "Method", "SCPConfig", "method_name", "method_options", "prune", "prune_checkpoint",
+           "prune_channels", "vgg_couplings", "mac_reduction", "kept_counts"]

@@ -1,0 +1,37 @@
+"""Command-line strings onto option dataclasses: one parser, so every task reports a bad value the same way."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+from pipeline.errors import PipelineError
+
+Options = TypeVar("Options")
+
+
+def parse_option(value: str, annotation: str, name: str) -> str | int | float | bool | None:
+    """`value` as the field's type (annotation as written: "int", "float | None", "bool", "str")."""
+    kind = annotation.replace(" | None", "")
+    if value.lower() in ("none", "") and "None" in annotation:
+        return None
+    try:
+        if kind == "bool":
+            lowered = value.lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return lowered in ("1", "true", "yes")
+        return {"int": int, "float": float, "str": str}[kind](value)
+    except ValueError:
+        raise PipelineError(f"option --{name.replace('_', '-')} expects {annotation}, got {value!r}") from None
+
+
+def with_options(base: Options, overrides: dict[str, str | int | float | bool | None] | None, what: str) -> Options:
+    """`base` (a dataclass) with each override that is not None parsed and applied; the dataclass validates."""
+    hints = {f.name: f.type for f in dataclasses.fields(base)}
+    changes = {}
+    for name, value in (overrides or {}).items():
+        if name not in hints:
+            raise PipelineError(f"unknown {what} option {name!r}; known: {', '.join(hints)}")
+        if value is not None:
+            changes[name] = parse_option(str(value), hints[name], name)
+    return dataclasses.replace(base, **changes)
