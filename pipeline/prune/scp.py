@@ -192,7 +192,7 @@ class Removal:
 
 def choose_removals(pairs: Sequence[Pair], cost: CostFn, threshold: float | None = None,
                     wanted: int | None = None, merge_keepers: bool = False) -> list[Removal]:
-    """Greedy over pairs, most similar first. Of two channels neither yet involved, the one whose removal costs less
+    """Greedy over `pairs` in the order given. Of two channels neither yet involved, the one whose removal costs less
     goes; a channel already kept for another is never removed, so its new partner goes into it; a pair with a removed
     channel is skipped. Stops at the first pair not above `threshold`, or after `wanted` removals.
     merge_keepers: also merge two kept channels (the cheaper goes, its group follows it into the other) - the last
