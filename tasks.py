@@ -96,58 +96,53 @@ BUDGET_HELP = {
     "ratio": "fraction of every conv layer's channels to remove",
     "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16)",
 }
-METHOD_HELP = "l1 (Li et al. 2017), random, or scp (similarity-aware channel pruning)"
-SCP_HELP = {
+METHOD_HELP = "l1 (Li et al. 2017), random, scp (similarity-aware channel pruning) or kmeans (filter clustering)"
+METHOD_OPTIONS_HELP = {
     "criterion": "scp: cosine (default), euclidean, manhattan or chebyshev feature-map similarity",
     "knn": "scp: nearest neighbours per channel in the similarity matrix (default 3)",
     "threshold": "scp: prune every pair more similar than this, in [0, 1], instead of a budget",
-    "combine": "scp: weight combination lstsq (default), sum (the paper) or none",
+    "combine": "weight combination - scp: lstsq (default), sum (the paper) or none; kmeans: none (default) or sum",
     "rank": "scp with a budget: pairs go in order of estimated pruning loss (default) or of similarity (the paper)",
     "recalibrate": "scp: yes/no re-measure the next layer's BatchNorm on the evaluation maps (default yes)",
     "eval_images": "scp: held-out training images whose feature maps are compared (default 1024)",
     "batch_size": "scp: images per forward pass (default 256)",
+    "clusters": "kmeans: K per layer from the budget (default; half the filters without one), or chosen per layer "
+                "by elbow or silhouette",
+    "keep": "kmeans: the filter kept per cluster - centroid (nearest it, default) or random (the blog)",
+    "normalize": "kmeans: yes/no cluster unit-length filters (default no)",
+    "restarts": "kmeans: k-means++ initialisations per clustering (default 4)",
+    "min_keep": "kmeans with elbow/silhouette: the fraction of a layer's filters K never goes below (default 0.25)",
 }
 
 
-def _method_and_budget(method, ratio, layer_ratios, mac_reduction, scp_options, default_budget=None):
-    """The pruning method (a name, or SCP's options) and budget from command-line strings."""
-    from pipeline.options import with_options
-    from pipeline.prune import Budget, SCPConfig
+def _method_options(task_arguments):
+    """The method options a task was called with (None: not given), picked from its arguments."""
+    return {name: task_arguments[name] for name in METHOD_OPTIONS_HELP}
 
-    no_budget = ratio is None and layer_ratios is None and mac_reduction is None
-    if method != "scp":
-        given = [f"--{name.replace('_', '-')}" for name, value in scp_options.items() if value is not None]
-        if given:
-            raise PipelineError(f"{', '.join(given)} apply to --method scp only")
-        return method, Budget.from_options(ratio, layer_ratios, mac_reduction if not no_budget else default_budget)
-    config = with_options(SCPConfig(), scp_options, "SCP")
-    if config.threshold is not None:
-        if not no_budget:
-            raise PipelineError("give either --threshold or a budget (--mac-reduction, --ratio, --layer-ratios), "
-                                "not both")
-        return config, None
-    if no_budget and default_budget is None:
-        raise PipelineError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
-                            "(--mac-reduction, --ratio or --layer-ratios)")
-    return config, Budget.from_options(ratio, layer_ratios, mac_reduction if not no_budget else default_budget)
+
+def _method_and_budget(method, ratio, layer_ratios, mac_reduction, method_options, default_budget=None):
+    from pipeline.prune import Budget, resolve_method
+
+    default = Budget(mac_reduction=default_budget) if default_budget is not None else None
+    return resolve_method(method, method_options, Budget.from_options(ratio, layer_ratios, mac_reduction), default)
 
 
 @task(help={"checkpoint": "trained checkpoint to prune", "method": METHOD_HELP,
             "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
             "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers",
-            "overwrite": "replace an existing output folder", **BUDGET_HELP, **SCP_HELP}, auto_shortflags=False)
+            "overwrite": "replace an existing output folder", **BUDGET_HELP, **METHOD_OPTIONS_HELP},
+      auto_shortflags=False)
 @reports_errors
 def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
           seed=0, overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
-          recalibrate=None, eval_images=None, batch_size=None):
+          recalibrate=None, eval_images=None, batch_size=None, clusters=None, keep=None, normalize=None,
+          restarts=None, min_keep=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
     from pipeline.flow import prune_stage
 
-    scp_options = dict(criterion=criterion, knn=knn, threshold=threshold, combine=combine, rank=rank,
-                       recalibrate=recalibrate, eval_images=eval_images, batch_size=batch_size)
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, scp_options)
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()))
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
@@ -226,21 +221,21 @@ def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None)
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime", "data_dir": TRAIN_HELP["data_dir"],
             "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
-            **SCP_HELP}, auto_shortflags=False)
+            **METHOD_OPTIONS_HELP}, auto_shortflags=False)
 @reports_errors
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
              layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
              device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None, rank=None,
-             recalibrate=None, eval_images=None, batch_size=None):
+             recalibrate=None, eval_images=None, batch_size=None, clusters=None, keep=None, normalize=None,
+             restarts=None, min_keep=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
     from pipeline.flow import run_pipeline
     from pipeline.train import make_config
 
-    scp_options = dict(criterion=criterion, knn=knn, threshold=threshold, combine=combine, rank=rank,
-                       recalibrate=recalibrate, eval_images=eval_images, batch_size=batch_size)
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, scp_options, default_budget=0.5)
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()),
+                                         default_budget=0.5)
     train_config = make_config(preset, {"device": device})
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
     held_out = load_checkpoint(base).get("data", {}).get("holdout_images", 0) if base else train_config.holdout

@@ -69,7 +69,7 @@ def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
     l1_with_scp_option = run_invoke(*common[:3], "--method", "l1", "--criterion", "cosine", "--ratio", "0.5",
                                     "--out", str(out))
-    assert l1_with_scp_option.returncode == 2 and "apply to --method scp only" in l1_with_scp_option.stderr
+    assert l1_with_scp_option.returncode == 2 and "applies to --method scp only" in l1_with_scp_option.stderr
     assert not out.exists()
     done = run_invoke(*common, "--mac-reduction", "0.5", "--eval-images", "128", "--batch-size", "64",
                       "--criterion", "euclidean")

@@ -1,8 +1,9 @@
 """Channel pruning: a method scores or picks channels, a budget says how many go, one surgery cuts them.
 
-A method is the name of a scorer ("l1", "random") or a method's options (SCPConfig)."""
+A method is the name of a scorer ("l1", "random") or a method's options (SCPConfig, KMeansConfig)."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -12,7 +13,9 @@ from pipeline.checkpoint import model_from_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import VGG
+from pipeline.options import with_options
 from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction
+from pipeline.prune.kmeans import KMeansConfig, prune_kmeans
 from pipeline.prune.l1 import l1_scores, random_scores
 from pipeline.prune.scp import SCPConfig, prune_scp
 from pipeline.prune.surgery import prune_channels, vgg_couplings
@@ -22,16 +25,39 @@ SCORERS: dict[str, Callable[[nn.Module, int], list[torch.Tensor]]] = {
     "l1": lambda model, seed: l1_scores(model),
     "random": random_scores,
 }
-METHODS = (*SCORERS, "scp")
-Method = str | SCPConfig
+# Methods with options of their own: each option dataclass validates itself and says which budget it prunes to.
+CONFIGS = {config.name: config for config in (SCPConfig, KMeansConfig)}
+METHODS = (*SCORERS, *CONFIGS)
+Method = str | SCPConfig | KMeansConfig
 
 
 def method_name(method: Method) -> str:
-    return "scp" if isinstance(method, SCPConfig) else method
+    return method if isinstance(method, str) else method.name
 
 
 def method_options(method: Method) -> dict:
-    return method.to_dict() if isinstance(method, SCPConfig) else {}
+    return {} if isinstance(method, str) else method.to_dict()
+
+
+def resolve_method(name: str, options: dict[str, str | int | float | bool | None], budget: Budget | None,
+                   default_budget: Budget | None = None) -> tuple[Method, Budget | None]:
+    """The method and the budget it prunes to, from command-line values (None: not given). An option that belongs
+    to another method, or a budget the method's options rule out, is an error naming the fix."""
+    if name not in METHODS:
+        raise PipelineError(f"unknown pruning method {name!r}; choose one of {', '.join(METHODS)}")
+    given = {key: value for key, value in options.items() if value is not None}
+    own = {field.name for field in dataclasses.fields(CONFIGS[name])} if name in CONFIGS else set()
+    foreign = [key for key in given if key not in own]
+    if foreign:
+        owners = lambda key: "/".join(m for m, c in CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)})
+        raise PipelineError("; ".join(f"--{key.replace('_', '-')} applies to --method {owners(key)} only"
+                                      for key in foreign) + f", not to --method {name}")
+    if name in SCORERS:
+        if budget is None and default_budget is None:
+            raise PipelineError(f"{name} needs a budget: --mac-reduction, --ratio or --layer-ratios")
+        return name, budget or default_budget
+    config = with_options(CONFIGS[name](), given, name)
+    return config, config.resolve_budget(budget, default_budget)
 
 
 def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
@@ -43,6 +69,8 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
         if evaluation is None:
             raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
         pruned, rows = prune_scp(model, method, budget, evaluation)
+    elif isinstance(method, KMeansConfig):
+        pruned, rows = prune_kmeans(model, method, budget, seed)
     elif method in SCORERS:
         if budget is None:
             raise PipelineError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
@@ -75,5 +103,5 @@ def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, se
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
 
 
-__all__ = ["Budget", "METHODS", "Method", "SCPConfig", "method_name", "method_options", "prune", "prune_checkpoint",
-           "prune_channels", "vgg_couplings", "mac_reduction", "kept_counts"]
+__all__ = ["Budget", "KMeansConfig", "METHODS", "Method", "SCPConfig", "kept_counts", "mac_reduction", "method_name",
+           "method_options", "prune", "prune_channels", "prune_checkpoint", "resolve_method", "vgg_couplings"]

@@ -37,8 +37,11 @@ class Budget:
 
     @classmethod
     def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
-                     mac_reduction: str | float | None = None) -> Budget:
-        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5."""
+                     mac_reduction: str | float | None = None) -> Budget | None:
+        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5; None when none
+        is given (the method may not need one, or has a default)."""
+        if ratio is None and layer_ratios is None and mac_reduction is None:
+            return None
         def number(text: str | float, option: str) -> float:
             try:
                 return float(text)

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ class SCPConfig:
     recalibrate: re-estimate the next layer's BatchNorm statistics on the evaluation maps after each layer is cut;
     eval_images: evaluation-set size; batch_size: images per forward pass."""
 
+    name: ClassVar[str] = "scp"
     criterion: str = "cosine"
     knn: int = 3
     threshold: float | None = None
@@ -82,6 +84,19 @@ class SCPConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget | None:
+        """The budget SCP prunes to: none in threshold mode (a budget is then an error), else the one given or the
+        caller's default; one of the two must decide how many channels go."""
+        if self.threshold is not None:
+            if budget is not None:
+                raise PipelineError("give either --threshold or a budget (--mac-reduction, --ratio, --layer-ratios), "
+                                    "not both")
+            return None
+        if budget is None and default is None:
+            raise PipelineError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
+                                "(--mac-reduction, --ratio or --layer-ratios)")
+        return budget or default
 
 
 @dataclass(frozen=True)

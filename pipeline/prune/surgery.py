@@ -32,6 +32,11 @@ class ChannelCoupling:
     producers: tuple[TensorDim, ...]
     consumers: tuple[TensorDim, ...]
 
+    @property
+    def filters(self) -> str:
+        """State-dict key of the conv weight (out, in, kh, kw) whose filters make the channels: producers[0]."""
+        return self.producers[0][0]
+
 
 def vgg_couplings(model: VGG) -> list[ChannelCoupling]:
     """One coupling per conv layer of a VGG; the classifier's outputs are never prunable."""

@@ -1,0 +1,118 @@
+"""What every pruning benchmark shares: one base checkpoint, and each method judged the same way - test top-1 right
+after pruning, after re-measuring BatchNorm on the same evaluation images, and after one identical short fine-tune.
+
+Cells are keyed by name and kept in <out>.json as soon as they are measured, so an interrupted run resumes without
+redoing them; fine-tuned checkpoints go under `work` (and resume mid-fine-tune too).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline import data as cifar
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.export import file_sha256
+from pipeline.flow import evaluation_images
+from pipeline.models import VGG
+from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
+from pipeline.report import write_results
+from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, train
+
+
+def recalibrated(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """A copy of `model` whose BatchNorm statistics are re-measured on `images` (uint8), nothing else changed."""
+    copy = model_from_checkpoint({"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    for module in copy.modules():
+        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over all batches
+    copy.train()
+    with torch.no_grad():
+        for batch in cifar.normalize(images).split(batch_size):
+            copy(batch)
+    return copy.eval()
+
+
+@dataclass
+class Bench:
+    base_path: Path
+    base_checkpoint: dict
+    base: VGG
+    data: cifar.Cifar10
+    finetune_config: TrainConfig
+    out: Path
+    work: Path
+    payload: dict
+
+    @classmethod
+    def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None) -> Bench:
+        """The base, CIFAR-10 (holding out the images the base held out) and any cells already in <out>.json."""
+        checkpoint = load_checkpoint(base)
+        data = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"])
+        model = model_from_checkpoint(checkpoint)
+        finetune_config = make_config(finetune_preset, finetune=True)
+        results = Path(out).with_suffix(".json")
+        cells = json.loads(results.read_text())["cells"] if results.exists() else {}
+        payload = {"base": {"checkpoint": base, "sha256": file_sha256(Path(base)),
+                            "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
+                            "test_top1": evaluate(model, data.test)["top1"]},
+                   "finetune": dataclasses.asdict(finetune_config), "cells": cells}
+        return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload)
+
+    @property
+    def cells(self) -> dict[str, dict]:
+        return self.payload["cells"]
+
+    def measure(self, key: str, method: Method, budget: Budget | None, seed: int = 0, **extra: object) -> dict:
+        """Prunes the base (unless `key` is done): MACs, params, seconds, top-1 pruned and with BatchNorm
+        re-measured on the first SCPConfig().eval_images held-out images (what SCP itself sees)."""
+        if key not in self.cells:
+            started = time.perf_counter()
+            pruned, report = prune(self.base, method, budget, seed,
+                                   evaluation=evaluation_images(method, self.data.holdout))
+            seconds = time.perf_counter() - started
+            calibration = self.data.holdout.head(SCPConfig().eval_images).images
+            self.cells[key] = {**extra, "method": method_name(method), "options": report["options"],
+                               "budget": report["budget"], "mac_reduction": report["mac_reduction"],
+                               "param_reduction": report["param_reduction"], "params": report["params_after"],
+                               "channels": [row["channels_after"] for row in report["layers"]],
+                               "prune_seconds": round(seconds, 2),
+                               "top1_pruned": evaluate(pruned, self.data.test)["top1"],
+                               "top1_recalibrated": evaluate(recalibrated(pruned, calibration),
+                                                             self.data.test)["top1"]}
+            print(key, {k: v for k, v in self.cells[key].items() if k.startswith("top1")}, flush=True)
+        return self.cells[key]
+
+    def finetune(self, key: str, method: Method, budget: Budget | None, seed: int = 0) -> dict:
+        """The identical short fine-tune from the pruned model (unless done); adds top1_finetuned to the cell."""
+        cell = self.cells[key]
+        if "top1_finetuned" not in cell:
+            pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
+                                      evaluation_images(method, self.data.holdout))
+            folder = self.work / key.replace("/", "-")
+            started = time.perf_counter()
+            train(self.finetune_config, self.data, folder, resume=True, progress=False, init=pruned)
+            finetuned = model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME))
+            cell["top1_finetuned"] = evaluate(finetuned, self.data.test)["top1"]
+            cell["finetune_seconds"] = round(time.perf_counter() - started, 1)
+            print(key, "fine-tuned", cell["top1_finetuned"], flush=True)
+        return cell
+
+    def save(self, title: str, table: str, notes: str = "") -> None:
+        write_results(self.out, self.payload, title=title, table=table, notes=notes)
+
+
+def base_title(payload: dict) -> str:
+    base = payload["base"]
+    return (f"VGG16-BN width {base['width']}, {base['epochs']} epochs, test top-1 {100 * base['test_top1']:.2f}% "
+            f"(real CIFAR-10 test set, 10,000 images)")
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"

@@ -1,0 +1,206 @@
+"""K-means filter clustering (the blog in seeds/000): filters whose weights are alike compute alike, so each layer's
+filters are clustered with k-means and one filter per cluster stays.
+
+The blog fixes K at half the filters and keeps a random member; here K comes from a budget (half the filters is
+`Budget(ratio=0.5)`, the default) or is chosen per layer by the elbow of the inertia curve or by the best silhouette,
+and the kept filter is the member nearest its centroid (or a random one, to reproduce the blog). Optionally the removed
+members' next-layer weights are added to the kept filter's (weight combination, shared with SCP), as if each removed
+filter's map were its keeper's.
+
+Layer by layer: once layer l is cut (and folded), layer l+1's filters are clustered as they now are - with l's
+removed input channels gone and the folded weights in - so every clustering sees the network it will prune.
+
+Cheap exact geometry: a layer's N filters span at most N dimensions, so each filter is replaced by its coordinates in
+that span (from the N x N Gram matrix). Distances, centroids and inertia are unchanged, and k-means costs O(N^2) per
+step instead of O(N D) - 9x fewer for 512 filters of 512 x 3 x 3 weights.
+
+Measured on trained VGG16 filters (benchmarks/results/kmeans_quick.md): they do not form clusters - inertia falls
+almost linearly with K and silhouettes stay near 0 - so the automatic choices are bounded below by `min_keep`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
+
+from pipeline.errors import PipelineError
+from pipeline.models import VGG
+from pipeline.prune.budget import Budget, kept_counts
+from pipeline.prune.surgery import Merge, fold_channels, prune_channels, vgg_couplings
+
+CLUSTERS = ("budget", "elbow", "silhouette")
+KEEP = ("centroid", "random")
+COMBINE = ("none", "sum")
+SEARCH_GRID = 9  # K values tried per zoom step of the automatic search
+
+
+@dataclass(frozen=True)
+class KMeansConfig:
+    """clusters: "budget" (K per layer = the channels a Budget keeps; half the filters by default), "elbow" or
+    "silhouette" (K chosen per layer, no budget);
+    keep: the member nearest its cluster's centroid ("centroid") or a random member ("random", the blog);
+    combine: "sum" adds removed members' next-layer weights to their keeper's, "none" drops them (the blog);
+    normalize: cluster unit-length filters (direction only) rather than raw weights;
+    restarts: k-means++ initialisations per clustering, the best kept;
+    min_keep: the automatic search keeps at least this fraction of a layer's filters."""
+
+    name: ClassVar[str] = "kmeans"
+    clusters: str = "budget"
+    keep: str = "centroid"
+    combine: str = "none"
+    normalize: bool = False
+    restarts: int = 4
+    min_keep: float = 0.25
+
+    def __post_init__(self) -> None:
+        checks = [(self.clusters in CLUSTERS, f"unknown --clusters {self.clusters!r}; choose one of "
+                                                f"{', '.join(CLUSTERS)}"),
+                  (self.keep in KEEP, f"unknown kept-filter rule {self.keep!r}; choose one of {', '.join(KEEP)}"),
+                  (self.combine in COMBINE, f"k-means weight combination must be one of {', '.join(COMBINE)}, "
+                                            f"got {self.combine!r}"),
+                  (self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}"),
+                  (0 < self.min_keep <= 1, f"min-keep is a fraction of a layer's filters in (0, 1], got "
+                                                 f"{self.min_keep}")]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise PipelineError("bad k-means options: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget | None:
+        """The budget this configuration prunes to: none when K is chosen automatically (a budget is then an error),
+        else the one given, the caller's default, or the blog's half the filters."""
+        if self.clusters != "budget":
+            if budget is not None:
+                raise PipelineError(f"--clusters {self.clusters} chooses K per layer itself; drop --mac-reduction/"
+                                    f"--ratio/--layer-ratios, or use --clusters budget")
+            return None
+        return budget or default or Budget(ratio=0.5)
+
+
+def filter_points(weight: torch.Tensor, normalize: bool) -> np.ndarray:
+    """(N, ...) filters as (N, N) float64 points with the same pairwise distances: Q sqrt(L) from the eigenvectors
+    of their Gram matrix X X^T = Q L Q^T (an N x N problem, however long the filters)."""
+    rows = weight.detach().flatten(1).double().numpy()
+    if normalize:
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    eigenvalues, eigenvectors = np.linalg.eigh(rows @ rows.T)
+    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))
+
+
+def fit(points: np.ndarray, k: int, restarts: int, seed: int) -> KMeans:
+    with warnings.catch_warnings():
+        # More clusters than distinct filters (dead or copied filters) is expected; representatives() handles it.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return KMeans(n_clusters=k, init="k-means++", n_init=restarts, random_state=seed).fit(points)
+
+
+def search_k(points: np.ndarray, choice: str, lowest: int, seed: int) -> tuple[int, dict[int, float]]:
+    """The K that `choice` picks in [lowest, N] and the curve it measured ({K: inertia or silhouette}).
+
+    elbow: the knee of inertia against K (Kneedle: the point farthest below the chord from (1, total sum of
+    squares) to (N, 0), on axes scaled to [0, 1]); silhouette: the highest mean silhouette (K in [2, N - 1]).
+    Cheap steps: SEARCH_GRID values of K across the range, then the same across the best one's neighbours, until
+    neighbouring K differ by one - about SEARCH_GRID x log(N) clusterings rather than N, each with one k-means++
+    start (the chosen K is then clustered again with every restart)."""
+    n = len(points)
+    fitted: dict[int, KMeans] = {}
+
+    def clustering(k: int) -> KMeans:
+        if k not in fitted:
+            fitted[k] = fit(points, k, 1, seed)
+        return fitted[k]
+
+    if choice == "elbow":
+        low, high = min(max(lowest, 1), n), n
+        value: Callable[[int], float] = lambda k: 0.0 if k == n else float(clustering(k).inertia_)
+        total = float(((points - points.mean(0)) ** 2).sum())  # the inertia of K = 1
+        # The chord runs over the whole curve, K = 1..N, whatever part is searched: scaling by a bounded part alone
+        # would blow the noise beyond the last real cluster up into a knee of its own.
+        objective = lambda k: (1 - (k - 1) / max(n - 1, 1)) - (value(k) / total if total > 0 else 0.0)
+    else:
+        low, high = max(2, lowest), n - 1
+        if low > high:  # two filters or fewer: no silhouette exists, keep them all
+            return n, {}
+        # Identical filters can leave a clustering with one label, where no silhouette exists: the worst score.
+        value = lambda k: (float(silhouette_score(points, clustering(k).labels_))
+                           if 2 <= len(np.unique(clustering(k).labels_)) < n else -1.0)
+        objective = value
+    start, stop = low, high
+    while True:
+        grid = sorted({int(k) for k in np.linspace(start, stop, SEARCH_GRID).round()})
+        best = max(grid, key=lambda k: (objective(k), -k))  # ties: the smaller network
+        if len(grid) == stop - start + 1:
+            break
+        at = grid.index(best)
+        start, stop = grid[max(at - 1, 0)], grid[min(at + 1, len(grid) - 1)]
+    return best, {k: value(k) for k in sorted(fitted)}
+
+
+def representatives(points: np.ndarray, clustering: KMeans, k: int, keep: str,
+                    generator: np.random.Generator) -> tuple[list[int], list[Merge]]:
+    """One filter per cluster (`k` in all) and a Merge (factor 1) of every other filter into its cluster's keeper.
+
+    Identical filters can leave fewer non-empty clusters than `k`; the filters farthest from their centroid then
+    stay too, so a budget is still met exactly."""
+    labels, centres = clustering.labels_, clustering.cluster_centers_
+    distance = np.linalg.norm(points - centres[labels], axis=1)
+    keepers = {}
+    for cluster in np.unique(labels):
+        members = np.flatnonzero(labels == cluster)
+        keepers[cluster] = int(members[np.argmin(distance[members])] if keep == "centroid"
+                               else generator.choice(members))
+    kept = set(keepers.values())
+    for extra in np.argsort(-distance, kind="stable"):
+        if len(kept) >= k:
+            break
+        kept.add(int(extra))
+    merges = [Merge(removed=i, kept=keepers[labels[i]], factor=1.0) for i in range(len(points)) if i not in kept]
+    return sorted(kept), merges
+
+
+@torch.no_grad()
+def prune_kmeans(model: VGG, config: KMeansConfig, budget: Budget | None, seed: int = 0) -> tuple[VGG, list[dict]]:
+    """K-means filter clustering of every conv layer; returns the pruned model (eval mode) and one report row per
+    layer. Deterministic for a fixed seed."""
+    if (config.clusters == "budget") == (budget is None):
+        raise PipelineError("k-means needs a budget with --clusters budget, and none with --clusters elbow/silhouette")
+    counts = kept_counts(model.spec, budget) if budget is not None else None
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    generator = np.random.default_rng(seed)
+    keep: dict[int, list[int]] = {}
+    rows = []
+    for coupling in vgg_couplings(model):
+        layer = coupling.layer
+        weight = state[coupling.filters]
+        if layer - 1 in keep:
+            weight = weight.index_select(1, torch.tensor(keep[layer - 1]))
+        points = filter_points(weight, config.normalize)
+        curve: dict[int, float] = {}
+        if counts is not None:
+            k = counts[layer]
+        else:
+            k, curve = search_k(points, config.clusters, math.ceil(config.min_keep * len(points)), seed)
+        clustering = fit(points, k, config.restarts, seed)
+        kept, merges = representatives(points, clustering, k, config.keep, generator)
+        if config.combine == "sum":
+            fold_channels(state, coupling, merges)
+        keep[layer] = kept
+        total = float(((points - points.mean(0)) ** 2).sum())
+        rows.append({"layer": layer, "channels_before": coupling.channels, "channels_after": len(kept), "kept": kept,
+                     "k": k, "clusters": config.clusters,
+                     "inertia_share": float(clustering.inertia_) / total if total > 0 else 0.0,
+                     "largest_cluster": int(np.bincount(clustering.labels_).max()),
+                     "search": [[key, round(value, 6)] for key, value in sorted(curve.items())],
+                     "merges": [[m.removed, m.kept] for m in merges] if config.combine == "sum" else []})
+    return prune_channels(model, keep, state).eval(), rows
