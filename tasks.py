@@ -215,6 +215,19 @@ def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None)
     print(table)
 
 
+@task(name="build-apk", help={"model": "sidecar JSON written by `invoke export` (default: export/model.json)",
+                              "variant": "debug (default; what bench-device needs) or release (debug-signed)",
+                              "data_dir": TRAIN_HELP["data_dir"]}, auto_shortflags=False)
+@reports_errors
+def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
+    """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build it with Gradle."""
+    from pipeline.android import build_apk as build
+    from pipeline.data import load_test
+
+    apk = build(Path(model), load_test(data_dir), variant)
+    print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
+
+
 @task(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
             "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",

@@ -1,0 +1,144 @@
+package org.prunedroid.demo;
+
+import android.app.Activity;
+import android.content.Intent;
+import android.os.Build;
+import android.os.Bundle;
+import android.os.SystemClock;
+import android.util.Log;
+
+import org.json.JSONArray;
+import org.json.JSONException;
+import org.json.JSONObject;
+import org.pytorch.IValue;
+import org.pytorch.LiteModuleLoader;
+import org.pytorch.LitePyTorchAndroid;
+import org.pytorch.Module;
+import org.pytorch.Tensor;
+
+import java.io.File;
+import java.io.FileOutputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
+import java.util.Locale;
+
+/**
+ * Latency of one .ptl model for automation. Started by `invoke bench-device`:
+ * <pre>
+ * adb shell am start -W -n org.prunedroid.demo/.BenchmarkActivity \
+ *     --es model pruned.ptl --es out pruned --ei warmup 20 --ei runs 100 --ei threads 1
+ * </pre>
+ * `model` is a file in the app's files folder (or an absolute path the app may read). Writes
+ * files/bench/&lt;out&gt;.json - latencies in ms, model size, device - and one line to logcat (tag prunedroid-bench),
+ * then finishes. A failure writes {"error": ...} to the same file, so the caller never waits for nothing.
+ */
+public class BenchmarkActivity extends Activity {
+    static final String TAG = "prunedroid-bench";
+
+    @Override
+    protected void onCreate(Bundle savedInstanceState) {
+        super.onCreate(savedInstanceState);
+        Intent intent = getIntent();
+        String model = intent.getStringExtra("model");
+        String out = intent.hasExtra("out") ? intent.getStringExtra("out") : "bench";
+        int warmup = intent.getIntExtra("warmup", 20);
+        int runs = intent.getIntExtra("runs", 100);
+        int threads = intent.getIntExtra("threads", 1);
+        new Thread(() -> {
+            JSONObject result;
+            try {
+                result = run(model, warmup, runs, threads);
+                Log.i(TAG, result.getString("summary"));
+            } catch (Throwable error) {  // including a model the runtime cannot read
+                result = new JSONObject();
+                try {
+                    result.put("error", String.valueOf(error));
+                } catch (JSONException ignored) {
+                    // put() on a fresh object with a string cannot fail
+                }
+                Log.e(TAG, "benchmark of " + model + " failed", error);
+            }
+            try {
+                write(out, result);
+            } catch (IOException error) {
+                Log.e(TAG, "could not write the result " + out, error);
+            }
+            runOnUiThread(this::finish);
+        }, "benchmark").start();
+    }
+
+    private JSONObject run(String model, int warmup, int runs, int threads) throws JSONException {
+        if (model == null || runs < 1 || warmup < 0 || threads < 1) {
+            throw new IllegalArgumentException("need --es model <file>, runs >= 1, warmup >= 0, threads >= 1");
+        }
+        File file = model.startsWith("/") ? new File(model) : new File(getFilesDir(), model);
+        if (!file.canRead()) {
+            throw new IllegalArgumentException("cannot read " + file);
+        }
+        // LitePyTorchAndroid, not PyTorchAndroid: the latter loads libpytorch_jni, which the lite AAR does not ship.
+        LitePyTorchAndroid.setNumThreads(threads);
+        long loadStarted = SystemClock.elapsedRealtimeNanos();
+        Module module = LiteModuleLoader.load(file.getAbsolutePath());
+        double loadMs = (SystemClock.elapsedRealtimeNanos() - loadStarted) / 1e6;
+        // Latency of a conv net does not depend on pixel values: one fixed CIFAR-sized image.
+        long[] shape = {1, 3, 32, 32};
+        IValue input = IValue.from(Tensor.fromBlob(new float[3 * 32 * 32], shape));
+        for (int i = 0; i < warmup; i++) {
+            module.forward(input);
+        }
+        double[] latencies = new double[runs];
+        for (int i = 0; i < runs; i++) {
+            long started = SystemClock.elapsedRealtimeNanos();
+            module.forward(input);
+            latencies[i] = (SystemClock.elapsedRealtimeNanos() - started) / 1e6;
+        }
+        module.destroy();
+        double[] sorted = latencies.clone();
+        Arrays.sort(sorted);
+        JSONObject latency = new JSONObject()
+                .put("median", percentile(sorted, 0.5)).put("p90", percentile(sorted, 0.9))
+                .put("min", sorted[0]).put("max", sorted[sorted.length - 1]);
+        JSONObject device = new JSONObject()
+                .put("manufacturer", Build.MANUFACTURER).put("model", Build.MODEL)
+                .put("abi", Build.SUPPORTED_ABIS[0]).put("android", Build.VERSION.RELEASE)
+                .put("sdk", Build.VERSION.SDK_INT);
+        JSONArray all = new JSONArray();
+        for (double value : latencies) {
+            all.put(value);
+        }
+        String summary = String.format(Locale.US, "%s: median %.3f ms, p90 %.3f ms over %d runs, %d threads, %s %s",
+                file.getName(), percentile(sorted, 0.5), percentile(sorted, 0.9), runs, threads, Build.MANUFACTURER,
+                Build.MODEL);
+        return new JSONObject()
+                .put("model", file.getName()).put("model_bytes", file.length()).put("load_ms", loadMs)
+                .put("runs", runs).put("warmup", warmup).put("threads", threads).put("latency_ms", latency)
+                .put("latencies_ms", all).put("device", device)
+                .put("runtime", "pytorch_android_lite " + BuildConfig.PYTORCH_LITE_VERSION)
+                .put("summary", summary);
+    }
+
+    /** Linear interpolation between closest ranks, as numpy.percentile does by default. */
+    static double percentile(double[] sorted, double q) {
+        double position = q * (sorted.length - 1);
+        int below = (int) Math.floor(position);
+        int above = Math.min(below + 1, sorted.length - 1);
+        return sorted[below] + (position - below) * (sorted[above] - sorted[below]);
+    }
+
+    /** Written to a temporary name and renamed, so a reader never sees half a result. */
+    private void write(String name, JSONObject result) throws IOException {
+        File folder = new File(getFilesDir(), "bench");
+        if (!folder.isDirectory() && !folder.mkdirs()) {
+            throw new IOException("cannot create " + folder);
+        }
+        File partial = new File(folder, name + ".json.partial");
+        try (OutputStream stream = new FileOutputStream(partial)) {
+            stream.write(result.toString().getBytes(StandardCharsets.UTF_8));
+        }
+        if (!partial.renameTo(new File(folder, name + ".json"))) {
+            throw new IOException("could not rename " + partial);
+        }
+    }
+}
