@@ -228,6 +228,35 @@ def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
 
 
+@task(name="bench-device", help={
+    "models": "comma-separated sidecar JSON files written by `invoke export`",
+    "apk": "the debug APK `invoke build-apk` built", "serial": "the device to use when several are attached",
+    "runs": "timed runs per model on the device", "warmup": "untimed runs first",
+    "threads": "PyTorch Mobile threads (default 1)",
+    "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"},
+    auto_shortflags=False)
+@reports_errors
+def bench_device(c, models, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs=100,
+                 warmup=20, threads=1, report="bench"):
+    """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
+    import json
+
+    from pipeline.bench import add_device_rows, table_rows
+    from pipeline.device import bench_device as run_on_device
+    from pipeline.report import markdown_table, write_results
+
+    sidecars = [Path(m) for m in models.split(",")]
+    device = run_on_device(sidecars, Path(apk), serial, int(warmup), int(runs), int(threads))
+    stem = Path(report)
+    host = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
+    host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
+    result = add_device_rows(host, device, {p.stem: json.loads(p.read_text()) for p in sidecars})
+    rows = table_rows(result)
+    table = markdown_table(rows, list(rows[0]))
+    write_results(stem, result, title="Host and device benchmark", table=table)
+    print(table)
+
+
 @task(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
             "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",

@@ -92,9 +92,29 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
             "test_images": len(test), "baseline_model": rows[0]["model"]}
 
 
+def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> dict:
+    """`result` (from benchmark(), or empty) with one row per model measured on a phone (bench_device()'s result),
+    runtime "android-lite (<phone>)", ratios against the first model on the same phone. Top-1 is not measured there:
+    the same .ptl gives the host's TorchScript Lite top-1."""
+    runtime = f"android-lite ({device['device']['manufacturer']} {device['device']['model']})"
+    rows = [r for r in result.get("rows", []) if r["runtime"] != runtime]
+    measured = []
+    for name, run in device["models"].items():
+        measured.append({"model": name, "runtime": runtime, "test_top1": None, "macs": sidecars[name]["macs"],
+                         "params": sidecars[name]["params"], "file_bytes": run["model_bytes"],
+                         "latency_median_ms": run["latency_ms"]["median"], "latency_p90_ms": run["latency_ms"]["p90"],
+                         "threads": run["threads"]})
+    for row in measured:
+        row["mac_ratio"] = row["macs"] / measured[0]["macs"]
+        row["latency_ratio"] = row["latency_median_ms"] / measured[0]["latency_median_ms"]
+    return {**result, "rows": rows + measured, "device": {k: v for k, v in device.items() if k != "models"},
+            "device_results": device["models"]}
+
+
 def table_rows(result: dict) -> list[dict]:
     """Rows formatted for a Markdown table."""
-    return [{"model": r["model"], "runtime": r["runtime"], "test top-1": f"{100 * r['test_top1']:.2f}%",
+    percent = lambda value: "" if value is None else f"{100 * value:.2f}%"
+    return [{"model": r["model"], "runtime": r["runtime"], "test top-1": percent(r["test_top1"]),
              "MACs": f"{r['macs'] / 1e6:.2f}M", "params": f"{r['params'] / 1e6:.3f}M",
              "file": f"{r['file_bytes'] / 1e6:.2f} MB", "median ms": f"{r['latency_median_ms']:.3f}",
              "p90 ms": f"{r['latency_p90_ms']:.3f}", "MACs vs base": f"{r['mac_ratio']:.2f}x",

@@ -1,0 +1,115 @@
+"""`bench-device` against tests/fake_adb.py: adb's real output formats and failures, one simulated phone."""
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench import add_device_rows, table_rows
+from pipeline.checkpoint import save_checkpoint
+from pipeline.device import Device, bench_device, find_adb, parse_devices, pick_device
+from pipeline.errors import PipelineError
+from pipeline.export import export_checkpoint
+from pipeline.models import vgg16_spec
+from tests.conftest import run_invoke
+from tests.test_prune import trained_like
+
+PHONE = "R5CT1234ABC            device usb:1-1 product:panther model:Pixel_7 device:panther transport_id:3"
+EMULATOR = "emulator-5554          device product:sdk_gphone64_x86_64 model:sdk_gphone64_x86_64 transport_id:1"
+LOCKED = "R5CT1234ABC            unauthorized usb:1-1 transport_id:4"
+
+
+def test_adb_devices_listing_and_the_choice_of_device():
+    listing = f"* daemon not running; starting now at tcp:5037\n* daemon started successfully\n" \
+              f"List of devices attached\n{PHONE}\n{EMULATOR}\n\n"
+    devices = parse_devices(listing)
+    assert [(d.serial, d.state) for d in devices] == [("R5CT1234ABC", "device"), ("emulator-5554", "device")]
+    assert pick_device(devices, "emulator-5554").serial == "emulator-5554"
+    for found, serial, message in [
+        ([], None, "no Android device or emulator attached"), (devices, None, "2 devices attached"),
+        (devices, "XYZ", "no device 'XYZ' attached"), (parse_devices(LOCKED), None, "Allow USB debugging"),
+        ([Device("R5CT1234ABC", "offline", "")], None, "is offline"),
+    ]:
+        with pytest.raises(PipelineError, match=message):
+            pick_device(found, serial)
+
+
+def test_a_missing_adb_says_where_to_get_it(tmp_path):
+    with pytest.raises(PipelineError, match="platform-tools"):
+        find_adb({"PATH": str(tmp_path)})
+
+
+@pytest.fixture
+def phone(tmp_path) -> dict[str, str]:
+    """PATH with the fake adb first and one attached phone; the device's files under tmp_path/state."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).with_name("fake_adb.py")}" "$@"\n')
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "state").mkdir()
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ADB_STATE": str(tmp_path / "state"),
+            "FAKE_ADB_DEVICES": PHONE, "ANDROID_HOME": ""}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, synthetic_data) -> list[Path]:
+    folder = tmp_path_factory.mktemp("device-export")
+    sidecars = []
+    for name, width in (("base", 0.0625), ("pruned", 0.03125)):
+        model = trained_like(vgg16_spec(width))
+        save_checkpoint(folder / f"{name}.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+        sidecars.append(export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name).sidecar)
+    return sidecars
+
+
+@pytest.fixture
+def apk(tmp_path) -> Path:
+    path = tmp_path / "app-debug.apk"
+    path.write_bytes(b"PK")
+    return path
+
+
+def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apk, tmp_path):
+    result = bench_device(models, apk, warmup=2, runs=5, threads=2, env=phone)
+    assert result["serial"] == "R5CT1234ABC" and result["device"]["model"] == "Pixel 7"
+    assert set(result["models"]) == {"base", "pruned"}
+    for name, sidecar in zip(("base", "pruned"), models):
+        run = result["models"][name]
+        assert run["model_bytes"] == (sidecar.parent / f"{name}.ptl").stat().st_size
+        assert run["runs"] == 5 and run["threads"] == 2 and run["latency_ms"]["median"] > 0
+    state = tmp_path / "state"
+    assert not (state / "fs/data/local/tmp/prunedroid").exists()  # what was copied is removed
+    assert not list((state / "app/files").rglob("*.ptl")) and not list((state / "app/files").rglob("*.json"))
+    host = {"rows": [{"model": "base", "runtime": "onnxruntime", "test_top1": 0.5, "macs": 1, "params": 1,
+                      "file_bytes": 1, "latency_median_ms": 1.0, "latency_p90_ms": 1.0, "mac_ratio": 1.0,
+                      "latency_ratio": 1.0, "threads": 1}]}
+    merged = add_device_rows(host, result, {p.stem: json.loads(p.read_text()) for p in models})
+    phone_rows = [r for r in table_rows(merged) if r["runtime"] == "android-lite (Google Pixel 7)"]
+    assert len(merged["rows"]) == 3 and [r["model"] for r in phone_rows] == ["base", "pruned"]
+    assert phone_rows[0]["latency vs base"] == "1.00x" and phone_rows[1]["test top-1"] == ""
+
+
+def test_device_failures_are_explained(phone, models, apk):
+    with pytest.raises(PipelineError, match="INSTALL_FAILED_UPDATE_INCOMPATIBLE(.|\n)*adb uninstall"):
+        bench_device(models, apk, env={**phone, "FAKE_ADB_INSTALL_FAIL": "1"})
+    with pytest.raises(PipelineError, match="no result for base after 1 s(.|\n)*FATAL EXCEPTION"):
+        bench_device(models, apk, env={**phone, "FAKE_ADB_CRASH": "1"}, timeout=1)
+    with pytest.raises(PipelineError, match="Allow USB debugging"):
+        bench_device(models, apk, env={**phone, "FAKE_ADB_DEVICES": LOCKED})
+    with pytest.raises(PipelineError, match="no APK at"):
+        bench_device(models, apk.with_name("missing.apk"), env=phone)
+
+
+def test_bench_device_from_the_command_line(phone, models, apk, tmp_path, monkeypatch):
+    for key, value in phone.items():
+        monkeypatch.setenv(key, value)
+    report = tmp_path / "bench"
+    result = run_invoke("bench-device", "--models", ",".join(map(str, models)), "--apk", str(apk), "--runs", "3",
+                        "--report", str(report))
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads(report.with_suffix(".json").read_text())
+    assert saved["device"]["serial"] == "R5CT1234ABC" and len(saved["rows"]) == 2
+    assert "android-lite (Google Pixel 7)" in report.with_suffix(".md").read_text()
