@@ -6,6 +6,7 @@ redoing them; fine-tuned checkpoints go under `work` (and resume mid-fine-tune t
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
@@ -39,6 +40,17 @@ def recalibrated(model: nn.Module, images: torch.Tensor, batch_size: int = 256) 
     return copy.eval()
 
 
+def arguments(description: str, work: str, out: str) -> argparse.ArgumentParser:
+    """The options every pruning benchmark takes; a script adds its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="runs/quick/checkpoint.pt", help="trained base checkpoint")
+    parser.add_argument("--finetune-preset", default="quick", help="whose fine-tuning recipe every cell gets")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--work", default=work, help="fine-tuned checkpoints")
+    parser.add_argument("--out", default=out, help="results stem (.json, .md)")
+    return parser
+
+
 @dataclass
 class Bench:
     base_path: Path
@@ -64,6 +76,10 @@ class Bench:
                             "test_top1": evaluate(model, data.test)["top1"]},
                    "finetune": dataclasses.asdict(finetune_config), "cells": cells}
         return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Bench:
+        return cls.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir)
 
     @property
     def cells(self) -> dict[str, dict]:

@@ -10,9 +10,7 @@ Run from the project root with the package installed (pip install -e .).
 """
 from __future__ import annotations
 
-import argparse
-
-from harness import Bench, base_title, percent
+from harness import Bench, arguments, base_title, percent
 
 from pipeline.prune import Budget, KMeansConfig, SCPConfig
 from pipeline.report import markdown_table
@@ -38,15 +36,10 @@ def settings(target: float) -> dict[str, tuple[object, Budget | None, bool]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="runs/quick/checkpoint.pt")
+    parser = arguments(__doc__, work="runs/bench-kmeans", out="benchmarks/results/kmeans_quick")
     parser.add_argument("--target", type=float, default=0.5, help="MAC reduction of the equal-cost comparison")
-    parser.add_argument("--finetune-preset", default="quick")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--work", default="runs/bench-kmeans", help="fine-tuned checkpoints")
-    parser.add_argument("--out", default="benchmarks/results/kmeans_quick")
     args = parser.parse_args()
-    bench = Bench.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir)
+    bench = Bench.from_arguments(args)
     save = lambda: bench.save(f"K-means filter clustering: {base_title(bench.payload)}", tables(bench.payload), NOTES)
     chosen = settings(args.target)
     for name, (method, budget, _) in chosen.items():

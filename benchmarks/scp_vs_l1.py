@@ -9,9 +9,7 @@ Run from the project root with the package installed (pip install -e .).
 """
 from __future__ import annotations
 
-import argparse
-
-from harness import Bench, base_title, percent
+from harness import Bench, arguments, base_title, percent
 
 from pipeline.prune import Budget, SCPConfig
 from pipeline.prune.similarity import CRITERIA
@@ -29,15 +27,10 @@ def methods() -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="runs/quick/checkpoint.pt")
+    parser = arguments(__doc__, work="runs/bench-scp", out="benchmarks/results/scp_quick")
     parser.add_argument("--targets", default="0.3,0.5", help="MAC reductions")
-    parser.add_argument("--finetune-preset", default="quick")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--work", default="runs/bench-scp", help="fine-tuned checkpoints")
-    parser.add_argument("--out", default="benchmarks/results/scp_quick")
     args = parser.parse_args()
-    bench = Bench.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir)
+    bench = Bench.from_arguments(args)
     save = lambda: bench.save(title(bench.payload), table(bench.payload), NOTES)
     for target in (float(t) for t in args.targets.split(",")):
         budget = Budget(mac_reduction=target)

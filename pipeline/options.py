@@ -35,3 +35,10 @@ def with_options(base: Options, overrides: dict[str, str | int | float | bool | 
         if value is not None:
             changes[name] = parse_option(str(value), hints[name], name)
     return dataclasses.replace(base, **changes)
+
+
+def check(checks: list[tuple[bool, str]], what: str) -> None:
+    """Raises one error listing the message of every (ok, message) that is not ok."""
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise PipelineError(f"bad {what} options: " + "; ".join(problems))

@@ -50,3 +50,14 @@ def cifar_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_data(cifar_dir) -> cifar.Cifar10:
     return cifar.load_cifar10(cifar_dir, holdout=500, download=False)
+
+
+def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -> Path:
+    """An untrained VGG16-BN checkpoint shaped like a trained base's (recipe, held-out count, test top-1)."""
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.models import build_model, vgg16_spec
+
+    model = build_model(vgg16_spec(width))
+    save_checkpoint(path, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
+                           "data": {"holdout_images": holdout}, "metrics": {"test": {"top1": 0.1}}})
+    return path

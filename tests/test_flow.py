@@ -1,7 +1,7 @@
 """The whole job as a user runs it: `invoke pipeline --preset smoke`, then the errors of `invoke prune`."""
 import json
 
-from conftest import run_invoke
+from conftest import run_invoke, save_untrained_base
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models import build_model, vgg16_spec
@@ -50,10 +50,7 @@ def test_prune_errors_stop_and_write_nothing(tmp_path, cifar_dir):
 
 
 def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
-    model = build_model(vgg16_spec(0.0625))
-    base = tmp_path / "base.pt"
-    save_checkpoint(base, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
-                           "data": {"holdout_images": 500}, "metrics": {"test": {"top1": 0.1}}})
+    base = save_untrained_base(tmp_path / "base.pt")
     out = tmp_path / "scp"
     common = ("prune", "--checkpoint", str(base), "--method", "scp", "--data-dir", str(cifar_dir), "--out", str(out))
     for args, message in [

@@ -5,12 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.models import VGGSpec, build_model, vgg16_spec
+from pipeline.models import VGGSpec, vgg16_spec
 from pipeline.prune import Budget, KMeansConfig, kept_counts, prune, resolve_method
 from pipeline.prune.kmeans import filter_points, search_k
-from tests.conftest import run_invoke
+from tests.conftest import run_invoke, save_untrained_base
 from tests.test_prune import SMALL, trained_like
 
 # Every conv layer's filters come in well-separated groups: filter i belongs to group i % groups[layer].
@@ -122,10 +121,7 @@ def test_options_and_budgets_resolve_or_explain():
 
 
 def test_kmeans_from_the_command_line(tmp_path, cifar_dir):
-    model = build_model(vgg16_spec(0.0625))
-    base = tmp_path / "base.pt"
-    save_checkpoint(base, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
-                           "data": {"holdout_images": 500}, "metrics": {"test": {"top1": 0.1}}})
+    base = save_untrained_base(tmp_path / "base.pt")
     out = tmp_path / "kmeans"
     common = ("prune", "--checkpoint", str(base), "--method", "kmeans", "--data-dir", str(cifar_dir), "--out", str(out))
     refused = run_invoke(*common, "--clusters", "elbow", "--mac-reduction", "0.5")
@@ -135,4 +131,4 @@ def test_kmeans_from_the_command_line(tmp_path, cifar_dir):
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "kmeans" and report["options"]["keep"] == "random"
     assert report["budget"] == {"ratio": 0.5, "tolerance": 0.01}
-    assert [row["channels_after"] for row in report["layers"]] == [c // 2 for c in model.spec.conv_channels]
+    assert [row["channels_after"] for row in report["layers"]] == [c // 2 for c in vgg16_spec(0.0625).conv_channels]

@@ -34,6 +34,7 @@ from sklearn.metrics import silhouette_score
 
 from pipeline.errors import PipelineError
 from pipeline.models import VGG
+from pipeline.options import check
 from pipeline.prune.budget import Budget, kept_counts
 from pipeline.prune.surgery import Merge, fold_channels, prune_channels, vgg_couplings
 
@@ -70,9 +71,7 @@ class KMeansConfig:
                   (self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}"),
                   (0 < self.min_keep <= 1, f"min-keep is a fraction of a layer's filters in (0, 1], got "
                                                  f"{self.min_keep}")]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise PipelineError("bad k-means options: " + "; ".join(problems))
+        check(checks, "k-means")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,6 +35,7 @@ from torch import nn
 from pipeline import data as cifar
 from pipeline.errors import PipelineError
 from pipeline.models import VGG, build_model
+from pipeline.options import check
 from pipeline.prune.budget import Budget, kept_counts
 from pipeline.prune.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from pipeline.prune.surgery import ChannelCoupling, Merge, fold_channels, prune_channels, vgg_couplings
@@ -78,9 +79,7 @@ class SCPConfig:
                   (self.eval_images >= self.batch_size,
                    f"the evaluation set ({self.eval_images} images) is smaller than one batch ({self.batch_size}); "
                    f"use more evaluation images or a smaller batch")]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise PipelineError("bad SCP options: " + "; ".join(problems))
+        check(checks, "SCP")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
