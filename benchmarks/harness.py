@@ -105,19 +105,28 @@ class Bench:
             print(key, {k: v for k, v in self.cells[key].items() if k.startswith("top1")}, flush=True)
         return self.cells[key]
 
-    def finetune(self, key: str, method: Method, budget: Budget | None, seed: int = 0) -> dict:
-        """The identical short fine-tune from the pruned model (unless done); adds top1_finetuned to the cell."""
+    def finetune(self, key: str, method: Method, budget: Budget | None, seed: int = 0,
+                 finetune_seed: int | None = None) -> dict:
+        """The identical short fine-tune from the pruned model (unless done): top1_finetuned in the cell; with a
+        `finetune_seed` other than the recipe's, the same recipe under that seed, in top1_finetuned_seeds[seed] -
+        how far one fine-tune's top-1 moves with its seed alone."""
         cell = self.cells[key]
-        if "top1_finetuned" not in cell:
-            pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
-                                      evaluation_images(method, self.data.holdout))
-            folder = self.work / key.replace("/", "-")
-            started = time.perf_counter()
-            train(self.finetune_config, self.data, folder, resume=True, progress=False, init=pruned)
-            finetuned = model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME))
-            cell["top1_finetuned"] = evaluate(finetuned, self.data.test)["top1"]
+        recipe = finetune_seed is None or finetune_seed == self.finetune_config.seed
+        config = self.finetune_config if recipe else dataclasses.replace(self.finetune_config, seed=finetune_seed)
+        if (recipe and "top1_finetuned" in cell) or str(config.seed) in cell.get("top1_finetuned_seeds", {}):
+            return cell
+        pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
+                                  evaluation_images(method, self.data.holdout))
+        folder = self.work / (key.replace("/", "-") + ("" if recipe else f"-seed{config.seed}"))
+        started = time.perf_counter()
+        train(config, self.data, folder, resume=True, progress=False, init=pruned)
+        top1 = evaluate(model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME)), self.data.test)["top1"]
+        if recipe:
+            cell["top1_finetuned"] = top1
             cell["finetune_seconds"] = round(time.perf_counter() - started, 1)
-            print(key, "fine-tuned", cell["top1_finetuned"], flush=True)
+        else:
+            cell.setdefault("top1_finetuned_seeds", {})[str(config.seed)] = top1
+        print(key, f"fine-tuned (seed {config.seed})", top1, flush=True)
         return cell
 
     def save(self, title: str, table: str, notes: str = "") -> None:

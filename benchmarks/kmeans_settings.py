@@ -23,10 +23,10 @@ def settings(target: float) -> dict[str, tuple[object, Budget | None, bool]]:
     equal = Budget(mac_reduction=target)
     return {
         "kmeans-blog": (KMeansConfig(keep="random"), HALF, True),
-        "kmeans-half-centroid": (KMeansConfig(), HALF, False),
+        "kmeans-half-centroid": (KMeansConfig(), HALF, True),
         "kmeans-half-centroid-sum": (KMeansConfig(combine="sum"), HALF, False),
         "kmeans-half-normalized": (KMeansConfig(normalize=True), HALF, False),
-        "l1-half": ("l1", HALF, False),
+        "l1-half": ("l1", HALF, True),
         "kmeans-elbow": (KMeansConfig(clusters="elbow"), None, True),
         "kmeans-silhouette": (KMeansConfig(clusters="silhouette"), None, True),
         f"kmeans-mac{target:.2f}": (KMeansConfig(), equal, True),

@@ -29,6 +29,7 @@ def methods() -> dict[str, object]:
 def main() -> None:
     parser = arguments(__doc__, work="runs/bench-scp", out="benchmarks/results/scp_quick")
     parser.add_argument("--targets", default="0.3,0.5", help="MAC reductions")
+    parser.add_argument("--extra-seeds", default="", help="fine-tune the same cells again with these seeds")
     args = parser.parse_args()
     bench = Bench.from_arguments(args)
     save = lambda: bench.save(title(bench.payload), table(bench.payload), NOTES)
@@ -40,9 +41,10 @@ def main() -> None:
         # One identical fine-tune for L1, the best SCP with weight combination, and the same SCP without it.
         scp = {k: v for k, v in bench.cells.items() if v["target"] == target and v["method"] == "scp"}
         best = max((k for k in scp if not k.endswith(("-none", "-paper"))), key=lambda k: scp[k]["top1_pruned"])
-        for key in (f"{target:.2f}/l1", best, best.rsplit("-", 1)[0] + "-none"):
-            bench.finetune(key, methods()[key.split("/", 1)[1]], budget)
-            save()
+        for finetune_seed in [None, *(int(seed) for seed in args.extra_seeds.split(",") if seed)]:
+            for key in (f"{target:.2f}/l1", best, best.rsplit("-", 1)[0] + "-none"):
+                bench.finetune(key, methods()[key.split("/", 1)[1]], budget, finetune_seed=finetune_seed)
+                save()
     save()
 
 
@@ -51,7 +53,8 @@ NOTES = """
 running mean/variance re-measured on the 1,024 evaluation images (held-out training images) - no weights change; SCP
 with `recalibrate` already does this layer by layer, L1 and the paper setting get it here. `fine-tuned`: one identical
 short fine-tune (the recipe in the JSON) from the pruned model, for L1, the best SCP with weight combination and the
-same criterion without it. SCP settings: `lstsq`/`sum`/`none` = weight combination with least-squares factor / factor
+same criterion without it; `other seeds`: the same fine-tune with other seeds (--extra-seeds), to show how much a
+single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with least-squares factor / factor
 1 / no combination, all with pairs ranked by estimated pruning loss and BatchNorm re-measured layer by layer;
 `paper` = factor 1, most similar pairs first, no re-measuring (the report's method). k = 3 nearest neighbours.
 """
@@ -65,7 +68,9 @@ def table(payload: dict) -> str:
     rows = [{"MAC target": f"{100 * c['target']:.0f}%", "method": key.split("/", 1)[1],
              "MACs removed": percent(c["mac_reduction"]), "params": f"{c['params'] / 1e6:.3f}M",
              "pruned": percent(c["top1_pruned"]), "BN re-measured": percent(c["top1_recalibrated"]),
-             "fine-tuned": percent(c.get("top1_finetuned")), "prune time (s)": c["prune_seconds"]}
+             "fine-tuned": percent(c.get("top1_finetuned")),
+             "fine-tuned, other seeds": ", ".join(percent(v) for v in c.get("top1_finetuned_seeds", {}).values()),
+             "prune time (s)": c["prune_seconds"]}
             for key, c in payload["cells"].items()]
     return markdown_table(rows, list(rows[0])) if rows else "(no cells yet)\n"
 
