@@ -202,6 +202,13 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
     assert (android.assets_dir(app_copy) / "model.ptl").is_file()  # staged assets stay for the next try
     with pytest.raises(PipelineError, match="--variant must be debug or release"):
         android.build_apk(exported, synthetic_data.test, "profile", app_copy, env)
+    # The project's own wrapper wins over a Gradle on PATH, as `gradle wrapper` or Android Studio leave it.
+    tool(app_copy, "gradlew", FAKE_GRADLE)
+    (bin_dir / "gradle").unlink()
+    try:
+        assert android.build_apk(exported, synthetic_data.test, "debug", app_copy, env).name == "app-debug.apk"
+    finally:
+        (app_copy / "gradlew").unlink()
 
 
 def test_a_stale_or_missing_model_is_refused(tmp_path, exported):
