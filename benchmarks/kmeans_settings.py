@@ -11,8 +11,11 @@ Run from the project root with the package installed (pip install -e .).
 from __future__ import annotations
 
 from harness import Bench, arguments, base_title, percent
+from sklearn.metrics import silhouette_score
+from torch import nn
 
 from pipeline.prune import Budget, KMeansConfig, SCPConfig
+from pipeline.prune.kmeans import filter_points, fit
 from pipeline.report import markdown_table
 
 HALF = Budget(ratio=0.5)  # the blog's K = N/2 in every layer
@@ -35,11 +38,29 @@ def settings(target: float) -> dict[str, tuple[object, Budget | None, bool]]:
     }
 
 
+def filter_structure(model: nn.Module, fractions: tuple[float, ...] = (0.25, 0.5, 0.75)) -> list[dict]:
+    """Per conv layer of the base: the share of the filters' total sum of squares that k-means with K = N/4, N/2,
+    3N/4 leaves (a fall in step with K - 0.75, 0.5, 0.25 - means no cluster structure) and the mean silhouette of
+    those clusterings (near 0: no structure; near 1: tight, separated groups)."""
+    rows = []
+    for layer, conv in enumerate(m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        points = filter_points(conv.weight, normalize=False)
+        total = float(((points - points.mean(0)) ** 2).sum())
+        row = {"layer": layer, "filters": len(points)}
+        for fraction in fractions:
+            clustering = fit(points, max(2, round(fraction * len(points))), restarts=4, seed=0)
+            row[f"inertia_share_{fraction}"] = float(clustering.inertia_) / total
+            row[f"silhouette_{fraction}"] = float(silhouette_score(points, clustering.labels_))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = arguments(__doc__, work="runs/bench-kmeans", out="benchmarks/results/kmeans_quick")
     parser.add_argument("--target", type=float, default=0.5, help="MAC reduction of the equal-cost comparison")
     args = parser.parse_args()
     bench = Bench.from_arguments(args)
+    bench.payload["filter_structure"] = filter_structure(bench.base)
     save = lambda: bench.save(f"K-means filter clustering: {base_title(bench.payload)}", tables(bench.payload), NOTES)
     chosen = settings(args.target)
     for name, (method, budget, _) in chosen.items():
@@ -74,8 +95,14 @@ def tables(payload: dict) -> str:
             for name, c in cells.items()]
     layers = [{"setting": name, **{str(i): channels for i, channels in enumerate(c["channels"])}}
               for name, c in cells.items() if name in ("kmeans-blog", "kmeans-elbow", "kmeans-silhouette")]
+    structure = [{"layer": r["layer"], "filters": r["filters"],
+                  **{f"inertia share, K = {f}N": f"{r[f'inertia_share_{f}']:.2f}" for f in (0.25, 0.5, 0.75)},
+                  **{f"silhouette, K = {f}N": f"{r[f'silhouette_{f}']:.3f}" for f in (0.25, 0.5, 0.75)}}
+                 for r in payload.get("filter_structure", [])]
     return (markdown_table(rows, list(rows[0])) + "\nChannels kept per conv layer:\n\n"
-            + (markdown_table(layers, list(layers[0])) if layers else "(not yet measured)\n"))
+            + (markdown_table(layers, list(layers[0])) if layers else "(not yet measured)\n")
+            + "\nDo the base's filters form clusters? (k-means on each layer's filters, 4 restarts, seed 0)\n\n"
+            + (markdown_table(structure, list(structure[0])) if structure else "(not yet measured)\n"))
 
 
 if __name__ == "__main__":

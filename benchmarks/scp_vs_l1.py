@@ -54,9 +54,10 @@ running mean/variance re-measured on the 1,024 evaluation images (held-out train
 with `recalibrate` already does this layer by layer, L1 and the paper setting get it here. `fine-tuned`: one identical
 short fine-tune (the recipe in the JSON) from the pruned model, for L1, the best SCP with weight combination and the
 same criterion without it; `other seeds`: the same fine-tune with other seeds (--extra-seeds), to show how much a
-single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with least-squares factor / factor
-1 / no combination, all with pairs ranked by estimated pruning loss and BatchNorm re-measured layer by layer;
-`paper` = factor 1, most similar pairs first, no re-measuring (the report's method). k = 3 nearest neighbours.
+single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with
+least-squares factor / factor 1 / no combination, all with pairs ranked by estimated pruning loss and BatchNorm
+re-measured layer by layer; `paper` = factor 1, most similar pairs first, no re-measuring (the report's method).
+k = 3 nearest neighbours.
 """
 
 

@@ -146,6 +146,11 @@ def benchmark_model(adb: Adb, ptl: Path, name: str, warmup: int, runs: int, thre
             time.sleep(1)
         if "error" in result:
             raise PipelineError(f"the app could not benchmark {name}: {result['error']}\n{crash_lines(adb)}")
+        latency = result.get("latency_ms", {})
+        if not all(isinstance(latency.get(key), (int, float)) for key in ("median", "p90", "min", "max")) \
+                or not isinstance(result.get("model_bytes"), int) or result.get("runs") != runs:
+            raise PipelineError(f"the app's result for {name} is not what this version writes (is an older APK "
+                                f"installed? rebuild with `invoke build-apk`): {json.dumps(result)[:500]}")
         return result
     finally:
         adb.run("shell", "run-as", PACKAGE, "rm", "-rf", f"files/{name}.ptl", f"files/bench/{name}.json",

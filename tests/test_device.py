@@ -97,6 +97,8 @@ def test_device_failures_are_explained(phone, models, apk):
         bench_device(models, apk, env={**phone, "FAKE_ADB_INSTALL_FAIL": "1"})
     with pytest.raises(PipelineError, match="no result for base after 1 s(.|\n)*FATAL EXCEPTION"):
         bench_device(models, apk, env={**phone, "FAKE_ADB_CRASH": "1"}, timeout=1)
+    with pytest.raises(PipelineError, match="is not what this version writes"):
+        bench_device(models, apk, env={**phone, "FAKE_ADB_OLD_APP": "1"})
     with pytest.raises(PipelineError, match="Allow USB debugging"):
         bench_device(models, apk, env={**phone, "FAKE_ADB_DEVICES": LOCKED})
     with pytest.raises(PipelineError, match="no APK at"):
