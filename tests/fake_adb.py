@@ -52,7 +52,7 @@ def start_benchmark(extras: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
     with LOG.open("a") as log:
-        log.write(f"I prunedroid-bench: {result['summary']}\n")
+        log.write(f"I prunedroid-bench: {result.get('summary', model.name)}\n")
 
 
 def shell(args: list[str]) -> None:
