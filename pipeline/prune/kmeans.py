@@ -14,8 +14,9 @@ Cheap exact geometry: a layer's N filters span at most N dimensions, so each fil
 that span (from the N x N Gram matrix). Distances, centroids and inertia are unchanged, and k-means costs O(N^2) per
 step instead of O(N D) - 9x fewer for 512 filters of 512 x 3 x 3 weights.
 
-Measured on trained VGG16 filters (benchmarks/results/kmeans_quick.md): they do not form clusters - inertia falls
-almost linearly with K and silhouettes stay near 0 - so the automatic choices are bounded below by `min_keep`.
+Measured on trained VGG16 filters (benchmarks/results/kmeans_quick.md): they barely form clusters - inertia falls
+almost in step with K and silhouettes stay near 0 beyond the first layer - so the automatic choices are bounded below
+by `min_keep`.
 """
 from __future__ import annotations
 
