@@ -96,7 +96,8 @@ BUDGET_HELP = {
     "ratio": "fraction of every conv layer's channels to remove",
     "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16)",
 }
-METHOD_HELP = "l1 (Li et al. 2017), random, scp (similarity-aware channel pruning) or kmeans (filter clustering)"
+METHOD_HELP = ("l1 (Li et al. 2017), random, scp (similarity-aware channel pruning), kmeans (filter clustering) or "
+               "torch-pruning (the library's group importance)")
 METHOD_OPTIONS_HELP = {
     "criterion": "scp: cosine (default), euclidean, manhattan or chebyshev feature-map similarity",
     "knn": "scp: nearest neighbours per channel in the similarity matrix (default 3)",
@@ -104,8 +105,9 @@ METHOD_OPTIONS_HELP = {
     "combine": "weight combination - scp: lstsq (default), sum (the paper) or none; kmeans: none (default) or sum",
     "rank": "scp with a budget: pairs go in order of estimated pruning loss (default) or of similarity (the paper)",
     "recalibrate": "scp: yes/no re-measure the next layer's BatchNorm on the evaluation maps (default yes)",
-    "eval_images": "scp: held-out training images whose feature maps are compared (default 1024)",
-    "batch_size": "scp: images per forward pass (default 256)",
+    "eval_images": "scp, torch-pruning taylor: held-out training images analysed (default 1024)",
+    "batch_size": "scp, torch-pruning taylor: images per forward pass (default 256)",
+    "importance": "torch-pruning: the library's group criterion, magnitude (L2, default) or taylor (|w * grad|)",
     "clusters": "kmeans: K per layer from the budget (default; half the filters without one), or chosen per layer "
                 "by elbow or silhouette",
     "keep": "kmeans: the filter kept per cluster - centroid (nearest it, default) or random (the blog)",
@@ -135,8 +137,8 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, method_option
 @reports_errors
 def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
           seed=0, overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
-          recalibrate=None, eval_images=None, batch_size=None, clusters=None, keep=None, normalize=None,
-          restarts=None, min_keep=None):
+          recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None, keep=None,
+          normalize=None, restarts=None, min_keep=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
@@ -268,8 +270,8 @@ def bench_device(c, models, apk="android_app/app/build/outputs/apk/debug/app-deb
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
              layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
              device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None, rank=None,
-             recalibrate=None, eval_images=None, batch_size=None, clusters=None, keep=None, normalize=None,
-             restarts=None, min_keep=None):
+             recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None, keep=None,
+             normalize=None, restarts=None, min_keep=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10

@@ -19,7 +19,7 @@ from torch import nn
 from pipeline import data as cifar
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.export import file_sha256
-from pipeline.flow import evaluation_images
+from pipeline.flow import evaluation_set
 from pipeline.models import VGG
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
 from pipeline.report import write_results
@@ -91,9 +91,9 @@ class Bench:
         if key not in self.cells:
             started = time.perf_counter()
             pruned, report = prune(self.base, method, budget, seed,
-                                   evaluation=evaluation_images(method, self.data.holdout))
+                                   evaluation=evaluation_set(method, self.data.holdout))
             seconds = time.perf_counter() - started
-            calibration = self.data.holdout.head(SCPConfig().eval_images).images
+            calibration = self.data.holdout.head(SCPConfig().eval_images).images  # what SCP itself sees
             self.cells[key] = {**extra, "method": method_name(method), "options": report["options"],
                                "budget": report["budget"], "mac_reduction": report["mac_reduction"],
                                "param_reduction": report["param_reduction"], "params": report["params_after"],
@@ -116,7 +116,7 @@ class Bench:
         if (recipe and "top1_finetuned" in cell) or str(config.seed) in cell.get("top1_finetuned_seeds", {}):
             return cell
         pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
-                                  evaluation_images(method, self.data.holdout))
+                                  evaluation_set(method, self.data.holdout))
         folder = self.work / (key.replace("/", "-") + ("" if recipe else f"-seed{config.seed}"))
         started = time.perf_counter()
         train(config, self.data, folder, resume=True, progress=False, init=pruned)

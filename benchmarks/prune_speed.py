@@ -26,7 +26,7 @@ def measure(base: str, setting: str, target: float, eval_images: int, data_dir: 
     """Runs in the child: load, prune once, report seconds and peak resident memory (bytes)."""
     from pipeline import data as cifar
     from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-    from pipeline.flow import evaluation_images
+    from pipeline.flow import evaluation_set
     from pipeline.prune import Budget, prune, resolve_method
 
     name, _, options = setting.partition(":")
@@ -36,11 +36,11 @@ def measure(base: str, setting: str, target: float, eval_images: int, data_dir: 
     method, budget = resolve_method(name, given, None, default_budget=Budget(mac_reduction=target))
     checkpoint = load_checkpoint(base)
     holdout = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"]).holdout
-    images = evaluation_images(method, holdout)
+    evaluation = evaluation_set(method, holdout)
     model = model_from_checkpoint(checkpoint).eval()
     resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
-    _, report = prune(model, method, budget, evaluation=images)
+    _, report = prune(model, method, budget, evaluation=evaluation)
     seconds = time.perf_counter() - started
     return {"setting": setting, "seconds": round(seconds, 2), "mac_reduction": report["mac_reduction"],
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -15,28 +15,27 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from pipeline import data as cifar
 from pipeline.bench import benchmark, table_rows
 from pipeline.checkpoint import atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint
-from pipeline.prune import Budget, Method, SCPConfig, method_name, method_options, prune_checkpoint
+from pipeline.prune import Budget, Method, method_name, method_options, prune_checkpoint
 from pipeline.report import markdown_table, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
 
 
-def evaluation_images(method: Method, holdout: cifar.Split) -> torch.Tensor | None:
-    """The images a data-driven method analyses: the first of the training images held out from the base's training
-    (never the test set), or None for methods that look at weights only."""
-    if not isinstance(method, SCPConfig):
+def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
+    """The labelled images a data-driven method analyses: the first of the training images held out from the base's
+    training (never the test set), or None for methods that look at weights only."""
+    count = 0 if isinstance(method, str) else method.data_images
+    if not count:
         return None
-    if len(holdout) < method.eval_images:
-        raise PipelineError(f"SCP needs {method.eval_images} evaluation images from the held-out training images, "
-                            f"but only {len(holdout)} were held out when the base model was trained; pass "
+    if len(holdout) < count:
+        raise PipelineError(f"{method_name(method)} needs {count} evaluation images from the held-out training "
+                            f"images, but only {len(holdout)} were held out when the base model was trained; pass "
                             f"--eval-images {len(holdout)} or less, or train the base with a larger --holdout")
-    return holdout.head(method.eval_images).images
+    return holdout.head(count)
 
 
 def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget | None, data: cifar.Cifar10,
@@ -44,7 +43,7 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
     """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
     `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count)."""
     started = time.perf_counter()
-    pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed, evaluation_images(method,
+    pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed, evaluation_set(method,
                                                                                                  data.holdout))
     seconds = time.perf_counter() - started
     result = evaluate(model_from_checkpoint(pruned), data.test)

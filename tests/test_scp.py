@@ -14,6 +14,7 @@ from tests.test_prune import SMALL, trained_like
 
 IMAGES = torch.Generator().manual_seed(0)
 EVAL = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=IMAGES)
+EVAL_SET = cifar.Split(EVAL, torch.randint(0, 10, (64,), generator=IMAGES))
 
 
 def with_copies(model: nn.Module, copies: dict[int, dict[int, tuple[int, float]]]) -> nn.Module:
@@ -58,7 +59,7 @@ def test_exact_duplicates_are_found_removed_and_the_output_rebuilt(criterion, co
     model = planted(3, COPIES)
     config = SCPConfig(criterion=criterion, threshold=0.9999, combine=combine, recalibrate=False, eval_images=64,
                        batch_size=16)
-    pruned, report = prune(model, config, None, evaluation=EVAL)
+    pruned, report = prune(model, config, None, evaluation=EVAL_SET)
     for row in report["layers"]:
         # Which of two exact copies goes is a coin toss (their losses are both 0); each group keeps exactly one.
         groups = {}
@@ -81,7 +82,7 @@ def test_least_squares_combination_rebuilds_scaled_copies_and_plain_sum_does_not
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     for combine in ("lstsq", "sum", "none"):
         config = SCPConfig(threshold=0.9999, combine=combine, recalibrate=False, eval_images=64, batch_size=16)
-        pruned, report = prune(model, config, None, evaluation=EVAL)
+        pruned, report = prune(model, config, None, evaluation=EVAL_SET)
         assert report["layers"][1]["channels_after"] == SMALL.conv_channels[1] - 1
         with torch.no_grad():
             outputs[combine] = (pruned(x) - model(x)).abs().max().item()
@@ -181,7 +182,7 @@ def test_pruning_loss_equals_the_consumer_output_error(centred):
 def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     model = trained_like(SMALL, 8)
     budget = Budget(mac_reduction=0.5)
-    scp, scp_report = prune(model, SCPConfig(eval_images=64, batch_size=16), budget, evaluation=EVAL)
+    scp, scp_report = prune(model, SCPConfig(eval_images=64, batch_size=16), budget, evaluation=EVAL_SET)
     l1, _ = prune(model, "l1", budget)
     assert scp.spec.conv_channels == l1.spec.conv_channels
     assert abs(scp_report["mac_reduction"] - 0.5) <= 0.01
@@ -189,14 +190,14 @@ def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     with torch.no_grad():
         assert scp(x).shape == (2, 10)
     # Removing 80% of every layer needs more than pairs of free channels allow: kept channels merge too.
-    deep = prune(model, SCPConfig(eval_images=64, batch_size=16), Budget(ratio=0.8), evaluation=EVAL)[0]
+    deep = prune(model, SCPConfig(eval_images=64, batch_size=16), Budget(ratio=0.8), evaluation=EVAL_SET)[0]
     assert list(deep.spec.conv_channels) == kept_counts(SMALL, Budget(ratio=0.8))
 
 
 def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_set():
     model = planted(9, {3: {4: (1, 1.0)}})
     config = SCPConfig(threshold=0.9999, eval_images=64, batch_size=16)
-    pruned, report = prune(model, config, None, evaluation=EVAL)
+    pruned, report = prune(model, config, None, evaluation=EVAL_SET)
     assert [row["layer"] for row in report["layers"] if row["merges"]] == [3]
     blocks, x = pruned.conv_blocks(), cifar.normalize(EVAL)
     with torch.no_grad():
@@ -207,7 +208,7 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
                 assert torch.allclose(block[1].running_var, outputs.var((0, 2, 3)), rtol=1e-4)
             x = block[1:](outputs)
     untouched = prune(model, SCPConfig(threshold=0.9999, recalibrate=False, eval_images=64, batch_size=16), None,
-                      evaluation=EVAL)[0]
+                      evaluation=EVAL_SET)[0]
     for layer in (0, 1, 2, 5, 6):  # other layers keep their trained statistics
         assert torch.equal(blocks[layer][1].running_var, untouched.conv_blocks()[layer][1].running_var)
 
@@ -227,8 +228,8 @@ def test_bad_inputs_are_clear_errors():
     model = trained_like(SMALL)
     config = SCPConfig(threshold=0.9, eval_images=64, batch_size=64)
     with pytest.raises(PipelineError, match="fewer than one batch"):
-        prune(model, config, None, evaluation=EVAL[:10])
+        prune(model, config, None, evaluation=EVAL_SET.head(10))
     with pytest.raises(PipelineError, match="exactly one of --threshold"):
-        prune(model, config, Budget(ratio=0.5), evaluation=EVAL)
+        prune(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
     with pytest.raises(PipelineError, match="needs evaluation images"):
         prune(model, config, None)

@@ -1,6 +1,6 @@
 """Channel pruning: a method scores or picks channels, a budget says how many go, one surgery cuts them.
 
-A method is the name of a scorer ("l1", "random") or a method's options (SCPConfig, KMeansConfig)."""
+A method is the name of a scorer ("l1", "random") or a method's options (SCPConfig, KMeansConfig, LibraryConfig)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pipeline import data as cifar
 from pipeline.checkpoint import model_from_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
@@ -17,6 +18,7 @@ from pipeline.options import with_options
 from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction
 from pipeline.prune.kmeans import KMeansConfig, prune_kmeans
 from pipeline.prune.l1 import l1_scores, random_scores
+from pipeline.prune.library import LibraryConfig, library_scores
 from pipeline.prune.scp import SCPConfig, prune_scp
 from pipeline.prune.surgery import prune_channels, vgg_couplings
 
@@ -26,9 +28,9 @@ SCORERS: dict[str, Callable[[nn.Module, int], list[torch.Tensor]]] = {
     "random": random_scores,
 }
 # Methods with options of their own: each option dataclass validates itself and says which budget it prunes to.
-CONFIGS = {config.name: config for config in (SCPConfig, KMeansConfig)}
+CONFIGS = {config.name: config for config in (SCPConfig, KMeansConfig, LibraryConfig)}
 METHODS = (*SCORERS, *CONFIGS)
-Method = str | SCPConfig | KMeansConfig
+Method = str | SCPConfig | KMeansConfig | LibraryConfig
 
 
 def method_name(method: Method) -> str:
@@ -61,20 +63,23 @@ def resolve_method(name: str, options: dict[str, str | int | float | bool | None
 
 
 def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
-          evaluation: torch.Tensor | None = None) -> tuple[VGG, dict]:
+          evaluation: cifar.Split | None = None) -> tuple[VGG, dict]:
     """The pruned model and a report: per layer channels before/after, MACs/params before/after.
 
-    evaluation: uint8 (n, 3, 32, 32) images whose feature maps data-driven methods (SCP) analyse."""
+    evaluation: labelled held-out images, uint8 (n, 3, 32, 32), that data-driven methods analyse (SCP's feature
+    maps, Taylor importance's gradients); see flow.evaluation_set."""
     if isinstance(method, SCPConfig):
         if evaluation is None:
             raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
-        pruned, rows = prune_scp(model, method, budget, evaluation)
+        pruned, rows = prune_scp(model, method, budget, evaluation.images)
     elif isinstance(method, KMeansConfig):
         pruned, rows = prune_kmeans(model, method, budget, seed)
-    elif method in SCORERS:
+    elif isinstance(method, LibraryConfig) or method in SCORERS:
         if budget is None:
-            raise PipelineError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
-        keep = keep_top(SCORERS[method](model, seed), kept_counts(model.spec, budget))
+            raise PipelineError(f"{method_name(method)} needs a budget: --mac-reduction, --ratio or --layer-ratios")
+        scores = (library_scores(model, method, evaluation) if isinstance(method, LibraryConfig)
+                  else SCORERS[method](model, seed))
+        keep = keep_top(scores, kept_counts(model.spec, budget))
         pruned = prune_channels(model, keep)
         rows = [{"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
                  "kept": keep[c.layer]} for c in vgg_couplings(model)]
@@ -92,7 +97,7 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
 
 
 def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, seed: int = 0,
-                     evaluation: torch.Tensor | None = None) -> dict:
+                     evaluation: cifar.Split | None = None) -> dict:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report."""
     pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed, evaluation)
@@ -103,5 +108,6 @@ def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, se
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
 
 
-__all__ = ["Budget", "KMeansConfig", "METHODS", "Method", "SCPConfig", "kept_counts", "mac_reduction", "method_name",
-           "method_options", "prune", "prune_channels", "prune_checkpoint", "resolve_method", "vgg_couplings"]
+__all__ = ["Budget", "KMeansConfig", "LibraryConfig", "METHODS", "Method", "SCPConfig", "kept_counts",
+           "mac_reduction", "method_name", "method_options", "prune", "prune_channels", "prune_checkpoint",
+           "resolve_method", "vgg_couplings"]

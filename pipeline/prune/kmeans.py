@@ -77,6 +77,10 @@ class KMeansConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def data_images(self) -> int:
+        return 0  # weights only
+
     def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget | None:
         """The budget this configuration prunes to: none when K is chosen automatically (a budget is then an error),
         else the one given, the caller's default, or the blog's half the filters."""

@@ -84,6 +84,11 @@ class SCPConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def data_images(self) -> int:
+        """Held-out training images the method analyses."""
+        return self.eval_images
+
     def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget | None:
         """The budget SCP prunes to: none in threshold mode (a budget is then an error), else the one given or the
         caller's default; one of the two must decide how many channels go."""
