@@ -288,6 +288,15 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
 
 
+@task(help={"args": "options for benchmarks/compare_methods.py, e.g. \"--base runs/wide/checkpoint.pt --out "
+                    "benchmarks/results/compare_wide\" (see its --help)"})
+def compare(c, args=""):
+    """Every pruning method at 30/50/70% fewer MACs from one base: top-1 before/after fine-tuning, size, latency."""
+    result = c.run(f"{sys.executable} benchmarks/compare_methods.py {args}", warn=True, pty=False)
+    if result.exited:
+        raise Exit(code=result.exited)
+
+
 @task(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})
 def test(c, args=""):
     """Run the test suite; 'no tests collected' is a failure, not a pass."""

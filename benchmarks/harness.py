@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.export import file_sha256
+from pipeline.bench import onnx_latency_ms
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.export import export_checkpoint, file_sha256
 from pipeline.flow import evaluation_set
 from pipeline.models import VGG
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
@@ -127,6 +128,23 @@ class Bench:
         else:
             cell.setdefault("top1_finetuned_seeds", {})[str(config.seed)] = top1
         print(key, f"fine-tuned (seed {config.seed})", top1, flush=True)
+        return cell
+
+    def deploy(self, key: str, method: Method, budget: Budget | None, seed: int = 0) -> dict:
+        """Exports the cell's model (fine-tuned when it was, else as pruned) to .ptl and .onnx, each verified against
+        PyTorch, and adds their sizes (bytes) and onnxruntime batch-1 latency (ms, 1 thread) to the cell."""
+        cell = self.cells[key]
+        if "onnx_ms" not in cell:
+            folder = self.work / key.replace("/", "-")
+            checkpoint = folder / CHECKPOINT_NAME
+            if not checkpoint.is_file():
+                checkpoint = folder / "pruned.pt"
+                save_checkpoint(checkpoint, prune_checkpoint(self.base_checkpoint, method, budget, seed,
+                                                             evaluation_set(method, self.data.holdout)))
+            exported = export_checkpoint(checkpoint, self.data.test, folder / "export", "model")
+            latency = onnx_latency_ms(exported.onnx)
+            cell.update(ptl_bytes=exported.report["ptl_bytes"], onnx_bytes=exported.report["onnx_bytes"],
+                        onnx_ms=latency["median"], onnx_p90_ms=latency["p90"])
         return cell
 
     def save(self, title: str, table: str, notes: str = "") -> None:

@@ -24,18 +24,38 @@ RUNTIMES = ("pytorch", "torchscript-lite", "onnxruntime")
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, 32, 32) normalised images -> (N, 10) logits
 
 
-def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Predictor, int]]:
-    """runtime -> (batch -> logits, file size in bytes) for one exported model (its sidecar and folder)."""
+def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (imported lazily)
+    """A CPU session with `threads` intra-op threads and no inter-op parallelism, as on a phone's core."""
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency_ms(path: Path, threads: int = 1, warmup: int = 20, runs: int = 200) -> dict[str, float]:
+    """Median and p90 of `runs` batch-1 onnxruntime calls on a zero CIFAR image (ms); latency does not depend on
+    the pixel values."""
+    session = onnx_session(path, threads)
+    feed = {"input": np.zeros((1, *cifar.IMAGE_SHAPE), dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    latencies = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, feed)
+        latencies.append(1000 * (time.perf_counter() - started))
+    return {"median": statistics.median(latencies), "p90": float(np.percentile(latencies, 90))}
+
+
+def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Predictor, int]]:
+    """runtime -> (batch -> logits, file size in bytes) for one exported model (its sidecar and folder)."""
     eager = fold_batchnorm(model_from_checkpoint(load_checkpoint(sidecar["checkpoint"])))
     state = io.BytesIO()
     torch.save(eager.state_dict(), state)
     lite = torch.jit.mobile._load_for_lite_interpreter(str(folder / sidecar["ptl"]))
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(folder / sidecar["onnx"]), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(folder / sidecar["onnx"], threads)
 
     def run_eager(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
