@@ -288,13 +288,23 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
 
 
+def _run_script(c, script, args):
+    result = c.run(f"{sys.executable} benchmarks/{script} {args}", warn=True, pty=False)
+    if result.exited:
+        raise Exit(code=result.exited)
+
+
 @task(help={"args": "options for benchmarks/compare_methods.py, e.g. \"--base runs/wide/checkpoint.pt --out "
                     "benchmarks/results/compare_wide\" (see its --help)"})
 def compare(c, args=""):
     """Every pruning method at 30/50/70% fewer MACs from one base: top-1 before/after fine-tuning, size, latency."""
-    result = c.run(f"{sys.executable} benchmarks/compare_methods.py {args}", warn=True, pty=False)
-    if result.exited:
-        raise Exit(code=result.exited)
+    _run_script(c, "compare_methods.py", args)
+
+
+@task(help={"args": "options for benchmarks/sweep_thresholds.py, e.g. \"--criteria cosine --thresholds 0.6,0.8\""})
+def sweep(c, args=""):
+    """SCP thresholds 0.05..0.95 per criterion: top-1, MACs and per-layer channels, with the report's plots."""
+    _run_script(c, "sweep_thresholds.py", args)
 
 
 @task(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})

@@ -74,6 +74,7 @@ class Bench:
         cells = json.loads(results.read_text())["cells"] if results.exists() else {}
         payload = {"base": {"checkpoint": base, "sha256": file_sha256(Path(base)),
                             "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
+                            "channels": list(model.spec.conv_channels),
                             "test_top1": evaluate(model, data.test)["top1"]},
                    "finetune": dataclasses.asdict(finetune_config), "cells": cells}
         return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload)
