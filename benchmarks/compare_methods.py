@@ -67,7 +67,10 @@ NOTES = """
 `pruned`: test top-1 right after pruning. `BN re-measured`: BatchNorm statistics re-measured on 1,024 held-out
 training images, no weights changed (SCP does this itself, layer by layer). `fine-tuned`: one identical short
 fine-tune (recipe in the JSON). Sizes and latency are of the model each method leaves (fine-tuned where it was):
-`.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread.
+`.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread, timed
+cell by cell: on a shared 2-core machine it varies by up to 1.7x between identical architectures, so compare it
+across MAC targets, not across methods at one target (a blank `fine-tuned` column means the run was made with
+--finetune no).
 `scp-<criterion>`: SCP with least-squares weight combination (default options); `-none` without combination.
 `tp-*`: Torch-Pruning's group magnitude (L2) and Taylor importance, cut by our surgery. `kmeans`: K from the budget,
 member nearest the centroid; `kmeans-blog`: random member; `free/*`: K chosen per layer, at whatever MACs it lands.
@@ -94,7 +97,9 @@ def answers(cells: dict) -> str:
     lines = []
     for target in sorted({c["target"] for c in cells.values() if c["target"] is not None}):
         here = {key.split("/", 1)[1]: c for key, c in cells.items() if c["target"] == target}
-        for column, label in (("top1_pruned", "right after pruning"), ("top1_finetuned", "after fine-tuning")):
+        for column, label in (("top1_pruned", "right after pruning"),
+                              ("top1_recalibrated", "with BatchNorm re-measured"),
+                              ("top1_finetuned", "after fine-tuning")):
             scored = {name: c[column] for name, c in here.items() if c.get(column) is not None}
             if not scored:
                 continue
@@ -110,11 +115,13 @@ def answers(cells: dict) -> str:
 
 
 def plot(payload: dict, path) -> None:
-    """Top-1 against MACs removed, one line per method, before and after fine-tuning, side by side."""
+    """Top-1 against MACs removed, one line per method: right after pruning, with BatchNorm re-measured, and after
+    fine-tuning, side by side."""
     cells = payload["cells"]
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for axis, column, label in zip(axes, ("top1_pruned", "top1_finetuned"), ("right after pruning", "after the "
-                                                                          "short fine-tune")):
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5), sharey=True)
+    panels = {"top1_pruned": "right after pruning", "top1_recalibrated": "BatchNorm re-measured, no training",
+              "top1_finetuned": "after the short fine-tune"}
+    for axis, (column, label) in zip(axes, panels.items()):
         names = sorted({key.split("/", 1)[1] for key in cells})
         for index, name in enumerate(names):
             points = sorted((100 * c["mac_reduction"], 100 * c[column]) for key, c in cells.items()
@@ -130,7 +137,7 @@ def plot(payload: dict, path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()  # every method has a point before fine-tuning
     figure.legend(handles, labels, fontsize=8, loc="center right")
     figure.suptitle(f"Pruning methods: {base_title(payload)}", fontsize=10)
-    figure.tight_layout(rect=(0, 0, 0.85, 1))
+    figure.tight_layout(rect=(0, 0, 0.88, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
