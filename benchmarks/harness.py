@@ -13,9 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from pipeline import data as cifar
 from pipeline.bench import onnx_latency_ms
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -24,21 +21,7 @@ from pipeline.flow import evaluation_set
 from pipeline.models import VGG
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
 from pipeline.report import write_results
-from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, train
-
-
-def recalibrated(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
-    """A copy of `model` whose BatchNorm statistics are re-measured on `images` (uint8), nothing else changed."""
-    copy = model_from_checkpoint({"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
-    for module in copy.modules():
-        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over all batches
-    copy.train()
-    with torch.no_grad():
-        for batch in cifar.normalize(images).split(batch_size):
-            copy(batch)
-    return copy.eval()
+from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 
 def arguments(description: str, work: str, out: str) -> argparse.ArgumentParser:
@@ -102,7 +85,7 @@ class Bench:
                                "channels": [row["channels_after"] for row in report["layers"]],
                                "prune_seconds": round(seconds, 2),
                                "top1_pruned": evaluate(pruned, self.data.test)["top1"],
-                               "top1_recalibrated": evaluate(recalibrated(pruned, calibration),
+                               "top1_recalibrated": evaluate(remeasure_batchnorm(pruned, calibration),
                                                              self.data.test)["top1"]}
             print(key, {k: v for k, v in self.cells[key].items() if k.startswith("top1")}, flush=True)
         return self.cells[key]

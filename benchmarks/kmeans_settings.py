@@ -15,7 +15,7 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 
 from pipeline.prune import Budget, KMeansConfig, SCPConfig
-from pipeline.prune.kmeans import filter_points, fit
+from pipeline.prune.kmeans import filter_points, fit, spread
 from pipeline.report import markdown_table
 
 HALF = Budget(ratio=0.5)  # the blog's K = N/2 in every layer
@@ -45,7 +45,7 @@ def filter_structure(model: nn.Module, fractions: tuple[float, ...] = (0.25, 0.5
     rows = []
     for layer, conv in enumerate(m for m in model.modules() if isinstance(m, nn.Conv2d)):
         points = filter_points(conv.weight, normalize=False)
-        total = float(((points - points.mean(0)) ** 2).sum())
+        total = spread(points)
         row = {"layer": layer, "filters": len(points)}
         for fraction in fractions:
             clustering = fit(points, max(2, round(fraction * len(points))), restarts=4, seed=0)

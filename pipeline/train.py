@@ -137,6 +137,21 @@ def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channe
     return {"top1": correct.item() / len(split), "loss": loss_sum.item() / len(split), "images": len(split)}
 
 
+@torch.no_grad()
+def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """A copy of `model` whose BatchNorm running statistics are re-measured on `images` (uint8 (n, 3, 32, 32)), as a
+    plain average over the batches; no weight changes. Returned in eval mode."""
+    copy = model_from_checkpoint({"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    for module in copy.modules():
+        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            module.reset_running_stats()
+            module.momentum = None
+    copy.train()
+    for batch in cifar.normalize(images).split(batch_size):
+        copy(batch)
+    return copy.eval()
+
+
 def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
     saved = checkpoint.get("recipe", {})
     differing = [name for name, value in dataclasses.asdict(config).items()

@@ -10,6 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.prune import Budget, SCPConfig, kept_counts, prune
 from pipeline.prune.scp import Consumer, Cost, choose_removals, removal_costs
 from pipeline.prune.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
+from pipeline.train import remeasure_batchnorm
 from tests.test_prune import SMALL, trained_like
 
 IMAGES = torch.Generator().manual_seed(0)
@@ -37,13 +38,7 @@ def with_copies(model: nn.Module, copies: dict[int, dict[int, tuple[int, float]]
 def calibrated(model: nn.Module) -> nn.Module:
     """BatchNorm statistics measured on EVAL, as training would leave them: no channel is silent on every image
     (silent channels are exact copies of each other, which would muddle tests about planted copies)."""
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(cifar.normalize(EVAL))
-    return model.eval()
+    return remeasure_batchnorm(model, EVAL, batch_size=len(EVAL))
 
 
 def planted(seed: int, copies: dict[int, dict[int, tuple[int, float]]]) -> nn.Module:

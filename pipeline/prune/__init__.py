@@ -15,7 +15,7 @@ from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import VGG
 from pipeline.options import with_options
-from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction
+from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction, required_budget
 from pipeline.prune.kmeans import KMeansConfig, prune_kmeans
 from pipeline.prune.l1 import l1_scores, random_scores
 from pipeline.prune.library import LibraryConfig, library_scores
@@ -55,9 +55,7 @@ def resolve_method(name: str, options: dict[str, str | int | float | bool | None
         raise PipelineError("; ".join(f"--{key.replace('_', '-')} applies to --method {owners(key)} only"
                                       for key in foreign) + f", not to --method {name}")
     if name in SCORERS:
-        if budget is None and default_budget is None:
-            raise PipelineError(f"{name} needs a budget: --mac-reduction, --ratio or --layer-ratios")
-        return name, budget or default_budget
+        return name, required_budget(name, budget, default_budget)
     config = with_options(CONFIGS[name](), given, name)
     return config, config.resolve_budget(budget, default_budget)
 
@@ -75,8 +73,7 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
     elif isinstance(method, KMeansConfig):
         pruned, rows = prune_kmeans(model, method, budget, seed)
     elif isinstance(method, LibraryConfig) or method in SCORERS:
-        if budget is None:
-            raise PipelineError(f"{method_name(method)} needs a budget: --mac-reduction, --ratio or --layer-ratios")
+        budget = required_budget(method_name(method), budget)
         scores = (library_scores(model, method, evaluation) if isinstance(method, LibraryConfig)
                   else SCORERS[method](model, seed))
         keep = keep_top(scores, kept_counts(model.spec, budget))

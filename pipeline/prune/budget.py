@@ -57,6 +57,13 @@ class Budget:
                 if v is not None}
 
 
+def required_budget(method: str, budget: Budget | None, default: Budget | None = None) -> Budget:
+    """The budget a method that cannot choose counts itself prunes to: the one given, else the caller's default."""
+    if budget is None and default is None:
+        raise PipelineError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
+    return budget or default
+
+
 def mac_reduction(spec: VGGSpec, channels: Sequence[int]) -> float:
     """Fraction of `spec`'s MACs removed when its conv layers have `channels` channels."""
     return 1 - vgg_macs(dataclasses.replace(spec, conv_channels=tuple(channels))) / vgg_macs(spec)

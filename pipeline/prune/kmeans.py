@@ -102,6 +102,11 @@ def filter_points(weight: torch.Tensor, normalize: bool) -> np.ndarray:
     return eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))
 
 
+def spread(points: np.ndarray) -> float:
+    """Total sum of squared distances to the mean: the inertia of a single cluster."""
+    return float(((points - points.mean(0)) ** 2).sum())
+
+
 def fit(points: np.ndarray, k: int, restarts: int, seed: int) -> KMeans:
     with warnings.catch_warnings():
         # More clusters than distinct filters (dead or copied filters) is expected; representatives() handles it.
@@ -128,7 +133,7 @@ def search_k(points: np.ndarray, choice: str, lowest: int, seed: int) -> tuple[i
     if choice == "elbow":
         low, high = min(max(lowest, 1), n), n
         value: Callable[[int], float] = lambda k: 0.0 if k == n else float(clustering(k).inertia_)
-        total = float(((points - points.mean(0)) ** 2).sum())  # the inertia of K = 1
+        total = spread(points)
         # The chord runs over the whole curve, K = 1..N, whatever part is searched: scaling by a bounded part alone
         # would blow the noise beyond the last real cluster up into a knee of its own.
         objective = lambda k: (1 - (k - 1) / max(n - 1, 1)) - (value(k) / total if total > 0 else 0.0)
@@ -200,7 +205,7 @@ def prune_kmeans(model: VGG, config: KMeansConfig, budget: Budget | None, seed: 
         if config.combine == "sum":
             fold_channels(state, coupling, merges)
         keep[layer] = kept
-        total = float(((points - points.mean(0)) ** 2).sum())
+        total = spread(points)
         rows.append({"layer": layer, "channels_before": coupling.channels, "channels_after": len(kept), "kept": kept,
                      "k": k, "clusters": config.clusters,
                      "inertia_share": float(clustering.inertia_) / total if total > 0 else 0.0,

@@ -23,7 +23,7 @@ from torch import nn
 from pipeline import data as cifar
 from pipeline.errors import PipelineError
 from pipeline.options import check
-from pipeline.prune.budget import Budget
+from pipeline.prune.budget import Budget, required_budget
 
 IMPORTANCES = ("magnitude", "taylor")
 
@@ -51,9 +51,7 @@ class LibraryConfig:
         return self.eval_images if self.importance == "taylor" else 0
 
     def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget:
-        if budget is None and default is None:
-            raise PipelineError("torch-pruning needs a budget: --mac-reduction, --ratio or --layer-ratios")
-        return budget or default
+        return required_budget(self.name, budget, default)
 
 
 def library_scores(model: nn.Module, config: LibraryConfig, evaluation: cifar.Split | None) -> list[torch.Tensor]:
