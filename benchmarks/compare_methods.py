@@ -41,10 +41,17 @@ def main() -> None:
     parser = arguments(__doc__, work="runs/compare", out="benchmarks/results/compare_quick")
     parser.add_argument("--targets", default="0.3,0.5,0.7", help="MAC reductions")
     parser.add_argument("--methods", default=",".join([*methods(), *FREE]), help="which methods (default: all)")
-    parser.add_argument("--finetune", choices=("yes", "no"), default="yes")
+    parser.add_argument("--finetune", default="all",
+                        help="which methods get the fine-tune: all, none, or a comma list")
     args = parser.parse_args()
+    wanted = args.methods.split(",")
+    unknown = [name for name in wanted if name not in methods() and name not in FREE]
+    tuned = {"all": wanted, "none": []}.get(args.finetune, args.finetune.split(","))
+    unknown += [name for name in tuned if name not in wanted]
+    if unknown:
+        parser.error(f"unknown or unselected methods {', '.join(unknown)}; --methods takes "
+                     f"{', '.join([*methods(), *FREE])} and --finetune those of --methods")
     bench = Bench.from_arguments(args)
-    wanted = set(args.methods.split(","))
     cells = [(f"{float(t):.2f}/{name}", method, Budget(mac_reduction=float(t)), float(t))
              for t in args.targets.split(",") for name, method in methods().items() if name in wanted]
     cells += [(f"free/{name}", method, None, None) for name, method in FREE.items() if name in wanted]
@@ -56,21 +63,22 @@ def main() -> None:
     for key, method, budget, target in cells:
         bench.measure(key, method, budget, target=target)
         save()
-    for key, method, budget, _ in cells:
-        if args.finetune == "yes":
+    for key, method, budget, _ in cells:  # target by target, in --targets order
+        if key.split("/", 1)[1] in tuned:
             bench.finetune(key, method, budget)
         bench.deploy(key, method, budget)
         save()
+    bench.time_onnx([key for key, *_ in cells])
+    save()
 
 
 NOTES = """
 `pruned`: test top-1 right after pruning. `BN re-measured`: BatchNorm statistics re-measured on 1,024 held-out
 training images, no weights changed (SCP does this itself, layer by layer). `fine-tuned`: one identical short
 fine-tune (recipe in the JSON). Sizes and latency are of the model each method leaves (fine-tuned where it was):
-`.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread, timed
-cell by cell: on a shared 2-core machine it varies by up to 1.7x between identical architectures, so compare it
-across MAC targets, not across methods at one target (a blank `fine-tuned` column means the run was made with
---finetune no).
+`.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread; each
+distinct architecture is timed once, all interleaved, so methods at one MAC target (same channels per layer) share
+it. A blank `fine-tuned` means the method was left out of --finetune (see the command).
 `scp-<criterion>`: SCP with least-squares weight combination (default options); `-none` without combination.
 `tp-*`: Torch-Pruning's group magnitude (L2) and Taylor importance, cut by our surgery. `kmeans`: K from the budget,
 member nearest the centroid; `kmeans-blog`: random member; `free/*`: K chosen per layer, at whatever MACs it lands.

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from pipeline import data as cifar
-from pipeline.bench import onnx_latency_ms
+from pipeline.bench import onnx_latencies_ms
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.export import export_checkpoint, file_sha256
 from pipeline.flow import evaluation_set
@@ -32,6 +34,9 @@ def arguments(description: str, work: str, out: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--work", default=work, help="fine-tuned checkpoints")
     parser.add_argument("--out", default=out, help="results stem (.json, .md)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for pruning, evaluation and fine-tuning (default: torch's choice); 1 lets "
+                             "two jobs share 2 cores without oversubscribing them")
     return parser
 
 
@@ -47,12 +52,15 @@ class Bench:
     payload: dict
 
     @classmethod
-    def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None) -> Bench:
+    def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None,
+             threads: int | None = None) -> Bench:
         """The base, CIFAR-10 (holding out the images the base held out) and any cells already in <out>.json."""
+        if threads:
+            torch.set_num_threads(threads)
         checkpoint = load_checkpoint(base)
         data = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"])
         model = model_from_checkpoint(checkpoint)
-        finetune_config = make_config(finetune_preset, finetune=True)
+        finetune_config = make_config(finetune_preset, {"threads": threads}, finetune=True)
         results = Path(out).with_suffix(".json")
         cells = json.loads(results.read_text())["cells"] if results.exists() else {}
         payload = {"base": {"checkpoint": base, "sha256": file_sha256(Path(base)),
@@ -64,7 +72,7 @@ class Bench:
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Bench:
-        return cls.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir)
+        return cls.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir, args.threads)
 
     @property
     def cells(self) -> dict[str, dict]:
@@ -116,20 +124,33 @@ class Bench:
 
     def deploy(self, key: str, method: Method, budget: Budget | None, seed: int = 0) -> dict:
         """Exports the cell's model (fine-tuned when it was, else as pruned) to .ptl and .onnx, each verified against
-        PyTorch, and adds their sizes (bytes) and onnxruntime batch-1 latency (ms, 1 thread) to the cell."""
+        PyTorch, and adds their sizes (bytes) to the cell."""
         cell = self.cells[key]
-        if "onnx_ms" not in cell:
-            folder = self.work / key.replace("/", "-")
+        folder = self.work / key.replace("/", "-")
+        source = "fine-tuned" if "top1_finetuned" in cell else "pruned"
+        if cell.get("exported") != source or not (folder / "export" / "model.onnx").is_file():
             checkpoint = folder / CHECKPOINT_NAME
-            if not checkpoint.is_file():
+            if source == "pruned":
                 checkpoint = folder / "pruned.pt"
                 save_checkpoint(checkpoint, prune_checkpoint(self.base_checkpoint, method, budget, seed,
                                                              evaluation_set(method, self.data.holdout)))
             exported = export_checkpoint(checkpoint, self.data.test, folder / "export", "model")
-            latency = onnx_latency_ms(exported.onnx)
-            cell.update(ptl_bytes=exported.report["ptl_bytes"], onnx_bytes=exported.report["onnx_bytes"],
-                        onnx_ms=latency["median"], onnx_p90_ms=latency["p90"])
+            cell.update(exported=source, ptl_bytes=exported.report["ptl_bytes"],
+                        onnx_bytes=exported.report["onnx_bytes"])
         return cell
+
+    def time_onnx(self, keys: list[str]) -> None:
+        """onnxruntime batch-1 latency (ms, 1 thread) of the deployed cells: each distinct architecture (its
+        channels per layer) is timed once, all of them interleaved in one go, and every cell gets its
+        architecture's median and p90 - timing cell by cell on a shared machine drifted by up to 1.7x."""
+        by_channels = {}
+        for key in keys:
+            by_channels.setdefault(tuple(self.cells[key]["channels"]),
+                                   self.work / key.replace("/", "-") / "export" / "model.onnx")
+        latencies = onnx_latencies_ms(by_channels)
+        for key in keys:
+            latency = latencies[tuple(self.cells[key]["channels"])]
+            self.cells[key].update(onnx_ms=latency["median"], onnx_p90_ms=latency["p90"])
 
     def save(self, title: str, table: str, notes: str = "") -> None:
         write_results(self.out, self.payload, title=title, table=table, notes=notes)

@@ -26,7 +26,8 @@ def main() -> None:
     parser = arguments(__doc__, work="runs/sweep", out="benchmarks/results/sweep_quick")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--thresholds", default=",".join(f"{t:.2f}" for t in np.arange(0.05, 0.951, 0.05)))
-    parser.add_argument("--finetune", choices=("yes", "no"), default="yes")
+    parser.add_argument("--finetune", default="all", help="criteria whose cells get the fine-tune: all, none or a list")
+    parser.add_argument("--finetune-thresholds", default="all", help="at which thresholds: all or a list")
     parser.add_argument("--layers-at", type=float, default=0.5, help="threshold of the per-layer channels plot")
     args = parser.parse_args()
     bench = Bench.from_arguments(args)
@@ -45,11 +46,13 @@ def main() -> None:
             print(key, "skipped:", error, flush=True)
             continue
         save()
-    if args.finetune == "yes":
-        for key, method in cells.items():
-            if key in bench.cells:
-                bench.finetune(key, method, None)
-                save()
+    tuned = {"all": criteria, "none": []}.get(args.finetune, args.finetune.split(","))
+    tuned_at = thresholds if args.finetune_thresholds == "all" else [float(t) for t in
+                                                                     args.finetune_thresholds.split(",")]
+    for key, method in cells.items():
+        if key in bench.cells and method.criterion in tuned and method.threshold in tuned_at:
+            bench.finetune(key, method, None)
+            save()
 
 
 NOTES = """

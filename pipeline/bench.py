@@ -2,11 +2,12 @@
 latency, file size, MACs, parameters and test top-1, side by side in one run."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +35,34 @@ def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_latency_ms(path: Path, threads: int = 1, warmup: int = 20, runs: int = 200) -> dict[str, float]:
-    """Median and p90 of `runs` batch-1 onnxruntime calls on a zero CIFAR image (ms); latency does not depend on
-    the pixel values."""
-    session = onnx_session(path, threads)
+def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup: int = 20, runs: int = 200,
+                             rounds: int = 10) -> dict[Hashable, dict[str, float]]:
+    """Median and p90 (ms) of `runs` calls of each of `calls`, timed in `rounds` interleaved blocks (every call
+    runs / rounds times per round), so drift on a shared machine hits all of them alike."""
+    if runs < rounds or rounds < 1 or warmup < 0:
+        raise PipelineError("need runs >= rounds >= 1 and warmup >= 0")
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    timings = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            for _ in range(runs // rounds):
+                started = time.perf_counter()
+                call()
+                timings[key].append(1000 * (time.perf_counter() - started))
+    return {key: {"median": statistics.median(values), "p90": float(np.percentile(values, 90))}
+            for key, values in timings.items()}
+
+
+def onnx_latencies_ms(paths: dict[Hashable, Path], threads: int = 1, warmup: int = 20, runs: int = 200,
+                      rounds: int = 10) -> dict[Hashable, dict[str, float]]:
+    """Batch-1 onnxruntime latency of each model (interleaved_latencies_ms) on a zero CIFAR image: latency does not
+    depend on the pixel values."""
     feed = {"input": np.zeros((1, *cifar.IMAGE_SHAPE), dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    latencies = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        session.run(None, feed)
-        latencies.append(1000 * (time.perf_counter() - started))
-    return {"median": statistics.median(latencies), "p90": float(np.percentile(latencies, 90))}
+    sessions = {key: onnx_session(path, threads) for key, path in paths.items()}
+    return interleaved_latencies_ms({key: functools.partial(session.run, None, feed)
+                                     for key, session in sessions.items()}, warmup, runs, rounds)
 
 
 def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Predictor, int]]:
@@ -71,8 +87,8 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
               rounds: int = 10) -> dict:
     """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
     shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
-    if threads < 1 or runs < rounds or warmup < 0:
-        raise PipelineError("need threads >= 1, runs >= rounds and warmup >= 0")
+    if threads < 1:
+        raise PipelineError(f"need threads >= 1, got {threads}")
     torch.set_num_threads(threads)
     models = {}
     for path in map(Path, sidecars):
@@ -80,29 +96,19 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
         models[path.stem] = (sidecar, _predictors(sidecar, path.parent, threads))
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()
-    timings = {(m, r): [] for m in models for r in RUNTIMES}
-    for _, predictors in models.values():
-        for predict, _ in predictors.values():
-            for _ in range(warmup):
-                predict(one)
-    for _ in range(rounds):
-        for model_name, (_, predictors) in models.items():
-            for runtime, (predict, _) in predictors.items():
-                for _ in range(runs // rounds):
-                    started = time.perf_counter()
-                    predict(one)
-                    timings[model_name, runtime].append(1000 * (time.perf_counter() - started))
+    latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)
+                                          for model_name, (_, predictors) in models.items()
+                                          for runtime, (predict, _) in predictors.items()}, warmup, runs, rounds)
     rows = []
     for model_name, (sidecar, predictors) in models.items():
         for runtime, (predict, size) in predictors.items():
             batch = 100 if runtime != "onnxruntime" or sidecar["onnx_export"]["dynamic_batch"] else 1
             predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-            latencies = timings[model_name, runtime]
             rows.append({"model": model_name, "runtime": runtime,
                          "test_top1": (predictions == test.labels).float().mean().item(),
                          "macs": sidecar["macs"], "params": sidecar["params"], "file_bytes": size,
-                         "latency_median_ms": statistics.median(latencies),
-                         "latency_p90_ms": float(np.percentile(latencies, 90)), "threads": threads})
+                         "latency_median_ms": latencies[model_name, runtime]["median"],
+                         "latency_p90_ms": latencies[model_name, runtime]["p90"], "threads": threads})
     baseline = {r["runtime"]: r for r in rows if r["model"] == rows[0]["model"]}
     for row in rows:
         base = baseline[row["runtime"]]

@@ -7,7 +7,7 @@ from test_prune import trained_like
 
 import pipeline.export as export
 from pipeline import data as cifar
-from pipeline.bench import benchmark
+from pipeline.bench import benchmark, interleaved_latencies_ms, onnx_latencies_ms
 from pipeline.checkpoint import save_checkpoint
 from pipeline.data import normalize
 from pipeline.errors import PipelineError
@@ -79,3 +79,20 @@ def test_benchmark_reports_every_runtime_side_by_side(exported, synthetic_data):
         rows["narrow", "onnxruntime"]["macs"] / rows["base", "onnxruntime"]["macs"])
     assert all(r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"] and r["file_bytes"] > 0
                for r in result["rows"])
+
+
+def test_latencies_are_timed_in_interleaved_rounds():
+    calls = []
+    timed = interleaved_latencies_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                     warmup=1, runs=4, rounds=2)
+    # warm-up once each, then every round runs each call runs / rounds times, so drift hits both alike
+    assert "".join(calls) == "ab" + "aabb" * 2
+    assert set(timed) == {"a", "b"} and all(0 <= t["median"] <= t["p90"] for t in timed.values())
+    with pytest.raises(PipelineError, match="runs >= rounds"):
+        interleaved_latencies_ms({"a": lambda: None}, runs=3, rounds=4)
+
+
+def test_onnx_latencies_time_each_model(exported):
+    timed = onnx_latencies_ms({name: exported / "out" / f"{name}.onnx" for name in ("base", "narrow")},
+                              warmup=1, runs=10, rounds=2)
+    assert set(timed) == {"base", "narrow"} and all(t["median"] > 0 for t in timed.values())
