@@ -104,6 +104,7 @@ METHOD_OPTIONS_HELP = {
     "threshold": "scp: prune every pair more similar than this, in [0, 1], instead of a budget",
     "combine": "weight combination - scp: lstsq (default), sum (the paper) or none; kmeans: none (default) or sum",
     "rank": "scp with a budget: pairs go in order of estimated pruning loss (default) or of similarity (the paper)",
+    "loss_at": "scp: measure the pruning loss at the next conv's output (conv, default) or after its BatchNorm (bn)",
     "recalibrate": "scp: yes/no re-measure the next layer's BatchNorm on the evaluation maps (default yes)",
     "eval_images": "scp, torch-pruning taylor: held-out training images analysed (default 1024)",
     "batch_size": "scp, torch-pruning taylor: images per forward pass (default 256)",
@@ -137,8 +138,8 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, method_option
 @reports_errors
 def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
           seed=0, overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
-          recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None, keep=None,
-          normalize=None, restarts=None, min_keep=None):
+          loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
+          keep=None, normalize=None, restarts=None, min_keep=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
@@ -270,8 +271,8 @@ def bench_device(c, models, apk="android_app/app/build/outputs/apk/debug/app-deb
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
              layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
              device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None, rank=None,
-             recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None, keep=None,
-             normalize=None, restarts=None, min_keep=None):
+             loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
+             keep=None, normalize=None, restarts=None, min_keep=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10

@@ -7,8 +7,8 @@ from torch import nn
 
 from pipeline import data as cifar
 from pipeline.errors import PipelineError
-from pipeline.prune import Budget, SCPConfig, kept_counts, prune
-from pipeline.prune.scp import Consumer, Cost, choose_removals, removal_costs
+from pipeline.prune import Budget, SCPConfig, kept_counts, prune, vgg_couplings
+from pipeline.prune.scp import Consumer, Cost, choose_removals, consumers_of, removal_costs
 from pipeline.prune.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from pipeline.train import remeasure_batchnorm
 from tests.test_prune import SMALL, trained_like
@@ -174,6 +174,26 @@ def test_pruning_loss_equals_the_consumer_output_error(centred):
             assert change(removed, kept, other) >= cost.loss * (1 - 1e-9)
 
 
+def test_pruning_loss_after_batchnorm_equals_the_normalised_output_error():
+    model = calibrated(trained_like(SMALL, 5)).eval()
+    with torch.no_grad():
+        model.features[4].weight.mul_(torch.linspace(0.2, 3.0, model.features[4].num_features))  # uneven gains
+        first, second = model.conv_blocks()[:2]
+        maps = first(cifar.normalize(EVAL)).double()
+        reference = second[:2].double()(maps)
+    costs = removal_costs(maps, consumers_of(model, vgg_couplings(model)[0], "bn"), 1, 3, "lstsq", False, 16)
+    conv, norm = second[0].double(), second[1].double()
+    for (removed, kept), cost in costs.items():
+        edited = conv.weight.detach().clone()
+        edited[:, kept] += cost.factor * edited[:, removed]
+        keep = [c for c in range(maps.shape[1]) if c != removed]
+        with torch.no_grad():
+            output = norm(F.conv2d(maps[:, keep], edited[:, keep], conv.bias, padding=1))
+        assert cost.loss == pytest.approx((output - reference).pow(2).mean().item(), rel=1e-6)
+    plain = removal_costs(maps, consumers_of(model, vgg_couplings(model)[0]), 1, 3, "lstsq", False, 16)
+    assert all(plain[key].loss != pytest.approx(costs[key].loss, rel=1e-3) for key in costs)
+
+
 def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     model = trained_like(SMALL, 8)
     budget = Budget(mac_reduction=0.5)
@@ -212,6 +232,7 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
     (dict(threshold=1.5), "threshold must be in \\[0, 1\\]"), (dict(threshold=-0.1), "threshold must be in"),
     (dict(knn=0), "k \\(nearest neighbours\\) must be >= 1"), (dict(criterion="jaccard"), "unknown criterion"),
     (dict(combine="avg"), "unknown weight combination"), (dict(rank="size"), "unknown pair ranking"),
+    (dict(loss_at="relu"), "unknown loss_at"),
     (dict(eval_images=100, batch_size=256), "smaller than one batch"),
 ])
 def test_bad_options_are_clear_errors(options, message):

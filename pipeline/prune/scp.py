@@ -44,6 +44,8 @@ from pipeline.prune.surgery import ChannelCoupling, Merge, fold_channels, prune_
 # minimises the pruning loss, "sum" adds them as they are (the paper), "none" drops them (pruning without combination).
 COMBINE = ("lstsq", "sum", "none")
 RANKS = ("loss", "similarity")
+# Where the pruning loss is measured: the consumer conv's raw output, or after its BatchNorm.
+LOSS_AT = ("conv", "bn")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class SCPConfig:
     threshold: prune every KNN pair more similar than this (in [0, 1]); None: a Budget says how many go per layer;
     combine: lstsq, sum or none;
     rank: with a budget, which pairs go first: "similarity" (most similar, the paper) or "loss" (cheapest pruning loss);
+    loss_at: the pruning loss is the error of the consumer's conv output ("conv") or of its BatchNorm output ("bn");
     recalibrate: re-estimate the next layer's BatchNorm statistics on the evaluation maps after each layer is cut;
     eval_images: evaluation-set size; batch_size: images per forward pass."""
 
@@ -62,6 +65,7 @@ class SCPConfig:
     threshold: float | None = None
     combine: str = "lstsq"
     rank: str = "loss"
+    loss_at: str = "conv"
     recalibrate: bool = True
     eval_images: int = 1024
     batch_size: int = 256
@@ -75,6 +79,8 @@ class SCPConfig:
                   (self.combine in COMBINE, f"unknown weight combination {self.combine!r}; choose one of "
                                             f"{', '.join(COMBINE)}"),
                   (self.rank in RANKS, f"unknown pair ranking {self.rank!r}; choose one of {', '.join(RANKS)}"),
+                  (self.loss_at in LOSS_AT, f"unknown loss_at {self.loss_at!r}; choose one of "
+                                            f"{', '.join(LOSS_AT)}"),
                   (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
                   (self.eval_images >= self.batch_size,
                    f"the evaluation set ({self.eval_images} images) is smaller than one batch ({self.batch_size}); "
@@ -111,12 +117,21 @@ class Consumer:
     padding: tuple[int, int]
 
 
-def consumers_of(model: nn.Module, coupling: ChannelCoupling) -> list[Consumer]:
-    """The layers reading `coupling`'s channels; a Linear reads 1x1 maps (VGG flattens 1x1 maps into it)."""
+def consumers_of(model: nn.Module, coupling: ChannelCoupling, loss_at: str = "conv") -> list[Consumer]:
+    """The layers reading `coupling`'s channels; a Linear reads 1x1 maps (VGG flattens 1x1 maps into it).
+    loss_at "bn": each weight row is scaled by its output's BatchNorm gain (gamma / running std), so the loss is the
+    error after the consumer's BatchNorm, where an output channel with a small spread counts for more."""
     consumers = []
     for key, dim in coupling.consumers:
-        module = model.get_submodule(key.rsplit(".", 1)[0])
+        path = key.rsplit(".", 1)[0]
+        module = model.get_submodule(path)
         weight = module.weight.detach().movedim(dim, 1)
+        parent, index = path.rsplit(".", 1)
+        following = model.get_submodule(parent)[int(index) + 1:int(index) + 2]
+        if loss_at == "bn" and len(following) and isinstance(following[0], nn.modules.batchnorm._BatchNorm):
+            norm = following[0]
+            gain = norm.weight.detach() / (norm.running_var + norm.eps).sqrt()
+            weight = weight * gain.view(-1, *[1] * (weight.dim() - 1))
         if isinstance(module, nn.Conv2d):
             if module.stride != (1, 1) or module.dilation != (1, 1) or module.groups != 1:
                 raise PipelineError(f"{key}: SCP's pruning loss supports stride-1, undilated, ungrouped convs only")
@@ -294,7 +309,7 @@ def prune_scp(model: VGG, config: SCPConfig, budget: Budget | None, images: torc
         maps = torch.cat([block[1:](batch) for batch in _batches(outputs, config.batch_size)])
         del outputs
         similarity = channel_similarity(_batches(maps, config.batch_size), config.criterion)
-        consumers = consumers_of(current, coupling)
+        consumers = consumers_of(current, coupling, config.loss_at)
         cost = functools.cache(lambda i, j: removal_costs(maps, consumers, i, j, config.combine,  # noqa: B023
                                                           config.recalibrate, config.batch_size))
         wanted = None if counts is None else coupling.channels - counts[layer]
