@@ -31,6 +31,7 @@ def methods() -> dict[str, object]:
     for criterion in CRITERIA:
         chosen[f"scp-{criterion}"] = SCPConfig(criterion=criterion)
         chosen[f"scp-{criterion}-none"] = SCPConfig(criterion=criterion, combine="none")
+    chosen["scp-cosine-bn"] = SCPConfig(loss_at="bn")
     return chosen
 
 
@@ -79,7 +80,8 @@ fine-tune (recipe in the JSON). Sizes and latency are of the model each method l
 `.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread; each
 distinct architecture is timed once, all interleaved, so methods at one MAC target (same channels per layer) share
 it. A blank `fine-tuned` means the method was left out of --finetune (see the command).
-`scp-<criterion>`: SCP with least-squares weight combination (default options); `-none` without combination.
+`scp-<criterion>`: SCP with least-squares weight combination (default options); `-none` without combination;
+`scp-cosine-bn`: the pruning loss measured after the next layer's BatchNorm (`--loss-at bn`).
 `tp-*`: Torch-Pruning's group magnitude (L2) and Taylor importance, cut by our surgery. `kmeans`: K from the budget,
 member nearest the centroid; `kmeans-blog`: random member; `free/*`: K chosen per layer, at whatever MACs it lands.
 """

@@ -18,11 +18,12 @@ import torch
 from pipeline import data as cifar
 from pipeline.bench import onnx_latencies_ms
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint, file_sha256
 from pipeline.flow import evaluation_set
 from pipeline.models import VGG
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
-from pipeline.report import write_results
+from pipeline.report import command_line, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 
@@ -62,12 +63,20 @@ class Bench:
         model = model_from_checkpoint(checkpoint)
         finetune_config = make_config(finetune_preset, {"threads": threads}, finetune=True)
         results = Path(out).with_suffix(".json")
-        cells = json.loads(results.read_text())["cells"] if results.exists() else {}
-        payload = {"base": {"checkpoint": base, "sha256": file_sha256(Path(base)),
+        previous = json.loads(results.read_text()) if results.exists() else {}
+        sha256 = file_sha256(Path(base))
+        if previous and previous["base"]["sha256"] != sha256:
+            raise PipelineError(f"{results} holds cells of another base model ({previous['base']['checkpoint']}); "
+                                f"pass another --out, or delete it to start over")
+        commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
+        if command_line() not in commands[-1:]:
+            commands.append(command_line())
+        payload = {"commands": commands,
+                   "base": {"checkpoint": base, "sha256": sha256,
                             "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
                             "channels": list(model.spec.conv_channels),
                             "test_top1": evaluate(model, data.test)["top1"]},
-                   "finetune": dataclasses.asdict(finetune_config), "cells": cells}
+                   "finetune": dataclasses.asdict(finetune_config), "cells": previous.get("cells", {})}
         return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload)
 
     @classmethod

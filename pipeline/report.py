@@ -44,8 +44,11 @@ def write_results(stem: str | Path, payload: dict[str, Any], title: str, table: 
     payload = {"command": command_line(), "machine": machine_info(), **payload}
     with atomic_path(stem.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    machine = payload["machine"]
-    markdown = (f"# {title}\n\nCommand: `{payload['command']}`\n\nMachine: {machine['cpu']}, {machine['cores']} cores, "
+    machine, commands = payload["machine"], payload.get("commands") or [payload["command"]]
+    ran = (f"Command: `{commands[0]}`" if len(commands) == 1 else
+           "Commands, in order (each resumed the cells of those before it):\n\n"
+           + "\n".join(f"- `{c}`" for c in commands))
+    markdown = (f"# {title}\n\n{ran}\n\nMachine: {machine['cpu']}, {machine['cores']} cores, "
                 f"torch {machine['torch']} ({machine['torch_threads']} threads)\n\n{table}"
                 + (f"\n{notes.strip()}\n" if notes else ""))
     with atomic_path(stem.with_suffix(".md")) as tmp:
