@@ -120,6 +120,10 @@ def answers(cells: dict) -> str:
                 top = max(scp, key=scored.get)
                 line += "; " + ", ".join(f"{top} vs {other} {100 * (scored[top] - scored[other]):+.2f} points"
                                          for other in ("l1", *LIBRARY) if other in scored)
+            behind = [name for name in scored if scored[best] - scored[name] > 0.01]
+            if column == "top1_finetuned" and behind:
+                line += "; more than 1 point behind the best: " + ", ".join(
+                    f"{name} ({percent(scored[name])})" for name in sorted(behind, key=scored.get))
             lines.append(line)
     return "\n".join(lines) + "\n" if lines else ""
 
