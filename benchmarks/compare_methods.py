@@ -132,7 +132,8 @@ def plot(payload: dict, path) -> None:
     """Top-1 against MACs removed, one line per method: right after pruning, with BatchNorm re-measured, and after
     fine-tuning, side by side."""
     cells = payload["cells"]
-    figure, axes = plt.subplots(1, 3, figsize=(18, 5), sharey=True)
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5), sharex=True)
+    axes[1].sharey(axes[0])  # fine-tuned top-1 sits in a narrow band: its panel gets its own scale
     panels = {"top1_pruned": "right after pruning", "top1_recalibrated": "BatchNorm re-measured, no training",
               "top1_finetuned": "after the short fine-tune"}
     for axis, (column, label) in zip(axes, panels.items()):
@@ -147,7 +148,8 @@ def plot(payload: dict, path) -> None:
         axis.set_title(label)
         axis.set_xlabel("MACs removed (%)")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("test top-1 (%), CIFAR-10, 10,000 images")
+    for axis in (axes[0], axes[2]):
+        axis.set_ylabel("test top-1 (%), CIFAR-10, 10,000 images")
     handles, labels = axes[0].get_legend_handles_labels()  # every method has a point before fine-tuning
     figure.legend(handles, labels, fontsize=8, loc="center right")
     figure.suptitle(f"Pruning methods: {base_title(payload)}", fontsize=10)
