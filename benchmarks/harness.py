@@ -61,7 +61,9 @@ class Bench:
         checkpoint = load_checkpoint(base)
         data = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"])
         model = model_from_checkpoint(checkpoint)
-        finetune_config = make_config(finetune_preset, {"threads": threads}, finetune=True)
+        # The recipe's width is the base's: a fine-tune trains the model it is given, whatever the preset's width.
+        finetune_config = make_config(finetune_preset, {"threads": threads, "width": checkpoint["recipe"]["width"]},
+                                      finetune=True)
         results = Path(out).with_suffix(".json")
         previous = json.loads(results.read_text()) if results.exists() else {}
         sha256 = file_sha256(Path(base))

@@ -60,6 +60,11 @@ def test_smoke_training_writes_a_complete_checkpoint(synthetic_data, tmp_path):
     with pytest.raises(PipelineError, match=r"cannot resume .*lr: checkpoint 0.05 vs now 0.1"):
         train(make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1", "lr": "0.1"}),
               synthetic_data, tmp_path, resume=True, progress=False)
+    # a fine-tune trains the model it starts from, and its recipe says so, whatever the preset's width
+    wider = make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1", "width": "0.5"})
+    finetuned = train(wider, synthetic_data, tmp_path / "finetuned", progress=False, init=checkpoint)
+    assert finetuned["recipe"]["width"] == config.width != wider.width
+    assert finetuned["arch"] == checkpoint["arch"]
 
 
 def _invoke_train(out: Path, cifar_dir: Path, *extra: str) -> list[str]:
