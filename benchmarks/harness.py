@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from pipeline import data as cifar
-from pipeline.bench import onnx_latencies_ms
+from pipeline.bench import onnx_latencies_ms, paired_difference
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint, file_sha256
 from pipeline.flow import evaluation_set
 from pipeline.models import VGG
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
-from pipeline.report import command_line, write_results
+from pipeline.report import command_line, markdown_table, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 
@@ -51,6 +51,7 @@ class Bench:
     out: Path
     work: Path
     payload: dict
+    correct: dict = dataclasses.field(default_factory=dict)  # (key, seed, split) -> bool (N,): models evaluated once
 
     @classmethod
     def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None,
@@ -121,7 +122,7 @@ class Bench:
             return cell
         pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
                                   evaluation_set(method, self.data.holdout))
-        folder = self.work / (key.replace("/", "-") + ("" if recipe else f"-seed{config.seed}"))
+        folder = self.finetuned_folder(key, None if recipe else config.seed)
         started = time.perf_counter()
         train(config, self.data, folder, resume=True, progress=False, init=pruned)
         top1 = evaluate(model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME)), self.data.test)["top1"]
@@ -132,6 +133,40 @@ class Bench:
             cell.setdefault("top1_finetuned_seeds", {})[str(config.seed)] = top1
         print(key, f"fine-tuned (seed {config.seed})", top1, flush=True)
         return cell
+
+    def finetuned_folder(self, key: str, seed: int | None = None) -> Path:
+        """Where `key`'s fine-tune lives: the recipe's seed (None), or another seed's."""
+        return self.work / (key.replace("/", "-") + ("" if seed is None else f"-seed{seed}"))
+
+    def pair(self, key: str, reference: str) -> None:
+        """`key`'s fine-tuned top-1 minus `reference`'s on the same images, averaged over the fine-tune seeds both
+        cells have (pipeline.bench.paired_difference): on the test set, and on the held-out training images that no
+        method analysed (those past SCP's evaluation set) - a second, independent sample. Kept in the payload's
+        "paired"; skipped unless both cells are fine-tuned, and not redone for the same seeds."""
+        seeds = sorted(set(self.finetune_seeds(key)) & set(self.finetune_seeds(reference)))
+        done = self.payload.setdefault("paired", {}).get(f"{key} vs {reference}")
+        if not seeds or (done and done["seeds"] == seeds):
+            return
+        skip = SCPConfig().eval_images
+        unused = cifar.Split(self.data.holdout.images[skip:], self.data.holdout.labels[skip:])
+        result = {"seeds": seeds}
+        for name, split in (("test", self.data.test), ("unused_holdout", unused)):
+            tables = [torch.stack([self._correct(k, seed, name, split) for seed in seeds]) for k in (key, reference)]
+            result[name] = paired_difference(*tables)
+        self.payload["paired"][f"{key} vs {reference}"] = result
+
+    def finetune_seeds(self, key: str) -> list[int]:
+        """The seeds `key` was fine-tuned with: the recipe's, then any others."""
+        cell = self.cells[key]
+        recipe = [self.finetune_config.seed] if "top1_finetuned" in cell else []
+        return recipe + [int(seed) for seed in cell.get("top1_finetuned_seeds", {})]
+
+    def _correct(self, key: str, seed: int, split_name: str, split: cifar.Split) -> torch.Tensor:
+        if (key, seed, split_name) not in self.correct:
+            folder = self.finetuned_folder(key, None if seed == self.finetune_config.seed else seed)
+            model = model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME))
+            self.correct[key, seed, split_name] = evaluate(model, split, per_image=True)["correct"]
+        return self.correct[key, seed, split_name]
 
     def deploy(self, key: str, method: Method, budget: Budget | None, seed: int = 0) -> dict:
         """Exports the cell's model (fine-tuned when it was, else as pruned) to .ptl and .onnx, each verified against
@@ -171,6 +206,32 @@ def base_title(payload: dict) -> str:
     base = payload["base"]
     return (f"VGG16-BN width {base['width']}, {base['epochs']} epochs, test top-1 {100 * base['test_top1']:.2f}% "
             f"(real CIFAR-10 test set, 10,000 images)")
+
+
+def paired_table(payload: dict) -> str:
+    """The payload's paired differences as a Markdown table: one row per compared cell, one column per reference
+    and image set, in points of top-1 with the 95% interval."""
+    columns: dict[str, dict[str, str]] = {}
+    for name, result in payload.get("paired", {}).items():
+        key, reference = name.split(" vs ")
+        row = columns.setdefault(key, {"MAC target": f"{100 * payload['cells'][key]['target']:.0f}%",
+                                       "method": key.split("/", 1)[1], "seeds": str(len(result["seeds"]))})
+        for split, label in (("test", "test"), ("unused_holdout", "held-out")):
+            gap = result[split]
+            row[f"vs {reference.split('/', 1)[1]}, {label}"] = (
+                f"{100 * gap['difference']:+.2f} [{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}]")
+    if not columns:
+        return ""
+    headers = list(dict.fromkeys(header for row in columns.values() for header in row))
+    return (PAIRED_NOTE + "\n" + markdown_table(list(columns.values()), headers))
+
+
+PAIRED_NOTE = """
+Paired differences after fine-tuning: a method's fine-tuned top-1 minus the reference's on the same images, in
+points, with a 95% bootstrap interval over images (averaged over the fine-tune seeds both have). `test`: the 10,000
+test images; `held-out`: the training images held out from the base's training that no method analysed, an
+independent second sample. An interval that spans 0 means the two are not told apart by these images.
+"""
 
 
 def percent(value: float | None) -> str:

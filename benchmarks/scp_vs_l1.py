@@ -9,7 +9,7 @@ Run from the project root with the package installed (pip install -e .).
 """
 from __future__ import annotations
 
-from harness import Bench, arguments, base_title, percent
+from harness import Bench, arguments, base_title, paired_table, percent
 
 from pipeline.prune import Budget, SCPConfig
 from pipeline.prune.similarity import CRITERIA
@@ -45,6 +45,8 @@ def main() -> None:
             for key in (f"{target:.2f}/l1", best, best.rsplit("-", 1)[0] + "-none"):
                 bench.finetune(key, methods()[key.split("/", 1)[1]], budget, finetune_seed=finetune_seed)
                 save()
+        for key in (best, best.rsplit("-", 1)[0] + "-none"):
+            bench.pair(key, f"{target:.2f}/l1")
     save()
 
 
@@ -73,7 +75,7 @@ def table(payload: dict) -> str:
              "fine-tuned, other seeds": ", ".join(percent(v) for v in c.get("top1_finetuned_seeds", {}).values()),
              "prune time (s)": c["prune_seconds"]}
             for key, c in payload["cells"].items()]
-    return markdown_table(rows, list(rows[0])) if rows else "(no cells yet)\n"
+    return markdown_table(rows, list(rows[0])) + paired_table(payload) if rows else "(no cells yet)\n"
 
 
 if __name__ == "__main__":

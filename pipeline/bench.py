@@ -65,6 +65,25 @@ def onnx_latencies_ms(paths: dict[Hashable, Path], threads: int = 1, warmup: int
                                      for key, session in sessions.items()}, warmup, runs, rounds)
 
 
+def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Top-1 of one method minus another's on the same images, with a 95% bootstrap interval (fractions).
+
+    correct, reference: bool (runs, N) - which of N images each run (e.g. each fine-tune seed) got right. Runs are
+    averaged per image first, so the interval is over images: how far the gap could move on another N images drawn
+    like these. Two models' errors on one image are correlated, so the paired interval is much narrower than the
+    two accuracies' separate ones."""
+    if correct.shape[1:] != reference.shape[1:] or correct.dim() != 2 or reference.dim() != 2:
+        raise PipelineError(f"paired comparison needs two (runs, images) tables over the same images, got "
+                            f"{tuple(correct.shape)} and {tuple(reference.shape)}")
+    gap = correct.double().mean(0) - reference.double().mean(0)  # (N,) per-image difference
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.cat([gap[torch.randint(len(gap), (min(200, resamples - start), len(gap)), generator=generator)]
+                       .mean(1) for start in range(0, resamples, 200)])  # 200 resamples at a time: bounded memory
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"difference": gap.mean().item(), "low": low, "high": high, "images": len(gap), "runs": len(correct)}
+
+
 def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Predictor, int]]:
     """runtime -> (batch -> logits, file size in bytes) for one exported model (its sidecar and folder)."""
     eager = fold_batchnorm(model_from_checkpoint(load_checkpoint(sidecar["checkpoint"])))

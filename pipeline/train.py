@@ -123,18 +123,22 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channels_last: bool = True) -> dict:
-    """Top-1 accuracy (fraction) and mean cross-entropy of `model` on `split`, on the model's device."""
+def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channels_last: bool = True,
+             per_image: bool = False) -> dict:
+    """Top-1 accuracy (fraction) and mean cross-entropy of `model` on `split`, on the model's device; per_image adds
+    "correct", a bool (N,) CPU tensor saying which images it got right (for paired comparisons of two models)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    correct, loss_sum = [], torch.zeros((), device=device)
     for images, labels in cifar.batches(split.to(device), batch_size, channels_last=channels_last):
         logits = model(images)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
+        correct.append(logits.argmax(1) == labels)
     model.train(was_training)
-    return {"top1": correct.item() / len(split), "loss": loss_sum.item() / len(split), "images": len(split)}
+    hits = torch.cat(correct)
+    result = {"top1": hits.sum().item() / len(split), "loss": loss_sum.item() / len(split), "images": len(split)}
+    return {**result, "correct": hits.cpu()} if per_image else result
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ from test_prune import trained_like
 
 import pipeline.export as export
 from pipeline import data as cifar
-from pipeline.bench import benchmark, interleaved_latencies_ms, onnx_latencies_ms
+from pipeline.bench import benchmark, interleaved_latencies_ms, onnx_latencies_ms, paired_difference
 from pipeline.checkpoint import save_checkpoint
 from pipeline.data import normalize
 from pipeline.errors import PipelineError
@@ -96,3 +96,23 @@ def test_onnx_latencies_time_each_model(exported):
     timed = onnx_latencies_ms({name: exported / "out" / f"{name}.onnx" for name in ("base", "narrow")},
                               warmup=1, runs=10, rounds=2)
     assert set(timed) == {"base", "narrow"} and all(t["median"] > 0 for t in timed.values())
+
+
+def test_paired_difference_is_the_mean_gap_with_an_interval_over_images():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(3, 4000, generator=generator) < 0.8
+    same = paired_difference(reference, reference)
+    assert same["difference"] == same["low"] == same["high"] == 0 and (same["images"], same["runs"]) == (4000, 3)
+    better = reference.clone()
+    better[:, :400] = True  # right on 400 more images, in every run
+    gap = paired_difference(better, reference)
+    exact = (better.double().mean() - reference.double().mean()).item()
+    assert gap["difference"] == pytest.approx(exact) and gap["low"] < exact < gap["high"]
+    assert gap["low"] > 0  # the gain is on the same images in every run: clearly above zero
+    noise = torch.rand(3, 4000, generator=generator) < 0.8  # independent of the reference: the interval spans 0
+    unrelated = paired_difference(noise, reference)
+    assert unrelated["low"] < 0 < unrelated["high"]
+    assert paired_difference(better, reference, seed=1) != gap  # another bootstrap draw, same mean
+    assert paired_difference(better, reference, seed=1)["difference"] == gap["difference"]
+    with pytest.raises(PipelineError, match="same images"):
+        paired_difference(better[:, :10], reference)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.train import CHECKPOINT_NAME, PRESETS, lr_at, make_config, train
+from pipeline.train import CHECKPOINT_NAME, PRESETS, evaluate, lr_at, make_config, train
 
 
 def test_schedules_warm_up_then_decay_to_zero():
@@ -55,6 +55,9 @@ def test_smoke_training_writes_a_complete_checkpoint(synthetic_data, tmp_path):
     assert checkpoint["metrics"]["test"]["top1"] == result["metrics"]["test"]["top1"]
     assert checkpoint["cost"]["macs"] > 0 and checkpoint["data"]["classes"][0] == "airplane"
     assert checkpoint["history"][0]["holdout_top1"] >= 0
+    scored = evaluate(model_from_checkpoint(checkpoint), synthetic_data.test.head(200), per_image=True)
+    assert scored["correct"].shape == (200,) and scored["correct"].float().mean().item() == pytest.approx(
+        checkpoint["metrics"]["test"]["top1"])
     with pytest.raises(PipelineError, match="already exists; pass --resume"):
         train(config, synthetic_data, tmp_path, progress=False)
     with pytest.raises(PipelineError, match=r"cannot resume .*lr: checkpoint 0.05 vs now 0.1"):
