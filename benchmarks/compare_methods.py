@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from harness import Bench, arguments, base_title, percent  # noqa: E402
+from harness import Bench, arguments, base_title, paired_table, percent  # noqa: E402
 
 from pipeline.prune import Budget, KMeansConfig, LibraryConfig, SCPConfig  # noqa: E402
 from pipeline.prune.similarity import CRITERIA  # noqa: E402
@@ -69,6 +69,11 @@ def main() -> None:
             bench.finetune(key, method, budget)
         bench.deploy(key, method, budget)
         save()
+    for key, _, _, target in cells:  # every fine-tuned SCP cell against L1 and the library's criteria
+        if key.split("/", 1)[1].startswith("scp-"):
+            for reference in (f"{target:.2f}/{name}" for name in ("l1", *LIBRARY)):
+                if reference in bench.cells:
+                    bench.pair(key, reference)
     bench.time_onnx([key for key, *_ in cells])
     save()
 
@@ -98,7 +103,7 @@ def tables(payload: dict) -> str:
              "BN re-measured": percent(c["top1_recalibrated"]), "fine-tuned": percent(c.get("top1_finetuned")),
              ".ptl MB": megabytes(c.get("ptl_bytes")), ".onnx MB": megabytes(c.get("onnx_bytes")),
              "ORT ms": "" if "onnx_ms" not in c else f"{c['onnx_ms']:.3f}"} for key, c in cells.items()]
-    return markdown_table(rows, list(rows[0])) + "\n" + answers(cells)
+    return markdown_table(rows, list(rows[0])) + "\n" + answers(cells) + paired_table(payload)
 
 
 def answers(cells: dict) -> str:

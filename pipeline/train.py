@@ -186,8 +186,9 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
     steps_per_epoch = len(train_split) // config.batch_size
     total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
 
-    if init is not None and "recipe" in init:  # the recorded recipe names the width actually trained
-        config = dataclasses.replace(config, width=init["recipe"]["width"])
+    init_width = (init or {}).get("recipe", {}).get("width")
+    if init_width is not None:  # the recorded recipe names the width actually trained
+        config = dataclasses.replace(config, width=init_width)
     torch.manual_seed(config.seed)
     if init is not None:
         checkpoint = {"arch": init["arch"], "state_dict": init["state_dict"], "pruning": init.get("pruning"),

@@ -58,6 +58,7 @@ def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -
     from pipeline.models import build_model, vgg16_spec
 
     model = build_model(vgg16_spec(width))
-    save_checkpoint(path, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
-                           "data": {"holdout_images": holdout}, "metrics": {"test": {"top1": 0.1}}})
+    save_checkpoint(path, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "epoch": 0,
+                           "recipe": {"width": width}, "data": {"holdout_images": holdout},
+                           "metrics": {"test": {"top1": 0.1}}})
     return path

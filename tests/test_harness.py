@@ -1,0 +1,41 @@
+"""The benchmark harness on a tiny untrained base and synthetic data: cells resume, fine-tunes land where pairing
+finds them, and a paired difference agrees with the two cells' own top-1."""
+import dataclasses
+import sys
+
+import pytest
+from conftest import ROOT, save_untrained_base
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import Bench, paired_table  # noqa: E402
+
+from pipeline.prune import Budget  # noqa: E402
+
+
+def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_dir):
+    base = save_untrained_base(tmp_path / "base.pt", holdout=1500)
+    bench = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
+                       data_dir=str(cifar_dir), threads=1)
+    bench.finetune_config = dataclasses.replace(bench.finetune_config, train_limit=256)
+    budget = Budget(mac_reduction=0.5)
+    for name in ("l1", "random"):
+        bench.measure(f"0.50/{name}", name, budget, target=0.5)
+    bench.pair("0.50/l1", "0.50/random")
+    assert "0.50/l1 vs 0.50/random" not in bench.payload["paired"]  # nothing fine-tuned yet: nothing to pair
+    for name in ("l1", "random"):
+        bench.finetune(f"0.50/{name}", name, budget)
+    assert bench.finetune_config.width == 0.0625  # the base's width, recorded with the recipe
+
+    bench.pair("0.50/l1", "0.50/random")
+    result = bench.payload["paired"]["0.50/l1 vs 0.50/random"]
+    cells = bench.cells
+    assert result["seeds"] == [0] and result["test"]["images"] == len(bench.data.test)
+    assert result["test"]["difference"] == pytest.approx(cells["0.50/l1"]["top1_finetuned"]
+                                                         - cells["0.50/random"]["top1_finetuned"])
+    assert result["unused_holdout"]["images"] == 1500 - 1024  # past the images SCP analyses
+    assert result["test"]["low"] <= result["test"]["difference"] <= result["test"]["high"]
+    assert "| 50% | l1 | 1 | " in paired_table(bench.payload)
+
+    bench.correct.clear()
+    bench.pair("0.50/l1", "0.50/random")  # same seeds: kept, not re-evaluated
+    assert not bench.correct
