@@ -151,6 +151,8 @@ class Bench:
         unused = cifar.Split(self.data.holdout.images[skip:], self.data.holdout.labels[skip:])
         result = {"seeds": seeds}
         for name, split in (("test", self.data.test), ("unused_holdout", unused)):
+            if not len(split):  # a base that held out no more than SCP's evaluation set
+                continue
             tables = [torch.stack([self._correct(k, seed, name, split) for seed in seeds]) for k in (key, reference)]
             result[name] = paired_difference(*tables)
         self.payload["paired"][f"{key} vs {reference}"] = result
@@ -217,6 +219,8 @@ def paired_table(payload: dict) -> str:
         row = columns.setdefault(key, {"MAC target": f"{100 * payload['cells'][key]['target']:.0f}%",
                                        "method": key.split("/", 1)[1], "seeds": str(len(result["seeds"]))})
         for split, label in (("test", "test"), ("unused_holdout", "held-out")):
+            if split not in result:
+                continue
             gap = result[split]
             row[f"vs {reference.split('/', 1)[1]}, {label}"] = (
                 f"{100 * gap['difference']:+.2f} [{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}]")
