@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from harness import Bench, arguments, base_title, paired_table, percent  # noqa: E402
+from harness import Bench, arguments, base_title, chosen, paired_table, percent  # noqa: E402
 
 from pipeline.prune import Budget, KMeansConfig, LibraryConfig, SCPConfig  # noqa: E402
 from pipeline.prune.similarity import CRITERIA  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     wanted = args.methods.split(",")
     unknown = [name for name in wanted if name not in methods() and name not in FREE]
-    tuned = {"all": wanted, "none": []}.get(args.finetune, args.finetune.split(","))
+    tuned = chosen(args.finetune, wanted)
     unknown += [name for name in tuned if name not in wanted]
     if unknown:
         parser.error(f"unknown or unselected methods {', '.join(unknown)}; --methods takes "

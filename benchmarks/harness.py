@@ -135,7 +135,7 @@ class Bench:
         return cell
 
     def finetuned_folder(self, key: str, seed: int | None = None) -> Path:
-        """Where `key`'s fine-tune lives: the recipe's seed (None), or another seed's."""
+        """Where `key`'s fine-tune (and its export) lives: the recipe's seed (None), or another seed's."""
         return self.work / (key.replace("/", "-") + ("" if seed is None else f"-seed{seed}"))
 
     def pair(self, key: str, reference: str) -> None:
@@ -174,7 +174,7 @@ class Bench:
         """Exports the cell's model (fine-tuned when it was, else as pruned) to .ptl and .onnx, each verified against
         PyTorch, and adds their sizes (bytes) to the cell."""
         cell = self.cells[key]
-        folder = self.work / key.replace("/", "-")
+        folder = self.finetuned_folder(key)
         source = "fine-tuned" if "top1_finetuned" in cell else "pruned"
         if cell.get("exported") != source or not (folder / "export" / "model.onnx").is_file():
             checkpoint = folder / CHECKPOINT_NAME
@@ -194,7 +194,7 @@ class Bench:
         by_channels = {}
         for key in keys:
             by_channels.setdefault(tuple(self.cells[key]["channels"]),
-                                   self.work / key.replace("/", "-") / "export" / "model.onnx")
+                                   self.finetuned_folder(key) / "export" / "model.onnx")
         latencies = onnx_latencies_ms(by_channels)
         for key in keys:
             latency = latencies[tuple(self.cells[key]["channels"])]
@@ -202,6 +202,11 @@ class Bench:
 
     def save(self, title: str, table: str, notes: str = "") -> None:
         write_results(self.out, self.payload, title=title, table=table, notes=notes)
+
+
+def chosen(option: str, every: list[str]) -> list[str]:
+    """A --finetune style option: "all" of `every`, "none", or a comma list."""
+    return {"all": every, "none": []}.get(option, option.split(","))
 
 
 def base_title(payload: dict) -> str:

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from harness import Bench, arguments, base_title, percent  # noqa: E402
+from harness import Bench, arguments, base_title, chosen, percent  # noqa: E402
 
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.prune import SCPConfig  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
             print(key, "skipped:", error, flush=True)
             continue
         save()
-    tuned = {"all": criteria, "none": []}.get(args.finetune, args.finetune.split(","))
+    tuned = chosen(args.finetune, criteria)
     tuned_at = thresholds if args.finetune_thresholds == "all" else [float(t) for t in
                                                                      args.finetune_thresholds.split(",")]
     for key, method in cells.items():
