@@ -111,7 +111,9 @@ METHOD_OPTIONS_HELP = {
     "importance": "torch-pruning: the library's group criterion, magnitude (L2, default) or taylor (|w * grad|)",
     "clusters": "kmeans: K per layer from the budget (default; half the filters without one), or chosen per layer "
                 "by elbow or silhouette",
-    "keep": "kmeans: the filter kept per cluster - centroid (nearest it, default) or random (the blog)",
+    "keep": "kmeans: the filter kept per cluster - centroid (nearest it, default) or random (the blog); scp: which "
+            "of a similar pair stays - the costlier to remove by pruning loss (loss, default) or the larger filter by "
+            "L1 norm (norm)",
     "normalize": "kmeans: yes/no cluster unit-length filters (default no)",
     "restarts": "kmeans: k-means++ initialisations per clustering (default 4)",
     "min_keep": "kmeans with elbow/silhouette: the fraction of a layer's filters K never goes below (default 0.25)",

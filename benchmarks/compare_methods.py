@@ -32,6 +32,7 @@ def methods() -> dict[str, object]:
         chosen[f"scp-{criterion}"] = SCPConfig(criterion=criterion)
         chosen[f"scp-{criterion}-none"] = SCPConfig(criterion=criterion, combine="none")
     chosen["scp-cosine-bn"] = SCPConfig(loss_at="bn")
+    chosen["scp-cosine-norm"] = SCPConfig(keep="norm")
     return chosen
 
 
@@ -86,7 +87,8 @@ fine-tune (recipe in the JSON). Sizes and latency are of the model each method l
 distinct architecture is timed once, all interleaved, so methods at one MAC target (same channels per layer) share
 it. A blank `fine-tuned` means the method was left out of --finetune (see the command).
 `scp-<criterion>`: SCP with least-squares weight combination (default options); `-none` without combination;
-`scp-cosine-bn`: the pruning loss measured after the next layer's BatchNorm (`--loss-at bn`).
+`scp-cosine-bn`: the pruning loss measured after the next layer's BatchNorm (`--loss-at bn`); `scp-cosine-norm`: of
+each similar pair the filter with the larger L1 norm stays (`--keep norm`), not the costlier one to remove.
 `tp-*`: Torch-Pruning's group magnitude (L2) and Taylor importance, cut by our surgery. `kmeans`: K from the budget,
 member nearest the centroid; `kmeans-blog`: random member; `free/*`: K chosen per layer, at whatever MACs it lands.
 """

@@ -23,6 +23,7 @@ def methods() -> dict[str, object]:
             cells[f"scp-{criterion}-{combine}"] = SCPConfig(criterion=criterion, combine=combine)
         cells[f"scp-{criterion}-paper"] = SCPConfig(criterion=criterion, combine="sum", rank="similarity",
                                                     recalibrate=False)
+        cells[f"scp-{criterion}-lstsq-norm"] = SCPConfig(criterion=criterion, keep="norm")
     return cells
 
 
@@ -38,15 +39,18 @@ def main() -> None:
         for name, method in methods().items():
             bench.measure(f"{target:.2f}/{name}", method, budget, target=target)
             save()
-        # One identical fine-tune for L1, the best SCP with weight combination, and the same SCP without it.
+        # One identical fine-tune for L1, the best SCP with weight combination, the same SCP without it, and the
+        # same SCP keeping the larger filter of each pair.
         scp = {k: v for k, v in bench.cells.items() if v["target"] == target and v["method"] == "scp"}
-        best = max((k for k in scp if not k.endswith(("-none", "-paper"))), key=lambda k: scp[k]["top1_pruned"])
+        best = max((k for k in scp if k.endswith(("-lstsq", "-sum"))), key=lambda k: scp[k]["top1_pruned"])
+        variants = (best, best.rsplit("-", 1)[0] + "-none", best + "-norm")
         for finetune_seed in [None, *(int(seed) for seed in args.extra_seeds.split(",") if seed)]:
-            for key in (f"{target:.2f}/l1", best, best.rsplit("-", 1)[0] + "-none"):
+            for key in (f"{target:.2f}/l1", *variants):
                 bench.finetune(key, methods()[key.split("/", 1)[1]], budget, finetune_seed=finetune_seed)
                 save()
-        for key in (best, best.rsplit("-", 1)[0] + "-none"):
+        for key in variants:
             bench.pair(key, f"{target:.2f}/l1")
+        bench.pair(variants[2], best)
     save()
 
 
@@ -58,8 +62,9 @@ short fine-tune (the recipe in the JSON) from the pruned model, for L1, the best
 same criterion without it; `other seeds`: the same fine-tune with other seeds (--extra-seeds), to show how much a
 single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with
 least-squares factor / factor 1 / no combination, all with pairs ranked by estimated pruning loss and BatchNorm
-re-measured layer by layer; `paper` = factor 1, most similar pairs first, no re-measuring (the report's method).
-k = 3 nearest neighbours.
+re-measured layer by layer; `-norm` = lstsq, but of each similar pair the filter with the larger L1 norm stays
+(`--keep norm`) instead of the one whose removal would cost more; `paper` = factor 1, most similar pairs first, no
+re-measuring (the report's method). k = 3 nearest neighbours.
 """
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from pipeline import data as cifar
 from pipeline.errors import PipelineError
 from pipeline.prune import Budget, SCPConfig, kept_counts, prune, vgg_couplings
+from pipeline.prune.l1 import filter_l1
 from pipeline.prune.scp import Consumer, Cost, choose_removals, consumers_of, removal_costs
 from pipeline.prune.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from pipeline.train import remeasure_batchnorm
@@ -142,6 +143,25 @@ def test_pruning_loss_decides_which_of_a_pair_goes_and_kept_channels_stay():
     assert [(r.merge.removed, r.merge.kept) for r in removals] == [(1, 0), (2, 0), (3, 4)]
 
 
+def test_keep_score_decides_which_of_a_pair_goes_and_the_pairs_stay_the_same():
+    pairs = [Pair(0.95, 0, 1), Pair(0.9, 1, 2), Pair(0.85, 0, 2), Pair(0.5, 3, 4)]
+    losses = fixed_costs({0: 1.0, 1: 0.5, 2: 0.1, 3: 2.0, 4: 3.0})
+    # Norms favour 1 over 0 and 4 over 3, against the losses; the pruning loss is still what each removal records.
+    removals = choose_removals(pairs, losses, wanted=3, keep_score=torch.tensor([1.0, 2.0, 0.5, 3.0, 0.2]))
+    assert [(r.merge.removed, r.merge.kept) for r in removals] == [(0, 1), (2, 1), (4, 3)]
+    assert [r.cost.loss for r in removals] == [1.0, 0.1, 3.0]
+
+
+def test_keep_norm_keeps_the_larger_filter_of_every_pair():
+    model = trained_like(SMALL, 8)
+    norms = filter_l1(model.conv_blocks()[0][0])  # the first layer: no earlier fold edits its filters
+    for keep in ("loss", "norm"):
+        config = SCPConfig(keep=keep, eval_images=64, batch_size=16)
+        report = prune(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)[1]
+        larger_kept = [bool(norms[kept] >= norms[removed]) for removed, kept, _ in report["layers"][0]["merges"]]
+        assert all(larger_kept) if keep == "norm" else not all(larger_kept)
+
+
 def test_merging_kept_channels_moves_their_group():
     pairs = [Pair(0.9, 0, 1), Pair(0.8, 2, 3), Pair(0.7, 0, 2)]
     removals = choose_removals(pairs, fixed_costs({0: 5.0, 1: 1.0, 2: 4.0, 3: 1.0}), wanted=3, merge_keepers=True)
@@ -232,7 +252,7 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
     (dict(threshold=1.5), "threshold must be in \\[0, 1\\]"), (dict(threshold=-0.1), "threshold must be in"),
     (dict(knn=0), "k \\(nearest neighbours\\) must be >= 1"), (dict(criterion="jaccard"), "unknown criterion"),
     (dict(combine="avg"), "unknown weight combination"), (dict(rank="size"), "unknown pair ranking"),
-    (dict(loss_at="relu"), "unknown loss_at"),
+    (dict(loss_at="relu"), "unknown loss_at"), (dict(keep="centroid"), "unknown keep rule"),
     (dict(eval_images=100, batch_size=256), "smaller than one batch"),
 ])
 def test_bad_options_are_clear_errors(options, message):

@@ -6,9 +6,14 @@ import torch
 from torch import nn
 
 
+def filter_l1(conv: nn.Conv2d) -> torch.Tensor:
+    """(out_channels,) sums of absolute filter weights."""
+    return conv.weight.detach().abs().sum(dim=(1, 2, 3))
+
+
 def l1_scores(model: nn.Module) -> list[torch.Tensor]:
-    """Per conv layer, (out_channels,) sums of absolute filter weights."""
-    return [m.weight.detach().abs().sum(dim=(1, 2, 3)) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    """Per conv layer, filter_l1."""
+    return [filter_l1(m) for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
 def random_scores(model: nn.Module, seed: int = 0) -> list[torch.Tensor]:

@@ -37,6 +37,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import VGG, build_model
 from pipeline.options import check
 from pipeline.prune.budget import Budget, kept_counts
+from pipeline.prune.l1 import filter_l1
 from pipeline.prune.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from pipeline.prune.surgery import ChannelCoupling, Merge, fold_channels, prune_channels, vgg_couplings
 
@@ -44,6 +45,9 @@ from pipeline.prune.surgery import ChannelCoupling, Merge, fold_channels, prune_
 # minimises the pruning loss, "sum" adds them as they are (the paper), "none" drops them (pruning without combination).
 COMBINE = ("lstsq", "sum", "none")
 RANKS = ("loss", "similarity")
+# Which of a similar pair stays: the one whose removal would cost more (the paper's pruning loss), or the one with the
+# larger filter (L1 norm), which a fine-tune builds on better (benchmarks/results/scp_quick.md).
+KEEPS = ("loss", "norm")
 # Where the pruning loss is measured: the consumer conv's raw output, or after its BatchNorm.
 LOSS_AT = ("conv", "bn")
 
@@ -56,6 +60,8 @@ class SCPConfig:
     combine: lstsq, sum or none;
     rank: with a budget, which pairs go first: "similarity" (most similar, the paper) or "loss" (cheapest pruning loss);
     loss_at: the pruning loss is the error of the consumer's conv output ("conv") or of its BatchNorm output ("bn");
+    keep: which of a pair stays: "loss" (the one whose removal costs more, the paper) or "norm" (the filter with the
+    larger L1 norm; the pruning loss then only chooses and orders the pairs);
     recalibrate: re-estimate the next layer's BatchNorm statistics on the evaluation maps after each layer is cut;
     eval_images: evaluation-set size; batch_size: images per forward pass."""
 
@@ -66,6 +72,7 @@ class SCPConfig:
     combine: str = "lstsq"
     rank: str = "loss"
     loss_at: str = "conv"
+    keep: str = "loss"
     recalibrate: bool = True
     eval_images: int = 1024
     batch_size: int = 256
@@ -81,6 +88,7 @@ class SCPConfig:
                   (self.rank in RANKS, f"unknown pair ranking {self.rank!r}; choose one of {', '.join(RANKS)}"),
                   (self.loss_at in LOSS_AT, f"unknown loss_at {self.loss_at!r}; choose one of "
                                             f"{', '.join(LOSS_AT)}"),
+                  (self.keep in KEEPS, f"unknown keep rule {self.keep!r}; choose one of {', '.join(KEEPS)}"),
                   (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
                   (self.eval_images >= self.batch_size,
                    f"the evaluation set ({self.eval_images} images) is smaller than one batch ({self.batch_size}); "
@@ -225,10 +233,12 @@ class Removal:
 
 
 def choose_removals(pairs: Sequence[Pair], cost: CostFn, threshold: float | None = None,
-                    wanted: int | None = None, merge_keepers: bool = False) -> list[Removal]:
+                    wanted: int | None = None, merge_keepers: bool = False,
+                    keep_score: torch.Tensor | None = None) -> list[Removal]:
     """Greedy over `pairs` in the order given. Of two channels neither yet involved, the one whose removal costs less
-    goes; a channel already kept for another is never removed, so its new partner goes into it; a pair with a removed
-    channel is skipped. Stops at the first pair not above `threshold`, or after `wanted` removals.
+    goes (with `keep_score`, (C,), the lower-scoring one); a channel already kept for another is never removed, so its
+    new partner goes into it; a pair with a removed channel is skipped. Stops at the first pair not above
+    `threshold`, or after `wanted` removals.
     merge_keepers: also merge two kept channels (the cheaper goes, its group follows it into the other) - the last
     resort when a budget asks for more removals than pairs of free channels allow."""
     removed: dict[int, Removal] = {}
@@ -241,7 +251,8 @@ def choose_removals(pairs: Sequence[Pair], cost: CostFn, threshold: float | None
             continue
         costs = cost(i, j)
         options = [(r, k) for r, k in ((i, j), (j, i)) if r not in groups or (i in groups and j in groups)]
-        gone, kept = min(options, key=lambda option: (costs[option].loss, -option[0]))
+        scores = {(r, k): (costs[r, k].loss if keep_score is None else float(keep_score[r]), -r) for r, k in options}
+        gone, kept = min(scores, key=scores.__getitem__)
         for member in groups.pop(gone, []):  # a merged group follows its kept channel
             member_cost = cost(member, kept)[member, kept]
             removed[member] = Removal(Merge(member, kept, member_cost.factor), removed[member].similarity,
@@ -253,18 +264,21 @@ def choose_removals(pairs: Sequence[Pair], cost: CostFn, threshold: float | None
 
 
 def select_layer(similarity: torch.Tensor, cost: CostFn, config: SCPConfig, wanted: int | None,
-                 losses: Callable[[], torch.Tensor]) -> tuple[list[Removal], int]:
+                 losses: Callable[[], torch.Tensor], norms: torch.Tensor) -> tuple[list[Removal], int]:
     """The removals for one layer and the number of KNN pairs it had. With a budget (`wanted` removals) the KNN pairs
     go in `config.rank` order (`losses()`: estimated (C, C) losses, for rank "loss"); if they cannot supply enough
-    removals, the other pairs follow (most similar first), and as a last resort kept channels merge."""
+    removals, the other pairs follow (most similar first), and as a last resort kept channels merge.
+    norms: (C,) filter L1 norms, which decide who stays under config.keep "norm"."""
     knn_pairs = ranked_pairs(similarity, config.knn)
+    keep_score = norms if config.keep == "norm" else None
     if wanted is None:
-        return choose_removals(knn_pairs, cost, threshold=config.threshold), len(knn_pairs)
+        return choose_removals(knn_pairs, cost, threshold=config.threshold, keep_score=keep_score), len(knn_pairs)
     if config.rank == "loss":
         estimate = losses()
         knn_pairs.sort(key=lambda p: float(min(estimate[p.first, p.second], estimate[p.second, p.first])))
     for merge_keepers in (False, True):
-        removals = choose_removals(knn_pairs, cost, wanted=wanted, merge_keepers=merge_keepers)
+        removals = choose_removals(knn_pairs, cost, wanted=wanted, merge_keepers=merge_keepers,
+                                   keep_score=keep_score)
         if len(removals) >= wanted:
             return removals, len(knn_pairs)
         if not merge_keepers:
@@ -315,7 +329,7 @@ def prune_scp(model: VGG, config: SCPConfig, budget: Budget | None, images: torc
         wanted = None if counts is None else coupling.channels - counts[layer]
         losses = lambda: estimated_losses(maps, consumers, config.combine, config.recalibrate,  # noqa: B023
                                           config.batch_size)
-        removals, pairs = select_layer(similarity, cost, config, wanted, losses)
+        removals, pairs = select_layer(similarity, cost, config, wanted, losses, filter_l1(block[0]))
         keep = sorted(set(range(coupling.channels)) - {r.merge.removed for r in removals})
         if removals:
             state = current.state_dict()
