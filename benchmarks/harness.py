@@ -56,7 +56,8 @@ class Bench:
     @classmethod
     def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None,
              threads: int | None = None) -> Bench:
-        """The base, CIFAR-10 (holding out the images the base held out) and any cells already in <out>.json."""
+        """The base, CIFAR-10 (holding out the images the base held out) and any cells and paired differences already
+        in <out>.json."""
         if threads:
             torch.set_num_threads(threads)
         checkpoint = load_checkpoint(base)
@@ -79,7 +80,8 @@ class Bench:
                             "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
                             "channels": list(model.spec.conv_channels),
                             "test_top1": evaluate(model, data.test)["top1"]},
-                   "finetune": dataclasses.asdict(finetune_config), "cells": previous.get("cells", {})}
+                   "finetune": dataclasses.asdict(finetune_config), "cells": previous.get("cells", {}),
+                   "paired": previous.get("paired", {})}
         return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload)
 
     @classmethod

@@ -1,5 +1,5 @@
 """The benchmark harness on a tiny untrained base and synthetic data: cells resume, fine-tunes land where pairing
-finds them, and a paired difference agrees with the two cells' own top-1."""
+finds them, a paired difference agrees with the two cells' own top-1, and a later run keeps it."""
 import dataclasses
 import sys
 
@@ -39,3 +39,7 @@ def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_d
     bench.correct.clear()
     bench.pair("0.50/l1", "0.50/random")  # same seeds: kept, not re-evaluated
     assert not bench.correct
+    bench.save("title", "table")
+    reopened = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
+                          data_dir=str(cifar_dir), threads=1)  # a later run over other targets keeps the pairs
+    assert reopened.payload["paired"] == bench.payload["paired"]
