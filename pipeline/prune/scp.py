@@ -8,11 +8,14 @@ output error if one of the two goes) decides which one goes, and the removed cha
 into its twin. One layer's maps for the evaluation set are held at a time (n x C x H x W floats: 268 MB for 1,024
 images at VGG16's widest layer), so the whole analysis costs one forward pass.
 
-Two measured additions to the paper, each an option (benchmarks/results/scp_quick.md compares them):
+Three measured additions to the paper, each an option (benchmarks/results/scp_quick.md compares them):
 - rank "loss": under a budget, the KNN pairs whose removal is estimated to cost least go first, rather than the most
   similar ones - similarity alone ignores how much a channel contributes; "similarity" is the paper's order.
 - recalibrate: after a layer is cut and folded, the next layer's BatchNorm statistics are re-measured on the
   evaluation maps, so its normalised output keeps the mean and variance the rest of the network was trained on.
+- keep "norm": of a pair, the filter with the larger L1 norm stays and the pruning loss only picks and orders the
+  pairs, as magnitude methods - which fine-tune well - would choose. Neither rule wins everywhere, before or after
+  fine-tuning (also benchmarks/results/compare_*.md), so the paper's, "loss", is the default.
 
 Pruning loss, exactly and cheaply: removing channel r in favour of t with factor a changes the consumer's output by
 conv(W[:, r], a z_t - z_r), linear in the maps. Over the evaluation set its squared norm is
