@@ -142,9 +142,15 @@ def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channe
 
 
 @torch.no_grad()
-def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                        augment_seed: int | None = None) -> nn.Module:
     """A copy of `model` whose BatchNorm running statistics are re-measured on `images` (uint8 (n, 3, 32, 32)), as a
-    plain average over the batches; no weight changes. Returned in eval mode."""
+    plain average over the batches; no weight changes. Returned in eval mode.
+
+    augment_seed: measure on one seeded random crop and flip of each image - the statistics training normalised
+    with - instead of the images as they are (benchmarks/results/bn_calibration.md compares the two)."""
+    if augment_seed is not None:
+        images = cifar.augment(images, torch.Generator().manual_seed(augment_seed))
     copy = model_from_checkpoint({"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
     for module in copy.modules():
         if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):

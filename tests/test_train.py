@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import ROOT
 
+from pipeline import data as cifar
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.train import CHECKPOINT_NAME, PRESETS, evaluate, lr_at, make_config, train
+from pipeline.train import CHECKPOINT_NAME, PRESETS, evaluate, lr_at, make_config, remeasure_batchnorm, train
+from tests.test_prune import SMALL, trained_like
 
 
 def test_schedules_warm_up_then_decay_to_zero():
@@ -101,3 +103,19 @@ def test_killed_training_resumes_to_the_same_result(cifar_dir, tmp_path):
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, again["state_dict"][name]), name
     assert again["metrics"] == whole["metrics"]
+
+
+def test_remeasured_batchnorm_holds_the_images_statistics_as_they_are_or_as_training_saw_them():
+    model = trained_like(SMALL, 2).eval()
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    as_they_are = remeasure_batchnorm(model, images, batch_size=32)
+    first_conv_outputs = model.conv_blocks()[0][0](cifar.normalize(images)).detach()
+    norm = as_they_are.conv_blocks()[0][1]
+    assert torch.allclose(norm.running_mean, first_conv_outputs.mean((0, 2, 3)), atol=1e-5)
+    assert torch.equal(as_they_are.conv_blocks()[0][0].weight, model.conv_blocks()[0][0].weight)  # weights kept
+
+    augmented = remeasure_batchnorm(model, images, batch_size=32, augment_seed=3)
+    by_hand = remeasure_batchnorm(model, cifar.augment(images, torch.Generator().manual_seed(3)), batch_size=32)
+    for name, value in augmented.state_dict().items():
+        assert torch.equal(value, by_hand.state_dict()[name]), name
+    assert not torch.allclose(augmented.conv_blocks()[0][1].running_var, norm.running_var)
