@@ -49,7 +49,7 @@ from pipeline.prune.surgery import ChannelCoupling, Merge, fold_channels, prune_
 COMBINE = ("lstsq", "sum", "none")
 RANKS = ("loss", "similarity")
 # Which of a similar pair stays: the one whose removal would cost more (the paper's pruning loss), or the one with the
-# larger filter (L1 norm), which a fine-tune builds on better (benchmarks/results/scp_quick.md).
+# larger filter (L1 norm), as magnitude methods would keep it.
 KEEPS = ("loss", "norm")
 # Where the pruning loss is measured: the consumer conv's raw output, or after its BatchNorm.
 LOSS_AT = ("conv", "bn")
