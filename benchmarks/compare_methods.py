@@ -6,9 +6,15 @@ its own MACs and is reported at the point it lands.
     python benchmarks/compare_methods.py --base runs/quick/checkpoint.pt --out benchmarks/results/compare_quick
 
 Cells already in <out>.json are kept (an interrupted run resumes); checkpoints and exports go under --work.
+Fine-tunes finished under --work are picked up rather than redone, so a second process given its own --out, the
+same --work and other --methods can fine-tune side by side; a final run on the main --out then records them.
+Latencies are timed all together at the end of each run: pass --no-timing while other jobs load the machine, and
+re-time once it is idle (--finetune none).
 Writes <out>.json, <out>.md and <out>.png. Run from the project root with the package installed.
 """
 from __future__ import annotations
+
+import argparse
 
 import matplotlib
 
@@ -45,6 +51,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join([*methods(), *FREE]), help="which methods (default: all)")
     parser.add_argument("--finetune", default="all",
                         help="which methods get the fine-tune: all, none, or a comma list")
+    parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-time every architecture's onnxruntime latency at the end (--no-timing keeps the "
+                             "latencies already in <out>.json: for runs on a machine busy with other jobs)")
     args = parser.parse_args()
     wanted = args.methods.split(",")
     unknown = [name for name in wanted if name not in methods() and name not in FREE]
@@ -75,7 +84,8 @@ def main() -> None:
             for reference in (f"{target:.2f}/{name}" for name in ("l1", *LIBRARY)):
                 if reference in bench.cells:
                     bench.pair(key, reference)
-    bench.time_onnx([key for key, *_ in cells])
+    if args.timing:
+        bench.time_onnx([key for key, *_ in cells])
     save()
 
 

@@ -114,7 +114,8 @@ class Bench:
 
     def finetune(self, key: str, method: Method, budget: Budget | None, seed: int = 0,
                  finetune_seed: int | None = None) -> dict:
-        """The identical short fine-tune from the pruned model (unless done): top1_finetuned in the cell; with a
+        """The identical short fine-tune from the pruned model (unless done): top1_finetuned in the cell, and
+        finetune_seconds, the training time of its epochs (s, evaluation between epochs not counted); with a
         `finetune_seed` other than the recipe's, the same recipe under that seed, in top1_finetuned_seeds[seed] -
         how far one fine-tune's top-1 moves with its seed alone."""
         cell = self.cells[key]
@@ -125,12 +126,13 @@ class Bench:
         pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
                                   evaluation_set(method, self.data.holdout))
         folder = self.finetuned_folder(key, None if recipe else config.seed)
-        started = time.perf_counter()
-        train(config, self.data, folder, resume=True, progress=False, init=pruned)
-        top1 = evaluate(model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME)), self.data.test)["top1"]
+        finetuned = train(config, self.data, folder, resume=True, progress=False, init=pruned)
+        top1 = evaluate(model_from_checkpoint(finetuned), self.data.test)["top1"]
         if recipe:
             cell["top1_finetuned"] = top1
-            cell["finetune_seconds"] = round(time.perf_counter() - started, 1)
+            # Summed from the epochs' own times: true of a fine-tune resumed here, or finished by another process
+            # sharing `work`, where the wall time of this call is not.
+            cell["finetune_seconds"] = round(sum(epoch["seconds"] for epoch in finetuned["history"]), 1)
         else:
             cell.setdefault("top1_finetuned_seeds", {})[str(config.seed)] = top1
         print(key, f"fine-tuned (seed {config.seed})", top1, flush=True)

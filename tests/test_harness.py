@@ -43,3 +43,23 @@ def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_d
     reopened = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
                           data_dir=str(cifar_dir), threads=1)  # a later run over other targets keeps the pairs
     assert reopened.payload["paired"] == bench.payload["paired"]
+
+
+def test_a_finetune_finished_under_work_is_recorded_not_redone(tmp_path, cifar_dir):
+    base = save_untrained_base(tmp_path / "base.pt", holdout=1100)
+    budget = Budget(mac_reduction=0.5)
+
+    def bench_for(out: str) -> Bench:
+        bench = Bench.open(str(base), str(tmp_path / out), str(tmp_path / "work"), finetune_preset="smoke",
+                           data_dir=str(cifar_dir), threads=1)
+        bench.finetune_config = dataclasses.replace(bench.finetune_config, train_limit=256)
+        bench.measure("0.50/l1", "l1", budget, target=0.5)
+        return bench
+
+    side = bench_for("side").finetune("0.50/l1", "l1", budget)  # a second process, its own results file
+    checkpoint = bench_for("side").finetuned_folder("0.50/l1") / "checkpoint.pt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    main = bench_for("main").finetune("0.50/l1", "l1", budget)
+    assert checkpoint.stat().st_mtime_ns == trained_at  # picked up, not trained again
+    assert main["top1_finetuned"] == side["top1_finetuned"]
+    assert main["finetune_seconds"] == side["finetune_seconds"] > 0  # the epochs' time, not this call's
