@@ -23,7 +23,8 @@ def methods() -> dict[str, object]:
             cells[f"scp-{criterion}-{combine}"] = SCPConfig(criterion=criterion, combine=combine)
         cells[f"scp-{criterion}-paper"] = SCPConfig(criterion=criterion, combine="sum", rank="similarity",
                                                     recalibrate=False)
-        cells[f"scp-{criterion}-lstsq-norm"] = SCPConfig(criterion=criterion, keep="norm")
+        for combine in ("lstsq", "none"):  # the keep rule with and without combination, like for like
+            cells[f"scp-{criterion}-{combine}-norm"] = SCPConfig(criterion=criterion, combine=combine, keep="norm")
     return cells
 
 
@@ -58,13 +59,14 @@ NOTES = """
 `pruned`: test top-1 right after pruning, no training. `BN re-measured`: the same pruned model with every BatchNorm's
 running mean/variance re-measured on the 1,024 evaluation images (held-out training images) - no weights change; SCP
 with `recalibrate` already does this layer by layer, L1 and the paper setting get it here. `fine-tuned`: one identical
-short fine-tune (the recipe in the JSON) from the pruned model, for L1, the best SCP with weight combination and the
-same criterion without it; `other seeds`: the same fine-tune with other seeds (--extra-seeds), to show how much a
-single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with
+short fine-tune (the recipe in the JSON) from the pruned model, for L1, the best SCP with weight combination, the same
+criterion without it and with `-norm`; `other seeds`: the same fine-tune with other seeds (--extra-seeds), to show how
+much a single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with
 least-squares factor / factor 1 / no combination, all with pairs ranked by estimated pruning loss and BatchNorm
-re-measured layer by layer; `-norm` = lstsq, but of each similar pair the filter with the larger L1 norm stays
-(`--keep norm`) instead of the one whose removal would cost more; `paper` = factor 1, most similar pairs first, no
-re-measuring (the report's method). k = 3 nearest neighbours.
+re-measured layer by layer; `lstsq-norm` = lstsq, but of each similar pair the filter with the larger L1 norm stays
+(`--keep norm`) instead of the one whose removal would cost more, and `none-norm` the same keep rule without
+combination; `paper` = factor 1, most similar pairs first, no re-measuring (the report's method). k = 3 nearest
+neighbours.
 """
 
 
