@@ -10,6 +10,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness import Bench, paired_table  # noqa: E402
 
 from pipeline.prune import Budget  # noqa: E402
+from pipeline.train import CHECKPOINT_NAME  # noqa: E402
 
 
 def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_dir):
@@ -56,8 +57,9 @@ def test_a_finetune_finished_under_work_is_recorded_not_redone(tmp_path, cifar_d
         bench.measure("0.50/l1", "l1", budget, target=0.5)
         return bench
 
-    side = bench_for("side").finetune("0.50/l1", "l1", budget)  # a second process, its own results file
-    checkpoint = bench_for("side").finetuned_folder("0.50/l1") / "checkpoint.pt"
+    side_bench = bench_for("side")  # a second process, its own results file
+    side = side_bench.finetune("0.50/l1", "l1", budget)
+    checkpoint = side_bench.finetuned_folder("0.50/l1") / CHECKPOINT_NAME
     trained_at = checkpoint.stat().st_mtime_ns
     main = bench_for("main").finetune("0.50/l1", "l1", budget)
     assert checkpoint.stat().st_mtime_ns == trained_at  # picked up, not trained again
