@@ -8,11 +8,10 @@ Run from the project root with the package installed (pip install -e .).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
-from harness import percent
+from harness import arguments, percent
 
 from pipeline import data as cifar
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
@@ -26,14 +25,10 @@ METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="runs/quick/checkpoint.pt")
-    parser.add_argument("--out", default="benchmarks/results/bn_calibration")
-    parser.add_argument("--data-dir", default=None)
+    parser = arguments(__doc__, out="benchmarks/results/bn_calibration")
     parser.add_argument("--targets", default="0,0.3,0.5,0.7", help="MAC reductions (0: unpruned)")
     parser.add_argument("--images", default="1024,4096", help="held-out images the statistics are measured on")
     parser.add_argument("--seeds", default="0,1,2", help="augmentation draws")
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,14 +27,16 @@ from pipeline.report import command_line, markdown_table, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 
-def arguments(description: str, work: str, out: str) -> argparse.ArgumentParser:
-    """The options every pruning benchmark takes; a script adds its own."""
+def arguments(description: str, out: str, work: str | None = None) -> argparse.ArgumentParser:
+    """The options every pruning benchmark takes; a script adds its own. `work`: where fine-tunes go, for a
+    script that fine-tunes (it also gets --finetune-preset); None for one that does not."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="runs/quick/checkpoint.pt", help="trained base checkpoint")
-    parser.add_argument("--finetune-preset", default="quick", help="whose fine-tuning recipe every cell gets")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--work", default=work, help="fine-tuned checkpoints")
     parser.add_argument("--out", default=out, help="results stem (.json, .md)")
+    if work is not None:
+        parser.add_argument("--finetune-preset", default="quick", help="whose fine-tuning recipe every cell gets")
+        parser.add_argument("--work", default=work, help="fine-tuned checkpoints")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for pruning, evaluation and fine-tuning (default: torch's choice); 1 lets "
                              "two jobs share 2 cores without oversubscribing them")
