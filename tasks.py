@@ -7,7 +7,8 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, os_error_message
+from pipeline.options import parse_option
 
 TRAIN_HELP = {
     "preset": "smoke (seconds, for tests), quick (~10 min on 2 CPU cores) or paper (full VGG16-BN, for a GPU); "
@@ -37,21 +38,40 @@ TRAIN_HELP = {
 }
 
 
-def reports_errors(function):
-    """Turns a PipelineError into a one-line message and exit code 2 instead of a traceback."""
+def command(name: str | None = None, help: dict[str, str] | None = None):
+    """An invoke task whose options are all flags (a positional argument would swallow `--help` and run the task)
+    and whose PipelineError or OS error (unwritable folder, full disk) ends as one line and exit code 2.
 
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except PipelineError as err:
-            raise Exit(f"error: {err}", code=2) from None
+    Numbers default to strings ("200", not 200): invoke casts a typed default's values itself and answers a typo with
+    a traceback, so the package parses them instead (`whole`, `parse_option`)."""
 
-    return wrapper
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except PipelineError as err:
+                raise Exit(f"error: {err}", code=2) from None
+            except OSError as err:
+                raise Exit(f"error: {os_error_message(err)}", code=2) from None
+
+        return task(wrapper, name=name, help=help, positional=[], auto_shortflags=False)
+
+    return decorate
 
 
-@task(help=TRAIN_HELP, auto_shortflags=False)
-@reports_errors
+def required(**options: str | None) -> None:
+    """Refuses a task call missing a required option (all options are flags, so invoke cannot say it)."""
+    missing = [name for name, value in options.items() if value in (None, "")]
+    if missing:
+        raise PipelineError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)}; see the task's --help")
+
+
+def whole(value: str | int, option: str) -> int:
+    return parse_option(str(value), "int", option)
+
+
+@command(help=TRAIN_HELP)
 def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, width=None, epochs=None,
           batch_size=None, lr=None, momentum=None, nesterov=None, weight_decay=None, warmup_epochs=None,
           schedule=None, label_smoothing=None, seed=None, holdout=None, train_limit=None, test_limit=None,
@@ -71,20 +91,21 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
                  progress=sys.stderr.isatty())
 
 
-@task(help={"checkpoint": "checkpoint to evaluate (e.g. runs/quick/checkpoint.pt)",
+@command(help={"checkpoint": "checkpoint to evaluate, required (e.g. runs/quick/checkpoint.pt)",
             "data_dir": TRAIN_HELP["data_dir"], "test_limit": "evaluate on the first N test images only"})
-@reports_errors
-def evaluate(c, checkpoint, data_dir=None, test_limit=None):
+def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
     """Top-1 on the CIFAR-10 test set (all 10,000 images), with MACs and parameters."""
     from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
     from pipeline.cost import count_cost
     from pipeline.data import load_test
     from pipeline.train import evaluate as run_evaluation
 
+    required(checkpoint=checkpoint)
+    limit = None if test_limit is None else whole(test_limit, "test_limit")
+    if limit is not None and limit < 1:
+        raise PipelineError(f"--test-limit must be >= 1 image, got {limit}")
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    if test_limit is not None and not str(test_limit).isdigit():
-        raise PipelineError(f"--test-limit expects a whole number of images, got {test_limit!r}")
-    test = load_test(data_dir).head(int(test_limit) if test_limit else None)
+    test = load_test(data_dir).head(limit)
     result = run_evaluation(model, test)
     cost = count_cost(model)
     print(f"{checkpoint}: test top-1 {result['top1']:.2%} on {result['images']} images, loss {result['loss']:.4f}; "
@@ -132,14 +153,12 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, method_option
     return resolve_method(method, method_options, Budget.from_options(ratio, layer_ratios, mac_reduction), default)
 
 
-@task(help={"checkpoint": "trained checkpoint to prune", "method": METHOD_HELP,
+@command(help={"checkpoint": "trained checkpoint to prune (required)", "method": METHOD_HELP,
             "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
-            "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers",
-            "overwrite": "replace an existing output folder", **BUDGET_HELP, **METHOD_OPTIONS_HELP},
-      auto_shortflags=False)
-@reports_errors
-def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
-          seed=0, overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
+            "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers (default 0)",
+            "overwrite": "replace an existing output folder", **BUDGET_HELP, **METHOD_OPTIONS_HELP})
+def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
+          seed="0", overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
           loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
           keep=None, normalize=None, restarts=None, min_keep=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
@@ -147,23 +166,24 @@ def prune(c, checkpoint, method="l1", mac_reduction=None, ratio=None, layer_rati
     from pipeline.data import load_cifar10
     from pipeline.flow import prune_stage
 
+    required(checkpoint=checkpoint)
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()))
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
     held_out = load_checkpoint(checkpoint).get("data", {}).get("holdout_images", 0)
-    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out), int(seed))
+    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out),
+                whole(seed, "seed"))
 
 
 NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
 
 
-@task(help={**{k: v for k, v in TRAIN_HELP.items() if k not in NOT_FOR_FINETUNING},
-            "checkpoint": "pruned checkpoint to fine-tune",
+@command(help={**{k: v for k, v in TRAIN_HELP.items() if k not in NOT_FOR_FINETUNING},
+            "checkpoint": "pruned checkpoint to fine-tune (required)",
             "preset": "whose fine-tuning recipe to use: smoke, quick (3 epochs, lr 0.02) or paper (40 epochs)",
-            "out": "run folder (default: <checkpoint folder>-finetuned)"}, auto_shortflags=False)
-@reports_errors
-def finetune(c, checkpoint, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, epochs=None,
+            "out": "run folder (default: <checkpoint folder>-finetuned)"})
+def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, epochs=None,
              batch_size=None, lr=None, weight_decay=None, warmup_epochs=None, schedule=None, label_smoothing=None,
              seed=None, train_limit=None, test_limit=None, threads=None, device=None):
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
@@ -175,6 +195,7 @@ def finetune(c, checkpoint, preset="quick", out=None, data_dir=None, resume=Fals
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      warmup_epochs=warmup_epochs, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
                      train_limit=train_limit, test_limit=test_limit, threads=threads, device=device)
+    required(checkpoint=checkpoint)
     config = make_config(preset, overrides, finetune=True)
     init = load_checkpoint(checkpoint)
     data = load_cifar10(data_dir, holdout=config.holdout)
@@ -182,15 +203,18 @@ def finetune(c, checkpoint, preset="quick", out=None, data_dir=None, resume=Fals
                  overwrite=overwrite, progress=sys.stderr.isatty(), init=init)
 
 
-@task(help={"checkpoint": "checkpoint to export", "out": "folder for <name>.ptl, <name>.onnx, <name>.json",
+@command(help={"checkpoint": "checkpoint to export (required)",
+               "out": "folder for <name>.ptl, <name>.onnx, <name>.json",
             "name": "file name stem (default: model)", "static_batch": "ONNX with a fixed batch of 1",
-            "data_dir": TRAIN_HELP["data_dir"]}, auto_shortflags=False)
-@reports_errors
-def export(c, checkpoint, out="export", name="model", static_batch=False, data_dir=None):
+            "data_dir": TRAIN_HELP["data_dir"]})
+def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None):
     """Export to TorchScript Lite (.ptl) and ONNX, each verified against PyTorch on 1,000 test images."""
+    from pipeline.checkpoint import existing_checkpoint
     from pipeline.data import load_test
     from pipeline.export import export_checkpoint
 
+    required(checkpoint=checkpoint)
+    existing_checkpoint(checkpoint)  # a wrong path fails before the test set is looked for (or downloaded)
     result = export_checkpoint(checkpoint, load_test(data_dir), out, name, dynamic_batch=not static_batch)
     report, checks = result.report, result.report["verification"]
     print(f"{result.ptl} ({report['ptl_bytes'] / 1e6:.2f} MB, bytecode v{report['torchscript']['bytecode_version']}; "
@@ -200,30 +224,29 @@ def export(c, checkpoint, out="export", name="model", static_batch=False, data_d
           f"{checks['onnx']['max_abs_diff']:.1e} on {checks['onnx']['images']} test images; sidecar {result.sidecar}")
 
 
-@task(help={"models": "comma-separated sidecar JSON files written by `invoke export`",
+@command(help={"models": "comma-separated sidecar JSON files written by `invoke export` (required)",
             "threads": "threads for every runtime (default 1, as a phone's big core)",
-            "runs": "timed runs per model/runtime",
-            "warmup": "untimed runs first", "out": "results path without extension (writes .json and .md)",
-            "data_dir": TRAIN_HELP["data_dir"]}, auto_shortflags=False)
-@reports_errors
-def bench(c, models, threads=1, runs=200, warmup=20, out="bench", data_dir=None):
+            "runs": "timed runs per model/runtime (default 200)",
+            "warmup": "untimed runs first (default 20)", "out": "results path without extension (writes .json and .md)",
+            "data_dir": TRAIN_HELP["data_dir"]})
+def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", data_dir=None):
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
     from pipeline.bench import benchmark, table_rows
     from pipeline.data import load_test
     from pipeline.report import markdown_table, write_results
 
-    result = benchmark(models.split(","), load_test(data_dir), threads=int(threads), warmup=int(warmup),
-                       runs=int(runs))
+    required(models=models)
+    result = benchmark(models.split(","), load_test(data_dir), threads=whole(threads, "threads"),
+                       warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"))
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     write_results(out, result, title="Host benchmark", table=table)
     print(table)
 
 
-@task(name="build-apk", help={"model": "sidecar JSON written by `invoke export` (default: export/model.json)",
+@command(name="build-apk", help={"model": "sidecar JSON written by `invoke export` (default: export/model.json)",
                               "variant": "debug (default; what bench-device needs) or release (debug-signed)",
-                              "data_dir": TRAIN_HELP["data_dir"]}, auto_shortflags=False)
-@reports_errors
+                              "data_dir": TRAIN_HELP["data_dir"]})
 def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
     """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build it with Gradle."""
     from pipeline.android import build_apk as build
@@ -233,16 +256,14 @@ def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
 
 
-@task(name="bench-device", help={
-    "models": "comma-separated sidecar JSON files written by `invoke export`",
+@command(name="bench-device", help={
+    "models": "comma-separated sidecar JSON files written by `invoke export` (required)",
     "apk": "the debug APK `invoke build-apk` built", "serial": "the device to use when several are attached",
-    "runs": "timed runs per model on the device", "warmup": "untimed runs first",
+    "runs": "timed runs per model on the device (default 100)", "warmup": "untimed runs first (default 20)",
     "threads": "PyTorch Mobile threads (default 1)",
-    "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"},
-    auto_shortflags=False)
-@reports_errors
-def bench_device(c, models, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs=100,
-                 warmup=20, threads=1, report="bench"):
+    "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"})
+def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs="100",
+                 warmup="20", threads="1", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
     import json
 
@@ -250,8 +271,10 @@ def bench_device(c, models, apk="android_app/app/build/outputs/apk/debug/app-deb
     from pipeline.device import bench_device as run_on_device
     from pipeline.report import markdown_table, write_results
 
+    required(models=models)
     sidecars = [Path(m) for m in models.split(",")]
-    device = run_on_device(sidecars, Path(apk), serial, int(warmup), int(runs), int(threads))
+    device = run_on_device(sidecars, Path(apk), serial, whole(warmup, "warmup"), whole(runs, "runs"),
+                           whole(threads, "threads"))
     stem = Path(report)
     host = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
@@ -262,16 +285,15 @@ def bench_device(c, models, apk="android_app/app/build/outputs/apk/debug/app-deb
     print(table)
 
 
-@task(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
+@command(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
             "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
-            "bench_runs": "timed runs per model and runtime", "data_dir": TRAIN_HELP["data_dir"],
+            "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": TRAIN_HELP["data_dir"],
             "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
-            **METHOD_OPTIONS_HELP}, auto_shortflags=False)
-@reports_errors
+            **METHOD_OPTIONS_HELP})
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
-             layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs=200, data_dir=None,
+             layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs="200", data_dir=None,
              device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None, rank=None,
              loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
              keep=None, normalize=None, restarts=None, min_keep=None):
@@ -288,7 +310,8 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     held_out = load_checkpoint(base).get("data", {}).get("holdout_images", 0) if base else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(name or preset, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
-                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=int(bench_runs))
+                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(),
+                 bench_runs=whole(bench_runs, "bench_runs"))
 
 
 def _run_script(c, script, args):
@@ -297,20 +320,20 @@ def _run_script(c, script, args):
         raise Exit(code=result.exited)
 
 
-@task(help={"args": "options for benchmarks/compare_methods.py, e.g. \"--base runs/wide/checkpoint.pt --out "
+@command(help={"args": "options for benchmarks/compare_methods.py, e.g. \"--base runs/wide/checkpoint.pt --out "
                     "benchmarks/results/compare_wide\" (see its --help)"})
 def compare(c, args=""):
     """Every pruning method at 30/50/70% fewer MACs from one base: top-1 before/after fine-tuning, size, latency."""
     _run_script(c, "compare_methods.py", args)
 
 
-@task(help={"args": "options for benchmarks/sweep_thresholds.py, e.g. \"--criteria cosine --thresholds 0.6,0.8\""})
+@command(help={"args": "options for benchmarks/sweep_thresholds.py, e.g. \"--criteria cosine --thresholds 0.6,0.8\""})
 def sweep(c, args=""):
     """SCP thresholds 0.05..0.95 per criterion: top-1, MACs and per-layer channels, with the report's plots."""
     _run_script(c, "sweep_thresholds.py", args)
 
 
-@task(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})
+@command(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})
 def test(c, args=""):
     """Run the test suite; 'no tests collected' is a failure, not a pass."""
     result = c.run(f"{sys.executable} -m pytest {args}", warn=True, pty=False)

@@ -46,11 +46,17 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
         torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "versions": library_versions(), **checkpoint}, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint written by save_checkpoint, refusing anything else with a message that says why."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """`path`, or an error saying there is no checkpoint there."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"checkpoint not found: {path}. Train one with `invoke train` or check the path.")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Loads a checkpoint written by save_checkpoint, refusing anything else with a message that says why."""
+    path = existing_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails on foreign bytes in many ways (KeyError, EOFError, ...): all mean this

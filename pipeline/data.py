@@ -1,8 +1,8 @@
 """CIFAR-10 from the official python-format batches, held as uint8 tensors and augmented a whole batch at a time.
 
-Where the data comes from, in order: an explicit `data_dir`, the `CIFAR10_DIR` environment variable, then
-`data/cifar-10-batches-py` in the project. A missing folder is downloaded there from the official archive
-(MD5-checked) unless downloading is turned off.
+Where the data comes from: an explicit `data_dir`, else the `CIFAR10_DIR` environment variable, else
+`data/cifar-10-batches-py` in the project - one folder, never a fallback to the next. A missing or empty folder is
+downloaded into from the official archive (MD5-checked) unless downloading is turned off.
 """
 from __future__ import annotations
 
@@ -69,37 +69,43 @@ class Cifar10:
 
 # --- locating and downloading -------------------------------------------------------------------------------------
 
-def candidate_dirs(data_dir: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """Where to look, in order of preference."""
-    found = [Path(data_dir)] if data_dir else []
+def data_folder(data_dir: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> tuple[Path, str]:
+    """The one folder to read, and who chose it: `--data-dir`, else `CIFAR10_DIR`, else the project's data/. A
+    folder the user named is used or refused, never swapped for another one."""
+    if data_dir:
+        return Path(data_dir), "--data-dir"
     if environ.get("CIFAR10_DIR"):
-        found.append(Path(environ["CIFAR10_DIR"]))
-    return found + [PROJECT_DATA_DIR]
+        return Path(environ["CIFAR10_DIR"]), "CIFAR10_DIR"
+    return PROJECT_DATA_DIR, "the project's data folder"
 
 
-def has_batches(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in (*TRAIN_FILES, TEST_FILE))
+def missing_batches(folder: Path) -> list[str]:
+    return [name for name in (*TRAIN_FILES, TEST_FILE) if not (folder / name).is_file()]
 
 
 def locate_cifar10(data_dir: str | Path | None = None, download: bool = True,
                    environ: Mapping[str, str] = os.environ, url: str = CIFAR10_URL,
                    md5: str = CIFAR10_ARCHIVE_MD5) -> Path:
-    """The folder holding the batch files; downloads into the first candidate when none has them."""
-    candidates = candidate_dirs(data_dir, environ)
-    for folder in candidates:
-        if has_batches(folder):
-            return folder
-    looked = ", ".join(str(c) for c in candidates)
-    fix = (f"Point --data-dir or CIFAR10_DIR at a folder holding {', '.join(TRAIN_FILES)} and {TEST_FILE} "
+    """The folder holding the batch files (data_folder's choice). A folder that does not exist or is empty is
+    downloaded into when `download`; one holding other files is never touched: the error names what it lacks."""
+    folder, chosen_by = data_folder(data_dir, environ)
+    missing = missing_batches(folder)
+    if not missing:
+        return folder
+    fix = (f"point --data-dir or CIFAR10_DIR at a folder holding {', '.join(TRAIN_FILES)} and {TEST_FILE} "
            f"(the unpacked '{ARCHIVE_FOLDER}' of {url})")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise PipelineError(f"CIFAR-10 folder {folder} (from {chosen_by}) lacks {', '.join(missing)}; restore "
+                            f"{'them' if len(missing) > 1 else 'it'}, empty the folder to have it downloaded, or "
+                            f"{fix}.")
     if not download:
-        raise PipelineError(f"CIFAR-10 not found (looked in {looked}). {fix}.")
+        raise PipelineError(f"CIFAR-10 not found in {folder} (from {chosen_by}); {fix}.")
     try:
-        download_cifar10(candidates[0], url=url, md5=md5)
+        download_cifar10(folder, url=url, md5=md5)
     except (OSError, PipelineError) as err:
-        raise PipelineError(f"CIFAR-10 not found (looked in {looked}) and the download failed: {err}. {fix}, "
-                            f"or rerun with internet access.") from err
-    return candidates[0]
+        raise PipelineError(f"CIFAR-10 not found in {folder} (from {chosen_by}) and the download failed: {err}; "
+                            f"{fix}, or rerun with internet access.") from err
+    return folder
 
 
 def file_md5(path: Path) -> str:
@@ -126,10 +132,10 @@ def download_cifar10(target: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_AR
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(scratch, filter="data")
         unpacked = Path(scratch) / ARCHIVE_FOLDER
-        if not has_batches(unpacked):
+        if missing_batches(unpacked):
             raise PipelineError(f"archive from {url} has no complete '{ARCHIVE_FOLDER}' folder")
-        if target.exists():  # an empty or partial folder from an earlier attempt
-            shutil.rmtree(target)
+        if target.is_dir():
+            target.rmdir()  # empty (locate_cifar10 downloads into no other); fails rather than delete a user's files
         os.replace(unpacked, target)
 
 

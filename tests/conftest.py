@@ -16,10 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_CIFAR_DIR = ROOT.parent / "shared" / cifar.ARCHIVE_FOLDER
 
 
-def run_invoke(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`invoke ARGS` in the project root, as a user types it, in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout, check=False)
+@pytest.fixture(autouse=True)
+def no_cifar10_dir(monkeypatch):
+    """Tests, and the processes they start, see no CIFAR10_DIR unless they set one: an outcome must not depend on
+    the caller's shell."""
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+
+
+def run_invoke(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`invoke ARGS` as a user types it, in a fresh interpreter, from the project root or from `cwd` (tasks.py is
+    found through --search-root)."""
+    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=timeout, check=False)
 
 
 def write_batch(path: Path, seed: int, images: int = cifar.IMAGES_PER_BATCH_FILE) -> None:

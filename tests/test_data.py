@@ -44,11 +44,30 @@ def test_missing_batch_names_the_file(cifar_dir, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(cifar_dir, partial)
     (partial / "data_batch_3").unlink()
-    with pytest.raises(PipelineError, match="CIFAR-10 not found") as err:
+    with pytest.raises(PipelineError, match="lacks data_batch_3") as err:
         cifar.load_cifar10(partial, download=False)
     assert str(partial) in str(err.value) and "--data-dir" in str(err.value)
     with pytest.raises(PipelineError, match="data_batch_3"):
         cifar.read_batch(partial / "data_batch_3")
+
+
+def test_an_explicit_folder_is_used_or_refused_never_replaced(cifar_dir, tmp_path, monkeypatch):
+    """A --data-dir missing a batch must not fall through to CIFAR10_DIR (other data), and must not be deleted or
+    downloaded over: the user's files stay as they were."""
+    monkeypatch.setenv("CIFAR10_DIR", str(cifar_dir))
+    partial = tmp_path / "mine"
+    shutil.copytree(cifar_dir, partial)
+    (partial / "test_batch").unlink()
+    (partial / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in partial.iterdir())
+    for download in (False, True):
+        with pytest.raises(PipelineError, match=r"mine \(from --data-dir\) lacks test_batch"):
+            cifar.load_test(partial, download=download)
+    assert sorted(p.name for p in partial.iterdir()) == before
+    # CIFAR10_DIR is the user's choice too when no --data-dir is given: refused, not replaced by data/.
+    monkeypatch.setenv("CIFAR10_DIR", str(partial))
+    with pytest.raises(PipelineError, match="from CIFAR10_DIR"):
+        cifar.locate_cifar10(download=False)
 
 
 def test_truncated_batch_is_a_clear_error(cifar_dir, tmp_path):
@@ -84,10 +103,13 @@ def test_planted_pickle_cannot_run_code(tmp_path, monkeypatch):
 
 def test_lookup_order(cifar_dir, tmp_path):
     env = {"CIFAR10_DIR": str(cifar_dir)}
-    assert cifar.locate_cifar10(None, download=False, environ=env) == cifar_dir
     project_default = tmp_path / "project-data" / cifar.ARCHIVE_FOLDER
-    assert cifar.candidate_dirs(tmp_path, env) == [tmp_path, cifar_dir, project_default]
-    assert cifar.locate_cifar10(tmp_path, download=False, environ=env) == cifar_dir  # explicit folder is empty
+    assert cifar.data_folder(tmp_path, env) == (tmp_path, "--data-dir")
+    assert cifar.data_folder(None, env) == (cifar_dir, "CIFAR10_DIR")
+    assert cifar.data_folder(None, {}) == (project_default, "the project's data folder")
+    assert cifar.locate_cifar10(None, download=False, environ=env) == cifar_dir
+    with pytest.raises(PipelineError, match="not found in"):  # the explicit folder is empty: not CIFAR10_DIR's
+        cifar.locate_cifar10(tmp_path / "empty", download=False, environ=env)
 
 
 def _archive(tmp_path: Path) -> Path:
@@ -106,8 +128,9 @@ def test_download_verifies_md5_and_unpacks(tmp_path):
     with pytest.raises(PipelineError, match="download failed.*MD5"):
         cifar.locate_cifar10(target, environ={}, url=archive.as_uri(), md5="0" * 32)
     assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written left behind
+    target.mkdir()  # an empty folder made for the data is downloaded into
     assert cifar.locate_cifar10(target, environ={}, url=archive.as_uri(), md5=md5) == target
-    assert cifar.has_batches(target)
+    assert not cifar.missing_batches(target)
 
 
 def test_offline_download_failure_says_how_to_fix(tmp_path):
@@ -146,7 +169,7 @@ def test_normalize_uses_the_one_mean_and_std():
     assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
 
 
-@pytest.mark.skipif(not cifar.has_batches(REAL_CIFAR_DIR), reason="real CIFAR-10 not beside the checkout")
+@pytest.mark.skipif(bool(cifar.missing_batches(REAL_CIFAR_DIR)), reason="real CIFAR-10 not beside the checkout")
 def test_real_cifar10_matches_constants():
     data = cifar.load_cifar10(REAL_CIFAR_DIR, holdout=0, download=False)
     pixels = data.train.images.float() / 255

@@ -1,7 +1,10 @@
 """The command line as a user meets it: help text, one-line errors with exit code 2, and `invoke test`'s exit 5."""
 import dataclasses
+import json
+import os
+from pathlib import Path
 
-from conftest import run_invoke
+from conftest import ROOT, run_invoke
 
 from pipeline.train import TrainConfig, make_config, train
 
@@ -36,3 +39,44 @@ def test_evaluate_reports_top1_and_cost(tmp_path, cifar_dir, synthetic_data):
 def test_no_tests_collected_is_a_failure():
     result = run_invoke("test", "--args", "-k no_test_has_this_name_zz")
     assert result.returncode == 5 and "pytest collected no tests" in result.stderr
+
+
+def _tree(folder: Path) -> set[str]:
+    """Every path under `folder` but the interpreter's own caches and the virtual environment."""
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache"}
+    found = set()
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if f not in skip]
+        found.update(os.path.relpath(os.path.join(parent, name), folder) for name in folders + files)
+    return found
+
+
+def test_every_task_prints_help_and_touches_nothing(tmp_path, monkeypatch):
+    """`invoke <task> --help` must print usage, exit 0 and start nothing: no download (CIFAR10_DIR points at an empty
+    folder that a download would fill), no folder or file created in the project or the working directory."""
+    listing = run_invoke("--list", "--list-format", "json")
+    assert listing.returncode == 0, listing.stderr
+    names = [t["name"] for t in json.loads(listing.stdout)["tasks"]]
+    assert {"train", "evaluate", "prune", "finetune", "export", "bench", "bench-device", "pipeline"} <= set(names)
+    empty_data = tmp_path / "cifar"
+    empty_data.mkdir()
+    monkeypatch.setenv("CIFAR10_DIR", str(empty_data))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    project_before = _tree(ROOT)
+    for name in names:
+        result = run_invoke(name, "--help", cwd=cwd, timeout=60)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert f"Usage: inv[oke] [--core-opts] {name} [--options]" in result.stdout, name
+        assert "error" not in result.stderr.lower(), f"{name}: {result.stderr}"
+    assert list(cwd.iterdir()) == [] and list(empty_data.iterdir()) == []
+    assert _tree(ROOT) == project_before
+
+
+def test_missing_required_option_is_named(tmp_path):
+    for task, option in (("evaluate", "--checkpoint"), ("prune", "--checkpoint"), ("finetune", "--checkpoint"),
+                         ("export", "--checkpoint"), ("bench", "--models"), ("bench-device", "--models")):
+        result = run_invoke(task, cwd=tmp_path, timeout=60)
+        assert result.returncode == 2 and f"error: missing {option}" in result.stderr, (task, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
