@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.data import IMAGE_SHAPE
 from pipeline.errors import PipelineError
-from pipeline.models import VGG, build_model
+from pipeline.models import VGG, VGGSpec, build_model
 
 KIND = "prunedroid/checkpoint"
 FORMAT_VERSION = 1
@@ -71,11 +72,33 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def checked_spec(checkpoint: dict) -> VGGSpec:
+    """The checkpoint's architecture, checked against its own weights before anything real is allocated: the
+    network is built on the meta device (shapes only, no memory), its tensor shapes compared with the state dict's,
+    and a 32x32 image traced through it, so a tampered description fails here instead of asking for terabytes."""
+    spec = VGGSpec.from_dict(checkpoint.get("arch") if isinstance(checkpoint.get("arch"), dict) else {})
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PipelineError("checkpoint has no state dict of tensors: it was not written by prunedroid, or is damaged")
+    with torch.device("meta"):
+        skeleton = VGG(spec)
+        try:
+            skeleton.eval()(torch.empty(1, spec.in_channels, *IMAGE_SHAPE[1:]))
+        except RuntimeError as err:
+            raise PipelineError(f"checkpoint architecture cannot classify {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} images: "
+                                f"{str(err).splitlines()[0]}") from err
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    wrong = [f"{name}: {found.get(name, 'missing')} vs {shape}" for name, shape in expected.items()
+             if found.get(name) != shape] + [f"{name}: unexpected" for name in found if name not in expected]
+    if wrong:
+        raise PipelineError(f"checkpoint weights do not match its architecture description ({len(wrong)} tensors, "
+                            f"e.g. {'; '.join(wrong[:3])}): the file is damaged or was edited")
+    return spec
+
+
 def model_from_checkpoint(checkpoint: dict) -> VGG:
     """The model a checkpoint describes, with its weights (in training mode, as built)."""
-    model = build_model(checkpoint["arch"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except (RuntimeError, KeyError) as err:
-        raise PipelineError(f"checkpoint weights do not match its architecture description: {err}") from err
+    model = build_model(checked_spec(checkpoint))
+    model.load_state_dict(checkpoint["state_dict"])
     return model

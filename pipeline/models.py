@@ -11,6 +11,10 @@ from pipeline.errors import PipelineError
 # Channels of the 13 conv layers of VGG16 and the conv indices after which a 2x2 max-pool halves the map.
 VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 VGG16_POOL_AFTER = (1, 3, 6, 9, 12)
+# Far above any CIFAR VGG (VGG16 has 13 layers of at most 512): a larger description is damaged or hostile, and
+# building it would try to allocate without bound.
+MAX_LAYERS = 64
+MAX_CHANNELS = 16_384
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,16 @@ class VGGSpec:
     name: str = field(default="vgg16_bn")
 
     def __post_init__(self) -> None:
-        if not self.conv_channels or min(self.conv_channels) < 1:
-            raise PipelineError(f"every conv layer needs at least one channel, got {list(self.conv_channels)}")
+        counts = (*self.conv_channels, self.hidden, self.num_classes, self.in_channels)
+        if not all(type(c) is int for c in (*counts, *self.pool_after)):  # bool is not a width either
+            raise PipelineError(f"channel counts and pool positions must be whole numbers, got {self.to_dict()}")
+        if not 1 <= len(self.conv_channels) <= MAX_LAYERS or min(self.conv_channels) < 1:
+            raise PipelineError(f"need 1..{MAX_LAYERS} conv layers of at least one channel each, got "
+                                f"{list(self.conv_channels)}")
+        if max(counts) > MAX_CHANNELS or min(self.num_classes, self.in_channels) < 1 or self.hidden < 0:
+            raise PipelineError(f"channel counts must be in 1..{MAX_CHANNELS:,} (hidden may be 0); got conv "
+                                f"{list(self.conv_channels)}, hidden {self.hidden}, classes {self.num_classes}, input "
+                                f"{self.in_channels}: a damaged or foreign architecture description")
         if any(not 0 <= i < len(self.conv_channels) for i in self.pool_after):
             last = len(self.conv_channels) - 1
             raise PipelineError(f"pool_after {list(self.pool_after)} names a layer outside 0..{last}")
@@ -48,7 +60,7 @@ class VGGSpec:
             return cls(**{**spec, "conv_channels": tuple(spec["conv_channels"]),
                           "pool_after": tuple(spec["pool_after"])})
         except (KeyError, TypeError) as err:
-            raise PipelineError(f"not a VGG architecture description ({err}): {spec!r}") from err
+            raise PipelineError(f"not a VGG architecture description ({err}): {str(spec)[:300]}") from err
 
 
 def vgg16_spec(width: float = 1.0, num_classes: int = 10) -> VGGSpec:

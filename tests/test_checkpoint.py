@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import run_invoke
 
 from pipeline.checkpoint import KIND, atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
@@ -55,3 +58,40 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
             raise RuntimeError("crash mid-write")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact.bin"]
+
+
+def _tampered(tmp_path, **arch_changes) -> Path:
+    """A real small checkpoint whose architecture description was edited afterwards."""
+    spec = vgg16_spec(0.0625)
+    path = tmp_path / "tampered.pt"
+    save_checkpoint(path, {"arch": {**spec.to_dict(), **arch_changes}, "state_dict": build_model(spec).state_dict()})
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"conv_channels": [10 ** 9] * 13}, "channel counts must be in 1..16,384"),
+    ({"hidden": 10 ** 9}, "channel counts must be in"),
+    ({"conv_channels": [4] * 100_000}, "need 1..64 conv layers"),
+    ({"conv_channels": [4.5] * 13}, "whole numbers"),
+    ({"pool_after": [1, 3]}, "cannot classify 32x32 images"),
+    ({"conv_channels": [8] * 13}, "do not match its architecture"),
+    ({"num_classes": 0}, "channel counts must be in"),
+])
+def test_tampered_architecture_fails_before_allocating(tmp_path, monkeypatch, changes, message):
+    """No real module may be built from a description that is not checked against the weights (a 10^9-channel
+    conv would ask for ~108 GB)."""
+    import pipeline.checkpoint as checkpoint_module
+
+    def no_real_build(spec):
+        raise AssertionError(f"a real model was built before the description was checked: {spec}")
+
+    monkeypatch.setattr(checkpoint_module, "build_model", no_real_build)
+    with pytest.raises(PipelineError, match=message):
+        model_from_checkpoint(load_checkpoint(_tampered(tmp_path, **changes)))
+
+
+def test_tampered_checkpoint_is_one_line_from_evaluate(tmp_path):
+    result = run_invoke("evaluate", "--checkpoint", str(_tampered(tmp_path, conv_channels=[10 ** 9] * 13)),
+                        timeout=60)
+    assert result.returncode == 2 and "error: channel counts must be in" in result.stderr
+    assert "Traceback" not in result.stderr
