@@ -115,7 +115,7 @@ def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
 BUDGET_HELP = {
     "mac_reduction": "fraction of MACs to remove, e.g. 0.5 (reached within 1%)",
     "ratio": "fraction of every conv layer's channels to remove",
-    "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16)",
+    "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16; 0 leaves a layer whole)",
 }
 METHOD_HELP = ("l1 (Li et al. 2017), random, scp (similarity-aware channel pruning), kmeans (filter clustering) or "
                "torch-pruning (the library's group importance)")

@@ -75,7 +75,8 @@ def load_checkpoint(path: str | Path) -> dict:
 def checked_spec(checkpoint: dict) -> VGGSpec:
     """The checkpoint's architecture, checked against its own weights before anything real is allocated: the
     network is built on the meta device (shapes only, no memory), its tensor shapes compared with the state dict's,
-    and a 32x32 image traced through it, so a tampered description fails here instead of asking for terabytes."""
+    and a 32x32 image traced through it, so a tampered description fails here instead of asking for terabytes.
+    Weights that are NaN or infinite are refused too: no stage can make a working model of them."""
     spec = VGGSpec.from_dict(checkpoint.get("arch") if isinstance(checkpoint.get("arch"), dict) else {})
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -94,6 +95,11 @@ def checked_spec(checkpoint: dict) -> VGGSpec:
     if wrong:
         raise PipelineError(f"checkpoint weights do not match its architecture description ({len(wrong)} tensors, "
                             f"e.g. {'; '.join(wrong[:3])}): the file is damaged or was edited")
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise PipelineError(f"checkpoint holds NaN or infinite values in {len(broken)} tensors (first: {broken[0]}): "
+                            f"the training that wrote it diverged or the file is damaged; retrain (a lower --lr) or "
+                            f"use an earlier checkpoint")
     return spec
 
 

@@ -100,10 +100,15 @@ def _write_onnx(model: nn.Module, path: Path, dynamic_batch: bool) -> dict:
 
 
 def compare(reference: torch.Tensor, logits: torch.Tensor, runtime: str) -> dict:
-    """Max |diff| and top-1 agreement of `logits` against the eager `reference`; raises when they disagree."""
+    """Max |diff| and top-1 agreement of `logits` against the eager `reference`; raises when they disagree or either
+    holds a NaN or infinity (a NaN difference compares false with any limit, so it must never be the test)."""
+    for name, values in (("PyTorch", reference), (runtime, logits)):
+        if not values.isfinite().all():
+            raise PipelineError(f"{name} gives NaN or infinite logits on {len(reference)} test images; the model is "
+                                f"not usable: retrain or fine-tune it (a lower --lr)")
     max_abs_diff = (reference - logits).abs().max().item()
     same_top1 = (reference.argmax(1) == logits.argmax(1)).float().mean().item()
-    if max_abs_diff > MAX_ABS_DIFF or same_top1 < 1.0:
+    if not (max_abs_diff <= MAX_ABS_DIFF and same_top1 == 1.0):
         raise PipelineError(f"{runtime} export disagrees with PyTorch on {len(reference)} test images: max |diff| "
                             f"{max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}), top-1 agreement {same_top1:.2%}")
     return {"max_abs_diff": max_abs_diff, "top1_agreement": same_top1, "images": len(reference)}

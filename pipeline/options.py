@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TypeVar
 
 from pipeline.errors import PipelineError
@@ -20,9 +21,13 @@ def parse_option(value: str, annotation: str, name: str) -> str | int | float | 
             if lowered not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError
             return lowered in ("1", "true", "yes")
-        return {"int": int, "float": float, "str": str}[kind](value)
+        parsed = {"int": int, "float": float, "str": str}[kind](value)
+        if kind == "float" and not math.isfinite(parsed):  # nan passes no range check written as `not a < x`
+            raise ValueError
+        return parsed
     except ValueError:
-        raise PipelineError(f"option --{name.replace('_', '-')} expects {annotation}, got {value!r}") from None
+        wanted = "a finite number" if kind == "float" else annotation
+        raise PipelineError(f"option --{name.replace('_', '-')} expects {wanted}, got {value!r}") from None
 
 
 def with_options(base: Options, overrides: dict[str, str | int | float | bool | None] | None, what: str) -> Options:

@@ -246,6 +246,10 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
         seconds = time.perf_counter() - started
+        if not math.isfinite(loss_sum.item()):  # checked once an epoch: a per-step .item() would stall a GPU
+            kept = f"{path} still holds epoch {checkpoint['epoch']}" if path.exists() else "nothing was saved"
+            raise PipelineError(f"training diverged in epoch {epoch + 1} (the loss became NaN or infinite); {kept}. "
+                                f"Lower --lr (now {config.lr}) or lengthen --warmup-epochs and start again.")
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
                   "seconds": seconds, "images_per_s": seen / seconds}
         if len(holdout):

@@ -116,3 +116,31 @@ def test_paired_difference_is_the_mean_gap_with_an_interval_over_images():
     assert paired_difference(better, reference, seed=1)["difference"] == gap["difference"]
     with pytest.raises(PipelineError, match="same images"):
         paired_difference(better[:, :10], reference)
+
+
+def test_non_finite_models_are_refused_and_nothing_is_written(tmp_path, synthetic_data):
+    """NaN weights, and finite weights whose logits overflow, both fail export: a NaN max |diff| compares false with
+    any limit, so it must never pass as agreement."""
+    nan_model = trained_like(vgg16_spec(0.0625))
+    nan_model.classifier[-1].weight.data[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", {"arch": nan_model.spec.to_dict(), "state_dict": nan_model.state_dict()})
+    with pytest.raises(PipelineError, match="NaN or infinite values in 1 tensors.*classifier.3.weight"):
+        export.export_checkpoint(tmp_path / "nan.pt", synthetic_data.test, tmp_path / "out")
+    overflow = trained_like(vgg16_spec(0.0625))
+    overflow.classifier[-1].weight.data.fill_(3e38)
+    save_checkpoint(tmp_path / "inf.pt", {"arch": overflow.spec.to_dict(), "state_dict": overflow.state_dict()})
+    with pytest.raises(PipelineError, match="PyTorch gives NaN or infinite logits"):
+        export.export_checkpoint(tmp_path / "inf.pt", synthetic_data.test, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("broken", ["nan", "inf", "-inf"])
+def test_compare_fails_on_non_finite_logits(broken):
+    reference = torch.randn(8, 10)
+    logits = reference.clone()
+    logits[3, 2] = float(broken)
+    with pytest.raises(PipelineError, match="ONNX gives NaN or infinite logits"):
+        export.compare(reference, logits, "ONNX")
+    with pytest.raises(PipelineError, match="PyTorch gives NaN or infinite logits"):
+        export.compare(logits, reference, "ONNX")
+    assert export.compare(reference, reference.clone(), "ONNX")["max_abs_diff"] == 0

@@ -103,6 +103,7 @@ def test_analytic_macs_equal_the_hook_count():
 
 @pytest.mark.parametrize("budget, message", [
     (dict(ratio=1.2), "must be in \\(0, 1\\)"), (dict(mac_reduction=0.0), "must be in \\(0, 1\\)"),
+    (dict(layer_ratios=(0.5,) * 12 + (1.0,)), "must be in \\[0, 1\\)"),
     (dict(), "exactly one budget"), (dict(ratio=0.5, mac_reduction=0.5), "exactly one budget"),
 ])
 def test_bad_budgets_are_clear_errors(budget, message):
@@ -122,3 +123,30 @@ def test_unreachable_targets_and_bad_choices_are_errors():
         prune_channels(model, {0: [0, 6]})
     with pytest.raises(PipelineError, match="unknown pruning method"):
         prune(model, "magic", Budget(ratio=0.5))
+
+
+def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_data):
+    """--layer-ratios 0,...,0 protects layers (the first and last convs, say); the others are pruned as asked."""
+    from pipeline.prune import KMeansConfig, LibraryConfig, SCPConfig
+
+    ratios = (0.0,) + (0.5,) * 11 + (0.0,)
+    budget = Budget.from_options(layer_ratios=",".join(map(str, ratios)))
+    model = trained_like(SMALL)
+    evaluation = synthetic_data.holdout.head(128)
+    for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(),
+                   LibraryConfig(), LibraryConfig(importance="taylor", eval_images=128, batch_size=64)):
+        pruned, report = prune(model, method, budget, evaluation=evaluation)
+        channels = pruned.spec.conv_channels
+        assert channels[0] == SMALL.conv_channels[0] and channels[-1] == SMALL.conv_channels[-1], method
+        assert channels == tuple(kept_counts(SMALL, budget)) and channels[1] < SMALL.conv_channels[1], method
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(layer_ratios="0,0,0,0,0,0,0,0,0,0,0,0,0"), "nothing would be pruned"),
+    (dict(layer_ratios="0.5,-0.1"), r"must be in \[0, 1\)"), (dict(ratio="nan"), "expects a finite number"),
+    (dict(mac_reduction="inf"), "expects a finite number"), (dict(ratio="half"), "--ratio expects a finite number"),
+    (dict(ratio="0"), r"must be in \(0, 1\)"), (dict(mac_reduction="-0.5"), r"must be in \(0, 1\)"),
+])
+def test_bad_budget_options_are_clear_errors(options, message):
+    with pytest.raises(PipelineError, match=message):
+        Budget.from_options(**options)

@@ -119,3 +119,20 @@ def test_remeasured_batchnorm_holds_the_images_statistics_as_they_are_or_as_trai
     for name, value in augmented.state_dict().items():
         assert torch.equal(value, by_hand.state_dict()[name]), name
     assert not torch.allclose(augmented.conv_blocks()[0][1].running_var, norm.running_var)
+
+
+def test_diverging_training_stops_with_advice_and_keeps_no_nan_checkpoint(synthetic_data, tmp_path):
+    config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1", "lr": "1e30"})
+    with pytest.raises(PipelineError, match=r"diverged in epoch 1.*nothing was saved.*Lower --lr \(now 1e\+30\)"):
+        train(config, synthetic_data, tmp_path, progress=False)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": "nan"}, "--lr expects a finite number"), ({"lr": "inf"}, "--lr expects a finite number"),
+    ({"epochs": "-1"}, "epochs must be >= 1"), ({"batch_size": "0"}, "batch_size must be >= 2"),
+    ({"momentum": "nan"}, "--momentum expects a finite number"), ({"holdout": "-5"}, "holdout must be >= 0"),
+])
+def test_hostile_training_options_are_refused(overrides, message):
+    with pytest.raises(PipelineError, match=message):
+        make_config("quick", overrides)

@@ -11,13 +11,14 @@ import torch
 from pipeline.cost import vgg_macs
 from pipeline.errors import PipelineError
 from pipeline.models import VGGSpec
+from pipeline.options import parse_option
 
 
 @dataclass(frozen=True)
 class Budget:
     """Exactly one of:
     ratio: the fraction of every conv layer's channels to remove;
-    layer_ratios: that fraction per conv layer;
+    layer_ratios: that fraction per conv layer (0 leaves a layer whole: protect the first and last convs this way);
     mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute)."""
 
     ratio: float | None = None
@@ -30,10 +31,17 @@ class Budget:
         if len(given) != 1:
             raise PipelineError("give exactly one budget: --ratio, --layer-ratios or --mac-reduction"
                                 + (f" (got {', '.join(given)})" if given else ""))
-        for value in (self.layer_ratios or ()) + tuple(v for v in (self.ratio, self.mac_reduction) if v is not None):
+        for value in tuple(v for v in (self.ratio, self.mac_reduction) if v is not None):
             if not 0 < value < 1:
-                raise PipelineError(f"pruning ratios and MAC reductions must be in (0, 1), got {value}; "
-                                    f"e.g. 0.5 removes half")
+                raise PipelineError(f"--ratio and --mac-reduction must be in (0, 1), got {value}; e.g. 0.5 removes "
+                                    f"half")
+        for value in self.layer_ratios or ():
+            if not 0 <= value < 1:
+                raise PipelineError(f"each --layer-ratios value must be in [0, 1), got {value}; 0 leaves a layer "
+                                    f"whole, 0.5 removes half its channels")
+        if self.layer_ratios is not None and not any(self.layer_ratios):
+            raise PipelineError("every --layer-ratios value is 0, so nothing would be pruned; give a layer a ratio "
+                                "above 0")
 
     @classmethod
     def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
@@ -42,15 +50,11 @@ class Budget:
         is given (the method may not need one, or has a default)."""
         if ratio is None and layer_ratios is None and mac_reduction is None:
             return None
-        def number(text: str | float, option: str) -> float:
-            try:
-                return float(text)
-            except ValueError:
-                raise PipelineError(f"--{option} expects a number in (0, 1), got {text!r}") from None
+        number = lambda text, option: parse_option(str(text), "float", option)
         return cls(ratio=None if ratio is None else number(ratio, "ratio"),
                    layer_ratios=None if layer_ratios is None else tuple(
-                       number(part, "layer-ratios") for part in str(layer_ratios).split(",")),
-                   mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac-reduction"))
+                       number(part, "layer_ratios") for part in str(layer_ratios).split(",")),
+                   mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()

@@ -247,7 +247,8 @@ def choose_removals(pairs: Sequence[Pair], cost: CostFn, threshold: float | None
     removed: dict[int, Removal] = {}
     groups: dict[int, list[int]] = {}  # kept channel -> channels merged into it
     for pair in pairs:
-        if (threshold is not None and pair.similarity <= threshold) or (wanted is not None and len(removed) >= wanted):
+        below = threshold is not None and not pair.similarity > threshold  # a NaN similarity is not above it
+        if below or (wanted is not None and len(removed) >= wanted):
             break
         i, j = pair.first, pair.second
         if i in removed or j in removed or (i in groups and j in groups and not merge_keepers):
