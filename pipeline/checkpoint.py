@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +26,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     failure removed. Readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # Created as open() would (mode 0o666 less the umask), not 0o600 as mkstemp's: results are for sharing.
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
         with open(tmp, "rb") as fh:
@@ -35,6 +36,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Creates `folder` and holds an exclusive lock on the folder itself (flock on its descriptor: no lock file is
+    left behind) while the block runs, so two processes never write one run folder at once - the second is refused.
+    The OS drops the lock when its holder exits, however it exits, so a killed run leaves no stale lock."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"{folder} is being written by another prunedroid process; wait for it to finish, "
+                                f"or write to another folder (--out / --name)") from None
+        yield folder
+    finally:
+        os.close(descriptor)
 
 
 def library_versions() -> dict[str, str]:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from pipeline import data as cifar
-from pipeline.checkpoint import atomic_path, load_checkpoint, model_from_checkpoint
+from pipeline.checkpoint import atomic_path, folder_lock, load_checkpoint, model_from_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 
@@ -151,28 +151,29 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
         reference = eager(images)
         folding = compare(reference, deploy(images), "BatchNorm folding")
     ptl_path, onnx_path, sidecar_path = (out_dir / f"{name}{suffix}" for suffix in (".ptl", ".onnx", ".json"))
-    with atomic_path(ptl_path) as ptl_tmp, atomic_path(onnx_path) as onnx_tmp:
-        ptl_notes = _write_ptl(deploy, ptl_tmp)
-        onnx_notes = _write_onnx(deploy, onnx_tmp, dynamic_batch)
-        with torch.no_grad():
-            lite = compare(reference, run_lite(ptl_tmp, images), "TorchScript Lite")
-        onnx_check = compare(reference, run_onnx(onnx_tmp, images, dynamic_batch), "ONNX")
-        sizes = {"ptl_bytes": ptl_tmp.stat().st_size, "onnx_bytes": onnx_tmp.stat().st_size}
-        hashes = {"ptl_sha256": file_sha256(ptl_tmp), "onnx_sha256": file_sha256(onnx_tmp)}
-    cost = count_cost(model)
-    test_metrics = checkpoint.get("metrics", {}).get("test", {})
-    sidecar = {
-        "model": name, "checkpoint": str(Path(checkpoint_path).resolve()),
-        "checkpoint_sha256": file_sha256(checkpoint_path), "ptl": ptl_path.name, "onnx": onnx_path.name,
-        "classes": list(cifar.CLASSES),
-        "input_shape": [1, *cifar.IMAGE_SHAPE], "input_layout": "NCHW, RGB, float32",
-        "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255,
-        "arch": checkpoint["arch"], "macs": cost.macs, "params": cost.params,
-        "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
-        "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
-        "torchscript": ptl_notes, "onnx_export": onnx_notes, **sizes, **hashes,
-        "verification": {"batchnorm_folding": folding, "torchscript_lite": lite, "onnx": onnx_check},
-    }
-    with atomic_path(sidecar_path) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    with folder_lock(out_dir):
+        with atomic_path(ptl_path) as ptl_tmp, atomic_path(onnx_path) as onnx_tmp:
+            ptl_notes = _write_ptl(deploy, ptl_tmp)
+            onnx_notes = _write_onnx(deploy, onnx_tmp, dynamic_batch)
+            with torch.no_grad():
+                lite = compare(reference, run_lite(ptl_tmp, images), "TorchScript Lite")
+            onnx_check = compare(reference, run_onnx(onnx_tmp, images, dynamic_batch), "ONNX")
+            sizes = {"ptl_bytes": ptl_tmp.stat().st_size, "onnx_bytes": onnx_tmp.stat().st_size}
+            hashes = {"ptl_sha256": file_sha256(ptl_tmp), "onnx_sha256": file_sha256(onnx_tmp)}
+        cost = count_cost(model)
+        test_metrics = checkpoint.get("metrics", {}).get("test", {})
+        sidecar = {
+            "model": name, "checkpoint": str(Path(checkpoint_path).resolve()),
+            "checkpoint_sha256": file_sha256(checkpoint_path), "ptl": ptl_path.name, "onnx": onnx_path.name,
+            "classes": list(cifar.CLASSES),
+            "input_shape": [1, *cifar.IMAGE_SHAPE], "input_layout": "NCHW, RGB, float32",
+            "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255,
+            "arch": checkpoint["arch"], "macs": cost.macs, "params": cost.params,
+            "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
+            "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
+            "torchscript": ptl_notes, "onnx_export": onnx_notes, **sizes, **hashes,
+            "verification": {"batchnorm_folding": folding, "torchscript_lite": lite, "onnx": onnx_check},
+        }
+        with atomic_path(sidecar_path) as tmp:
+            tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(ptl_path, onnx_path, sidecar_path, sidecar)

@@ -6,6 +6,7 @@ runs/<name>/
   finetuned/checkpoint.pt   pruned and fine-tuned
   export/base.{ptl,onnx,json}, export/pruned.{ptl,onnx,json}
   bench.json, bench.md      the side-by-side table
+  report.md                 for a person: options, every model on every runtime, channels.png, training.png
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from pathlib import Path
 
 from pipeline import data as cifar
 from pipeline.bench import benchmark, table_rows
-from pipeline.checkpoint import atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import atomic_path, folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint
 from pipeline.prune import Budget, Method, method_name, method_options, prune_checkpoint
-from pipeline.report import markdown_table, write_results
+from pipeline.report import markdown_table, run_report, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
 
 
@@ -42,17 +43,18 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
                 seed: int) -> dict:
     """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
     `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count)."""
-    started = time.perf_counter()
-    pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed, evaluation_set(method,
-                                                                                                 data.holdout))
-    seconds = time.perf_counter() - started
-    result = evaluate(model_from_checkpoint(pruned), data.test)
-    pruned["metrics"] = {"test": result}
-    report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"],
-              "prune_seconds": round(seconds, 2)}
-    save_checkpoint(out_dir / CHECKPOINT_NAME, pruned)
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with folder_lock(out_dir):
+        started = time.perf_counter()
+        pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed,
+                                  evaluation_set(method, data.holdout))
+        seconds = time.perf_counter() - started
+        result = evaluate(model_from_checkpoint(pruned), data.test)
+        pruned["metrics"] = {"test": result}
+        report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"],
+                  "prune_seconds": round(seconds, 2)}
+        save_checkpoint(out_dir / CHECKPOINT_NAME, pruned)
+        with atomic_path(out_dir / "report.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
           f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
           f"({report['mac_reduction']:.1%} fewer), params "
@@ -65,14 +67,22 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
                  budget: Budget | None,
                  data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
                  resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200) -> dict:
-    """Runs every stage into runs_dir/name; with resume=True, finished stages are kept and an interrupted training
-    or fine-tuning continues from its last epoch."""
+    """Runs every stage into runs_dir/name, locked against a second process; with resume=True, finished stages are
+    kept and an interrupted training or fine-tuning continues from its last epoch."""
     run = Path(runs_dir) / name
     if run.exists() and not (resume or overwrite):
         raise PipelineError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
                             f"or --name to start another run.")
-    if run.exists() and overwrite:
-        shutil.rmtree(run)
+    with folder_lock(run):
+        if overwrite:  # empty the locked folder rather than delete it, so the lock stays on the folder in use
+            for child in run.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs)
+
+
+def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
+            budget: Budget | None, data: cifar.Cifar10, base: str | Path | None, progress: bool,
+            bench_runs: int) -> dict:
     base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
     seconds, started = {}, time.perf_counter()
 
@@ -82,16 +92,16 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
         started = time.perf_counter()
 
     if base:
-        load_checkpoint(base_path)  # fail now, not after training, if it is not a checkpoint
+        base_checkpoint = load_checkpoint(base_path)  # fail now, not after training, if it is not a checkpoint
     else:
         # The folder is new or --resume was given, so resuming is always what is wanted here.
-        train(train_config, data, run / "base", resume=True, progress=progress)
+        base_checkpoint = train(train_config, data, run / "base", resume=True, progress=progress)
     lap("train")
     if not (run / "pruned" / CHECKPOINT_NAME).exists():
         prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed)
     lap("prune")
-    train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
-          init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
+    finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
+                      init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
     lap("finetune")
     sidecars = [export_checkpoint(path, data.test, run / "export", label).sidecar
                 for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
@@ -99,15 +109,18 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
     result = benchmark(sidecars, data.test, runs=bench_runs)
     lap("bench")
     result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
-    result["config"] = {"name": name, "method": method_name(method), "options": method_options(method),
+    result["config"] = {"name": run.name, "method": method_name(method), "options": method_options(method),
                         "budget": budget.to_dict() if budget else None, "base": str(base_path),
                         "train": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(finetune_config)}
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())
-    write_results(run / "bench", result, title=f"{name}: base vs {method_name(method)}-pruned "
+    write_results(run / "bench", result, title=f"{run.name}: base vs {method_name(method)}-pruned "
                                                  f"({(budget or method).to_dict()}), fine-tuned",
                   table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
                                      f"runs in {result['rounds']} interleaved rounds. Stages: {stages}.")
-    print(table)
+    pruning = json.loads((run / "pruned" / "report.json").read_text())
+    report = run_report(run, result, table, pruning, {"training": base_checkpoint.get("history", []),
+                                                      "fine-tuning": finetuned["history"]})
+    print(f"{table}\nreport: {report}")
     return result

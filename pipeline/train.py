@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import build_model, vgg16_spec
@@ -181,9 +181,14 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
     `config.width` model, and its `pruning` record is carried into the new checkpoint.
 
     resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
-    run (on a GPU, cuDNN's kernel choice may differ in the last bits).
+    run (on a GPU, cuDNN's kernel choice may differ in the last bits). `out_dir` is locked while training runs.
     """
-    path = Path(out_dir) / CHECKPOINT_NAME
+    with folder_lock(out_dir):
+        return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress, init)
+
+
+def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, overwrite: bool, progress: bool,
+           init: dict | None) -> dict:
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

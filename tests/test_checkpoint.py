@@ -95,3 +95,31 @@ def test_tampered_checkpoint_is_one_line_from_evaluate(tmp_path):
                         timeout=60)
     assert result.returncode == 2 and "error: channel counts must be in" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_locked_run_folder_refuses_a_second_writer(tmp_path, synthetic_data):
+    """Two processes writing one run folder: the second is refused at once and the first's files are untouched.
+    flock conflicts between two open descriptors even in one process, so the holder here stands for the other one."""
+    from pipeline.checkpoint import folder_lock
+    from pipeline.train import CHECKPOINT_NAME, make_config, train
+
+    config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1"})
+    with folder_lock(tmp_path / "run"):
+        with pytest.raises(PipelineError, match="being written by another prunedroid process"):
+            train(config, synthetic_data, tmp_path / "run", progress=False)
+        assert list((tmp_path / "run").iterdir()) == []
+    train(config, synthetic_data, tmp_path / "run", progress=False)  # released: the folder is free again
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_artifacts_are_readable_by_others_as_plain_files_are(tmp_path):
+    """atomic_path's files get the umask's permissions (0o644 under 022), not a temp file's 0o600."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "shared.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644

@@ -8,7 +8,7 @@ from pipeline.models import build_model, vgg16_spec
 
 
 def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
-    runs = tmp_path / "runs"
+    runs = tmp_path / "my runs é ü"  # spaces and non-ASCII in every path the stages write
     args = ("pipeline", "--preset", "smoke", "--name", "e2e", "--data-dir", str(cifar_dir), "--bench-runs", "20",
             "--runs-dir", str(runs))
     result = run_invoke(*args)
@@ -25,6 +25,14 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     assert {(r["model"], r["runtime"]) for r in bench["rows"]} == {
         (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime")}
     assert "| pruned | onnxruntime |" in (run / "bench.md").read_text()
+    text = (run / "report.md").read_text()
+    for section in ("## What ran", "## Results", "## Channels per layer", "## Training curves",
+                    "| pruned | onnxruntime |", "![channels per layer](channels.png)",
+                    "![training curves](training.png)", "Pruning: l1"):
+        assert section in text, section
+    assert f"| {len(report['layers']) - 1} | {report['layers'][-1]['channels_before']} |" in text
+    for picture in ("channels.png", "training.png"):
+        assert (run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (run / picture).stat().st_size > 5000
     again = run_invoke(*args)
     assert again.returncode == 2 and "already exists; pass --resume" in again.stderr
 

@@ -1,10 +1,12 @@
 """The command line as a user meets it: help text, one-line errors with exit code 2, and `invoke test`'s exit 5."""
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
 
-from conftest import ROOT, run_invoke
+import pytest
+from conftest import ROOT, run_invoke, save_untrained_base
 
 from pipeline.train import TrainConfig, make_config, train
 
@@ -80,3 +82,45 @@ def test_missing_required_option_is_named(tmp_path):
         assert result.returncode == 2 and f"error: missing {option}" in result.stderr, (task, result.stderr)
         assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_is_a_file_is_one_line_and_the_file_survives(tmp_path, cifar_dir):
+    taken = tmp_path / "taken"
+    taken.write_text("my notes")
+    for args in (("train", "--preset", "smoke", "--data-dir", str(cifar_dir), "--out", str(taken)),
+                 ("export", "--checkpoint", str(save_untrained_base(tmp_path / "base.pt")), "--data-dir",
+                  str(cifar_dir), "--out", str(taken))):
+        result = run_invoke(*args, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert f"error: {taken}: a file stands where a folder is needed" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert taken.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "permission denied"),
+                                       (errno.EROFS, "read-only")])
+def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, cifar_dir, code,
+                                                                             fix):
+    """What the OS says when a write fails (simulated where the disk is not full and root may write anywhere):
+    the task prints one line naming the path and the fix, exits 2, and the previous checkpoint stays whole."""
+    import invoke
+    import torch
+
+    import tasks
+    from pipeline.checkpoint import load_checkpoint
+
+    base = save_untrained_base(tmp_path / "run" / "checkpoint.pt")
+    before = base.read_bytes()
+
+    def failing_save(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(invoke.Exit) as stopped:
+        tasks.prune.body(None, checkpoint=str(base), out=str(tmp_path / "pruned"), ratio="0.5",
+                         data_dir=str(cifar_dir))
+    assert stopped.value.code == 2 and fix in stopped.value.message and "pruned" in stopped.value.message
+    assert "\n" not in stopped.value.message
+    assert base.read_bytes() == before and load_checkpoint(base)["epoch"] == 0
+    assert [p.name for p in (tmp_path / "pruned").iterdir()] == []  # no temp file, no half checkpoint
