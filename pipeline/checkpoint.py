@@ -42,8 +42,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def folder_lock(folder: str | Path) -> Iterator[Path]:
     """Creates `folder` and holds an exclusive lock on the folder itself (flock on its descriptor: no lock file is
     left behind) while the block runs, so two processes never write one run folder at once - the second is refused.
-    The OS drops the lock when its holder exits, however it exits, so a killed run leaves no stale lock."""
+    The OS drops the lock when its holder exits, however it exits, so a killed run leaves no stale lock. A folder
+    this call created is removed again if the block leaves it empty (it failed before writing anything)."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -54,6 +56,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
                                 f"or write to another folder (--out / --name)") from None
         yield folder
     finally:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
         os.close(descriptor)
 
 
