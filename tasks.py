@@ -231,13 +231,16 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
             "data_dir": TRAIN_HELP["data_dir"]})
 def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", data_dir=None):
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
-    from pipeline.bench import benchmark, table_rows
+    from pipeline.bench import ROUNDS, benchmark, check_timing, table_rows
     from pipeline.data import load_test
+    from pipeline.export import existing_sidecar
     from pipeline.report import markdown_table, write_results
 
     required(models=models)
-    result = benchmark(models.split(","), load_test(data_dir), threads=whole(threads, "threads"),
-                       warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"))
+    sidecars = [existing_sidecar(path) for path in models.split(",")]
+    timing = dict(threads=whole(threads, "threads"), warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"))
+    check_timing(**timing, rounds=ROUNDS)  # before the test set is looked for (or downloaded)
+    result = benchmark(sidecars, load_test(data_dir), **timing)
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     write_results(out, result, title="Host benchmark", table=table)
@@ -298,6 +301,7 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
              loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
              keep=None, normalize=None, restarts=None, min_keep=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
+    from pipeline.bench import ROUNDS, check_timing
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
     from pipeline.flow import run_pipeline
@@ -305,13 +309,14 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
 
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()),
                                          default_budget=0.5)
+    timed_runs = whole(bench_runs, "bench_runs")
+    check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
     train_config = make_config(preset, {"device": device})
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
     held_out = load_checkpoint(base).get("data", {}).get("holdout_images", 0) if base else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(name or preset, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
-                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(),
-                 bench_runs=whole(bench_runs, "bench_runs"))
+                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs)
 
 
 def _run_script(c, script, args):

@@ -22,7 +22,7 @@ import torch.jit.mobile
 
 from pipeline import data as cifar
 from pipeline.errors import PipelineError
-from pipeline.export import file_sha256
+from pipeline.export import file_sha256, read_sidecar
 
 APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
 PACKAGE = "org.prunedroid.demo"
@@ -48,10 +48,7 @@ def runtime_version(app_dir: Path = APP_DIR) -> str:
 def check_model(sidecar_path: Path, app_dir: Path = APP_DIR) -> dict:
     """The sidecar, once its .ptl exists, matches its hash, has a bytecode version the app's runtime reads and loads
     in PyTorch's lite interpreter (the loader PyTorch Mobile uses)."""
-    if not sidecar_path.is_file():
-        raise PipelineError(f"no exported model at {sidecar_path}; run `invoke export --checkpoint <pruned "
-                            f"checkpoint> --out export` first, then pass --model export/model.json")
-    sidecar = json.loads(sidecar_path.read_text())
+    sidecar = read_sidecar(sidecar_path)
     ptl = sidecar_path.parent / sidecar["ptl"]
     if not ptl.is_file() or file_sha256(ptl) != sidecar["ptl_sha256"]:
         raise PipelineError(f"{ptl} is missing or is not the file {sidecar_path.name} describes; export again")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import statistics
 import time
 from collections.abc import Callable, Hashable
@@ -17,9 +16,10 @@ import torch.jit.mobile
 from pipeline import data as cifar
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.export import fold_batchnorm
+from pipeline.export import fold_batchnorm, read_sidecar
 
 RUNTIMES = ("pytorch", "torchscript-lite", "onnxruntime")
+ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, 32, 32) normalised images -> (N, 10) logits
@@ -35,12 +35,18 @@ def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def check_timing(threads: int, warmup: int, runs: int, rounds: int) -> None:
+    """Refuses timing settings that cannot give a median: before any model or data is loaded."""
+    if threads < 1 or warmup < 0 or rounds < 1 or runs < rounds:
+        raise PipelineError(f"need --threads >= 1, --warmup >= 0 and --runs >= {rounds} (one per interleaved round); "
+                            f"got threads {threads}, warmup {warmup}, runs {runs}")
+
+
 def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup: int = 20, runs: int = 200,
-                             rounds: int = 10) -> dict[Hashable, dict[str, float]]:
+                             rounds: int = ROUNDS) -> dict[Hashable, dict[str, float]]:
     """Median and p90 (ms) of `runs` calls of each of `calls`, timed in `rounds` interleaved blocks (every call
     runs / rounds times per round), so drift on a shared machine hits all of them alike."""
-    if runs < rounds or rounds < 1 or warmup < 0:
-        raise PipelineError("need runs >= rounds >= 1 and warmup >= 0")
+    check_timing(1, warmup, runs, rounds)
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -56,7 +62,7 @@ def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup
 
 
 def onnx_latencies_ms(paths: dict[Hashable, Path], threads: int = 1, warmup: int = 20, runs: int = 200,
-                      rounds: int = 10) -> dict[Hashable, dict[str, float]]:
+                      rounds: int = ROUNDS) -> dict[Hashable, dict[str, float]]:
     """Batch-1 onnxruntime latency of each model (interleaved_latencies_ms) on a zero CIFAR image: latency does not
     depend on the pixel values."""
     feed = {"input": np.zeros((1, *cifar.IMAGE_SHAPE), dtype=np.float32)}
@@ -103,15 +109,14 @@ def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Pr
 
 
 def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
-              rounds: int = 10) -> dict:
+              rounds: int = ROUNDS) -> dict:
     """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
     shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
-    if threads < 1:
-        raise PipelineError(f"need threads >= 1, got {threads}")
+    check_timing(threads, warmup, runs, rounds)
     torch.set_num_threads(threads)
     models = {}
     for path in map(Path, sidecars):
-        sidecar = json.loads(path.read_text())
+        sidecar = read_sidecar(path)
         models[path.stem] = (sidecar, _predictors(sidecar, path.parent, threads))
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.android import PACKAGE
 from pipeline.errors import PipelineError
+from pipeline.export import read_sidecar
 
 ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
 STAGING = "/data/local/tmp/prunedroid"  # adb may write here; the app copies from it with run-as
@@ -166,9 +167,7 @@ def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None,
         raise PipelineError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
     models = {}
     for sidecar_path in map(Path, sidecars):
-        if not sidecar_path.is_file():
-            raise PipelineError(f"no exported model at {sidecar_path}; run `invoke export` first")
-        models[sidecar_path.stem] = sidecar_path.parent / json.loads(sidecar_path.read_text())["ptl"]
+        models[sidecar_path.stem] = sidecar_path.parent / read_sidecar(sidecar_path)["ptl"]
     adb_path = find_adb(env)
     listed = Adb(adb_path, env=env).run("devices", "-l").stdout
     device = pick_device(parse_devices(listed), serial)

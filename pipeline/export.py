@@ -128,6 +128,29 @@ def run_onnx(path: Path, images: torch.Tensor, dynamic_batch: bool) -> torch.Ten
                       for i in range(0, len(images), step)])
 
 
+def existing_sidecar(path: str | Path) -> Path:
+    """`path`, or an error saying no export is there."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"no exported model at {path}; run `invoke export --checkpoint <checkpoint.pt>` first "
+                            f"and pass the .json it writes")
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The sidecar JSON `invoke export` wrote at `path`, or an error naming what is wrong with it."""
+    path = existing_sidecar(path)
+    try:
+        sidecar = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{path} is not a sidecar written by `invoke export` (not JSON: {err})") from None
+    missing = [key for key in ("ptl", "onnx", "checkpoint", "macs", "params") if key not in sidecar]
+    if not isinstance(sidecar, dict) or missing:
+        raise PipelineError(f"{path} is not a sidecar written by `invoke export` (no {', '.join(missing)}); "
+                            f"export again")
+    return sidecar
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -88,7 +88,7 @@ def test_latencies_are_timed_in_interleaved_rounds():
     # warm-up once each, then every round runs each call runs / rounds times, so drift hits both alike
     assert "".join(calls) == "ab" + "aabb" * 2
     assert set(timed) == {"a", "b"} and all(0 <= t["median"] <= t["p90"] for t in timed.values())
-    with pytest.raises(PipelineError, match="runs >= rounds"):
+    with pytest.raises(PipelineError, match=r"--runs >= 4 \(one per interleaved round\)"):
         interleaved_latencies_ms({"a": lambda: None}, runs=3, rounds=4)
 
 

@@ -3,6 +3,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,42 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     assert "\n" not in stopped.value.message
     assert base.read_bytes() == before and load_checkpoint(base)["epoch"] == 0
     assert not (tmp_path / "pruned").exists()  # no temp file, no half checkpoint, no folder
+
+
+@pytest.mark.parametrize("args, message", [
+    (("prune", "--method", "scp", "--knn", "0", "--ratio", "0.5"), r"k \(nearest neighbours\) must be >= 1"),
+    (("prune", "--method", "scp", "--eval-images", "0", "--ratio", "0.5"), r"evaluation set \(0 images\)"),
+    (("prune", "--ratio", "-1"), r"--ratio and --mac-reduction must be in \(0, 1\)"),
+    (("prune", "--ratio", "1.5"), r"must be in \(0, 1\)"),
+    (("prune", "--mac-reduction", "0"), r"must be in \(0, 1\)"),
+    (("prune", "--ratio", "half"), "--ratio expects a finite number"),
+    (("prune", "--layer-ratios", "0.5,x"), "--layer-ratios expects a finite number"),
+    (("train", "--epochs", "-1"), "epochs must be >= 1"),
+    (("train", "--batch-size", "0"), "batch_size must be >= 2"),
+    (("train", "--lr", "nan"), "--lr expects a finite number"),
+    (("train", "--epochs", "ten"), "--epochs expects int"),
+    (("finetune", "--lr", "inf"), "--lr expects a finite number"),
+    (("pipeline", "--method", "scp", "--knn", "0"), r"k \(nearest neighbours\) must be >= 1"),
+    (("pipeline", "--bench-runs", "many"), "--bench-runs expects int"),
+    (("pipeline", "--bench-runs", "0"), r"--runs >= 10 \(one per interleaved round\)"),
+    (("bench", "--models", "nowhere.json"), "no exported model at nowhere.json"),
+    (("evaluate", "--test-limit", "0"), "--test-limit must be >= 1"),
+])
+def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypatch, args, message):
+    """Each refusal comes before any data is read or downloaded (CIFAR10_DIR is an empty folder a download would
+    fill) and before any folder is made."""
+    empty_data = tmp_path / "cifar"
+    empty_data.mkdir()
+    monkeypatch.setenv("CIFAR10_DIR", str(empty_data))
+    checkpoint = save_untrained_base(tmp_path / "base.pt")
+    task, *options = args
+    needs_checkpoint = task in ("prune", "finetune", "evaluate")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_invoke(task, *(["--checkpoint", str(checkpoint)] if needs_checkpoint else []), *options,
+                        cwd=cwd, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert list(empty_data.iterdir()) == [] and list(cwd.iterdir()) == []
