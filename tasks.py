@@ -255,7 +255,7 @@ def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
     from pipeline.android import build_apk as build
     from pipeline.data import load_test
 
-    apk = build(Path(model), load_test(data_dir), variant)
+    apk = build(Path(model), lambda: load_test(data_dir), variant)
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
 
 

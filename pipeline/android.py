@@ -13,7 +13,7 @@ import shutil
 import struct
 import subprocess
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +146,11 @@ def find_build_tools(app_dir: Path = APP_DIR, env: Mapping[str, str] | None = No
     return BuildTools(java=java, sdk=Path(sdk), gradle=gradle)
 
 
-def build_apk(sidecar_path: Path, test: cifar.Split, variant: str = "debug", app_dir: Path = APP_DIR,
-              env: Mapping[str, str] | None = None) -> Path:
-    """Checks the prerequisites, stages the assets and runs `gradle assemble<Variant>`; returns the APK path."""
+def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant: str = "debug",
+              app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None) -> Path:
+    """Checks the prerequisites, stages the assets and runs `gradle assemble<Variant>`; returns the APK path.
+    load_test gives the test images the sample pictures come from; it is called only once the prerequisites hold,
+    so a missing model or SDK is reported before the test set is looked for (or downloaded)."""
     if variant not in ("debug", "release"):
         raise PipelineError(f"--variant must be debug or release, got {variant!r}")
     env = dict(os.environ if env is None else env)
@@ -163,7 +165,7 @@ def build_apk(sidecar_path: Path, test: cifar.Split, variant: str = "debug", app
         problems.append(str(error))
     if problems:
         raise PipelineError("\n".join(problems))
-    stage_assets(sidecar_path, test, app_dir)
+    stage_assets(sidecar_path, load_test(), app_dir)
     env["ANDROID_HOME"] = str(tools.sdk)
     if not env.get("JAVA_HOME"):
         env["JAVA_HOME"] = str(Path(tools.java).resolve().parent.parent)

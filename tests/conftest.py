@@ -17,10 +17,11 @@ REAL_CIFAR_DIR = ROOT.parent / "shared" / cifar.ARCHIVE_FOLDER
 
 
 @pytest.fixture(autouse=True)
-def no_cifar10_dir(monkeypatch):
-    """Tests, and the processes they start, see no CIFAR10_DIR unless they set one: an outcome must not depend on
-    the caller's shell."""
-    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+def no_data_unless_given(monkeypatch, tmp_path_factory):
+    """Tests, and the processes they start, find no CIFAR-10 unless they pass --data-dir (or set CIFAR10_DIR
+    themselves): CIFAR10_DIR points at an empty folder, so neither the caller's shell nor the project's own data/
+    folder can decide an outcome, and a task that looks for data it should not need fails the test."""
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path_factory.mktemp("no-cifar10")))
 
 
 def run_invoke(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -195,18 +195,18 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
     tool(bin_dir, "gradle", FAKE_GRADLE)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     (app_copy / "local.properties").write_text(f"sdk.dir={sdk}\n")  # found there when ANDROID_HOME is unset
-    apk = android.build_apk(exported, synthetic_data.test, "release", app_copy, env)
+    apk = android.build_apk(exported, lambda: synthetic_data.test, "release", app_copy, env)
     assert apk == app_copy / "app/build/outputs/apk/release/app-release.apk" and apk.stat().st_size == 4096
     with pytest.raises(PipelineError, match=r"assembleDebug` failed .*\n(.*\n)*BUILD FAILED in 9s"):
-        android.build_apk(exported, synthetic_data.test, "debug", app_copy, {**env, "FAKE_GRADLE_FAIL": "1"})
+        android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, {**env, "FAKE_GRADLE_FAIL": "1"})
     assert (android.assets_dir(app_copy) / "model.ptl").is_file()  # staged assets stay for the next try
     with pytest.raises(PipelineError, match="--variant must be debug or release"):
-        android.build_apk(exported, synthetic_data.test, "profile", app_copy, env)
+        android.build_apk(exported, lambda: synthetic_data.test, "profile", app_copy, env)
     # The project's own wrapper wins over a Gradle on PATH, as `gradle wrapper` or Android Studio leave it.
     tool(app_copy, "gradlew", FAKE_GRADLE)
     (bin_dir / "gradle").unlink()
     try:
-        assert android.build_apk(exported, synthetic_data.test, "debug", app_copy, env).name == "app-debug.apk"
+        assert android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, env).name == "app-debug.apk"
     finally:
         (app_copy / "gradlew").unlink()
 
