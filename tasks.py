@@ -146,6 +146,16 @@ def _method_options(task_arguments):
     return {name: task_arguments[name] for name in METHOD_OPTIONS_HELP}
 
 
+def _check_budget_fits(arch: dict, budget) -> None:
+    """A budget that cannot apply to the model (a --layer-ratios count, an unreachable MAC target) fails before any
+    data is read or model trained."""
+    from pipeline.models import VGGSpec
+    from pipeline.prune import kept_counts
+
+    if budget is not None:
+        kept_counts(VGGSpec.from_dict(arch), budget)
+
+
 def _method_and_budget(method, ratio, layer_ratios, mac_reduction, method_options, default_budget=None):
     from pipeline.prune import Budget, resolve_method
 
@@ -168,12 +178,14 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
 
     required(checkpoint=checkpoint)
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()))
+    seed = whole(seed, "seed")
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
-    held_out = load_checkpoint(checkpoint).get("data", {}).get("holdout_images", 0)
-    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out),
-                whole(seed, "seed"))
+    base = load_checkpoint(checkpoint)
+    _check_budget_fits(base["arch"], budget)
+    held_out = base.get("data", {}).get("holdout_images", 0)
+    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out), seed)
 
 
 NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
@@ -305,6 +317,7 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
     from pipeline.flow import run_pipeline
+    from pipeline.models import vgg16_spec
     from pipeline.train import make_config
 
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()),
@@ -313,7 +326,9 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
     train_config = make_config(preset, {"device": device})
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
-    held_out = load_checkpoint(base).get("data", {}).get("holdout_images", 0) if base else train_config.holdout
+    base_checkpoint = load_checkpoint(base) if base else None
+    _check_budget_fits(base_checkpoint["arch"] if base else vgg16_spec(train_config.width).to_dict(), budget)
+    held_out = base_checkpoint.get("data", {}).get("holdout_images", 0) if base else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(name or preset, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs)
