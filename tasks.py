@@ -116,6 +116,7 @@ BUDGET_HELP = {
     "mac_reduction": "fraction of MACs to remove, e.g. 0.5 (reached within 1%)",
     "ratio": "fraction of every conv layer's channels to remove",
     "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16; 0 leaves a layer whole)",
+    "round_to": "every pruned layer keeps a multiple of this many channels, at least this many (default 1)",
 }
 METHOD_HELP = ("l1 (Li et al. 2017), random, scp (similarity-aware channel pruning), kmeans (filter clustering) or "
                "torch-pruning (the library's group importance)")
@@ -156,18 +157,25 @@ def _check_budget_fits(arch: dict, budget) -> None:
         kept_counts(VGGSpec.from_dict(arch), budget)
 
 
-def _method_and_budget(method, ratio, layer_ratios, mac_reduction, method_options, default_budget=None):
+def _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to, method_options, default_budget=None):
     from pipeline.prune import Budget, resolve_method
 
-    default = Budget(mac_reduction=default_budget) if default_budget is not None else None
-    return resolve_method(method, method_options, Budget.from_options(ratio, layer_ratios, mac_reduction), default)
+    budget = Budget.from_options(ratio, layer_ratios, mac_reduction, round_to)
+    step = 1 if round_to is None else whole(round_to, "round_to")
+    default = Budget(mac_reduction=default_budget, round_to=step) if default_budget is not None else None
+    pruning, resolved = resolve_method(method, method_options, budget, default)
+    if round_to is not None and (resolved is None or resolved.round_to != step):
+        raise PipelineError("--round-to rounds a budget's channel counts; give --mac-reduction, --ratio or "
+                            "--layer-ratios with it (a threshold or an automatic K sets no budget)")
+    return pruning, resolved
 
 
 @command(help={"checkpoint": "trained checkpoint to prune (required)", "method": METHOD_HELP,
             "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
             "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers (default 0)",
             "overwrite": "replace an existing output folder", **BUDGET_HELP, **METHOD_OPTIONS_HELP})
-def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, out=None, data_dir=None,
+def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, round_to=None, out=None,
+          data_dir=None,
           seed="0", overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
           loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
           keep=None, normalize=None, restarts=None, min_keep=None):
@@ -177,7 +185,8 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
     from pipeline.flow import prune_stage
 
     required(checkpoint=checkpoint)
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()))
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to,
+                                         _method_options(locals()))
     seed = whole(seed, "seed")
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
@@ -215,25 +224,54 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
                  overwrite=overwrite, progress=sys.stderr.isatty(), init=init)
 
 
+QUANTIZE_HELP = {
+    "quantize": "also write int8 <name>-int8.pte (ExecuTorch, XNNPACK) and <name>-int8.onnx, each refused when its "
+                "test top-1 drops more than --max-drop",
+    "calibration_images": "held-out training images that calibrate int8 (default 512; never test images)",
+    "max_drop": "points of test top-1 int8 may lose against fp32 (default 1.0)",
+}
+
+
+def _int8_options(quantize, calibration_images, max_drop):
+    from pipeline.export import Int8Options
+
+    return Int8Options.from_options(quantize, {"calibration_images": calibration_images, "max_drop": max_drop})
+
+
 @command(help={"checkpoint": "checkpoint to export (required)",
-               "out": "folder for <name>.ptl, <name>.onnx, <name>.json",
-            "name": "file name stem (default: model)", "static_batch": "ONNX with a fixed batch of 1",
-            "data_dir": TRAIN_HELP["data_dir"]})
-def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None):
-    """Export to TorchScript Lite (.ptl) and ONNX, each verified against PyTorch on 1,000 test images."""
-    from pipeline.checkpoint import existing_checkpoint
-    from pipeline.data import load_test
+               "out": "folder for <name>.ptl, <name>.onnx, <name>.pte, <name>.json",
+               "name": "file name stem (default: model)", "static_batch": "ONNX with a fixed batch of 1",
+               "data_dir": TRAIN_HELP["data_dir"], **QUANTIZE_HELP})
+def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None, quantize=None,
+           calibration_images=None, max_drop=None):
+    """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
+    from pipeline.checkpoint import existing_checkpoint, load_checkpoint
+    from pipeline.data import load_cifar10, load_test
     from pipeline.export import export_checkpoint
 
     required(checkpoint=checkpoint)
-    existing_checkpoint(checkpoint)  # a wrong path fails before the test set is looked for (or downloaded)
-    result = export_checkpoint(checkpoint, load_test(data_dir), out, name, dynamic_batch=not static_batch)
+    int8 = _int8_options(quantize, calibration_images, max_drop)
+    existing_checkpoint(checkpoint)  # a wrong path fails before the data is looked for (or downloaded)
+    if int8:  # calibrated on the base's held-out training images, never on test images
+        data = load_cifar10(data_dir, holdout=load_checkpoint(checkpoint).get("data", {}).get("holdout_images", 0))
+        test, calibration = data.test, data.holdout.head(int8.calibration_images)
+    else:
+        test, calibration = load_test(data_dir), None
+    result = export_checkpoint(checkpoint, test, out, name, dynamic_batch=not static_batch, calibration=calibration,
+                               max_drop=int8.max_drop if int8 else 0.0)
     report, checks = result.report, result.report["verification"]
-    print(f"{result.ptl} ({report['ptl_bytes'] / 1e6:.2f} MB, bytecode v{report['torchscript']['bytecode_version']}; "
-          f"optimize_for_mobile: {report['torchscript']['optimize_for_mobile']})\n"
-          f"{result.onnx} ({report['onnx_bytes'] / 1e6:.2f} MB, opset {report['onnx_export']['opset']})\n"
-          f"max |diff| vs PyTorch: lite {checks['torchscript_lite']['max_abs_diff']:.1e}, onnx "
-          f"{checks['onnx']['max_abs_diff']:.1e} on {checks['onnx']['images']} test images; sidecar {result.sidecar}")
+    lines = [f"{report[kind]} ({report[f'{kind}_bytes'] / 1e6:.2f} MB, max |diff| vs PyTorch "
+             f"{checks[check]['max_abs_diff']:.1e} on {checks[check]['images']} test images)"
+             for kind, check in (("ptl", "torchscript_lite"), ("onnx", "onnx"), ("pte", "executorch"))]
+    if report["int8"]:
+        int8_report = report["int8"]
+        lines += [f"{int8_report[kind]} ({int8_report[f'{kind}_bytes'] / 1e6:.2f} MB, test top-1 "
+                  f"{100 * int8_report['test_top1'][runtime]:.2f}% vs fp32 {100 * int8_report['fp32_test_top1']:.2f}%)"
+                  for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime"))]
+    print("\n".join(lines) + f"\nTorchScript bytecode v{report['torchscript']['bytecode_version']}, "
+          f"optimize_for_mobile: {report['torchscript']['optimize_for_mobile']}; ExecuTorch "
+          f"{report['executorch']['version']}, {report['executorch']['delegated_fraction']:.0%} of operators on "
+          f"XNNPACK; sidecar {result.sidecar}")
 
 
 @command(help={"models": "comma-separated sidecar JSON files written by `invoke export` (required)",
@@ -306,12 +344,13 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": TRAIN_HELP["data_dir"],
             "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
-            **METHOD_OPTIONS_HELP})
+            **METHOD_OPTIONS_HELP, **QUANTIZE_HELP})
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
-             layer_ratios=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs="200", data_dir=None,
-             device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None, rank=None,
-             loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
-             keep=None, normalize=None, restarts=None, min_keep=None):
+             layer_ratios=None, round_to=None, finetune_epochs=None, resume=False, overwrite=False, bench_runs="200",
+             data_dir=None, device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None,
+             rank=None, loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None,
+             clusters=None, keep=None, normalize=None, restarts=None, min_keep=None, quantize=None,
+             calibration_images=None, max_drop=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.bench import ROUNDS, check_timing
     from pipeline.checkpoint import load_checkpoint
@@ -320,9 +359,10 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     from pipeline.models import vgg16_spec
     from pipeline.train import make_config
 
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, _method_options(locals()),
-                                         default_budget=0.5)
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to,
+                                         _method_options(locals()), default_budget=0.5)
     timed_runs = whole(bench_runs, "bench_runs")
+    int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
     train_config = make_config(preset, {"device": device})
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
@@ -331,7 +371,8 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     held_out = base_checkpoint.get("data", {}).get("holdout_images", 0) if base else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(name or preset, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
-                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs)
+                 resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs,
+                 int8=int8)
 
 
 def _run_script(c, script, args):

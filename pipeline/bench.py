@@ -1,5 +1,6 @@
-"""Host benchmark: for each exported model and runtime (eager PyTorch, TorchScript Lite, onnxruntime), batch-1
-latency, file size, MACs, parameters and test top-1, side by side in one run."""
+"""Host benchmark: for each exported model and runtime (eager PyTorch, TorchScript Lite, onnxruntime, ExecuTorch with
+XNNPACK; int8 ExecuTorch and onnxruntime where exported), batch-1 latency, file size, MACs, parameters and test top-1,
+side by side in one run."""
 from __future__ import annotations
 
 import functools
@@ -14,11 +15,11 @@ import torch
 import torch.jit.mobile
 
 from pipeline import data as cifar
+from pipeline import pte
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import fold_batchnorm, read_sidecar
 
-RUNTIMES = ("pytorch", "torchscript-lite", "onnxruntime")
 ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
 
@@ -102,10 +103,25 @@ def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Pr
         with torch.no_grad():
             return eager(x)
 
-    return {"pytorch": (run_eager, state.getbuffer().nbytes),
-            "torchscript-lite": (lambda x: lite(x), (folder / sidecar["ptl"]).stat().st_size),
-            "onnxruntime": (lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]),
-                            (folder / sidecar["onnx"]).stat().st_size)}
+    def run_onnx(onnx_session) -> Predictor:
+        return lambda x: torch.from_numpy(onnx_session.run(None, {"input": x.numpy()})[0])
+
+    def run_pte(path: Path) -> Predictor:  # the program's input is one image: a batch goes one image per call
+        method = pte.load_pte(path)
+        return lambda x: torch.cat([method.execute([image.contiguous()])[0] for image in x.split(1)])
+
+    predictors = {"pytorch": (run_eager, state.getbuffer().nbytes),
+                  "torchscript-lite": (lambda x: lite(x), (folder / sidecar["ptl"]).stat().st_size),
+                  "onnxruntime": (run_onnx(session), (folder / sidecar["onnx"]).stat().st_size)}
+    if sidecar.get("pte"):  # exports before ExecuTorch support have none
+        pte.set_threads(threads)
+        predictors["executorch"] = (run_pte(folder / sidecar["pte"]), (folder / sidecar["pte"]).stat().st_size)
+    if sidecar.get("int8"):
+        int8 = sidecar["int8"]
+        predictors["executorch-int8"] = (run_pte(folder / int8["pte"]), (folder / int8["pte"]).stat().st_size)
+        predictors["onnxruntime-int8"] = (run_onnx(onnx_session(folder / int8["onnx"], threads)),
+                                          (folder / int8["onnx"]).stat().st_size)
+    return predictors
 
 
 def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
@@ -161,6 +177,15 @@ def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> di
             "device_results": device["models"]}
 
 
+SLOW_FOR_MACS = 1.10  # a model whose latency ratio exceeds its MAC ratio by more than this factor is flagged
+
+
+def speed_for_macs(latency_ratio: float, mac_ratio: float) -> str:
+    """Latency ratio over MAC ratio (1.00x: exactly as fast as its MACs say), flagged past SLOW_FOR_MACS."""
+    relative = latency_ratio / mac_ratio
+    return f"{relative:.2f}x" + (" SLOW for its MACs" if relative > SLOW_FOR_MACS else "")
+
+
 def table_rows(result: dict) -> list[dict]:
     """Rows formatted for a Markdown table."""
     percent = lambda value: "" if value is None else f"{100 * value:.2f}%"
@@ -168,4 +193,5 @@ def table_rows(result: dict) -> list[dict]:
              "MACs": f"{r['macs'] / 1e6:.2f}M", "params": f"{r['params'] / 1e6:.3f}M",
              "file": f"{r['file_bytes'] / 1e6:.2f} MB", "median ms": f"{r['latency_median_ms']:.3f}",
              "p90 ms": f"{r['latency_p90_ms']:.3f}", "MACs vs base": f"{r['mac_ratio']:.2f}x",
-             "latency vs base": f"{r['latency_ratio']:.2f}x"} for r in result["rows"]]
+             "latency vs base": f"{r['latency_ratio']:.2f}x",
+             "latency / MAC ratio": speed_for_macs(r["latency_ratio"], r["mac_ratio"])} for r in result["rows"]]

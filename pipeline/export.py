@@ -1,4 +1,5 @@
-"""Export to TorchScript Lite (.ptl, for PyTorch Mobile) and ONNX, each loaded back and checked against PyTorch.
+"""Export to TorchScript Lite (.ptl, for PyTorch Mobile), ONNX and ExecuTorch (.pte, XNNPACK), each loaded back in
+the runtime that will run it and checked against PyTorch; optionally int8 .pte and .onnx, checked by test accuracy.
 
 BatchNorm is folded into the preceding conv/linear first, so the files hold only what inference runs. Files are
 written to temporary names, verified, and renamed into place only when they match the eager model, so a failed
@@ -6,6 +7,7 @@ export never leaves a model behind.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -19,9 +21,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from pipeline import data as cifar
+from pipeline import pte
 from pipeline.checkpoint import atomic_path, folder_lock, load_checkpoint, model_from_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
+from pipeline.options import check, with_options
 
 # TorchScript bytecode version of the .ptl files. The Android app's runtime, org.pytorch:pytorch_android_lite 1.13.1
 # (the last release), is PyTorch 1.13, which writes v8 itself; PyTorch's mobile loader reads
@@ -29,8 +33,9 @@ from pipeline.errors import PipelineError
 # write newer bytecode, so exports are backported to v8 when needed.
 TARGET_BYTECODE_VERSION = 8
 ONNX_OPSET = 17
-MAX_ABS_DIFF = 1e-4  # logits, between the eager model and each exported file
+MAX_ABS_DIFF = 1e-4  # logits, between the eager model and each exported fp32 file
 VERIFY_IMAGES = 1000
+MAX_INT8_DROP = 1.0  # points of test top-1 an int8 file may lose against fp32 before export refuses it
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ def _write_ptl(model: nn.Module, path: Path) -> dict:
     return notes
 
 
-def _write_onnx(model: nn.Module, path: Path, dynamic_batch: bool) -> dict:
+def write_onnx(model: nn.Module, path: Path, dynamic_batch: bool) -> dict:
+    """`model` (N, 3, 32, 32) -> (N, classes) as an ONNX file at `path`, checked by onnx's checker; the options used."""
     import onnx
 
     example = torch.zeros(1, *cifar.IMAGE_SHAPE)
@@ -155,12 +161,72 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: str | Path, name: str = "model",
-                      dynamic_batch: bool = True, verify_images: int = VERIFY_IMAGES) -> ExportResult:
-    """Writes `name`.ptl, `name`.onnx and `name`.json (the sidecar the app reads) into `out_dir`.
+def write_onnx_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> dict:
+    """onnxruntime's static quantization of the fp32 ONNX file at `fp32` into `path`: QDQ format, int8 weights per
+    output channel, uint8 activations with MinMax ranges from `calibration` (n, 3, 32, 32) normalised images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    test: real images to compare on (the first `verify_images`); both files must match the eager model's logits
-    within MAX_ABS_DIFF with identical top-1, or nothing is written.
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration.split(1))
+
+        def get_next(self) -> dict | None:
+            image = next(self.batches, None)
+            return None if image is None else {"input": image.numpy()}
+
+    quantize_static(str(fp32), str(path), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {"format": "QDQ", "weights": "int8, per output channel", "activations": "uint8, per tensor (MinMax)"}
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """What `--quantize int8` asks for: how many held-out training images calibrate it, and how many points of test
+    top-1 it may lose against fp32."""
+
+    calibration_images: int = 512
+    max_drop: float = MAX_INT8_DROP
+
+    def __post_init__(self) -> None:
+        check([(self.calibration_images >= 1, "--calibration-images must be >= 1"),
+               (0 <= self.max_drop <= 100, "--max-drop is in points of top-1, 0..100")], "quantization")
+
+    @classmethod
+    def from_options(cls, quantize: str | None, overrides: dict[str, str | None]) -> Int8Options | None:
+        """None unless `quantize` is "int8"; option strings (None: the default) parsed and checked."""
+        if quantize is None:
+            if any(value is not None for value in overrides.values()):
+                given = ", ".join("--" + k.replace("_", "-") for k, v in overrides.items() if v is not None)
+                raise PipelineError(f"{given} given without --quantize int8, the only export it applies to")
+            return None
+        if quantize != "int8":
+            raise PipelineError(f"--quantize supports int8, got {quantize!r}")
+        return with_options(cls(), overrides, "quantization")
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def check_int8(fp32_top1: float, int8_top1: float, runtime: str, images: int, max_drop: float) -> None:
+    """Refuses an int8 file whose test top-1 is more than `max_drop` points below the fp32 model's."""
+    drop = 100 * (fp32_top1 - int8_top1)
+    if not drop <= max_drop:
+        raise PipelineError(f"int8 {runtime} loses {drop:.2f} points of top-1 on {images} test images "
+                            f"({100 * fp32_top1:.2f}% -> {100 * int8_top1:.2f}%), more than --max-drop {max_drop}; "
+                            f"calibrate on more images (--calibration-images) or ship fp32")
+
+
+def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: str | Path, name: str = "model",
+                      dynamic_batch: bool = True, verify_images: int = VERIFY_IMAGES,
+                      calibration: cifar.Split | None = None, max_drop: float = MAX_INT8_DROP) -> ExportResult:
+    """Writes `name`.ptl, `name`.onnx, `name`.pte and `name`.json (the sidecar the app reads) into `out_dir`; with
+    `calibration` images also `name`-int8.pte and `name`-int8.onnx.
+
+    test: real images to compare on. The fp32 files must match the eager model's logits on the first `verify_images`
+    within MAX_ABS_DIFF with identical top-1; an int8 file cannot match bit for bit, so its test top-1 on all of
+    `test` must be within `max_drop` points of the fp32 model's. Otherwise nothing is written.
+    calibration: held-out *training* images (never test images) that set the int8 activation ranges.
     """
     if len(test) < verify_images:
         raise PipelineError(f"export verification needs {verify_images} test images, got {len(test)}")
@@ -173,30 +239,67 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     with torch.no_grad():
         reference = eager(images)
         folding = compare(reference, deploy(images), "BatchNorm folding")
-    ptl_path, onnx_path, sidecar_path = (out_dir / f"{name}{suffix}" for suffix in (".ptl", ".onnx", ".json"))
-    with folder_lock(out_dir):
-        with atomic_path(ptl_path) as ptl_tmp, atomic_path(onnx_path) as onnx_tmp:
-            ptl_notes = _write_ptl(deploy, ptl_tmp)
-            onnx_notes = _write_onnx(deploy, onnx_tmp, dynamic_batch)
-            with torch.no_grad():
-                lite = compare(reference, run_lite(ptl_tmp, images), "TorchScript Lite")
-            onnx_check = compare(reference, run_onnx(onnx_tmp, images, dynamic_batch), "ONNX")
-            sizes = {"ptl_bytes": ptl_tmp.stat().st_size, "onnx_bytes": onnx_tmp.stat().st_size}
-            hashes = {"ptl_sha256": file_sha256(ptl_tmp), "onnx_sha256": file_sha256(onnx_tmp)}
+    # The sidecar comes first: the renames run in reverse, so it lands after every file it describes.
+    paths = {kind: out_dir / f"{name}{suffix}" for kind, suffix in
+             (("sidecar", ".json"), ("ptl", ".ptl"), ("onnx", ".onnx"), ("pte", ".pte"))}
+    if calibration is not None:
+        paths.update(int8_pte=out_dir / f"{name}-int8.pte", int8_onnx=out_dir / f"{name}-int8.onnx")
+    with folder_lock(out_dir), contextlib.ExitStack() as renames:
+        # Every file goes to a temporary name and is renamed into place only when all of them have passed.
+        tmp = {kind: renames.enter_context(atomic_path(path)) for kind, path in paths.items()}
+        ptl_notes = _write_ptl(deploy, tmp["ptl"])
+        onnx_notes = write_onnx(deploy, tmp["onnx"], dynamic_batch)
+        executorch_notes = pte.write_pte(deploy, tmp["pte"])
+        with torch.no_grad():
+            verification = {"batchnorm_folding": folding,
+                            "torchscript_lite": compare(reference, run_lite(tmp["ptl"], images), "TorchScript Lite"),
+                            "onnx": compare(reference, run_onnx(tmp["onnx"], images, dynamic_batch), "ONNX"),
+                            "executorch": compare(reference, pte.run_pte(tmp["pte"], images), "ExecuTorch")}
+        files = {kind: {"file": path.name, "bytes": tmp[kind].stat().st_size, "sha256": file_sha256(tmp[kind])}
+                 for kind, path in paths.items() if kind != "sidecar" and not kind.startswith("int8")}
+        int8 = None if calibration is None else _export_int8(deploy, eager, test, calibration, tmp, paths, max_drop)
         cost = count_cost(model)
         test_metrics = checkpoint.get("metrics", {}).get("test", {})
         sidecar = {
             "model": name, "checkpoint": str(Path(checkpoint_path).resolve()),
-            "checkpoint_sha256": file_sha256(checkpoint_path), "ptl": ptl_path.name, "onnx": onnx_path.name,
+            "checkpoint_sha256": file_sha256(checkpoint_path),
+            "ptl": paths["ptl"].name, "onnx": paths["onnx"].name, "pte": paths["pte"].name,
             "classes": list(cifar.CLASSES),
             "input_shape": [1, *cifar.IMAGE_SHAPE], "input_layout": "NCHW, RGB, float32",
             "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255,
             "arch": checkpoint["arch"], "macs": cost.macs, "params": cost.params,
             "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
             "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
-            "torchscript": ptl_notes, "onnx_export": onnx_notes, **sizes, **hashes,
-            "verification": {"batchnorm_folding": folding, "torchscript_lite": lite, "onnx": onnx_check},
+            "torchscript": ptl_notes, "onnx_export": onnx_notes, "executorch": executorch_notes,
+            **{f"{kind}_{key}": value for kind, entry in files.items() for key, value in entry.items()
+               if key != "file"},
+            "int8": int8, "verification": verification,
         }
-        with atomic_path(sidecar_path) as tmp:
-            tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    return ExportResult(ptl_path, onnx_path, sidecar_path, sidecar)
+        tmp["sidecar"].write_text(json.dumps(sidecar, indent=2) + "\n")
+    return ExportResult(paths["ptl"], paths["onnx"], paths["sidecar"], sidecar)
+
+
+def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibration: cifar.Split,
+                 tmp: dict[str, Path], paths: dict[str, Path], max_drop: float) -> dict:
+    """Writes the int8 .pte and .onnx to their temporary paths and checks each one's top-1 on all of `test` against
+    the fp32 model's; returns their sidecar entry."""
+    if not len(calibration):
+        raise PipelineError("int8 calibration needs held-out training images, but the base held out none; train it "
+                            "with --holdout > 0")
+    calibration_images = cifar.normalize(calibration.images)
+    every_test_image = cifar.normalize(test.images)
+    with torch.no_grad():
+        fp32_top1 = top1(torch.cat([eager(batch) for batch in every_test_image.split(500)]), test.labels)
+    executorch_notes = pte.write_pte(pte.quantize_int8(deploy, calibration_images), tmp["int8_pte"])
+    onnx_notes = write_onnx_int8(tmp["onnx"], tmp["int8_onnx"], calibration_images)
+    measured = {"executorch": top1(pte.run_pte(tmp["int8_pte"], every_test_image), test.labels),
+                "onnxruntime": top1(run_onnx(tmp["int8_onnx"], every_test_image, dynamic_batch=True), test.labels)}
+    for runtime, int8_top1 in measured.items():
+        check_int8(fp32_top1, int8_top1, runtime, len(test), max_drop)
+    return {"pte": paths["int8_pte"].name, "onnx": paths["int8_onnx"].name,
+            **{f"{kind}_{key}": value for kind in ("pte", "onnx")
+               for key, value in (("bytes", tmp[f"int8_{kind}"].stat().st_size),
+                                  ("sha256", file_sha256(tmp[f"int8_{kind}"])))},
+            "calibration": f"{len(calibration)} held-out training images", "test_images": len(test),
+            "fp32_test_top1": fp32_top1, "test_top1": measured, "max_drop_points": max_drop,
+            "executorch": executorch_notes, "onnx_quantization": onnx_notes}

@@ -4,7 +4,7 @@ runs/<name>/
   base/checkpoint.pt        trained model (or --base, used in place)
   pruned/checkpoint.pt      pruned, not fine-tuned; pruned/report.json per-layer report and top-1 right after pruning
   finetuned/checkpoint.pt   pruned and fine-tuned
-  export/base.{ptl,onnx,json}, export/pruned.{ptl,onnx,json}
+  export/base.{ptl,onnx,pte,json}, export/pruned.{ptl,onnx,pte,json}  (and *-int8.{pte,onnx} with int8)
   bench.json, bench.md      the side-by-side table
   report.md                 for a person: options, every model on every runtime, channels.png, training.png
 """
@@ -20,7 +20,7 @@ from pipeline import data as cifar
 from pipeline.bench import benchmark, table_rows
 from pipeline.checkpoint import atomic_path, folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.export import export_checkpoint
+from pipeline.export import Int8Options, export_checkpoint
 from pipeline.prune import Budget, Method, method_name, method_options, prune_checkpoint
 from pipeline.report import markdown_table, run_report, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
@@ -66,9 +66,11 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
 def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
                  budget: Budget | None,
                  data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
-                 resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200) -> dict:
+                 resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200,
+                 int8: Int8Options | None = None) -> dict:
     """Runs every stage into runs_dir/name, locked against a second process; with resume=True, finished stages are
-    kept and an interrupted training or fine-tuning continues from its last epoch."""
+    kept and an interrupted training or fine-tuning continues from its last epoch. int8: also export int8 files,
+    calibrated on the base's held-out training images."""
     run = Path(runs_dir) / name
     if run.exists() and not (resume or overwrite):
         raise PipelineError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
@@ -77,12 +79,12 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
         if overwrite:  # empty the locked folder rather than delete it, so the lock stays on the folder in use
             for child in run.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs)
+        return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs, int8)
 
 
 def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
             budget: Budget | None, data: cifar.Cifar10, base: str | Path | None, progress: bool,
-            bench_runs: int) -> dict:
+            bench_runs: int, int8: Int8Options | None) -> dict:
     base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
     seconds, started = {}, time.perf_counter()
 
@@ -103,7 +105,9 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
     finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
                       init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
     lap("finetune")
-    sidecars = [export_checkpoint(path, data.test, run / "export", label).sidecar
+    calibration = data.holdout.head(int8.calibration_images) if int8 else None
+    sidecars = [export_checkpoint(path, data.test, run / "export", label, calibration=calibration,
+                                  max_drop=int8.max_drop if int8 else 0.0).sidecar
                 for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
     lap("export")
     result = benchmark(sidecars, data.test, runs=bench_runs)

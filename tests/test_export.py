@@ -6,8 +6,16 @@ import torch
 from test_prune import trained_like
 
 import pipeline.export as export
+import pipeline.pte as pte
 from pipeline import data as cifar
-from pipeline.bench import benchmark, interleaved_latencies_ms, onnx_latencies_ms, paired_difference
+from pipeline.bench import (
+    benchmark,
+    interleaved_latencies_ms,
+    onnx_latencies_ms,
+    paired_difference,
+    speed_for_macs,
+    table_rows,
+)
 from pipeline.checkpoint import save_checkpoint
 from pipeline.data import normalize
 from pipeline.errors import PipelineError
@@ -51,18 +59,22 @@ def test_files_load_back_and_match_pytorch(exported, synthetic_data):
         reference = model(images)
     lite = torch.jit.mobile._load_for_lite_interpreter(str(out / "base.ptl"))
     assert (lite(images) - reference).abs().max() <= 1e-4
+    assert sidecar["executorch"]["delegate"] == "XnnpackBackend" and sidecar["executorch"]["delegated_fraction"] == 1
+    assert sidecar["pte_bytes"] == (out / "base.pte").stat().st_size and sidecar["int8"] is None
+    assert (pte.run_pte(out / "base.pte", images) - reference).abs().max() <= 1e-4  # the runtime the app runs
     graph = onnx.load(str(out / "base.onnx"))
     onnx.checker.check_model(graph)
     assert graph.opset_import[0].version >= 17
     assert (export.run_onnx(out / "base.onnx", images, dynamic_batch=True) - reference).abs().max() <= 1e-4
 
 
-def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypatch):
+@pytest.mark.parametrize("module, runner, runtime", [(export, "run_onnx", "ONNX"), (pte, "run_pte", "ExecuTorch")])
+def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypatch, module, runner, runtime):
     model = trained_like(vgg16_spec(0.0625))
     save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
-    real_run = export.run_onnx
-    monkeypatch.setattr(export, "run_onnx", lambda *a, **k: real_run(*a, **k) + 1e-3)  # a broken runtime
-    with pytest.raises(PipelineError, match="ONNX export disagrees with PyTorch.*max \\|diff\\|"):
+    real_run = getattr(module, runner)
+    monkeypatch.setattr(module, runner, lambda *a, **k: real_run(*a, **k) + 1e-3)  # a broken runtime
+    with pytest.raises(PipelineError, match=f"{runtime} export disagrees with PyTorch.*max \\|diff\\|"):
         export.export_checkpoint(tmp_path / "m.pt", synthetic_data.test, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # not even the folder the export made for itself
 
@@ -71,9 +83,10 @@ def test_benchmark_reports_every_runtime_side_by_side(exported, synthetic_data):
     result = benchmark([exported / "out" / "base.json", exported / "out" / "narrow.json"],
                        synthetic_data.test.head(1000), warmup=2, runs=20, rounds=4)
     rows = {(r["model"], r["runtime"]): r for r in result["rows"]}
-    assert set(rows) == {(m, r) for m in ("base", "narrow") for r in ("pytorch", "torchscript-lite", "onnxruntime")}
+    runtimes = ("pytorch", "torchscript-lite", "onnxruntime", "executorch")
+    assert set(rows) == {(m, r) for m in ("base", "narrow") for r in runtimes}
     for model in ("base", "narrow"):
-        top1 = {rows[model, r]["test_top1"] for r in ("pytorch", "torchscript-lite", "onnxruntime")}
+        top1 = {rows[model, r]["test_top1"] for r in runtimes}
         assert len(top1) == 1  # the runtimes agree on every image's class
     assert rows["narrow", "onnxruntime"]["mac_ratio"] == pytest.approx(
         rows["narrow", "onnxruntime"]["macs"] / rows["base", "onnxruntime"]["macs"])
@@ -144,3 +157,71 @@ def test_compare_fails_on_non_finite_logits(broken):
     with pytest.raises(PipelineError, match="PyTorch gives NaN or infinite logits"):
         export.compare(logits, reference, "ONNX")
     assert export.compare(reference, reference.clone(), "ONNX")["max_abs_diff"] == 0
+
+
+def test_models_slower_than_their_macs_are_flagged(exported, synthetic_data):
+    assert speed_for_macs(0.56, 0.5) == "1.12x SLOW for its MACs"
+    assert speed_for_macs(0.54, 0.5) == "1.08x" and speed_for_macs(1.0, 1.0) == "1.00x"
+    result = benchmark([exported / "out" / "base.json", exported / "out" / "narrow.json"],
+                       synthetic_data.test.head(1000), warmup=1, runs=10, rounds=2)
+    for row, shown in zip(result["rows"], table_rows(result)):
+        assert shown["latency / MAC ratio"].startswith(f"{row['latency_ratio'] / row['mac_ratio']:.2f}x")
+
+
+def _self_labelled(model, split: cifar.Split) -> cifar.Split:
+    """`split` relabelled with `model`'s own predictions: fp32 top-1 is then 100%, so an int8 file's top-1 says how
+    many of its predictions quantization changed (synthetic labels alone would put every model at chance)."""
+    with torch.no_grad():
+        labels = torch.cat([model.eval()(batch).argmax(1) for batch in normalize(split.images).split(500)])
+    return cifar.Split(split.images, labels)
+
+
+def test_int8_files_are_written_checked_by_accuracy_and_much_smaller(tmp_path, synthetic_data):
+    model = trained_like(vgg16_spec(0.125))
+    save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    test = _self_labelled(model, synthetic_data.test.head(2000))
+    result = export.export_checkpoint(tmp_path / "m.pt", test, tmp_path / "out", "m",
+                                      calibration=synthetic_data.holdout.head(64), max_drop=5.0)
+    int8 = result.report["int8"]
+    assert int8["fp32_test_top1"] == 1.0 and int8["test_images"] == 2000
+    assert int8["calibration"] == "64 held-out training images" and int8["executorch"]["delegated_fraction"] == 1
+    for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime")):
+        assert int8["test_top1"][runtime] >= 0.95, runtime
+        assert int8[f"{kind}_bytes"] == (tmp_path / "out" / f"m-int8.{kind}").stat().st_size
+        assert int8[f"{kind}_bytes"] <= 0.35 * result.report[f"{kind}_bytes"], kind
+    images = normalize(test.images[:200])
+    assert top1_of(pte.run_pte(tmp_path / "out" / "m-int8.pte", images), test.labels[:200]) >= 0.95
+
+
+def top1_of(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def test_an_int8_file_past_max_drop_is_refused_and_nothing_is_written(tmp_path, synthetic_data, monkeypatch):
+    """A quantizer that damages the model (here: one that flips the classifier's sign) makes the int8 top-1 fall far
+    below fp32: export refuses, naming the drop, and no file at all is left."""
+    model = trained_like(vgg16_spec(0.125))
+    save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    real_quantize = pte.quantize_int8
+
+    def damaging_quantize(deploy, calibration):
+        broken = export.fold_batchnorm(deploy)
+        broken.classifier[-1].weight.data.neg_()
+        return real_quantize(broken, calibration)
+
+    monkeypatch.setattr(pte, "quantize_int8", damaging_quantize)
+    with pytest.raises(PipelineError, match=r"int8 executorch loses .* points .* more than --max-drop 1.0"):
+        export.export_checkpoint(tmp_path / "m.pt", _self_labelled(model, synthetic_data.test.head(1000)),
+                                 tmp_path / "out", calibration=synthetic_data.holdout.head(32), max_drop=1.0)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (("int4", {}), "--quantize supports int8"), ((None, {"max_drop": "2"}), "--max-drop given without --quantize int8"),
+    (("int8", {"calibration_images": "0"}), "--calibration-images must be >= 1"),
+    (("int8", {"max_drop": "nan"}), "--max-drop expects a finite number"),
+])
+def test_bad_quantization_options_are_clear_errors(options, message):
+    quantize, overrides = options
+    with pytest.raises(PipelineError, match=message):
+        export.Int8Options.from_options(quantize, {"calibration_images": None, "max_drop": None, **overrides})

@@ -10,7 +10,7 @@ from pipeline.models import build_model, vgg16_spec
 def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     runs = tmp_path / "my runs é ü"  # spaces and non-ASCII in every path the stages write
     args = ("pipeline", "--preset", "smoke", "--name", "e2e", "--data-dir", str(cifar_dir), "--bench-runs", "20",
-            "--runs-dir", str(runs))
+            "--runs-dir", str(runs), "--quantize", "int8", "--calibration-images", "64", "--max-drop", "100")
     result = run_invoke(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs / "e2e"
@@ -19,11 +19,12 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     finetuned = load_checkpoint(run / "finetuned" / "checkpoint.pt")
     assert finetuned["pruning"]["macs_after"] == finetuned["cost"]["macs"] < report["macs_before"]
     for name in ("base", "pruned"):
-        for suffix in (".ptl", ".onnx", ".json"):
+        for suffix in (".ptl", ".onnx", ".pte", "-int8.pte", "-int8.onnx", ".json"):
             assert (run / "export" / f"{name}{suffix}").stat().st_size > 0
     bench = json.loads((run / "bench.json").read_text())
     assert {(r["model"], r["runtime"]) for r in bench["rows"]} == {
-        (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime")}
+        (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime", "executorch",
+                                                     "executorch-int8", "onnxruntime-int8")}
     assert "| pruned | onnxruntime |" in (run / "bench.md").read_text()
     text = (run / "report.md").read_text()
     for section in ("## What ran", "## Results", "## Channels per layer", "## Training curves",

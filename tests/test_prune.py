@@ -150,3 +150,36 @@ def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_d
 def test_bad_budget_options_are_clear_errors(options, message):
     with pytest.raises(PipelineError, match=message):
         Budget.from_options(**options)
+
+
+@pytest.mark.parametrize("spec", [vgg16_spec(1.0), vgg16_spec(0.5), vgg16_spec(0.25)], ids=["full", "wide", "quick"])
+@pytest.mark.parametrize("step", [4, 8, 16])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_rounded_counts_are_multiples_and_still_meet_the_mac_target(spec, step, target):
+    counts = kept_counts(spec, Budget(mac_reduction=target, round_to=step))
+    assert abs(mac_reduction(spec, counts) - target) <= 0.01
+    assert all(c % step == 0 and step <= c <= o for c, o in zip(counts, spec.conv_channels)), counts
+
+
+def test_rounding_applies_to_every_budget_and_method(synthetic_data):
+    """The budget says how many (rounded), whichever method says which; a layer no wider than one step and a layer
+    given ratio 0 stay whole."""
+    from pipeline.prune import KMeansConfig, LibraryConfig, SCPConfig
+
+    spec = vgg16_spec(0.125)  # 8..64 channels
+    model = trained_like(spec)
+    evaluation = synthetic_data.holdout.head(128)
+    assert kept_counts(spec, Budget(ratio=0.5, round_to=16))[:4] == [8, 8, 16, 16]
+    assert kept_counts(spec, Budget(layer_ratios=(0.5,) * 12 + (0.0,), round_to=8))[-1] == 64
+    for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(), LibraryConfig()):
+        pruned, report = prune(model, method, Budget(mac_reduction=0.5, round_to=8), evaluation=evaluation)
+        assert all(c % 8 == 0 for c in pruned.spec.conv_channels), (method, pruned.spec.conv_channels)
+        assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["budget"]["round_to"] == 8
+
+
+@pytest.mark.parametrize("round_to, message", [("0", "in 1..256"), ("300", "in 1..256"), ("8.5", "expects int")])
+def test_bad_rounding_is_a_clear_error(round_to, message):
+    with pytest.raises(PipelineError, match=message):
+        Budget.from_options(mac_reduction="0.5", round_to=round_to)
+    with pytest.raises(PipelineError, match="smaller --round-to"):
+        kept_counts(vgg16_spec(0.25), Budget(mac_reduction=0.95, round_to=16))

@@ -149,6 +149,9 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("pipeline", "--bench-runs", "0"), r"--runs >= 10 \(one per interleaved round\)"),
     (("bench", "--models", "nowhere.json"), "no exported model at nowhere.json"),
     (("evaluate", "--test-limit", "0"), "--test-limit must be >= 1"),
+    (("export", "--quantize", "int4"), "--quantize supports int8"),
+    (("export", "--max-drop", "0.5"), "--max-drop given without --quantize int8"),
+    (("pipeline", "--quantize", "int8", "--calibration-images", "-3"), "--calibration-images must be >= 1"),
 ])
 def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypatch, args, message):
     """Each refusal comes before any data is read or downloaded (CIFAR10_DIR is an empty folder a download would
@@ -158,7 +161,7 @@ def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypa
     monkeypatch.setenv("CIFAR10_DIR", str(empty_data))
     checkpoint = save_untrained_base(tmp_path / "base.pt")
     task, *options = args
-    needs_checkpoint = task in ("prune", "finetune", "evaluate")
+    needs_checkpoint = task in ("prune", "finetune", "evaluate", "export")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     result = run_invoke(task, *(["--checkpoint", str(checkpoint)] if needs_checkpoint else []), *options,
@@ -168,3 +171,10 @@ def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypa
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert re.search(message, lines[0]), lines[0]
     assert list(empty_data.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
+def test_round_to_needs_a_budget(tmp_path):
+    checkpoint = save_untrained_base(tmp_path / "base.pt")
+    for extra in (("--method", "scp", "--threshold", "0.5"), ("--method", "kmeans", "--clusters", "elbow")):
+        result = run_invoke("prune", "--checkpoint", str(checkpoint), "--round-to", "8", *extra, cwd=tmp_path)
+        assert result.returncode == 2 and "--round-to rounds a budget's channel counts" in result.stderr

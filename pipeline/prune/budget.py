@@ -19,12 +19,14 @@ class Budget:
     """Exactly one of:
     ratio: the fraction of every conv layer's channels to remove;
     layer_ratios: that fraction per conv layer (0 leaves a layer whole: protect the first and last convs this way);
-    mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute)."""
+    mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute);
+    and round_to: each layer's kept channels a multiple of it (SIMD kernels work on groups of 4, 8 or 16 channels)."""
 
     ratio: float | None = None
     layer_ratios: tuple[float, ...] | None = None
     mac_reduction: float | None = None
     tolerance: float = 0.01
+    round_to: int = 1  # every layer keeps a multiple of this many channels (at least this many)
 
     def __post_init__(self) -> None:
         given = [name for name in ("ratio", "layer_ratios", "mac_reduction") if getattr(self, name) is not None]
@@ -39,22 +41,25 @@ class Budget:
             if not 0 <= value < 1:
                 raise PipelineError(f"each --layer-ratios value must be in [0, 1), got {value}; 0 leaves a layer "
                                     f"whole, 0.5 removes half its channels")
+        if type(self.round_to) is not int or not 1 <= self.round_to <= 256:
+            raise PipelineError(f"--round-to must be a whole number of channels in 1..256, got {self.round_to}")
         if self.layer_ratios is not None and not any(self.layer_ratios):
             raise PipelineError("every --layer-ratios value is 0, so nothing would be pruned; give a layer a ratio "
                                 "above 0")
 
     @classmethod
     def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
-                     mac_reduction: str | float | None = None) -> Budget | None:
-        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5; None when none
-        is given (the method may not need one, or has a default)."""
+                     mac_reduction: str | float | None = None, round_to: str | int | None = None) -> Budget | None:
+        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5, --round-to 8;
+        None when no budget is given (the method may not need one, or has a default)."""
         if ratio is None and layer_ratios is None and mac_reduction is None:
             return None
         number = lambda text, option: parse_option(str(text), "float", option)
         return cls(ratio=None if ratio is None else number(ratio, "ratio"),
                    layer_ratios=None if layer_ratios is None else tuple(
                        number(part, "layer_ratios") for part in str(layer_ratios).split(",")),
-                   mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"))
+                   mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"),
+                   round_to=1 if round_to is None else parse_option(str(round_to), "int", "round_to"))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
@@ -73,23 +78,32 @@ def mac_reduction(spec: VGGSpec, channels: Sequence[int]) -> float:
     return 1 - vgg_macs(dataclasses.replace(spec, conv_channels=tuple(channels))) / vgg_macs(spec)
 
 
+def rounded(kept: int, channels: int, step: int) -> int:
+    """`kept` channels of a layer of `channels`, moved to the nearest multiple of `step` (at least `step`, at most
+    `channels`: a layer no wider than one step is left whole)."""
+    if channels <= step:
+        return channels
+    return min(channels, max(step, step * math.floor(kept / step + 0.5)))
+
+
 def kept_counts(spec: VGGSpec, budget: Budget) -> list[int]:
-    """Channels each conv layer keeps. A MAC target uses one removal ratio for every layer (found by bisection),
-    then trims single channels from the layers with the most channels left until the target is met."""
-    original = spec.conv_channels
-    count = lambda c, r: max(1, c - math.floor(c * r + 0.5))
+    """Channels each conv layer keeps, each a multiple of budget.round_to (see `rounded`). A MAC target uses one
+    removal ratio for every layer (found by bisection), then trims one step of channels at a time from the layers
+    with the most channels left until the target is met."""
+    original, step = spec.conv_channels, budget.round_to
+    count = lambda c, r: rounded(max(1, c - math.floor(c * r + 0.5)), c, step)
     if budget.ratio is not None:
         return [count(c, budget.ratio) for c in original]
     if budget.layer_ratios is not None:
         if len(budget.layer_ratios) != len(original):
             raise PipelineError(f"--layer-ratios needs {len(original)} values (one per conv layer), "
                                 f"got {len(budget.layer_ratios)}")
-        return [count(c, r) for c, r in zip(original, budget.layer_ratios)]
+        return [c if r == 0 else count(c, r) for c, r in zip(original, budget.layer_ratios)]
     target, tolerance = budget.mac_reduction, budget.tolerance
-    most = mac_reduction(spec, [1] * len(original))
+    most = mac_reduction(spec, [min(c, step) for c in original])
     if target > most:
-        raise PipelineError(f"a {target:.0%} MAC reduction cannot be reached: keeping one channel per layer removes "
-                            f"only {most:.1%}; ask for less")
+        raise PipelineError(f"a {target:.0%} MAC reduction cannot be reached: keeping {step} channel(s) per layer "
+                            f"removes only {most:.1%}; ask for less" + (" or a smaller --round-to" if step > 1 else ""))
     low, high = 0.0, 1.0
     for _ in range(40):
         middle = (low + high) / 2
@@ -98,16 +112,20 @@ def kept_counts(spec: VGGSpec, budget: Budget) -> list[int]:
         else:
             high = middle
     counts = [count(c, low) for c in original]
+    step_down = lambda c: step * ((c - 1) // step)  # the next multiple of the step below c
     while (reached := mac_reduction(spec, counts)) < target - tolerance / 2:
-        # Of the layers whose next channel keeps us within tolerance, the one with the largest share of its channels
-        # left loses one: the per-layer ratios stay as even as the step sizes allow.
-        fits = [i for i, c in enumerate(counts) if c > 1
-                and mac_reduction(spec, counts[:i] + [c - 1] + counts[i + 1:]) <= target + tolerance]
+        # Of the layers whose next step down keeps us within tolerance, the one with the largest share of its channels
+        # left loses a step: the per-layer ratios stay as even as the step sizes allow.
+        fits = [i for i, c in enumerate(counts) if step_down(c) >= 1
+                and mac_reduction(spec, counts[:i] + [step_down(c)] + counts[i + 1:]) <= target + tolerance]
         if not fits:
             break
-        counts[max(fits, key=lambda i: counts[i] / original[i])] -= 1
+        chosen = max(fits, key=lambda i: counts[i] / original[i])
+        counts[chosen] = step_down(counts[chosen])
     if abs(reached - target) > tolerance:
-        raise PipelineError(f"could not reach a {target:.1%} MAC reduction within {tolerance:.1%} (got {reached:.1%})")
+        raise PipelineError(f"could not reach a {target:.1%} MAC reduction within {tolerance:.1%} (got {reached:.1%})"
+                            + (f"; channel steps of {step} are too coarse for this model: try a smaller --round-to"
+                               if step > 1 else ""))
     return counts
 
 

@@ -1,0 +1,134 @@
+"""Does rounding each layer's channel count to a multiple of N make a pruned model as fast as its MACs say?
+
+Part 1, latency (architecture only: a dense fp32 kernel's time does not depend on the weights' values): for each
+width, the unpruned VGG16-BN and the models a uniform MAC budget leaves at every target and every --round-to step,
+exported to ONNX with BatchNorm folded as `invoke export` does, timed in onnxruntime at batch 1 on one thread, all
+architectures of a width interleaved in one run. Reported: MAC ratio, latency ratio and their quotient; a model more
+than 10% slower than its MAC ratio is flagged.
+
+Part 2, accuracy (with --base): the same budget with and without rounding on a trained base, L1 and SCP, top-1 right
+after pruning, with BatchNorm re-measured and after the identical short fine-tune, paired on the same images.
+
+    python benchmarks/round_to.py --base runs/quick/checkpoint.pt --out benchmarks/results/round_to
+
+Cells already in <out>.json are kept (an interrupted run resumes); fine-tuned checkpoints go under --work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from harness import Bench, arguments, paired_table, percent
+
+from pipeline.bench import SLOW_FOR_MACS, onnx_latencies_ms, speed_for_macs
+from pipeline.cost import vgg_macs
+from pipeline.export import fold_batchnorm, write_onnx
+from pipeline.models import build_model, vgg16_spec
+from pipeline.prune import Budget, SCPConfig, kept_counts
+from pipeline.report import markdown_table, write_results
+
+
+def timed_architectures(width: float, targets: list[float], steps: list[int], runs: int) -> list[dict]:
+    """One row per (target, step) and one for the unpruned model: channels, MACs and onnxruntime latency (ms)."""
+    base = vgg16_spec(width)
+    specs = {(0.0, 1): base}
+    for target in targets:
+        for step in steps:
+            counts = kept_counts(base, Budget(mac_reduction=target, round_to=step))
+            specs[target, step] = dataclasses.replace(base, conv_channels=tuple(counts))
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = {}
+        for key, spec in specs.items():
+            paths[key] = Path(scratch) / f"{key[0]}-{key[1]}.onnx"
+            write_onnx(fold_batchnorm(build_model(spec)), paths[key], dynamic_batch=True)
+        latencies = onnx_latencies_ms(paths, threads=1, runs=runs)
+    base_macs, base_ms = vgg_macs(base), latencies[0.0, 1]["median"]
+    return [{"width": width, "target": target, "round_to": step, "channels": list(spec.conv_channels),
+             "mac_ratio": vgg_macs(spec) / base_macs, "median_ms": latencies[target, step]["median"],
+             "p90_ms": latencies[target, step]["p90"], "latency_ratio": latencies[target, step]["median"] / base_ms}
+            for (target, step), spec in specs.items()]
+
+
+def latency_table(rows: list[dict]) -> str:
+    shown = [{"width": row["width"], "MAC target": f"{100 * row['target']:.0f}%" if row["target"] else "base",
+              "round to": row["round_to"], "channels": "/".join(map(str, sorted(set(row["channels"])))),
+              "MACs vs base": f"{row['mac_ratio']:.3f}x", "median ms": f"{row['median_ms']:.3f}",
+              "latency vs base": f"{row['latency_ratio']:.2f}x",
+              "latency / MAC ratio": speed_for_macs(row["latency_ratio"], row["mac_ratio"])} for row in rows]
+    return markdown_table(shown, list(shown[0]))
+
+
+def summary(rows: list[dict], steps: list[int]) -> str:
+    """Per width and step: how many pruned models are flagged, and the mean latency / MAC ratio."""
+    lines = []
+    for width in sorted({row["width"] for row in rows}):
+        for step in steps:
+            chosen = [row for row in rows if row["width"] == width and row["round_to"] == step and row["target"]]
+            quotients = [row["latency_ratio"] / row["mac_ratio"] for row in chosen]
+            flagged = sum(q > SLOW_FOR_MACS for q in quotients)
+            lines.append({"width": width, "round to": step, "mean latency / MAC ratio":
+                          f"{sum(quotients) / len(quotients):.2f}x", "worst": f"{max(quotients):.2f}x",
+                          "flagged (>10% slower than MACs)": f"{flagged} of {len(quotients)}"})
+    return markdown_table(lines, list(lines[0]))
+
+
+ACCURACY_METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
+
+
+def accuracy(args, steps: list[int]) -> dict:
+    """Top-1 pruned / BatchNorm re-measured / fine-tuned without rounding and with each of `steps`, each rounded
+    cell paired with the unrounded one after fine-tuning."""
+    bench = Bench.from_arguments(args)
+    target = float(args.accuracy_target)
+    for name, method in ACCURACY_METHODS.items():
+        for step in (1, *steps):
+            key = f"{target:.2f}/{name}-r{step}"
+            budget = Budget(mac_reduction=target, round_to=step)
+            bench.measure(key, method, budget, target=target, round_to=step)
+            bench.finetune(key, method, budget)
+            bench.save("round_to accuracy (in progress)", "")
+        for step in steps:
+            bench.pair(f"{target:.2f}/{name}-r{step}", f"{target:.2f}/{name}-r1")
+    return bench.payload
+
+
+def accuracy_table(payload: dict) -> str:
+    rows = [{"cell": key, "MACs removed": percent(cell["mac_reduction"]),
+             "channels": "/".join(map(str, sorted(set(cell["channels"])))),
+             "right after pruning": percent(cell["top1_pruned"]),
+             "BatchNorm re-measured": percent(cell["top1_recalibrated"]),
+             "after the fine-tune": percent(cell.get("top1_finetuned"))} for key, cell in payload["cells"].items()]
+    return markdown_table(rows, list(rows[0]))
+
+
+def main() -> None:
+    parser = arguments(__doc__, out="benchmarks/results/round_to", work="runs/bench-round-to")
+    parser.add_argument("--widths", default="0.25,0.5,1.0", help="VGG16 widths to time (0.25 quick, 0.5 wide)")
+    parser.add_argument("--targets", default="0.3,0.5,0.7", help="MAC reductions")
+    parser.add_argument("--steps", default="1,4,8,16", help="--round-to values")
+    parser.add_argument("--runs", type=int, default=300, help="timed runs per architecture")
+    parser.add_argument("--accuracy-steps", default="8,16", help="the roundings compared with none on --base")
+    parser.add_argument("--accuracy-target", default="0.5", help="the MAC reduction of the accuracy comparison")
+    parser.add_argument("--no-accuracy", action="store_true", help="time architectures only (no --base needed)")
+    args = parser.parse_args()
+    targets, steps = [float(t) for t in args.targets.split(",")], [int(s) for s in args.steps.split(",")]
+    results = Path(args.out).with_suffix(".json")
+    previous = json.loads(results.read_text()) if results.exists() else {}
+    payload = {} if args.no_accuracy else accuracy(args, [int(s) for s in args.accuracy_steps.split(",")])
+    latency_rows = [row for width in args.widths.split(",")
+                    for row in timed_architectures(float(width), targets, steps, args.runs)]
+    payload = {**previous, **payload, "latency": latency_rows, "latency_runs": args.runs}
+    sections = [f"## Latency vs MACs (onnxruntime, batch 1, 1 thread, median of {args.runs} runs, each width's "
+                f"architectures interleaved)\n\n{summary(latency_rows, steps)}\n{latency_table(latency_rows)}"]
+    if "cells" in payload:
+        sections.append(f"## Accuracy with and without rounding ({payload['base']['checkpoint']}, "
+                        f"{100 * payload['base']['test_top1']:.2f}%)\n\n{accuracy_table(payload)}"
+                        f"{paired_table(payload)}")
+    write_results(args.out, payload, title="Channel rounding: latency against MACs, and what it costs in accuracy",
+                  table="\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
