@@ -28,6 +28,9 @@ TRAIN_HELP = {
     "warmup_epochs": "epochs of linear learning-rate warm-up",
     "schedule": "after warm-up: cosine or onecycle (linear decay to 0)",
     "label_smoothing": "label smoothing in [0, 1)",
+    "distill_weight": "share of the loss distilled from --teacher, in [0, 1] (default 0: cross-entropy only)",
+    "distill_temperature": "softmax temperature of the distillation (default 4)",
+    "teacher": "checkpoint to distil from with --distill-weight (e.g. the unpruned base)",
     "seed": "random seed (initialisation, order, augmentation)",
     "holdout": "training images held out for validation and pruning calibration (the split's tail)",
     "train_limit": "train on the first N training images only",
@@ -75,7 +78,7 @@ def whole(value: str | int, option: str) -> int:
 def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, width=None, epochs=None,
           batch_size=None, lr=None, momentum=None, nesterov=None, weight_decay=None, warmup_epochs=None,
           schedule=None, label_smoothing=None, seed=None, holdout=None, train_limit=None, test_limit=None,
-          channels_last=None, threads=None, device=None):
+          channels_last=None, threads=None, device=None, distill_weight=None, distill_temperature=None, teacher=None):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
     from pipeline.data import load_cifar10
     from pipeline.train import make_config
@@ -84,11 +87,12 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
     overrides = dict(width=width, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
                      label_smoothing=label_smoothing, seed=seed, holdout=holdout, train_limit=train_limit,
-                     test_limit=test_limit, channels_last=channels_last, threads=threads, device=device)
+                     test_limit=test_limit, channels_last=channels_last, threads=threads, device=device,
+                     distill_weight=distill_weight, distill_temperature=distill_temperature)
     config = make_config(preset, overrides)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path("runs") / preset, resume=resume, overwrite=overwrite,
-                 progress=sys.stderr.isatty())
+                 progress=sys.stderr.isatty(), teacher=teacher)
 
 
 @command(help={"checkpoint": "checkpoint to evaluate, required (e.g. runs/quick/checkpoint.pt)",
@@ -206,7 +210,8 @@ NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last
             "out": "run folder (default: <checkpoint folder>-finetuned)"})
 def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, epochs=None,
              batch_size=None, lr=None, weight_decay=None, warmup_epochs=None, schedule=None, label_smoothing=None,
-             seed=None, train_limit=None, test_limit=None, threads=None, device=None):
+             seed=None, train_limit=None, test_limit=None, threads=None, device=None, distill_weight=None,
+             distill_temperature=None, teacher=None):
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.data import load_cifar10
@@ -215,13 +220,14 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      warmup_epochs=warmup_epochs, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
-                     train_limit=train_limit, test_limit=test_limit, threads=threads, device=device)
+                     train_limit=train_limit, test_limit=test_limit, threads=threads, device=device,
+                     distill_weight=distill_weight, distill_temperature=distill_temperature)
     required(checkpoint=checkpoint)
     config = make_config(preset, overrides, finetune=True)
     init = load_checkpoint(checkpoint)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,
-                 overwrite=overwrite, progress=sys.stderr.isatty(), init=init)
+                 overwrite=overwrite, progress=sys.stderr.isatty(), init=init, teacher=teacher)
 
 
 QUANTIZE_HELP = {
@@ -341,6 +347,8 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
 @command(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
             "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",
+            "distill_weight": "fine-tune with this share of the loss distilled from the unpruned base (default 0)",
+            "distill_temperature": TRAIN_HELP["distill_temperature"],
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": TRAIN_HELP["data_dir"],
             "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
@@ -350,7 +358,7 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
              data_dir=None, device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None,
              rank=None, loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None,
              clusters=None, keep=None, normalize=None, restarts=None, min_keep=None, quantize=None,
-             calibration_images=None, max_drop=None):
+             calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.bench import ROUNDS, check_timing
     from pipeline.checkpoint import load_checkpoint
@@ -365,7 +373,9 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
     train_config = make_config(preset, {"device": device})
-    finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device}, finetune=True)
+    finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device,
+                                           "distill_weight": distill_weight,
+                                           "distill_temperature": distill_temperature}, finetune=True)
     base_checkpoint = load_checkpoint(base) if base else None
     _check_budget_fits(base_checkpoint["arch"] if base else vgg16_spec(train_config.width).to_dict(), budget)
     held_out = base_checkpoint.get("data", {}).get("holdout_images", 0) if base else train_config.holdout

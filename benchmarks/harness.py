@@ -17,9 +17,9 @@ import torch
 
 from pipeline import data as cifar
 from pipeline.bench import onnx_latencies_ms, paired_difference
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.export import export_checkpoint, file_sha256
+from pipeline.export import export_checkpoint
 from pipeline.flow import evaluation_set
 from pipeline.models import VGG
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
@@ -37,6 +37,7 @@ def arguments(description: str, out: str, work: str | None = None) -> argparse.A
     if work is not None:
         parser.add_argument("--finetune-preset", default="quick", help="whose fine-tuning recipe every cell gets")
         parser.add_argument("--work", default=work, help="fine-tuned checkpoints")
+        parser.add_argument("--distill-weight", default=None, help="fine-tune distilling from the base (0..1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for pruning, evaluation and fine-tuning (default: torch's choice); 1 lets "
                              "two jobs share 2 cores without oversubscribing them")
@@ -57,7 +58,7 @@ class Bench:
 
     @classmethod
     def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None,
-             threads: int | None = None) -> Bench:
+             threads: int | None = None, distill_weight: str | None = None) -> Bench:
         """The base, CIFAR-10 (holding out the images the base held out) and any cells and paired differences already
         in <out>.json."""
         if threads:
@@ -66,8 +67,8 @@ class Bench:
         data = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"])
         model = model_from_checkpoint(checkpoint)
         # The recipe's width is the base's: a fine-tune trains the model it is given, whatever the preset's width.
-        finetune_config = make_config(finetune_preset, {"threads": threads, "width": checkpoint["recipe"]["width"]},
-                                      finetune=True)
+        finetune_config = make_config(finetune_preset, {"threads": threads, "width": checkpoint["recipe"]["width"],
+                                                        "distill_weight": distill_weight}, finetune=True)
         results = Path(out).with_suffix(".json")
         previous = json.loads(results.read_text()) if results.exists() else {}
         sha256 = file_sha256(Path(base))
@@ -88,7 +89,8 @@ class Bench:
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Bench:
-        return cls.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir, args.threads)
+        return cls.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir, args.threads,
+                        args.distill_weight)
 
     @property
     def cells(self) -> dict[str, dict]:
@@ -128,7 +130,8 @@ class Bench:
         pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
                                   evaluation_set(method, self.data.holdout))
         folder = self.finetuned_folder(key, None if recipe else config.seed)
-        finetuned = train(config, self.data, folder, resume=True, progress=False, init=pruned)
+        finetuned = train(config, self.data, folder, resume=True, progress=False, init=pruned,
+                          teacher=self.base_path if config.distill_weight else None)
         top1 = evaluate(model_from_checkpoint(finetuned), self.data.test)["top1"]
         if recipe:
             cell["top1_finetuned"] = top1

@@ -21,8 +21,9 @@ import numpy as np
 import torch.jit.mobile
 
 from pipeline import data as cifar
+from pipeline.checkpoint import file_sha256
 from pipeline.errors import PipelineError
-from pipeline.export import file_sha256, read_sidecar
+from pipeline.export import read_sidecar
 
 APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
 PACKAGE = "org.prunedroid.demo"

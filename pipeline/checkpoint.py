@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import platform
 import secrets
@@ -59,6 +60,14 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         if created and not any(folder.iterdir()):
             folder.rmdir()
         os.close(descriptor)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

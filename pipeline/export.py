@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from pipeline import data as cifar
 from pipeline import pte
-from pipeline.checkpoint import atomic_path, folder_lock, load_checkpoint, model_from_checkpoint
+from pipeline.checkpoint import atomic_path, file_sha256, folder_lock, load_checkpoint, model_from_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.options import check, with_options
@@ -155,10 +154,6 @@ def read_sidecar(path: str | Path) -> dict:
         raise PipelineError(f"{path} is not a sidecar written by `invoke export` (no {', '.join(missing)}); "
                             f"export again")
     return sidecar
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_onnx_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> dict:

@@ -103,7 +103,8 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
         prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed)
     lap("prune")
     finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
-                      init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME))
+                      init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME),
+                      teacher=base_path if finetune_config.distill_weight else None)
     lap("finetune")
     calibration = data.holdout.head(int8.calibration_images) if int8 else None
     sidecars = [export_checkpoint(path, data.test, run / "export", label, calibration=calibration,

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import data as cifar
-from pipeline.checkpoint import folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import file_sha256, folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import build_model, vgg16_spec
@@ -37,6 +37,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear ramp from 0 to lr
     schedule: str = "cosine"  # after warm-up: "cosine" to 0, or "onecycle" (linear to 0)
     label_smoothing: float = 0.0
+    distill_weight: float = 0.0  # share of the loss that is distillation from a teacher (0: cross-entropy only)
+    distill_temperature: float = 4.0  # softmax temperature of the distillation term (Hinton et al. 2015)
     seed: int = 0
     holdout: int = 5000  # tail of the training split kept out for validation and pruning calibration
     train_limit: int | None = None  # use only the first N training images (smoke runs)
@@ -53,6 +55,8 @@ class TrainConfig:
                   (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]"),
                   (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+                  (0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]"),
+                  (self.distill_temperature > 0, "distill_temperature must be > 0"),
                   (self.holdout >= 0, "holdout must be >= 0"),
                   (self.train_limit is None or self.train_limit >= self.batch_size,
                    "train_limit must be at least one batch"),
@@ -93,6 +97,20 @@ def make_config(preset: str, overrides: dict[str, str | int | float | bool | Non
         raise PipelineError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = dataclasses.replace(PRESETS[preset], **FINETUNE_OVERRIDES[preset]) if finetune else PRESETS[preset]
     return with_options(base, overrides, "training")
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (with the recipe's label smoothing), mixed with knowledge distillation when the recipe has a
+    distill_weight w > 0: (1 - w) CE + w T^2 KL(teacher || student) at temperature T, the T^2 keeping the
+    distillation gradients at the scale of CE's whatever T. logits: (B, classes); labels: (B,)."""
+    cross_entropy = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    if not config.distill_weight:
+        return cross_entropy
+    temperature = config.distill_temperature
+    distillation = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                            reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - config.distill_weight) * cross_entropy + config.distill_weight * distillation
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
@@ -174,22 +192,34 @@ def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
 
 
 def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, init: dict | None = None) -> dict:
+          overwrite: bool = False, progress: bool = True, init: dict | None = None,
+          teacher: str | Path | None = None) -> dict:
     """Trains VGG16 per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final checkpoint.
 
     init: a checkpoint to start from (fine-tuning a pruned model): its architecture and weights replace the fresh
     `config.width` model, and its `pruning` record is carried into the new checkpoint.
+    teacher: the checkpoint distilled from when config.distill_weight > 0 (typically the unpruned base); its path and
+    SHA-256 are recorded in the checkpoint.
 
     resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
     run (on a GPU, cuDNN's kernel choice may differ in the last bits). `out_dir` is locked while training runs.
     """
+    if bool(config.distill_weight) != (teacher is not None):
+        raise PipelineError("distillation needs both a --distill-weight above 0 and a teacher checkpoint (--teacher; "
+                            "`invoke pipeline` uses the base)" if config.distill_weight else
+                            "a teacher was given but --distill-weight is 0: pass --distill-weight (e.g. 0.5)")
     with folder_lock(out_dir):
-        return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress, init)
+        return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress, init, teacher)
 
 
 def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, overwrite: bool, progress: bool,
-           init: dict | None) -> dict:
+           init: dict | None, teacher_path: str | Path | None) -> dict:
     device = resolve_device(config.device)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    teacher = None
+    if teacher_path is not None:
+        teacher = model_from_checkpoint(load_checkpoint(teacher_path)).to(device, memory_format=memory_format).eval()
+        teacher_record = {"checkpoint": str(teacher_path), "sha256": file_sha256(teacher_path)}
     if config.threads:
         torch.set_num_threads(config.threads)
     train_split = data.train.head(config.train_limit).to(device)
@@ -220,7 +250,7 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
         print(f"nothing to resume at {path}; starting from scratch")
     model = model_from_checkpoint(checkpoint) if "state_dict" in checkpoint else build_model(checkpoint["arch"])
     cost = count_cost(model)
-    model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+    model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     if "optimizer" in checkpoint:
@@ -240,7 +270,11 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
             logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+            loss = training_loss(logits, labels, config, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -272,7 +306,7 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
             "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
                      "train_images": len(train_split), "holdout_images": len(holdout)},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-            "pruning": checkpoint.get("pruning"),
+            "pruning": checkpoint.get("pruning"), "teacher": teacher_record if teacher is not None else None,
         }
         save_checkpoint(path, checkpoint)
     test = checkpoint["metrics"]["test"]

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,7 +13,16 @@ from conftest import ROOT
 from pipeline import data as cifar
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.train import CHECKPOINT_NAME, PRESETS, evaluate, lr_at, make_config, remeasure_batchnorm, train
+from pipeline.train import (
+    CHECKPOINT_NAME,
+    PRESETS,
+    evaluate,
+    lr_at,
+    make_config,
+    remeasure_batchnorm,
+    train,
+    training_loss,
+)
 from tests.test_prune import SMALL, trained_like
 
 
@@ -136,3 +146,35 @@ def test_diverging_training_stops_with_advice_and_keeps_no_nan_checkpoint(synthe
 def test_hostile_training_options_are_refused(overrides, message):
     with pytest.raises(PipelineError, match=message):
         make_config("quick", overrides)
+
+
+def test_distillation_loss_is_cross_entropy_at_weight_0_and_pulls_towards_the_teacher():
+    generator = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(16, 10, generator=generator), torch.randn(16, 10, generator=generator)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    plain = make_config("quick")
+    cross_entropy = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=plain.label_smoothing)
+    assert torch.equal(training_loss(logits, labels, plain, teacher), cross_entropy)
+    weighted = dataclasses.replace(plain, distill_weight=0.0, distill_temperature=2.0)
+    assert torch.equal(training_loss(logits, labels, weighted, teacher), cross_entropy)
+    only_teacher = dataclasses.replace(plain, distill_weight=1.0, distill_temperature=2.0)
+    assert training_loss(teacher, labels, only_teacher, teacher).abs() < 1e-6  # matching the teacher costs nothing
+    assert training_loss(logits, labels, only_teacher, teacher) > 0.1
+    half = dataclasses.replace(plain, distill_weight=0.5, distill_temperature=2.0)
+    expected = 0.5 * cross_entropy + 0.5 * training_loss(logits, labels, only_teacher, teacher)
+    assert torch.allclose(training_loss(logits, labels, half, teacher), expected)
+
+
+def test_distilled_fine_tune_records_its_teacher_and_recipe(synthetic_data, tmp_path):
+    base = train(make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1"}), synthetic_data,
+                 tmp_path / "base", progress=False)
+    config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "distill_weight": "0.7",
+                                   "distill_temperature": "3"}, finetune=True)
+    with pytest.raises(PipelineError, match="needs both a --distill-weight above 0 and a teacher"):
+        train(config, synthetic_data, tmp_path / "student", progress=False, init=base)
+    student = train(config, synthetic_data, tmp_path / "student", progress=False, init=base,
+                    teacher=tmp_path / "base" / CHECKPOINT_NAME)
+    assert student["teacher"]["checkpoint"] == str(tmp_path / "base" / CHECKPOINT_NAME)
+    assert student["recipe"]["distill_weight"] == 0.7 and student["recipe"]["distill_temperature"] == 3.0
+    with pytest.raises(PipelineError, match="teacher was given but --distill-weight is 0"):
+        train(make_config("smoke"), synthetic_data, tmp_path / "x", teacher=tmp_path / "base" / CHECKPOINT_NAME)
