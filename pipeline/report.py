@@ -95,7 +95,8 @@ def plot_training(histories: dict[str, Sequence[dict]], path: Path) -> None:
     loss_axis.set(xlabel="epoch (fine-tuning follows training)", ylabel="training loss", title="Training loss")
     top1_axis.set(xlabel="epoch (fine-tuning follows training)", ylabel="top-1", title="Held-out top-1")
     for axis in (loss_axis, top1_axis):
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:  # a --base from elsewhere may carry no history
+            axis.legend()
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
@@ -111,8 +112,13 @@ def run_report(run: Path, bench: dict, bench_table: str, pruning: dict, historie
     plot_channels(pruning["layers"], run / "channels.png")
     plot_training(histories, run / "training.png")
     percent = lambda value: "n/a" if value is None else f"{value:.2%}"
-    recipe = lambda stage: ", ".join(f"{key} {config[stage][key]}" for key in ("width", "epochs", "batch_size", "lr",
-                                                                               "schedule", "seed"))
+    def recipe(stage: str) -> str:
+        shown = ("width", "epochs", "batch_size", "lr", "schedule", "seed")
+        distilled = config[stage].get("distill_weight")
+        return ", ".join(f"{key} {config[stage][key]}" for key in shown) + (
+            f", distilled from the base (weight {distilled}, temperature {config[stage]['distill_temperature']})"
+            if distilled else "")
+
     layer_rows = [{"layer": row["layer"], "before": row["channels_before"], "after": row["channels_after"],
                    "kept": f"{row['channels_after'] / row['channels_before']:.0%}"} for row in pruning["layers"]]
     stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in bench["stage_seconds"].items())
