@@ -106,19 +106,15 @@ def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Pr
     def run_onnx(onnx_session) -> Predictor:
         return lambda x: torch.from_numpy(onnx_session.run(None, {"input": x.numpy()})[0])
 
-    def run_pte(path: Path) -> Predictor:  # the program's input is one image: a batch goes one image per call
-        method = pte.load_pte(path)
-        return lambda x: torch.cat([method.execute([image.contiguous()])[0] for image in x.split(1)])
-
     predictors = {"pytorch": (run_eager, state.getbuffer().nbytes),
                   "torchscript-lite": (lambda x: lite(x), (folder / sidecar["ptl"]).stat().st_size),
                   "onnxruntime": (run_onnx(session), (folder / sidecar["onnx"]).stat().st_size)}
     if sidecar.get("pte"):  # exports before ExecuTorch support have none
         pte.set_threads(threads)
-        predictors["executorch"] = (run_pte(folder / sidecar["pte"]), (folder / sidecar["pte"]).stat().st_size)
+        predictors["executorch"] = (pte.predictor(folder / sidecar["pte"]), (folder / sidecar["pte"]).stat().st_size)
     if sidecar.get("int8"):
         int8 = sidecar["int8"]
-        predictors["executorch-int8"] = (run_pte(folder / int8["pte"]), (folder / int8["pte"]).stat().st_size)
+        predictors["executorch-int8"] = (pte.predictor(folder / int8["pte"]), (folder / int8["pte"]).stat().st_size)
         predictors["onnxruntime-int8"] = (run_onnx(onnx_session(folder / int8["onnx"], threads)),
                                           (folder / int8["onnx"]).stat().st_size)
     return predictors

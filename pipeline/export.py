@@ -250,8 +250,6 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
                             "torchscript_lite": compare(reference, run_lite(tmp["ptl"], images), "TorchScript Lite"),
                             "onnx": compare(reference, run_onnx(tmp["onnx"], images, dynamic_batch), "ONNX"),
                             "executorch": compare(reference, pte.run_pte(tmp["pte"], images), "ExecuTorch")}
-        files = {kind: {"file": path.name, "bytes": tmp[kind].stat().st_size, "sha256": file_sha256(tmp[kind])}
-                 for kind, path in paths.items() if kind != "sidecar" and not kind.startswith("int8")}
         int8 = None if calibration is None else _export_int8(deploy, eager, test, calibration, tmp, paths, max_drop)
         cost = count_cost(model)
         test_metrics = checkpoint.get("metrics", {}).get("test", {})
@@ -266,12 +264,16 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
             "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
             "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
             "torchscript": ptl_notes, "onnx_export": onnx_notes, "executorch": executorch_notes,
-            **{f"{kind}_{key}": value for kind, entry in files.items() for key, value in entry.items()
-               if key != "file"},
+            **{key: value for kind in ("ptl", "onnx", "pte") for key, value in _size_and_hash(kind, tmp[kind]).items()},
             "int8": int8, "verification": verification,
         }
         tmp["sidecar"].write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(paths["ptl"], paths["onnx"], paths["sidecar"], sidecar)
+
+
+def _size_and_hash(kind: str, path: Path) -> dict:
+    """The sidecar's `<kind>_bytes` and `<kind>_sha256` for the file written at `path`."""
+    return {f"{kind}_bytes": path.stat().st_size, f"{kind}_sha256": file_sha256(path)}
 
 
 def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibration: cifar.Split,
@@ -292,9 +294,7 @@ def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibra
     for runtime, int8_top1 in measured.items():
         check_int8(fp32_top1, int8_top1, runtime, len(test), max_drop)
     return {"pte": paths["int8_pte"].name, "onnx": paths["int8_onnx"].name,
-            **{f"{kind}_{key}": value for kind in ("pte", "onnx")
-               for key, value in (("bytes", tmp[f"int8_{kind}"].stat().st_size),
-                                  ("sha256", file_sha256(tmp[f"int8_{kind}"])))},
+            **_size_and_hash("pte", tmp["int8_pte"]), **_size_and_hash("onnx", tmp["int8_onnx"]),
             "calibration": f"{len(calibration)} held-out training images", "test_images": len(test),
             "fp32_test_top1": fp32_top1, "test_top1": measured, "max_drop_points": max_drop,
             "executorch": executorch_notes, "onnx_quantization": onnx_notes}

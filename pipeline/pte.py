@@ -12,7 +12,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -102,7 +102,13 @@ def set_threads(threads: int) -> None:
         _unsafe_reset_threadpool(threads)
 
 
-def run_pte(path: Path, images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 32, 32) normalised images -> (N, classes) logits from the .pte at `path`, one image per call."""
+def predictor(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The .pte at `path`, loaded once, as (N, 3, 32, 32) normalised images -> (N, classes) logits, one image per
+    call (the program's input is a single image)."""
     method = load_pte(path)
-    return torch.cat([method.execute([image.contiguous()])[0] for image in images.split(1)])
+    return lambda images: torch.cat([method.execute([image.contiguous()])[0] for image in images.split(1)])
+
+
+def run_pte(path: Path, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 32, 32) normalised images -> (N, classes) logits from the .pte at `path`."""
+    return predictor(path)(images)
