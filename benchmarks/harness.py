@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ from pipeline import data as cifar
 from pipeline.bench import onnx_latencies_ms, paired_difference
 from pipeline.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.export import export_checkpoint
+from pipeline.export import export_checkpoint, fold_batchnorm, write_onnx
 from pipeline.flow import evaluation_set
-from pipeline.models import VGG
+from pipeline.models import VGG, build_model
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
 from pipeline.report import command_line, markdown_table, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
@@ -96,13 +97,19 @@ class Bench:
     def cells(self) -> dict[str, dict]:
         return self.payload["cells"]
 
+    def pruning_data(self, method: Method) -> dict:
+        """prune()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
+        measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
+        target)."""
+        return {"evaluation": evaluation_set(method, self.data.holdout), "holdout": self.data.holdout,
+                "sensitivity_cache": self.work / f"sensitivity-{self.payload['base']['sha256'][:12]}.json"}
+
     def measure(self, key: str, method: Method, budget: Budget | None, seed: int = 0, **extra: object) -> dict:
         """Prunes the base (unless `key` is done): MACs, params, seconds, top-1 pruned and with BatchNorm
         re-measured on the first SCPConfig().eval_images held-out images (what SCP itself sees)."""
         if key not in self.cells:
             started = time.perf_counter()
-            pruned, report = prune(self.base, method, budget, seed,
-                                   evaluation=evaluation_set(method, self.data.holdout))
+            pruned, report = prune(self.base, method, budget, seed, **self.pruning_data(method))
             seconds = time.perf_counter() - started
             calibration = self.data.holdout.head(SCPConfig().eval_images).images  # what SCP itself sees
             self.cells[key] = {**extra, "method": method_name(method), "options": report["options"],
@@ -127,8 +134,7 @@ class Bench:
         config = self.finetune_config if recipe else dataclasses.replace(self.finetune_config, seed=finetune_seed)
         if (recipe and "top1_finetuned" in cell) or str(config.seed) in cell.get("top1_finetuned_seeds", {}):
             return cell
-        pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
-                                  evaluation_set(method, self.data.holdout))
+        pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.pruning_data(method))
         folder = self.finetuned_folder(key, None if recipe else config.seed)
         finetuned = train(config, self.data, folder, resume=True, progress=False, init=pruned,
                           teacher=self.base_path if config.distill_weight else None)
@@ -190,7 +196,7 @@ class Bench:
             if source == "pruned":
                 checkpoint = folder / "pruned.pt"
                 save_checkpoint(checkpoint, prune_checkpoint(self.base_checkpoint, method, budget, seed,
-                                                             evaluation_set(method, self.data.holdout)))
+                                                             **self.pruning_data(method)))
             exported = export_checkpoint(checkpoint, self.data.test, folder / "export", "model")
             cell.update(exported=source, ptl_bytes=exported.report["ptl_bytes"],
                         onnx_bytes=exported.report["onnx_bytes"])
@@ -211,6 +217,18 @@ class Bench:
 
     def save(self, title: str, table: str, notes: str = "") -> None:
         write_results(self.out, self.payload, title=title, table=table, notes=notes)
+
+
+def architecture_latencies(specs: dict, runs: int = 300) -> dict:
+    """onnxruntime batch-1 latency (ms: median, p90; 1 thread) of each architecture in `specs` (key -> VGGSpec),
+    all interleaved in one run. Weights are freshly initialised: a dense fp32 kernel's time does not depend on
+    their values; BatchNorm is folded as `invoke export` does."""
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = {}
+        for index, (key, spec) in enumerate(specs.items()):
+            paths[key] = Path(scratch) / f"{index}.onnx"
+            write_onnx(fold_batchnorm(build_model(spec)), paths[key], dynamic_batch=True)
+        return onnx_latencies_ms(paths, threads=1, runs=runs)
 
 
 def chosen(option: str, every: list[str]) -> list[str]:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from pathlib import Path
 
-from harness import Bench, arguments, paired_table, percent
+from harness import Bench, architecture_latencies, arguments, paired_table, percent
 
-from pipeline.bench import SLOW_FOR_MACS, onnx_latencies_ms, speed_for_macs
+from pipeline.bench import SLOW_FOR_MACS, speed_for_macs
 from pipeline.cost import vgg_macs
-from pipeline.export import fold_batchnorm, write_onnx
-from pipeline.models import build_model, vgg16_spec
+from pipeline.models import vgg16_spec
 from pipeline.prune import Budget, SCPConfig, kept_counts
 from pipeline.report import markdown_table, write_results
 
@@ -38,12 +36,7 @@ def timed_architectures(width: float, targets: list[float], steps: list[int], ru
         for step in steps:
             counts = kept_counts(base, Budget(mac_reduction=target, round_to=step))
             specs[target, step] = dataclasses.replace(base, conv_channels=tuple(counts))
-    with tempfile.TemporaryDirectory() as scratch:
-        paths = {}
-        for key, spec in specs.items():
-            paths[key] = Path(scratch) / f"{key[0]}-{key[1]}.onnx"
-            write_onnx(fold_batchnorm(build_model(spec)), paths[key], dynamic_batch=True)
-        latencies = onnx_latencies_ms(paths, threads=1, runs=runs)
+    latencies = architecture_latencies(specs, runs)
     base_macs, base_ms = vgg_macs(base), latencies[0.0, 1]["median"]
     return [{"width": width, "target": target, "round_to": step, "channels": list(spec.conv_channels),
              "mac_ratio": vgg_macs(spec) / base_macs, "median_ms": latencies[target, step]["median"],

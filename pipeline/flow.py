@@ -46,7 +46,7 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
     with folder_lock(out_dir):
         started = time.perf_counter()
         pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed,
-                                  evaluation_set(method, data.holdout))
+                                  evaluation_set(method, data.holdout), data.holdout)
         seconds = time.perf_counter() - started
         result = evaluate(model_from_checkpoint(pruned), data.test)
         pruned["metrics"] = {"test": result}

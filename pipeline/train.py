@@ -1,6 +1,7 @@
 """Train and evaluate: SGD + warm-up/cosine or one-cycle, a checkpoint every epoch, exact resume."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -169,15 +170,15 @@ def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     with - instead of the images as they are (benchmarks/results/bn_calibration.md compares the two)."""
     if augment_seed is not None:
         images = cifar.augment(images, torch.Generator().manual_seed(augment_seed))
-    copy = model_from_checkpoint({"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
-    for module in copy.modules():
+    measured = copy.deepcopy(model)  # not model_from_checkpoint: its shape checks cost more than a small model's pass
+    for module in measured.modules():
         if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
             module.reset_running_stats()
             module.momentum = None
-    copy.train()
+    measured.train()
     for batch in cifar.normalize(images).split(batch_size):
-        copy(batch)
-    return copy.eval()
+        measured(batch)
+    return measured.eval()
 
 
 def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:

@@ -130,5 +130,5 @@ def test_kmeans_from_the_command_line(tmp_path, cifar_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "kmeans" and report["options"]["keep"] == "random"
-    assert report["budget"] == {"ratio": 0.5, "tolerance": 0.01, "round_to": 1}
+    assert report["budget"] == {"ratio": 0.5, "tolerance": 0.01, "round_to": 1, "allocation": "uniform"}
     assert [row["channels_after"] for row in report["layers"]] == [c // 2 for c in vgg16_spec(0.0625).conv_channels]

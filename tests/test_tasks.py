@@ -137,6 +137,12 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("prune", "--layer-ratios", "0.5,x"), "--layer-ratios expects a finite number"),
     (("prune", "--layer-ratios", "0.5,0.5"), "needs 13 values"),
     (("prune", "--mac-reduction", "0.999"), "cannot be reached"),
+    (("prune", "--ratio", "0.5", "--allocation", "global"), "shares a MAC target among layers"),
+    (("prune", "--mac-reduction", "0.5", "--allocation", "best"), "unknown --allocation 'best'"),
+    (("prune", "--mac-reduction", "0.9", "--allocation", "sensitivity", "--min-keep", "0.9"), "lower --min-keep"),
+    (("prune", "--mac-reduction", "0.5", "--allocation", "global", "--min-keep", "0"), r"--min-keep is a fraction"),
+    (("prune", "--ratio", "0.5", "--min-keep", "0.2"), "add --allocation global"),
+    (("pipeline", "--allocation", "global", "--min-keep", "x"), "--min-keep expects a finite number"),
     (("pipeline", "--layer-ratios", "0.5,0.5"), "needs 13 values"),
     (("prune", "--ratio", "0.5", "--seed", "x"), "--seed expects int"),
     (("train", "--epochs", "-1"), "epochs must be >= 1"),
@@ -173,8 +179,10 @@ def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypa
     assert list(empty_data.iterdir()) == [] and list(cwd.iterdir()) == []
 
 
-def test_round_to_needs_a_budget(tmp_path):
+def test_round_to_and_allocation_need_a_budget(tmp_path):
     checkpoint = save_untrained_base(tmp_path / "base.pt")
     for extra in (("--method", "scp", "--threshold", "0.5"), ("--method", "kmeans", "--clusters", "elbow")):
         result = run_invoke("prune", "--checkpoint", str(checkpoint), "--round-to", "8", *extra, cwd=tmp_path)
         assert result.returncode == 2 and "--round-to rounds a budget's channel counts" in result.stderr
+        result = run_invoke("prune", "--checkpoint", str(checkpoint), "--allocation", "global", *extra, cwd=tmp_path)
+        assert result.returncode == 2 and "--allocation shares out a budget's channel counts" in result.stderr

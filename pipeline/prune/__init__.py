@@ -4,7 +4,9 @@ A method is the name of a scorer ("l1", "random") or a method's options (SCPConf
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,11 +17,12 @@ from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import VGG
 from pipeline.options import with_options
+from pipeline.prune.allocation import allocate
 from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction, required_budget
-from pipeline.prune.kmeans import KMeansConfig, prune_kmeans
+from pipeline.prune.kmeans import KMeansConfig, distinct_scores, prune_kmeans
 from pipeline.prune.l1 import l1_scores, random_scores
 from pipeline.prune.library import LibraryConfig, library_scores
-from pipeline.prune.scp import SCPConfig, prune_scp
+from pipeline.prune.scp import SCPConfig, prune_scp, redundancy_scores
 from pipeline.prune.surgery import prune_channels, vgg_couplings
 
 # Methods that rank channels by a score: the budget decides how many each layer keeps, the score which.
@@ -60,32 +63,62 @@ def resolve_method(name: str, options: dict[str, str | int | float | bool | None
     return config, config.resolve_budget(budget, default_budget)
 
 
-def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
-          evaluation: cifar.Split | None = None) -> tuple[VGG, dict]:
-    """The pruned model and a report: per layer channels before/after, MACs/params before/after.
-
-    evaluation: labelled held-out images, uint8 (n, 3, 32, 32), that data-driven methods analyse (SCP's feature
-    maps, Taylor importance's gradients); see flow.evaluation_set."""
+def channel_scores(model: VGG, method: Method, seed: int = 0,
+                   evaluation: cifar.Split | None = None) -> list[torch.Tensor]:
+    """Per conv layer, (C,) the method's own channel scores, higher means keep: what global allocation ranks across
+    layers. Scorers give theirs; SCP one minus a channel's highest similarity in its layer; k-means a filter's
+    distance to its nearest neighbour."""
     if isinstance(method, SCPConfig):
         if evaluation is None:
             raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
-        pruned, rows = prune_scp(model, method, budget, evaluation.images)
-    elif isinstance(method, KMeansConfig):
-        pruned, rows = prune_kmeans(model, method, budget, seed)
-    elif isinstance(method, LibraryConfig) or method in SCORERS:
+        return redundancy_scores(model, method, evaluation.images)
+    if isinstance(method, KMeansConfig):
+        return distinct_scores(model, method)
+    if isinstance(method, LibraryConfig):
+        return library_scores(model, method, evaluation)
+    return SCORERS[method](model, seed)
+
+
+def cut(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
+        evaluation: cifar.Split | None = None) -> tuple[VGG, list[dict]]:
+    """The method choosing which channels go, `budget` saying how many per layer; the pruned model and one report
+    row per conv layer."""
+    if isinstance(method, SCPConfig):
+        if evaluation is None:
+            raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
+        return prune_scp(model, method, budget, evaluation.images)
+    if isinstance(method, KMeansConfig):
+        return prune_kmeans(model, method, budget, seed)
+    if isinstance(method, LibraryConfig) or method in SCORERS:
         budget = required_budget(method_name(method), budget)
-        scores = (library_scores(model, method, evaluation) if isinstance(method, LibraryConfig)
-                  else SCORERS[method](model, seed))
-        keep = keep_top(scores, kept_counts(model.spec, budget))
-        pruned = prune_channels(model, keep)
-        rows = [{"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
-                 "kept": keep[c.layer]} for c in vgg_couplings(model)]
-    else:
-        raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+        keep = keep_top(channel_scores(model, method, seed, evaluation), kept_counts(model.spec, budget))
+        return prune_channels(model, keep), [
+            {"layer": c.layer, "channels_before": c.channels, "channels_after": len(keep[c.layer]),
+             "kept": keep[c.layer]} for c in vgg_couplings(model)]
+    raise PipelineError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
+          evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
+          sensitivity_cache: Path | None = None) -> tuple[VGG, dict]:
+    """The pruned model and a report: per layer channels before/after, MACs/params before/after.
+
+    evaluation: labelled held-out images, uint8 (n, 3, 32, 32), that data-driven methods analyse (SCP's feature
+    maps, Taylor importance's gradients); see flow.evaluation_set. holdout: all the base's held-out training images,
+    which --allocation sensitivity measures top-1 on; sensitivity_cache: a JSON file keeping its per-layer curves
+    for the next target (keyed by method, options, seed and held-out count: one file per base model)."""
+    allocation, per_layer = {"allocation": "uniform"}, budget
+    if budget is not None and budget.allocation != "uniform":
+        key = json.dumps([method_name(method), method_options(method), seed, 0 if holdout is None else len(holdout)])
+        counts, allocation = allocate(model, budget, lambda: channel_scores(model, method, seed, evaluation),
+                                      lambda layer_budget: cut(model, method, layer_budget, seed, evaluation)[0],
+                                      holdout, sensitivity_cache, key)
+        per_layer = Budget(layer_channels=tuple(counts))
+    pruned, rows = cut(model, method, per_layer, seed, evaluation)
     before, after = count_cost(model), count_cost(pruned)
     report = {
         "method": method_name(method), "options": method_options(method),
-        "budget": budget.to_dict() if budget else None, "seed": seed, "layers": rows,
+        "budget": budget.to_dict() if budget else None, "seed": seed, "layers": rows, **allocation,
         "macs_before": before.macs, "macs_after": after.macs,
         "params_before": before.params, "params_after": after.params, "mac_reduction": 1 - after.macs / before.macs,
         "param_reduction": 1 - after.params / before.params,
@@ -94,10 +127,12 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
 
 
 def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, seed: int = 0,
-                     evaluation: cifar.Split | None = None) -> dict:
+                     evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
+                     sensitivity_cache: Path | None = None) -> dict:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report."""
-    pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed, evaluation)
+    pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed, evaluation, holdout,
+                           sensitivity_cache)
     parent_metrics = checkpoint.get("metrics", {})
     report["parent_test_top1"] = parent_metrics.get("test", {}).get("top1")
     return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
@@ -105,6 +140,7 @@ def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, se
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
 
 
-__all__ = ["Budget", "KMeansConfig", "LibraryConfig", "METHODS", "Method", "SCPConfig", "kept_counts",
+__all__ = ["Budget", "KMeansConfig", "LibraryConfig", "METHODS", "Method", "SCPConfig", "channel_scores", "cut",
+           "kept_counts",
            "mac_reduction", "method_name", "method_options", "prune", "prune_channels", "prune_checkpoint",
            "resolve_method", "vgg_couplings"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +13,8 @@ from pipeline.errors import PipelineError
 from pipeline.models import VGGSpec
 from pipeline.options import parse_option
 
+ALLOCATIONS = ("uniform", "global", "sensitivity")
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -20,16 +22,24 @@ class Budget:
     ratio: the fraction of every conv layer's channels to remove;
     layer_ratios: that fraction per conv layer (0 leaves a layer whole: protect the first and last convs this way);
     mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute);
-    and round_to: each layer's kept channels a multiple of it (SIMD kernels work on groups of 4, 8 or 16 channels)."""
+    layer_channels: the channels each conv layer keeps (what an allocation resolves a MAC target to);
+    and round_to: each layer's kept channels a multiple of it (SIMD kernels work on groups of 4, 8 or 16 channels);
+    allocation: how a MAC target is shared among layers (see pipeline/prune/allocation.py): "uniform" (one ratio for
+    every layer), "global" (the method's channel scores ranked across layers) or "sensitivity" (measured per-layer
+    accuracy loss); min_keep: with global/sensitivity, the fraction of its channels no layer goes below."""
 
     ratio: float | None = None
     layer_ratios: tuple[float, ...] | None = None
     mac_reduction: float | None = None
+    layer_channels: tuple[int, ...] | None = None
     tolerance: float = 0.01
     round_to: int = 1  # every layer keeps a multiple of this many channels (at least this many)
+    allocation: str = "uniform"
+    min_keep: float = 0.1
 
     def __post_init__(self) -> None:
-        given = [name for name in ("ratio", "layer_ratios", "mac_reduction") if getattr(self, name) is not None]
+        given = [name for name in ("ratio", "layer_ratios", "mac_reduction", "layer_channels")
+                 if getattr(self, name) is not None]
         if len(given) != 1:
             raise PipelineError("give exactly one budget: --ratio, --layer-ratios or --mac-reduction"
                                 + (f" (got {', '.join(given)})" if given else ""))
@@ -43,15 +53,24 @@ class Budget:
                                     f"whole, 0.5 removes half its channels")
         if type(self.round_to) is not int or not 1 <= self.round_to <= 256:
             raise PipelineError(f"--round-to must be a whole number of channels in 1..256, got {self.round_to}")
+        if self.allocation not in ALLOCATIONS:
+            raise PipelineError(f"unknown --allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+        if self.allocation != "uniform" and self.mac_reduction is None:
+            raise PipelineError(f"--allocation {self.allocation} shares a MAC target among layers: give "
+                                f"--mac-reduction, not --ratio/--layer-ratios (those fix each layer's share)")
+        if not 0 < self.min_keep <= 1:
+            raise PipelineError(f"--min-keep is a fraction of a layer's channels in (0, 1], got {self.min_keep}")
         if self.layer_ratios is not None and not any(self.layer_ratios):
             raise PipelineError("every --layer-ratios value is 0, so nothing would be pruned; give a layer a ratio "
                                 "above 0")
 
     @classmethod
     def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
-                     mac_reduction: str | float | None = None, round_to: str | int | None = None) -> Budget | None:
-        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5, --round-to 8;
-        None when no budget is given (the method may not need one, or has a default)."""
+                     mac_reduction: str | float | None = None, round_to: str | int | None = None,
+                     allocation: str | None = None, min_keep: str | float | None = None) -> Budget | None:
+        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5, --round-to 8,
+        --allocation global, --min-keep 0.1; None when no budget is given (the method may not need one, or has a
+        default)."""
         if ratio is None and layer_ratios is None and mac_reduction is None:
             return None
         number = lambda text, option: parse_option(str(text), "float", option)
@@ -59,11 +78,13 @@ class Budget:
                    layer_ratios=None if layer_ratios is None else tuple(
                        number(part, "layer_ratios") for part in str(layer_ratios).split(",")),
                    mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"),
-                   round_to=1 if round_to is None else parse_option(str(round_to), "int", "round_to"))
+                   round_to=1 if round_to is None else parse_option(str(round_to), "int", "round_to"),
+                   allocation=allocation or "uniform",
+                   min_keep=Budget.min_keep if min_keep is None else number(min_keep, "min_keep"))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if v is not None}
+                if v is not None and not (k == "min_keep" and self.allocation == "uniform")}
 
 
 def required_budget(method: str, budget: Budget | None, default: Budget | None = None) -> Budget:
@@ -99,7 +120,13 @@ def kept_counts(spec: VGGSpec, budget: Budget) -> list[int]:
             raise PipelineError(f"--layer-ratios needs {len(original)} values (one per conv layer), "
                                 f"got {len(budget.layer_ratios)}")
         return [c if r == 0 else count(c, r) for c, r in zip(original, budget.layer_ratios)]
-    target, tolerance = budget.mac_reduction, budget.tolerance
+    if budget.layer_channels is not None:
+        if len(budget.layer_channels) != len(original) or not all(
+                type(k) is int and 1 <= k <= c for k, c in zip(budget.layer_channels, original)):
+            raise PipelineError(f"layer channel counts {list(budget.layer_channels)} do not fit a model with "
+                                f"{list(original)} channels: one count per conv layer, each in 1..its channels")
+        return list(budget.layer_channels)
+    target = budget.mac_reduction
     most = mac_reduction(spec, [min(c, step) for c in original])
     if target > most:
         raise PipelineError(f"a {target:.0%} MAC reduction cannot be reached: keeping {step} channel(s) per layer "
@@ -111,21 +138,36 @@ def kept_counts(spec: VGGSpec, budget: Budget) -> list[int]:
             low = middle
         else:
             high = middle
-    counts = [count(c, low) for c in original]
-    step_down = lambda c: step * ((c - 1) // step)  # the next multiple of the step below c
+    # Of the layers that can lose a step, the one with the largest share of its channels left goes first: the
+    # per-layer ratios stay as even as the step sizes allow.
+    return trim_to_target(spec, [count(c, low) for c in original], budget, [1] * len(original),
+                          lambda layer, counts: -counts[layer] / original[layer])
+
+
+def step_down(channels: int, step: int) -> int:
+    """The next multiple of `step` below `channels` (0 when there is none)."""
+    return step * ((channels - 1) // step)
+
+
+def trim_to_target(spec: VGGSpec, counts: Sequence[int], budget: Budget, floors: Sequence[int],
+                   priority: Callable[[int, list[int]], float | tuple]) -> list[int]:
+    """Removes one step (budget.round_to channels) at a time from the layer with the lowest `priority(layer,
+    counts)`, among the layers that stay at or above their floor and whose step keeps the MAC reduction within the
+    target's tolerance, until budget.mac_reduction is met (within tolerance/2 below). Every allocation ends here."""
+    counts, step = list(counts), budget.round_to
+    target, tolerance = budget.mac_reduction, budget.tolerance
     while (reached := mac_reduction(spec, counts)) < target - tolerance / 2:
-        # Of the layers whose next step down keeps us within tolerance, the one with the largest share of its channels
-        # left loses a step: the per-layer ratios stay as even as the step sizes allow.
-        fits = [i for i, c in enumerate(counts) if step_down(c) >= 1
-                and mac_reduction(spec, counts[:i] + [step_down(c)] + counts[i + 1:]) <= target + tolerance]
+        fits = [i for i, c in enumerate(counts) if 1 <= step_down(c, step) and floors[i] <= step_down(c, step)
+                and mac_reduction(spec, counts[:i] + [step_down(c, step)] + counts[i + 1:]) <= target + tolerance]
         if not fits:
             break
-        chosen = max(fits, key=lambda i: counts[i] / original[i])
-        counts[chosen] = step_down(counts[chosen])
+        chosen = min(fits, key=lambda i: priority(i, counts))
+        counts[chosen] = step_down(counts[chosen], step)
     if abs(reached - target) > tolerance:
         raise PipelineError(f"could not reach a {target:.1%} MAC reduction within {tolerance:.1%} (got {reached:.1%})"
                             + (f"; channel steps of {step} are too coarse for this model: try a smaller --round-to"
-                               if step > 1 else ""))
+                               if step > 1 else "")
+                            + ("" if budget.allocation == "uniform" else "; or lower --min-keep"))
     return counts
 
 

@@ -107,6 +107,17 @@ def spread(points: np.ndarray) -> float:
     return float(((points - points.mean(0)) ** 2).sum())
 
 
+def distinct_scores(model: VGG, config: KMeansConfig) -> list[torch.Tensor]:
+    """Per conv layer, (C,) each filter's distance to its nearest other filter (filter_points, config.normalize):
+    a filter close to another would share its cluster, so it is the cheaper to lose (global allocation ranks these)."""
+    scores = []
+    for conv in (block[0] for block in model.conv_blocks()):
+        points = torch.from_numpy(filter_points(conv.weight, config.normalize))
+        distances = torch.cdist(points, points).fill_diagonal_(float("inf"))
+        scores.append(distances.min(dim=1).values.float() if len(points) > 1 else torch.ones(1))
+    return scores
+
+
 def fit(points: np.ndarray, k: int, restarts: int, seed: int) -> KMeans:
     with warnings.catch_warnings():
         # More clusters than distinct filters (dead or copied filters) is expected; representatives() handles it.
@@ -200,16 +211,18 @@ def prune_kmeans(model: VGG, config: KMeansConfig, budget: Budget | None, seed: 
             k = counts[layer]
         else:
             k, curve = search_k(points, config.clusters, math.ceil(config.min_keep * len(points)), seed)
-        clustering = fit(points, k, config.restarts, seed)
-        kept, merges = representatives(points, clustering, k, config.keep, generator)
+        whole = k >= len(points)  # a layer kept whole needs no clustering (sensitivity cuts one layer at a time)
+        clustering = None if whole else fit(points, k, config.restarts, seed)
+        kept, merges = (list(range(len(points))), []) if whole else representatives(points, clustering, k,
+                                                                                     config.keep, generator)
         if config.combine == "sum":
             fold_channels(state, coupling, merges)
         keep[layer] = kept
         total = spread(points)
         rows.append({"layer": layer, "channels_before": coupling.channels, "channels_after": len(kept), "kept": kept,
                      "k": k, "clusters": config.clusters,
-                     "inertia_share": float(clustering.inertia_) / total if total > 0 else 0.0,
-                     "largest_cluster": int(np.bincount(clustering.labels_).max()),
+                     "inertia_share": float(clustering.inertia_) / total if total > 0 and not whole else 0.0,
+                     "largest_cluster": 1 if whole else int(np.bincount(clustering.labels_).max()),
                      "search": [[key, round(value, 6)] for key, value in sorted(curve.items())],
                      "merges": [[m.removed, m.kept] for m in merges] if config.combine == "sum" else []})
     return prune_channels(model, keep, state).eval(), rows

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -273,6 +274,8 @@ def select_layer(similarity: torch.Tensor, cost: CostFn, config: SCPConfig, want
     go in `config.rank` order (`losses()`: estimated (C, C) losses, for rank "loss"); if they cannot supply enough
     removals, the other pairs follow (most similar first), and as a last resort kept channels merge.
     norms: (C,) filter L1 norms, which decide who stays under config.keep "norm"."""
+    if wanted == 0:  # a layer the budget leaves whole
+        return [], 0
     knn_pairs = ranked_pairs(similarity, config.knn)
     keep_score = norms if config.keep == "norm" else None
     if wanted is None:
@@ -300,6 +303,20 @@ def _set_statistics(norm: nn.Module, outputs: torch.Tensor) -> None:
 
 def _batches(tensor: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     return (tensor[start:start + batch_size] for start in range(0, len(tensor), batch_size))
+
+
+@torch.no_grad()
+def redundancy_scores(model: VGG, config: SCPConfig, images: torch.Tensor) -> list[torch.Tensor]:
+    """Per conv layer, (C,) one minus each channel's highest similarity (config.criterion, in [0, 1] for maps after
+    ReLU) to another channel of its layer, from the unpruned model's maps on `images` (uint8 (n, 3, 32, 32)): a
+    channel with a near twin is cheap to lose, in any layer (global allocation ranks these)."""
+    inputs, scores = cifar.normalize(images), []
+    for block in model.eval().conv_blocks():
+        inputs = torch.cat([block(batch) for batch in _batches(inputs, config.batch_size)])
+        similarity = channel_similarity(_batches(inputs, config.batch_size), config.criterion)
+        nearest = similarity.clone().fill_diagonal_(-math.inf).max(dim=1).values if len(similarity) > 1 else None
+        scores.append(torch.ones(1) if nearest is None else 1 - nearest.float())
+    return scores
 
 
 @torch.no_grad()

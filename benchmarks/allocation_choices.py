@@ -1,0 +1,75 @@
+"""Global allocation's design choices, measured: how each layer's channel scores are normalised before they are
+ranked across layers (by their mean, their maximum, or not at all) and whether a step of channels is ranked by its
+score alone or by its score per MAC it saves. For L1 and SCP at each MAC target: the channels each variant keeps
+and top-1 with BatchNorm re-measured (no fine-tune), on held-out training images no method analysed (the choice
+is made on those, never on test images), beside uniform and sensitivity allocation.
+
+    python benchmarks/allocation_choices.py --base runs/quick/checkpoint.pt --out benchmarks/results/allocation_quick
+"""
+from __future__ import annotations
+
+from harness import arguments, base_title
+
+from pipeline import data as cifar
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.flow import evaluation_set
+from pipeline.prune import Budget, SCPConfig, channel_scores, cut, mac_reduction, prune
+from pipeline.prune.allocation import BATCHNORM_IMAGES, SCORED_IMAGES, global_counts
+from pipeline.report import command_line, markdown_table, write_results
+from pipeline.train import evaluate, remeasure_batchnorm
+
+METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
+VARIANTS = [(normalization, per_mac) for normalization in ("mean", "max", "none") for per_mac in (False, True)]
+
+
+def main() -> None:
+    parser = arguments(__doc__, out="benchmarks/results/allocation_quick")
+    parser.add_argument("--targets", default="0.5,0.7")
+    args = parser.parse_args()
+    checkpoint = load_checkpoint(args.base)
+    base = model_from_checkpoint(checkpoint)
+    data = cifar.load_cifar10(args.data_dir, holdout=checkpoint["data"]["holdout_images"])
+    # The images sensitivity scores on: past SCP's evaluation set and the BatchNorm images.
+    bn_images = data.holdout.images[:BATCHNORM_IMAGES]
+    scored = cifar.Split(data.holdout.images[BATCHNORM_IMAGES:BATCHNORM_IMAGES + SCORED_IMAGES],
+                         data.holdout.labels[BATCHNORM_IMAGES:BATCHNORM_IMAGES + SCORED_IMAGES])
+    top1 = lambda model: evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
+    rows = []
+    for name, method in METHODS.items():
+        evaluation = evaluation_set(method, data.holdout)
+        scores = channel_scores(base, method, 0, evaluation)
+        for target in (float(t) for t in args.targets.split(",")):
+            for allocation in ("uniform", "sensitivity"):
+                pruned, report = prune(base, method, Budget(mac_reduction=target, allocation=allocation), 0,
+                                       evaluation, data.holdout)
+                rows.append({"method": name, "MAC target": f"{target:.0%}", "allocation": allocation,
+                             "MACs removed": f"{report['mac_reduction']:.1%}",
+                             "channels": "/".join(map(str, pruned.spec.conv_channels)),
+                             "held-out top-1 (BN re-measured)": f"{100 * top1(pruned):.2f}%"})
+                print(rows[-1], flush=True)
+            for normalization, per_mac in VARIANTS:
+                budget = Budget(mac_reduction=target, allocation="global")
+                counts = global_counts(base.spec, budget, scores, normalization, per_mac)
+                pruned, _ = cut(base, method, Budget(layer_channels=tuple(counts)), 0, evaluation)
+                rows.append({"method": name, "MAC target": f"{target:.0%}",
+                             "allocation": f"global, {normalization}" + (", per MAC" if per_mac else ""),
+                             "MACs removed": f"{mac_reduction(base.spec, counts):.1%}",
+                             "channels": "/".join(map(str, counts)),
+                             "held-out top-1 (BN re-measured)": f"{100 * top1(pruned):.2f}%"})
+                print(rows[-1], flush=True)
+    payload = {"command": command_line(), "base": {"checkpoint": args.base, "title": base_title({"base": {
+        "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
+        "test_top1": checkpoint["metrics"]["test"]["top1"]}})}, "rows": rows}
+    write_results(args.out, payload, title=f"Global allocation's choices: {payload['base']['title']}",
+                  table=markdown_table(rows, list(rows[0])), notes=NOTES)
+
+
+NOTES = f"""
+Held-out top-1: BatchNorm re-measured on the first {BATCHNORM_IMAGES} held-out training images, top-1 on the next
+{SCORED_IMAGES} (the images sensitivity allocation measures on; no test image is used to choose). Global allocation
+ships with the best of its variants here as its default (pipeline/prune/allocation.py, global_counts).
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""How many MACs can go for how much top-1: per-layer allocation (uniform, global, sensitivity) for L1 and SCP at
+several MAC targets, before and after the identical short fine-tune, paired against uniform on the same images.
+
+    python benchmarks/frontier.py --base runs/wide/checkpoint.pt --out benchmarks/results/frontier_wide \\
+        --targets 0.5,0.6,0.7,0.8 --finetune 0.7
+
+Every cell is pruned and measured (top-1 right after pruning and with BatchNorm re-measured); the targets in
+--finetune also get the fine-tune recipe (--finetune-preset, 3 epochs for quick) and a paired difference against
+uniform at the same target; --long-epochs N adds a longer fine-tune distilled from the base (--long-distill-weight)
+for the targets in --long-targets. Without --no-timing, every cell is exported and timed in onnxruntime (batch 1,
+one thread, interleaved) for its latency against its MAC ratio. Cells already in <out>.json are kept; sensitivity
+curves are cached under --work, so they are measured once per method whatever the targets.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from harness import Bench, architecture_latencies, arguments, base_title, chosen, paired_table, percent  # noqa: E402
+
+from pipeline.bench import speed_for_macs  # noqa: E402
+from pipeline.prune import Budget, SCPConfig  # noqa: E402
+from pipeline.prune.budget import ALLOCATIONS  # noqa: E402
+from pipeline.report import markdown_table  # noqa: E402
+
+METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
+
+
+def key_of(target: float, method: str, allocation: str) -> str:
+    return f"{target:.2f}/{method}-{allocation}"
+
+
+def run_cells(bench: Bench, methods: list[str], allocations: list[str], targets: list[float],
+              finetuned: set[float], round_to: int) -> None:
+    for target in targets:
+        for name in methods:
+            for allocation in allocations:
+                key, budget = key_of(target, name, allocation), Budget(mac_reduction=target, round_to=round_to,
+                                                                       allocation=allocation)
+                bench.measure(key, METHODS[name], budget, target=target, allocation=allocation)
+                bench.save("frontier (in progress)", "")
+                if target in finetuned:
+                    bench.finetune(key, METHODS[name], budget)
+                    bench.save("frontier (in progress)", "")
+            for allocation in allocations:
+                if target in finetuned and allocation != "uniform":
+                    bench.pair(key_of(target, name, allocation), key_of(target, name, "uniform"))
+
+
+def long_bench(args, epochs: int, distill_weight: str) -> Bench:
+    """The same cells fine-tuned longer and distilled from the base, in <out>-long.json and <work>-long."""
+    bench = Bench.open(args.base, f"{args.out}-long", f"{args.work}-long", args.finetune_preset, args.data_dir,
+                       args.threads, distill_weight)
+    bench.finetune_config = dataclasses.replace(bench.finetune_config, epochs=epochs)
+    bench.payload["finetune"] = dataclasses.asdict(bench.finetune_config)
+    return bench
+
+
+def cell_rows(payload: dict, latency: bool) -> list[dict]:
+    rows = []
+    for key, cell in payload["cells"].items():
+        row = {"MAC target": f"{100 * cell['target']:.0f}%", "method": key.split("/", 1)[1].rsplit("-", 1)[0],
+               "allocation": cell["allocation"], "MACs removed": percent(cell["mac_reduction"]),
+               "channels": "/".join(map(str, cell["channels"])), "right after pruning": percent(cell["top1_pruned"]),
+               "BatchNorm re-measured": percent(cell["top1_recalibrated"]),
+               "fine-tuned": percent(cell.get("top1_finetuned"))}
+        if latency and "onnx_ms" in cell:
+            mac_ratio = 1 - cell["mac_reduction"]
+            latency_ratio = cell["onnx_ms"] / payload["base_onnx_ms"]
+            row.update({"ORT ms": f"{cell['onnx_ms']:.3f}", "latency vs base": f"{latency_ratio:.2f}x",
+                        "latency / MAC ratio": speed_for_macs(latency_ratio, mac_ratio)})
+        rows.append(row)
+    return rows
+
+
+def within(payload: dict, points: float = 0.5) -> str:
+    """Per method and allocation, the largest MAC reduction whose fine-tuned top-1 is within `points` of the base."""
+    base, best = payload["base"]["test_top1"], {}
+    for key, cell in payload["cells"].items():
+        if "top1_finetuned" not in cell:
+            continue
+        name = (key.split("/", 1)[1].rsplit("-", 1)[0], cell["allocation"])
+        tried = best.setdefault(name, {"tried": [], "kept": None})
+        tried["tried"].append(cell["target"])
+        if 100 * (base - cell["top1_finetuned"]) <= points:
+            tried["kept"] = max(cell["mac_reduction"], tried["kept"] or 0)
+    rows = [{"method": method, "allocation": allocation, "fine-tuned targets": ", ".join(
+                f"{100 * t:.0f}%" for t in sorted(found["tried"])),
+             f"largest MAC reduction within {points} point": percent(found["kept"]) or "none of them"}
+            for (method, allocation), found in best.items()]
+    return markdown_table(rows, list(rows[0])) if rows else "No cell was fine-tuned.\n"
+
+
+def plot(payloads: dict[str, dict], path: Path) -> None:
+    """Top-1 against MACs kept (and against latency when timed), one line per method x allocation and recipe."""
+    timed = any("onnx_ms" in cell for payload in payloads.values() for cell in payload["cells"].values())
+    figure, axes = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 6.5, 4.5), squeeze=False)
+    for recipe, payload in payloads.items():
+        lines: dict[str, list[tuple[float, float, float | None]]] = {}
+        for key, cell in payload["cells"].items():
+            top1 = cell["top1_recalibrated"] if recipe == "pruned" else cell.get("top1_finetuned")
+            if top1 is None:
+                continue
+            name = f"{key.split('/', 1)[1]} ({recipe})"
+            latency = cell["onnx_ms"] / payload["base_onnx_ms"] if "onnx_ms" in cell else None
+            lines.setdefault(name, []).append((1 - cell["mac_reduction"], 100 * top1, latency))
+        for name, points in lines.items():
+            points.sort()
+            style = "--" if "pruned" in name else "-"
+            axes[0][0].plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
+            if timed and all(p[2] is not None for p in points):
+                axes[0][1].plot([p[2] for p in points], [p[1] for p in points], style, marker="o", label=name)
+    base = next(iter(payloads.values()))["base"]["test_top1"] * 100
+    for axis, label in zip(axes[0], ("MACs kept (fraction of the base)", "onnxruntime latency (fraction of base)")):
+        axis.axhline(base, color="grey", linewidth=0.8)
+        axis.axhline(base - 0.5, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_xlabel(label)
+        axis.set_ylabel("test top-1 (%)")
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle("Allocation frontier: grey = base, dotted = base - 0.5 point")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = arguments(__doc__, out="benchmarks/results/frontier_wide", work="runs/bench-frontier")
+    parser.add_argument("--methods", default="l1,scp-cosine", help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--allocations", default=",".join(ALLOCATIONS))
+    parser.add_argument("--targets", default="0.5,0.6,0.7,0.8", help="MAC reductions")
+    parser.add_argument("--finetune", default="0.7", help="targets to fine-tune: all, none or a comma list")
+    parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--long-epochs", type=int, default=0, help="a longer distilled fine-tune (0: none)")
+    parser.add_argument("--long-targets", default="0.7", help="targets the longer fine-tune runs at")
+    parser.add_argument("--long-allocations", default="uniform,sensitivity")
+    parser.add_argument("--long-distill-weight", default="0.5")
+    parser.add_argument("--no-timing", action="store_true", help="skip timing in onnxruntime")
+    parser.add_argument("--runs", type=int, default=300, help="timed runs per architecture")
+    args = parser.parse_args()
+    methods, allocations = args.methods.split(","), args.allocations.split(",")
+    targets = [float(t) for t in args.targets.split(",")]
+    finetuned = {float(t) for t in chosen(args.finetune, args.targets.split(","))}
+    bench = Bench.from_arguments(args)
+    run_cells(bench, methods, allocations, targets, finetuned, args.round_to)
+    benches = {"3-epoch recipe": bench}
+    if args.long_epochs:
+        long = long_bench(args, args.long_epochs, args.long_distill_weight)
+        long_targets = [float(t) for t in args.long_targets.split(",")]
+        run_cells(long, methods, args.long_allocations.split(","), long_targets, set(long_targets), args.round_to)
+        benches[f"{args.long_epochs} epochs, distilled"] = long
+    if not args.no_timing:
+        specs = {key: dataclasses.replace(bench.base.spec, conv_channels=tuple(cell["channels"]))
+                 for key, cell in bench.cells.items()}
+        latencies = architecture_latencies({"base": bench.base.spec, **specs}, args.runs)
+        bench.payload["base_onnx_ms"] = latencies["base"]["median"]
+        for key in specs:
+            bench.cells[key].update(onnx_ms=latencies[key]["median"], onnx_p90_ms=latencies[key]["p90"])
+    sections = [f"Base: {base_title(bench.payload)}; fine-tune: {bench.finetune_config.epochs} epochs "
+                f"(`{args.finetune_preset}` recipe), seed {bench.finetune_config.seed}.\n",
+                markdown_table(rows := cell_rows(bench.payload, not args.no_timing), list(rows[0])),
+                "\n### Largest MAC reduction within 0.5 point of the base after the 3-epoch fine-tune\n",
+                within(bench.payload), paired_table(bench.payload)]
+    for recipe, other in list(benches.items())[1:]:
+        other.save(f"Frontier, {recipe}", markdown_table(rows := cell_rows(other.payload, False), list(rows[0]))
+                   + paired_table(other.payload))
+        sections += [f"\n## {recipe} ({other.out}.md)\n", markdown_table(rows, list(rows[0])),
+                     within(other.payload), paired_table(other.payload)]
+    plot({"pruned": bench.payload, **{recipe: b.payload for recipe, b in benches.items()}},
+         Path(args.out).with_suffix(".png"))
+    bench.save("Per-layer allocation frontier: uniform, global and sensitivity, L1 and SCP", "\n".join(sections),
+               notes=NOTES)
+
+
+NOTES = """
+Allocation (pipeline/prune/allocation.py): uniform keeps one removal ratio in every layer; global ranks every
+channel of every layer by the method's own scores divided by their layer's mean (L1 norms for L1; for SCP one minus
+a channel's highest feature-map similarity in its layer); sensitivity prunes each layer alone with the method at
+25/50/75/90%, re-measures BatchNorm on 1,024 held-out training images and measures top-1 on the next 2,048, then
+removes channels where the predicted top-1 loss per MAC saved is smallest. Floor: 10% of each layer (--min-keep).
+Top-1 is on the 10,000 test images, which no allocation or method sees.
+"""
+
+
+if __name__ == "__main__":
+    main()

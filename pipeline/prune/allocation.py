@@ -1,0 +1,160 @@
+"""How many channels each layer keeps under a MAC target; the method then chooses which (keep_top, SCP's pairs,
+k-means' clusters). Every allocation ends in budget.trim_to_target, one step of channels at a time:
+
+uniform      one removal ratio for every layer (budget.kept_counts).
+global       every channel of every layer ranked together by the method's own scores (channel_scores in
+             pipeline.prune), each layer's scores divided by their mean so layers compare; the lowest-scoring step
+             of channels goes first.
+sensitivity  each layer pruned alone by the method at SENSITIVITY_RATIOS, BatchNorm re-measured and top-1 measured
+             on held-out training images (never test images); a step goes from the layer whose predicted top-1 loss
+             per MAC saved is the smallest (NetAdapt's and AMC's per-layer view, with a measured loss curve).
+
+No layer goes below budget.min_keep of its channels under global and sensitivity.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from pipeline import data as cifar
+from pipeline.errors import PipelineError
+from pipeline.models import VGG, VGGSpec
+from pipeline.prune.budget import Budget, mac_reduction, step_down, trim_to_target
+
+SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)  # fractions of one layer's channels removed while measuring it
+BATCHNORM_IMAGES = 1024  # held-out images the pruned model's BatchNorm statistics are re-measured on
+SCORED_IMAGES = 2048  # the held-out images after those, whose top-1 is the sensitivity measure
+Curve = list[tuple[int, float]]  # (kept channels, top-1 lost in points), from the whole layer down
+
+
+def floors(spec: VGGSpec, budget: Budget) -> list[int]:
+    """The fewest channels each layer may keep: budget.min_keep of it, rounded up to a multiple of the step."""
+    step = budget.round_to
+    return [c if c <= step else min(c, step * math.ceil(max(1, math.ceil(budget.min_keep * c)) / step))
+            for c in spec.conv_channels]
+
+
+def check_reachable(spec: VGGSpec, budget: Budget) -> list[int]:
+    """The floors, once the MAC target is known to be reachable above them (else an error naming the fix)."""
+    lowest = floors(spec, budget)
+    most = mac_reduction(spec, lowest)
+    if budget.mac_reduction > most + budget.tolerance:
+        raise PipelineError(f"a {budget.mac_reduction:.0%} MAC reduction cannot be reached with every layer keeping "
+                            f"at least {budget.min_keep:.0%} of its channels (at most {most:.1%}); lower --min-keep "
+                            f"or ask for less")
+    return lowest
+
+
+def _saved(spec: VGGSpec, counts: list[int], layer: int, step: int) -> float:
+    """Fraction of the model's MACs one step down in `layer` saves (its own and the next layer's input)."""
+    fewer = counts[:layer] + [step_down(counts[layer], step)] + counts[layer + 1:]
+    return mac_reduction(spec, fewer) - mac_reduction(spec, counts)
+
+
+def global_counts(spec: VGGSpec, budget: Budget, scores: Sequence[torch.Tensor], normalization: str = "mean",
+                  per_mac: bool = False) -> list[int]:
+    """Kept channels per layer from per-channel scores ((C,) per layer, higher means keep).
+    normalization: "mean" divides a layer's scores by their mean, "max" by their maximum, "none" leaves them;
+    per_mac: a step's priority is its mean score divided by the MACs it saves, else its mean score alone.
+    The defaults are what benchmarks/results/allocation_quick.md measured best (per-MAC priorities hollow out the
+    high-resolution layers)."""
+    scale = {"mean": lambda s: s.mean(), "max": lambda s: s.max(), "none": lambda s: torch.ones(())}[normalization]
+    ordered = [torch.sort(s.double() / scale(s.double()).clamp_min(1e-12), descending=True).values for s in scores]
+    lowest = check_reachable(spec, budget)
+
+    def priority(layer: int, counts: list[int]) -> float:
+        n = counts[layer]
+        value = float(ordered[layer][step_down(n, budget.round_to):n].mean())
+        return value / _saved(spec, counts, layer, budget.round_to) if per_mac else value
+
+    return trim_to_target(spec, list(spec.conv_channels), budget, lowest, priority)
+
+
+def predicted_loss(curve: Curve, kept: int) -> float:
+    """Top-1 points lost at `kept` channels: linear between measured points, the last slope past the last one."""
+    for (upper, upper_loss), (lower, lower_loss) in zip(curve, curve[1:]):
+        if kept >= lower:
+            return upper_loss + (lower_loss - upper_loss) * (upper - kept) / (upper - lower)
+    (upper, upper_loss), (lower, lower_loss) = curve[-2], curve[-1]
+    return lower_loss + (lower_loss - upper_loss) * (lower - kept) / (upper - lower)
+
+
+def sensitivity_counts(spec: VGGSpec, budget: Budget, curves: Sequence[Curve]) -> list[int]:
+    """Kept channels per layer from measured per-layer curves (see layer_sensitivity): the next step goes from the
+    layer whose predicted extra loss per MAC saved is smallest (ties: the larger saving)."""
+    lowest = check_reachable(spec, budget)
+
+    def priority(layer: int, counts: list[int]) -> tuple[float, float]:
+        n, step = counts[layer], budget.round_to
+        extra = max(0.0, predicted_loss(curves[layer], step_down(n, step)) - predicted_loss(curves[layer], n))
+        saved = _saved(spec, counts, layer, step)
+        return extra / saved, -saved
+
+    return trim_to_target(spec, list(spec.conv_channels), budget, lowest, priority)
+
+
+def _top1(model: VGG, bn_images: torch.Tensor, scored: cifar.Split) -> float:
+    from pipeline.train import evaluate, remeasure_batchnorm  # train imports the models this package cuts
+
+    return 100 * evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
+
+
+def layer_sensitivity(model: VGG, cut: Callable[[Budget], VGG], holdout: cifar.Split) -> list[Curve]:
+    """Per conv layer, top-1 points lost when `cut` (the method) prunes that layer alone to each of
+    SENSITIVITY_RATIOS; BatchNorm re-measured on the first BATCHNORM_IMAGES held-out images and top-1 taken on the
+    next SCORED_IMAGES, for the unpruned model the same way. Curves run from the whole layer (loss 0) down and never
+    predict less loss for fewer channels."""
+    if len(holdout) < 2:
+        raise PipelineError("--allocation sensitivity measures accuracy on held-out training images, but the base "
+                            "model was trained with none held out; train it with --holdout (e.g. 5000)")
+    bn_count = min(BATCHNORM_IMAGES, len(holdout) // 2)
+    bn_images = holdout.images[:bn_count]
+    scored = cifar.Split(holdout.images[bn_count:bn_count + SCORED_IMAGES],
+                         holdout.labels[bn_count:bn_count + SCORED_IMAGES])
+    reference = _top1(model, bn_images, scored)
+    channels = model.spec.conv_channels
+    curves = []
+    for layer, width in enumerate(channels):
+        curve, worst = [(width, 0.0)], 0.0
+        for kept in sorted({max(1, width - round(width * r)) for r in SENSITIVITY_RATIOS} - {width}, reverse=True):
+            layer_counts = tuple(kept if i == layer else c for i, c in enumerate(channels))
+            worst = max(worst, reference - _top1(cut(Budget(layer_channels=layer_counts)), bn_images, scored))
+            curve.append((kept, worst))
+        curves.append(curve)
+    return curves
+
+
+def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve]]) -> list[Curve]:
+    """`measure()`, or the curves stored under `key` in the JSON file `cache` (written there when new): the curves
+    depend on the base model, the method and the held-out images, not on the MAC target."""
+    stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    if key not in stored:
+        stored[key] = measure()
+        if cache is not None:
+            from pipeline.checkpoint import atomic_path
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp:
+                tmp.write_text(json.dumps(stored, indent=1) + "\n")
+    return [[(int(kept), float(loss)) for kept, loss in curve] for curve in stored[key]]
+
+
+def allocate(model: VGG, budget: Budget, scores: Callable[[], list[torch.Tensor]], cut: Callable[[Budget], VGG],
+             holdout: cifar.Split | None, cache: Path | None = None, cache_key: str = "") -> tuple[list[int], dict]:
+    """Kept channels per layer for a MAC-target budget, and what the allocation measured (for the report).
+    scores: the method's per-channel scores (global); cut: the method pruning to a layer_channels budget
+    (sensitivity); holdout: the base's held-out training images (sensitivity)."""
+    spec = model.spec
+    if budget.allocation == "global":
+        return global_counts(spec, budget, scores()), {"allocation": "global", "min_keep": budget.min_keep}
+    if budget.allocation == "sensitivity":
+        if holdout is None:
+            raise PipelineError("--allocation sensitivity needs the base's held-out training images")
+        curves = cached_curves(cache, cache_key, lambda: layer_sensitivity(model, cut, holdout))
+        return sensitivity_counts(spec, budget, curves), {"allocation": "sensitivity", "min_keep": budget.min_keep,
+                                                          "curves": curves}
+    raise PipelineError(f"allocation {budget.allocation!r} is not a per-layer search; use kept_counts")

@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline import data as cifar
+from pipeline.errors import PipelineError
+from pipeline.models import vgg16_spec
+from pipeline.prune import Budget, KMeansConfig, LibraryConfig, SCPConfig, mac_reduction, prune
+from pipeline.prune.allocation import cached_curves, floors, global_counts, predicted_loss, sensitivity_counts
+from pipeline.train import remeasure_batchnorm
+from tests.test_prune import SMALL, trained_like
+
+TINY = vgg16_spec(0.125)  # 8..64 channels
+
+
+def self_labelled(model: nn.Module, images: torch.Tensor) -> cifar.Split:
+    """Images labelled by the model itself: it scores 100%, so any top-1 it loses is what pruning cost."""
+    with torch.no_grad():
+        return cifar.Split(images, model(cifar.normalize(images)).argmax(1))
+
+
+@pytest.mark.parametrize("allocation", ["global", "sensitivity"])
+def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, allocation):
+    """The allocation says how many channels per layer, the method which; rounding and the floor hold for all."""
+    model = trained_like(SMALL)
+    holdout = synthetic_data.holdout.head(48)
+    evaluation = holdout.head(32)
+    budget = Budget(mac_reduction=0.5, allocation=allocation, min_keep=0.3)
+    lowest = floors(SMALL, budget)
+    for method in ("l1", "random", SCPConfig(eval_images=32, batch_size=32), KMeansConfig(restarts=1),
+                   LibraryConfig(), LibraryConfig(importance="taylor", eval_images=32, batch_size=32)):
+        pruned, report = prune(model, method, budget, evaluation=evaluation, holdout=holdout)
+        channels = pruned.spec.conv_channels
+        assert abs(report["mac_reduction"] - 0.5) <= 0.01, (method, channels)
+        assert all(low <= c for low, c in zip(lowest, channels)), (method, channels, lowest)
+        assert report["allocation"] == allocation and report["budget"]["min_keep"] == 0.3
+        assert ("curves" in report) == (allocation == "sensitivity")
+
+
+@pytest.mark.parametrize("allocation", ["global", "sensitivity"])
+def test_rounded_allocations_keep_multiples_of_the_step(synthetic_data, allocation):
+    model = trained_like(TINY)
+    budget = Budget(mac_reduction=0.6, allocation=allocation, round_to=8)
+    pruned, report = prune(model, "l1", budget, holdout=synthetic_data.holdout.head(64))
+    assert all(c % 8 == 0 for c in pruned.spec.conv_channels), pruned.spec.conv_channels
+    assert abs(report["mac_reduction"] - 0.6) <= 0.01
+
+
+def test_floors_are_the_min_keep_share_rounded_up_to_the_step():
+    assert floors(TINY, Budget(mac_reduction=0.5, allocation="global", min_keep=0.1)) == [
+        1, 1, 2, 2, 4, 4, 4, 7, 7, 7, 7, 7, 7]
+    assert floors(TINY, Budget(mac_reduction=0.5, allocation="global", min_keep=0.1, round_to=8)) == [
+        8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]
+    with pytest.raises(PipelineError, match="lower --min-keep"):
+        global_counts(TINY, Budget(mac_reduction=0.8, allocation="global", min_keep=0.6), [torch.ones(c) for c in
+                                                                                       TINY.conv_channels])
+
+
+def test_global_ranks_channels_across_layers_after_normalising_each_layer():
+    """Layer 4 has half its channels scoring near zero against its own mean; layer 5's are all alike, so under
+    the same MAC target layer 4 loses its weak half first and layer 5 keeps more."""
+    scores = [torch.ones(c) for c in TINY.conv_channels]
+    scores[4] = torch.cat([torch.full((16,), 10.0), torch.full((16,), 0.01)])
+    scores[5] = torch.full((32,), 1000.0)  # a layer's scale alone decides nothing
+    counts = global_counts(TINY, Budget(mac_reduction=0.15, allocation="global"), scores)
+    assert counts[4] <= 16 < counts[5]
+    assert abs(mac_reduction(TINY, counts) - 0.15) <= 0.01
+
+
+def test_predicted_loss_interpolates_and_extends_the_last_slope():
+    curve = [(32, 0.0), (24, 1.0), (16, 5.0)]
+    assert predicted_loss(curve, 32) == 0.0 and predicted_loss(curve, 28) == 0.5
+    assert predicted_loss(curve, 20) == 3.0 and predicted_loss(curve, 12) == 7.0
+
+
+def test_sensitivity_prunes_the_layer_whose_measured_loss_is_flat_first():
+    flat = lambda c: [(c, 0.0), (c // 2, 0.0), (c // 4, 0.1)]
+    steep = lambda c: [(c, 0.0), (c - 1, 20.0), (c // 4, 60.0)]
+    curves = [steep(c) for c in TINY.conv_channels]
+    curves[2] = flat(TINY.conv_channels[2])
+    counts = sensitivity_counts(TINY, Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25), curves)
+    assert counts[2] < TINY.conv_channels[2] and counts[3] == TINY.conv_channels[3]
+
+
+def test_sensitivity_on_a_planted_model_prunes_the_redundant_layer_more(synthetic_data):
+    """Layer 5 (32 channels) carries half its channels dead; layer 6 (32 channels, the same MACs) uses all of
+    them. Measured on held-out images the model labels itself, the redundant layer is pruned further."""
+    model = trained_like(TINY, seed=1)
+    dead = list(range(16, 32))
+    with torch.no_grad():
+        block = model.conv_blocks()[5]
+        block[0].weight[dead] = 0
+        block[1].weight[dead] = 0
+        block[1].bias[dead] = 0
+        for module in model.modules():  # deep, narrow random layers lose the signal; keep it alive
+            if isinstance(module, nn.BatchNorm2d):
+                module.bias.abs_()
+    images = synthetic_data.holdout.images[:384]
+    model = remeasure_batchnorm(model, images[:128])
+    holdout = self_labelled(model, images)
+    budget = Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
+    pruned, report = prune(model, "l1", budget, holdout=holdout)
+    curves = report["curves"]
+    assert curves[5][1][1] == 0.0 and curves[5][2][1] == 0.0  # 25% and 50% of layer 5 cost nothing: they were dead
+    assert curves[6][2][1] > 0
+    channels = pruned.spec.conv_channels
+    assert channels[5] < channels[6], channels
+
+
+def test_sensitivity_needs_held_out_images():
+    with pytest.raises(PipelineError, match="held-out training images"):
+        prune(trained_like(SMALL), "l1", Budget(mac_reduction=0.5, allocation="sensitivity"))
+
+
+def test_sensitivity_curves_are_cached_per_key(tmp_path):
+    cache = tmp_path / "curves.json"
+    measured = [[(8, 0.0), (4, 1.5)]]
+    assert cached_curves(cache, "l1", lambda: measured) == measured
+    assert cached_curves(cache, "l1", lambda: pytest.fail("measured twice")) == measured
+    assert cached_curves(cache, "scp", lambda: [[(8, 0.0), (4, 0.5)]]) == [[(8, 0.0), (4, 0.5)]]
+    assert set(json.loads(cache.read_text())) == {"l1", "scp"}
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(ratio=0.5, allocation="global"), "give --mac-reduction"),
+    (dict(mac_reduction=0.5, allocation="best"), "unknown --allocation"),
+    (dict(mac_reduction=0.5, allocation="global", min_keep=1.5), r"in \(0, 1\]"),
+])
+def test_bad_allocation_budgets_are_clear_errors(options, message):
+    with pytest.raises(PipelineError, match=message):
+        Budget(**options)
