@@ -326,13 +326,15 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", dat
 
 @command(name="build-apk", help={"model": "sidecar JSON written by `invoke export` (default: export/model.json)",
                               "variant": "debug (default; what bench-device needs) or release (debug-signed)",
+                              "runtime": "executorch (the .pte, default) or lite (the .ptl on PyTorch Mobile)",
+                              "precision": "fp32 (default) or int8 (the -int8.pte of `invoke export --quantize int8`)",
                               "data_dir": TRAIN_HELP["data_dir"]})
-def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
+def build_apk(c, model="export/model.json", variant="debug", runtime="executorch", precision="fp32", data_dir=None):
     """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build it with Gradle."""
     from pipeline.android import build_apk as build
     from pipeline.data import load_test
 
-    apk = build(Path(model), lambda: load_test(data_dir), variant)
+    apk = build(Path(model), lambda: load_test(data_dir), variant, runtime=runtime, precision=precision)
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
 
 
@@ -340,7 +342,7 @@ def build_apk(c, model="export/model.json", variant="debug", data_dir=None):
     "models": "comma-separated sidecar JSON files written by `invoke export` (required)",
     "apk": "the debug APK `invoke build-apk` built", "serial": "the device to use when several are attached",
     "runs": "timed runs per model on the device (default 100)", "warmup": "untimed runs first (default 20)",
-    "threads": "PyTorch Mobile threads (default 1)",
+    "threads": "runtime threads on the phone (default 1)",
     "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"})
 def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs="100",
                  warmup="20", threads="1", report="bench"):

@@ -21,6 +21,7 @@ import numpy as np
 import torch.jit.mobile
 
 from pipeline import data as cifar
+from pipeline import pte
 from pipeline.checkpoint import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.export import read_sidecar
@@ -31,34 +32,89 @@ MIN_JDK = 17  # the Android Gradle Plugin 8.x runs on JDK 17 or newer
 # TorchScript bytecode versions each pytorch_android_lite release reads. 1.13.1 is PyTorch 1.13's mobile runtime,
 # which writes v8 itself; pipeline/export.py targets v8.
 READABLE_BYTECODE = {"1.13.1": range(4, 9)}
-ASSETS = ("model.ptl", "model.json", "labels.txt", "samples")
+ASSETS = ("model.json", "labels.txt", "samples")  # beside the model file itself, model.pte or model.ptl
+RUNTIMES = ("executorch", "lite")  # the .pte on ExecuTorch (what a new app should ship) or the .ptl on PyTorch Mobile
+PRECISIONS = ("fp32", "int8")
 
 
 def assets_dir(app_dir: Path) -> Path:
     return app_dir / "app" / "src" / "main" / "assets"
 
 
-def runtime_version(app_dir: Path = APP_DIR) -> str:
-    """The pytorch_android_lite version app/build.gradle pins (its `def pytorchLiteVersion = '...'`)."""
-    found = re.search(r"def pytorchLiteVersion = '([^']+)'", (app_dir / "app" / "build.gradle").read_text())
+def pinned_version(name: str, app_dir: Path = APP_DIR) -> str:
+    """A runtime version app/build.gradle pins: its `def <name> = '...'` (pytorchLiteVersion, executorchVersion)."""
+    found = re.search(rf"def {name} = '([^']+)'", (app_dir / "app" / "build.gradle").read_text())
     if not found:
-        raise PipelineError(f"{app_dir}/app/build.gradle does not pin pytorchLiteVersion")
+        raise PipelineError(f"{app_dir}/app/build.gradle does not pin {name}")
     return found.group(1)
 
 
-def check_model(sidecar_path: Path, app_dir: Path = APP_DIR) -> dict:
-    """The sidecar, once its .ptl exists, matches its hash, has a bytecode version the app's runtime reads and loads
-    in PyTorch's lite interpreter (the loader PyTorch Mobile uses)."""
+def runtime_version(app_dir: Path = APP_DIR) -> str:
+    """The pytorch_android_lite version the app pins."""
+    return pinned_version("pytorchLiteVersion", app_dir)
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class AppModel:
+    """The file the app runs: `source` on disk, staged as assets/`asset`, on `runtime` at `precision`."""
+
+    source: Path
+    asset: str
+    runtime: str
+    precision: str
+    sha256: str
+
+
+def app_model(sidecar_path: Path, sidecar: dict, runtime: str, precision: str) -> AppModel:
+    """Which exported file the sidecar names for `runtime` and `precision`, or an error saying how to get it."""
+    if runtime not in RUNTIMES or precision not in PRECISIONS:
+        raise PipelineError(f"--runtime must be one of {', '.join(RUNTIMES)} and --precision one of "
+                            f"{', '.join(PRECISIONS)}, got {runtime!r} and {precision!r}")
+    folder = sidecar_path.parent
+    if runtime == "lite":
+        if precision != "fp32":
+            raise PipelineError("int8 models run on ExecuTorch only: use --runtime executorch --precision int8")
+        return AppModel(folder / sidecar["ptl"], "model.ptl", runtime, precision, sidecar["ptl_sha256"])
+    if precision == "int8":
+        if not sidecar.get("int8"):
+            raise PipelineError(f"{sidecar_path} has no int8 model; export again with --quantize int8")
+        return AppModel(folder / sidecar["int8"]["pte"], "model.pte", runtime, precision, sidecar["int8"]["pte_sha256"])
+    if "pte" not in sidecar:
+        raise PipelineError(f"{sidecar_path} names no .pte (exported before ExecuTorch support); export again")
+    return AppModel(folder / sidecar["pte"], "model.pte", runtime, precision, sidecar["pte_sha256"])
+
+
+def check_model(sidecar_path: Path, runtime: str = "executorch", precision: str = "fp32",
+                app_dir: Path = APP_DIR) -> tuple[dict, AppModel]:
+    """The sidecar and the file the app will run, once that file exists, matches its hash, and loads in the runtime
+    the phone uses: a .ptl with a bytecode version the pinned pytorch_android_lite reads, in PyTorch's lite
+    interpreter; a .pte written by an ExecuTorch no newer than the pinned executorch-android (ExecuTorch guarantees
+    only that a runtime reads files from its own and earlier releases), in ExecuTorch's runtime."""
     sidecar = read_sidecar(sidecar_path)
-    ptl = sidecar_path.parent / sidecar["ptl"]
-    if not ptl.is_file() or file_sha256(ptl) != sidecar["ptl_sha256"]:
-        raise PipelineError(f"{ptl} is missing or is not the file {sidecar_path.name} describes; export again")
-    version, runtime = torch.jit.mobile._get_model_bytecode_version(str(ptl)), runtime_version(app_dir)
-    if version not in READABLE_BYTECODE.get(runtime, ()):
-        raise PipelineError(f"{ptl} has TorchScript bytecode v{version}, which pytorch_android_lite {runtime} "
-                            f"cannot read (it reads {list(READABLE_BYTECODE.get(runtime, []))}); export again")
-    torch.jit.mobile._load_for_lite_interpreter(str(ptl))
-    return sidecar
+    model = app_model(sidecar_path, sidecar, runtime, precision)
+    if not model.source.is_file() or file_sha256(model.source) != model.sha256:
+        raise PipelineError(f"{model.source} is missing or is not the file {sidecar_path.name} describes; export again")
+    if runtime == "lite":
+        version, pinned = torch.jit.mobile._get_model_bytecode_version(str(model.source)), runtime_version(app_dir)
+        if version not in READABLE_BYTECODE.get(pinned, ()):
+            readable = list(READABLE_BYTECODE.get(pinned, []))
+            raise PipelineError(f"{model.source} has TorchScript bytecode v{version}, which pytorch_android_lite "
+                                f"{pinned} cannot read (it reads {readable}); export again")
+        torch.jit.mobile._load_for_lite_interpreter(str(model.source))
+        return sidecar, model
+    exporter, pinned = sidecar["executorch"]["version"], pinned_version("executorchVersion", app_dir)
+    if _minor(exporter) > _minor(pinned):
+        raise PipelineError(f"{model.source} was written by ExecuTorch {exporter}, newer than the app's "
+                            f"executorch-android {pinned}, which is only guaranteed to read files from its own and "
+                            f"earlier releases; raise executorchVersion in app/build.gradle to "
+                            f"{exporter.split('+')[0]}")
+    pte.load_pte(model.source)
+    return sidecar, model
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -73,18 +129,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
 
 
-def stage_assets(sidecar_path: Path, test: cifar.Split, app_dir: Path = APP_DIR, samples: int = 20) -> Path:
-    """Fills the app's assets: model.ptl, model.json (the sidecar), labels.txt (one class per line, in the model's
-    output order) and samples/<index>_<class>.png (the first `samples` test images). Built beside the assets folder
-    and swapped in whole, so a failure leaves the previous assets as they were."""
-    sidecar = check_model(sidecar_path, app_dir)
+def stage_assets(sidecar_path: Path, test: cifar.Split, runtime: str = "executorch", precision: str = "fp32",
+                 app_dir: Path = APP_DIR, samples: int = 20) -> Path:
+    """Fills the app's assets: the model (model.pte or model.ptl, see check_model), model.json (the sidecar, with
+    "app_model" naming the staged file, its runtime, precision and hash), labels.txt (one class per line, in the
+    model's output order) and samples/<index>_<class>.png (the first `samples` test images). Built beside the assets
+    folder and swapped in whole, so a failure leaves the previous assets as they were."""
+    sidecar, model = check_model(sidecar_path, runtime, precision, app_dir)
     target = assets_dir(app_dir)
     building = target.with_name("assets.staging")
     shutil.rmtree(building, ignore_errors=True)
     (building / "samples").mkdir(parents=True)
     try:
-        shutil.copyfile(sidecar_path.parent / sidecar["ptl"], building / "model.ptl")
-        (building / "model.json").write_text(json.dumps({**sidecar, "ptl": "model.ptl"}, indent=2) + "\n")
+        shutil.copyfile(model.source, building / model.asset)
+        staged = {"file": model.asset, "runtime": model.runtime, "precision": model.precision, "sha256": model.sha256}
+        (building / "model.json").write_text(json.dumps({**sidecar, "app_model": staged}, indent=2) + "\n")
         (building / "labels.txt").write_text("\n".join(sidecar["classes"]) + "\n")
         for index in range(min(samples, len(test))):
             label = sidecar["classes"][int(test.labels[index])]
@@ -148,7 +207,8 @@ def find_build_tools(app_dir: Path = APP_DIR, env: Mapping[str, str] | None = No
 
 
 def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant: str = "debug",
-              app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None) -> Path:
+              app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None, runtime: str = "executorch",
+              precision: str = "fp32") -> Path:
     """Checks the prerequisites, stages the assets and runs `gradle assemble<Variant>`; returns the APK path.
     load_test gives the test images the sample pictures come from; it is called only once the prerequisites hold,
     so a missing model or SDK is reported before the test set is looked for (or downloaded)."""
@@ -157,7 +217,7 @@ def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant:
     env = dict(os.environ if env is None else env)
     problems = []  # every missing piece at once, not one per try
     try:
-        check_model(sidecar_path, app_dir)
+        check_model(sidecar_path, runtime, precision, app_dir)
     except PipelineError as error:
         problems.append(str(error))
     try:
@@ -166,7 +226,7 @@ def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant:
         problems.append(str(error))
     if problems:
         raise PipelineError("\n".join(problems))
-    stage_assets(sidecar_path, load_test(), app_dir)
+    stage_assets(sidecar_path, load_test(), runtime, precision, app_dir)
     env["ANDROID_HOME"] = str(tools.sdk)
     if not env.get("JAVA_HOME"):
         env["JAVA_HOME"] = str(Path(tools.java).resolve().parent.parent)

@@ -155,21 +155,24 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
 
 
 def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> dict:
-    """`result` (from benchmark(), or empty) with one row per model measured on a phone (bench_device()'s result),
-    runtime "android-lite (<phone>)", ratios against the first model on the same phone. Top-1 is not measured there:
-    the same .ptl gives the host's TorchScript Lite top-1."""
-    runtime = f"android-lite ({device['device']['manufacturer']} {device['device']['model']})"
-    rows = [r for r in result.get("rows", []) if r["runtime"] != runtime]
-    measured = []
-    for name, run in device["models"].items():
-        measured.append({"model": name, "runtime": runtime, "test_top1": None, "macs": sidecars[name]["macs"],
-                         "params": sidecars[name]["params"], "file_bytes": run["model_bytes"],
-                         "latency_median_ms": run["latency_ms"]["median"], "latency_p90_ms": run["latency_ms"]["p90"],
-                         "threads": run["threads"]})
-    for row in measured:
-        row["mac_ratio"] = row["macs"] / measured[0]["macs"]
-        row["latency_ratio"] = row["latency_median_ms"] / measured[0]["latency_median_ms"]
-    return {**result, "rows": rows + measured, "device": {k: v for k, v in device.items() if k != "models"},
+    """`result` (from benchmark(), or empty) with one row per model and runtime measured on a phone (bench_device()'s
+    result), runtime "android-lite (<phone>)" or "android-executorch (<phone>)", ratios against the first model on
+    the same runtime and phone. Top-1 is not measured there: the same file gives the host's top-1 (TorchScript Lite,
+    ExecuTorch)."""
+    phone = f"{device['device']['manufacturer']} {device['device']['model']}"
+    measured_runtimes = {f"android-{runtime} ({phone})" for runtime in device["models"]}
+    rows = [r for r in result.get("rows", []) if r["runtime"] not in measured_runtimes]
+    for runtime, runs in device["models"].items():
+        measured = [{"model": name, "runtime": f"android-{runtime} ({phone})", "test_top1": None,
+                     "macs": sidecars[name]["macs"], "params": sidecars[name]["params"],
+                     "file_bytes": run["model_bytes"], "latency_median_ms": run["latency_ms"]["median"],
+                     "latency_p90_ms": run["latency_ms"]["p90"], "threads": run["threads"]}
+                    for name, run in runs.items()]
+        for row in measured:
+            row["mac_ratio"] = row["macs"] / measured[0]["macs"]
+            row["latency_ratio"] = row["latency_median_ms"] / measured[0]["latency_median_ms"]
+        rows += measured
+    return {**result, "rows": rows, "device": {k: v for k, v in device.items() if k != "models"},
             "device_results": device["models"]}
 
 

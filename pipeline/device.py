@@ -120,19 +120,22 @@ def crash_lines(adb: Adb) -> str:
     return "\n".join(log.strip().splitlines()[-30:]) or "(logcat has nothing from the app)"
 
 
-def benchmark_model(adb: Adb, ptl: Path, name: str, warmup: int, runs: int, threads: int,
+def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int, runs: int, threads: int,
                     timeout: float = 300) -> dict:
-    """Copies `ptl` into the app's files, runs BenchmarkActivity on it, returns its JSON; removes what it copied."""
-    staged = f"{STAGING}/{name}.ptl"
+    """Copies `model` (.pte or .ptl: the app picks the runtime by extension) and its `sidecar` (the input shape) into
+    the app's files, runs BenchmarkActivity on them, returns its JSON; removes what it copied."""
+    files = {f"{name}{model.suffix}": model, f"{name}.json": sidecar}
     adb.run("shell", "mkdir", "-p", STAGING)
-    adb.run("push", str(ptl), staged, timeout=300)
+    for target, source in files.items():
+        adb.run("push", str(source), f"{STAGING}/{target}", timeout=300)
     try:
-        adb.run("shell", "run-as", PACKAGE, "cp", staged, f"files/{name}.ptl")
+        for target in files:
+            adb.run("shell", "run-as", PACKAGE, "cp", f"{STAGING}/{target}", f"files/{target}")
         adb.run("shell", "run-as", PACKAGE, "rm", "-f", f"files/bench/{name}.json")
         adb.run("logcat", "-c")
-        started = adb.run("shell", "am", "start", "-W", "-n", ACTIVITY, "--es", "model", f"{name}.ptl",
-                          "--es", "out", name, "--ei", "warmup", str(warmup), "--ei", "runs", str(runs),
-                          "--ei", "threads", str(threads))
+        started = adb.run("shell", "am", "start", "-W", "-n", ACTIVITY, "--es", "model", f"{name}{model.suffix}",
+                          "--es", "sidecar", f"{name}.json", "--es", "out", name, "--ei", "warmup", str(warmup),
+                          "--ei", "runs", str(runs), "--ei", "threads", str(threads))
         if "Error" in started.stdout or "Status: ok" not in started.stdout:
             raise PipelineError(f"could not start {ACTIVITY}: {started.stdout.strip()[-500:]}\n"
                                 f"is the app installed? `invoke bench-device` installs it from --apk")
@@ -154,26 +157,31 @@ def benchmark_model(adb: Adb, ptl: Path, name: str, warmup: int, runs: int, thre
                                 f"installed? rebuild with `invoke build-apk`): {json.dumps(result)[:500]}")
         return result
     finally:
-        adb.run("shell", "run-as", PACKAGE, "rm", "-rf", f"files/{name}.ptl", f"files/bench/{name}.json",
-                check=False)
+        adb.run("shell", "run-as", PACKAGE, "rm", "-rf", *(f"files/{target}" for target in files),
+                f"files/bench/{name}.json", check=False)
         adb.run("shell", "rm", "-rf", STAGING, check=False)
 
 
 def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None, warmup: int = 20, runs: int = 100,
                  threads: int = 1, env: Mapping[str, str] | None = None, timeout: float = 300) -> dict:
-    """Installs `apk` and benchmarks each exported model (sidecar JSON) on one device; the device's own description
-    and one result per model (latencies in ms, model size in bytes). timeout: seconds to wait for each result."""
+    """Installs `apk` and benchmarks each exported model (sidecar JSON) on one device, its .ptl on PyTorch Mobile
+    lite and its .pte on ExecuTorch; the device's own description and one result per runtime and model ("models":
+    {"lite"|"executorch": {name: result}}, latencies in ms, model size in bytes). timeout: seconds to wait for each
+    result."""
     if warmup < 0 or runs < 1 or threads < 1:
         raise PipelineError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
-    models = {}
+    models = {}  # runtime -> model name -> (model file, sidecar)
     for sidecar_path in map(Path, sidecars):
-        models[sidecar_path.stem] = sidecar_path.parent / read_sidecar(sidecar_path)["ptl"]
+        sidecar = read_sidecar(sidecar_path)
+        for runtime, kind in (("lite", "ptl"), ("executorch", "pte")):
+            if kind in sidecar:  # a sidecar from before ExecuTorch support names no .pte
+                models.setdefault(runtime, {})[sidecar_path.stem] = (sidecar_path.parent / sidecar[kind], sidecar_path)
     adb_path = find_adb(env)
     listed = Adb(adb_path, env=env).run("devices", "-l").stdout
     device = pick_device(parse_devices(listed), serial)
     adb = Adb(adb_path, device.serial, env)
     install(adb, apk)
-    results = {name: benchmark_model(adb, ptl, name, warmup, runs, threads, timeout)
-               for name, ptl in models.items()}
+    results = {runtime: {name: benchmark_model(adb, model, sidecar, name, warmup, runs, threads, timeout)
+                         for name, (model, sidecar) in named.items()} for runtime, named in models.items()}
     return {"serial": device.serial, "device": device_info(adb), "warmup": warmup, "runs": runs, "threads": threads,
             "models": results}

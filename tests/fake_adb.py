@@ -33,11 +33,18 @@ def start_benchmark(extras: dict) -> None:
     print("Status: ok\nLaunchState: COLD\nActivity: org.prunedroid.demo/.BenchmarkActivity\nTotalTime: 412\n"
           "WaitTime: 415\nComplete")
     model = on_device("files/" + extras["model"], APP)
+    sidecar = on_device("files/" + extras.get("sidecar", ""), APP)
     if os.environ.get("FAKE_ADB_CRASH"):
         with LOG.open("a") as log:
             log.write("E AndroidRuntime: FATAL EXCEPTION: benchmark\nE AndroidRuntime: Process: org.prunedroid.demo, "
                       "PID: 4242\nE AndroidRuntime: java.lang.UnsatisfiedLinkError: dlopen failed: library "
                       "\"libpytorch_jni.so\" not found\n")
+        return
+    out = on_device(f"files/bench/{extras['out']}.json", APP)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if "sidecar" not in extras or not sidecar.is_file():  # what BenchmarkActivity writes when an extra is missing
+        out.write_text(json.dumps({"error": "java.lang.IllegalArgumentException: need --es model <file>, --es "
+                                            "sidecar <file>, runs >= 1, warmup >= 0, threads >= 1"}))
         return
     size = model.stat().st_size
     median = size / 1e5
@@ -45,11 +52,11 @@ def start_benchmark(extras: dict) -> None:
               "warmup": int(extras["warmup"]), "threads": int(extras["threads"]),
               "latency_ms": {"median": median, "p90": 1.1 * median, "min": 0.9 * median, "max": 1.5 * median},
               "device": {"manufacturer": "Google", "model": "Pixel 7", "abi": "arm64-v8a", "android": "14",
-                         "sdk": 34}, "runtime": "pytorch_android_lite 1.13.1", "summary": f"{model.name}: ok"}
+                         "sdk": 34},
+              "runtime": "executorch-android 1.5.1" if model.suffix == ".pte" else "pytorch_android_lite 1.13.1",
+              "summary": f"{model.name}: ok"}
     if os.environ.get("FAKE_ADB_OLD_APP"):  # an APK from before latencies were reported
         result = {"model": model.name, "time_ms": median}
-    out = on_device(f"files/bench/{extras['out']}.json", APP)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
     with LOG.open("a") as log:
         log.write(f"I prunedroid-bench: {result.get('summary', model.name)}\n")

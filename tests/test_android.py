@@ -61,14 +61,30 @@ def test_resources_the_code_names_exist():
 
 def test_the_app_reads_what_export_and_staging_write(staged):
     sources = java_sources()
-    # Asset names and the sidecar keys the Java reads are the ones staged.
-    assert set(re.findall(r'_ASSET = "([^"]+)"', sources)) == {"model.ptl", "model.json", "labels.txt"}
-    assert '"samples"' in sources and set(android.ASSETS) == {p.name for p in staged.iterdir()}
+    # Asset names and the sidecar keys the Java reads are the ones staged; the model file is named in model.json.
+    assert set(re.findall(r'_ASSET = "([^"]+)"', sources)) == {"model.json", "labels.txt"}
     sidecar = json.loads((staged / "model.json").read_text())
-    read_keys = set(re.findall(r'sidecar\.get(?:JSONArray|String|Int)\("(\w+)"\)', sources))
-    assert read_keys == {"mean", "std", "input_shape", "ptl_sha256"} and read_keys <= set(sidecar)
+    model_file = sidecar["app_model"]["file"]
+    assert '"samples"' in sources and {*android.ASSETS, model_file} == {p.name for p in staged.iterdir()}
+    read_keys = set(re.findall(r'sidecar\.get(?:JSONArray|JSONObject|String|Int)\("(\w+)"\)', sources))
+    assert read_keys == {"mean", "std", "input_shape", "app_model"} and read_keys <= set(sidecar)
+    model_keys = set(re.findall(r'staged\.getString\("(\w+)"\)', sources))
+    assert model_keys == {"file", "sha256", "precision"} and model_keys <= set(sidecar["app_model"])
+    # The runtime follows the staged file's extension, in the app and in BenchmarkActivity alike.
+    assert model_file.endswith({"executorch": ".pte", "lite": ".ptl"}[sidecar["app_model"]["runtime"]])
+    assert 'path.endsWith(".pte") ? new ExecuTorch(path, threads) : new Lite(path, threads)' in sources
     # No preprocessing constant is typed into the Java.
     assert not re.search(r"0\.49|0\.48|0\.44|0\.24|0\.26", sources)
+
+
+def test_the_pinned_executorch_reads_what_the_exporter_writes():
+    """ExecuTorch guarantees that a runtime reads .pte files from its own release and earlier ones, so the app's
+    executorch-android is the version of the Python package that writes them."""
+    from importlib.metadata import version
+
+    assert android.pinned_version("executorchVersion") == version("executorch").split("+")[0]
+    pinned = (APP / "app" / "build.gradle").read_text()
+    assert 'implementation "org.pytorch:executorch-android:${executorchVersion}"' in pinned
 
 
 def test_the_pinned_runtime_reads_what_export_writes():
@@ -93,9 +109,9 @@ def app_copy(tmp_path_factory) -> Path:
                                 ignore=shutil.ignore_patterns("assets", "build", ".gradle")))
 
 
-@pytest.fixture(scope="module")
-def staged(exported, synthetic_data, app_copy) -> Path:
-    return android.stage_assets(exported, synthetic_data.test, app_copy, samples=5)
+@pytest.fixture(scope="module", params=android.RUNTIMES)
+def staged(request, exported, synthetic_data, app_copy) -> Path:
+    return android.stage_assets(exported, synthetic_data.test, request.param, "fp32", app_copy, samples=5)
 
 
 def read_png(data: bytes) -> np.ndarray:
@@ -116,25 +132,36 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 def test_staged_assets_match_the_exported_model(staged, exported, synthetic_data):
+    from pipeline.pte import predictor
+
     sidecar = json.loads((staged / "model.json").read_text())
     assert sidecar["mean"] == list(cifar.MEAN) and sidecar["std"] == list(cifar.STD)
     assert (staged / "labels.txt").read_text().splitlines() == sidecar["classes"] == list(cifar.CLASSES)
-    assert (staged / "model.ptl").read_bytes() == (exported.parent / "pruned.ptl").read_bytes()
-    ptl = str(staged / "model.ptl")
-    assert torch.jit.mobile._get_model_bytecode_version(ptl) in android.READABLE_BYTECODE[android.runtime_version()]
+    staged_model = staged / sidecar["app_model"]["file"]
+    exported_model = exported.parent / sidecar[staged_model.suffix[1:]]
+    assert staged_model.read_bytes() == exported_model.read_bytes()
+    assert sidecar["app_model"]["sha256"] == sidecar[staged_model.suffix[1:] + "_sha256"]
     samples = sorted((staged / "samples").iterdir())
     assert [p.name for p in samples] == [f"{i:03d}_{cifar.CLASSES[int(synthetic_data.test.labels[i])]}.png"
                                          for i in range(5)]
     pixels = read_png(samples[0].read_bytes())
     assert np.array_equal(pixels, synthetic_data.test.images[0].permute(1, 2, 0).numpy())
-    # The app's preprocessing - pixel / 255, minus mean, over std, values from model.json - then the lite interpreter
-    # PyTorch Mobile uses, gives the logits training's own normalisation gives.
+    # The app's preprocessing - pixel / 255, minus mean, over std, values from model.json - then the runtime the
+    # phone uses for the staged file gives the logits training's own normalisation gives.
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().unsqueeze(0)
     app_input = (image * sidecar["pixel_scale"] - torch.tensor(sidecar["mean"]).view(1, 3, 1, 1)) / torch.tensor(
         sidecar["std"]).view(1, 3, 1, 1)
-    lite = torch.jit.mobile._load_for_lite_interpreter(ptl)
-    reference = lite(cifar.normalize(synthetic_data.test.images[:1]))
-    assert torch.allclose(lite(app_input), reference, atol=1e-4)
+    if sidecar["app_model"]["runtime"] == "lite":
+        ptl = str(staged_model)
+        assert torch.jit.mobile._get_model_bytecode_version(ptl) in android.READABLE_BYTECODE[
+            android.runtime_version()]
+        run = torch.jit.mobile._load_for_lite_interpreter(ptl)
+    else:
+        run = predictor(staged_model)
+    reference = run(cifar.normalize(synthetic_data.test.images[:1]))
+    assert torch.allclose(run(app_input), reference, atol=1e-4)
+    # The Java computes the same: channel c of pixel i from the ARGB int, (value / 255 - mean[c]) / std[c].
+    assert "(value / 255f - mean[channel]) / std[channel]" in java_sources()
 
 
 FAKE_JAVA = """#!/bin/sh
@@ -160,7 +187,7 @@ if [ -n "$FAKE_GRADLE_FAIL" ]; then
   echo "BUILD FAILED in 9s" >&2; exit 1
 fi
 variant=$(echo "${task#assemble}" | tr 'A-Z' 'a-z')
-test -f app/src/main/assets/model.ptl || { echo "assets not staged" >&2; exit 1; }
+ls app/src/main/assets/model.pt[el] >/dev/null 2>&1 || { echo "assets not staged" >&2; exit 1; }
 mkdir -p "app/build/outputs/apk/$variant"
 head -c 4096 /dev/zero > "app/build/outputs/apk/$variant/app-$variant.apk"
 echo "> Task :app:$task"
@@ -199,7 +226,7 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
     assert apk == app_copy / "app/build/outputs/apk/release/app-release.apk" and apk.stat().st_size == 4096
     with pytest.raises(PipelineError, match=r"assembleDebug` failed .*\n(.*\n)*BUILD FAILED in 9s"):
         android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, {**env, "FAKE_GRADLE_FAIL": "1"})
-    assert (android.assets_dir(app_copy) / "model.ptl").is_file()  # staged assets stay for the next try
+    assert (android.assets_dir(app_copy) / "model.pte").is_file()  # staged assets stay for the next try
     with pytest.raises(PipelineError, match="--variant must be debug or release"):
         android.build_apk(exported, lambda: synthetic_data.test, "profile", app_copy, env)
     # The project's own wrapper wins over a Gradle on PATH, as `gradle wrapper` or Android Studio leave it.
@@ -216,9 +243,25 @@ def test_a_stale_or_missing_model_is_refused(tmp_path, exported):
         android.check_model(tmp_path / "none.json")
     copy = tmp_path / "copy"
     shutil.copytree(exported.parent, copy)
-    (copy / "pruned.ptl").write_bytes(b"not the exported file")
-    with pytest.raises(PipelineError, match="is not the file pruned.json describes"):
+    for runtime, suffix in (("lite", ".ptl"), ("executorch", ".pte")):
+        (copy / f"pruned{suffix}").write_bytes(b"not the exported file")
+        with pytest.raises(PipelineError, match="is not the file pruned.json describes"):
+            android.check_model(copy / "pruned.json", runtime)
+    with pytest.raises(PipelineError, match="no int8 model; export again with --quantize int8"):
+        android.check_model(exported, "executorch", "int8")
+    with pytest.raises(PipelineError, match="int8 models run on ExecuTorch only"):
+        android.check_model(exported, "lite", "int8")
+
+
+def test_a_pte_newer_than_the_apps_executorch_is_refused(tmp_path, exported):
+    copy = tmp_path / "copy"
+    shutil.copytree(exported.parent, copy)
+    sidecar = json.loads((copy / "pruned.json").read_text())
+    sidecar["executorch"]["version"] = "9.1.0+cpu"
+    (copy / "pruned.json").write_text(json.dumps(sidecar))
+    with pytest.raises(PipelineError, match="raise executorchVersion in app/build.gradle to 9.1.0"):
         android.check_model(copy / "pruned.json")
+    assert android.check_model(exported)[1].asset == "model.pte"
 
 
 def test_build_apk_from_the_command_line_names_everything_missing(tmp_path):

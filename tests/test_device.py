@@ -75,21 +75,27 @@ def apk(tmp_path) -> Path:
 def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apk, tmp_path):
     result = bench_device(models, apk, warmup=2, runs=5, threads=2, env=phone)
     assert result["serial"] == "R5CT1234ABC" and result["device"]["model"] == "Pixel 7"
-    assert set(result["models"]) == {"base", "pruned"}
-    for name, sidecar in zip(("base", "pruned"), models):
-        run = result["models"][name]
-        assert run["model_bytes"] == (sidecar.parent / f"{name}.ptl").stat().st_size
-        assert run["runs"] == 5 and run["threads"] == 2 and run["latency_ms"]["median"] > 0
+    assert set(result["models"]) == {"lite", "executorch"}
+    for runtime, suffix in (("lite", ".ptl"), ("executorch", ".pte")):
+        assert set(result["models"][runtime]) == {"base", "pruned"}
+        for name, sidecar in zip(("base", "pruned"), models):
+            run = result["models"][runtime][name]
+            assert run["model_bytes"] == (sidecar.parent / f"{name}{suffix}").stat().st_size
+            assert run["runs"] == 5 and run["threads"] == 2 and run["latency_ms"]["median"] > 0
+            assert run["runtime"].startswith({"lite": "pytorch_android_lite", "executorch": "executorch-android"}[
+                runtime])
     state = tmp_path / "state"
     assert not (state / "fs/data/local/tmp/prunedroid").exists()  # what was copied is removed
-    assert not list((state / "app/files").rglob("*.ptl")) and not list((state / "app/files").rglob("*.json"))
+    assert not [p for p in (state / "app/files").rglob("*") if p.is_file()]
     host = {"rows": [{"model": "base", "runtime": "onnxruntime", "test_top1": 0.5, "macs": 1, "params": 1,
                       "file_bytes": 1, "latency_median_ms": 1.0, "latency_p90_ms": 1.0, "mac_ratio": 1.0,
                       "latency_ratio": 1.0, "threads": 1}]}
     merged = add_device_rows(host, result, {p.stem: json.loads(p.read_text()) for p in models})
-    phone_rows = [r for r in table_rows(merged) if r["runtime"] == "android-lite (Google Pixel 7)"]
-    assert len(merged["rows"]) == 3 and [r["model"] for r in phone_rows] == ["base", "pruned"]
-    assert phone_rows[0]["latency vs base"] == "1.00x" and phone_rows[1]["test top-1"] == ""
+    assert len(merged["rows"]) == 5
+    for runtime in ("android-lite (Google Pixel 7)", "android-executorch (Google Pixel 7)"):
+        phone_rows = [r for r in table_rows(merged) if r["runtime"] == runtime]
+        assert [r["model"] for r in phone_rows] == ["base", "pruned"]
+        assert phone_rows[0]["latency vs base"] == "1.00x" and phone_rows[1]["test top-1"] == ""
 
 
 def test_device_failures_are_explained(phone, models, apk):
@@ -113,5 +119,6 @@ def test_bench_device_from_the_command_line(phone, models, apk, tmp_path, monkey
                         "--report", str(report))
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads(report.with_suffix(".json").read_text())
-    assert saved["device"]["serial"] == "R5CT1234ABC" and len(saved["rows"]) == 2
-    assert "android-lite (Google Pixel 7)" in report.with_suffix(".md").read_text()
+    assert saved["device"]["serial"] == "R5CT1234ABC" and len(saved["rows"]) == 4
+    table = report.with_suffix(".md").read_text()
+    assert "android-lite (Google Pixel 7)" in table and "android-executorch (Google Pixel 7)" in table

@@ -10,27 +10,27 @@ import android.util.Log;
 import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
-import org.pytorch.IValue;
-import org.pytorch.LiteModuleLoader;
-import org.pytorch.LitePyTorchAndroid;
-import org.pytorch.Module;
-import org.pytorch.Tensor;
 
+import java.io.ByteArrayOutputStream;
 import java.io.File;
+import java.io.FileInputStream;
 import java.io.FileOutputStream;
 import java.io.IOException;
+import java.io.InputStream;
 import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 import java.util.Locale;
 
 /**
- * Latency of one .ptl model for automation. Started by `invoke bench-device`:
+ * Latency of one model for automation: a .pte on ExecuTorch or a .ptl on PyTorch Mobile lite. Started by
+ * `invoke bench-device`:
  * <pre>
  * adb shell am start -W -n org.prunedroid.demo/.BenchmarkActivity \
- *     --es model pruned.ptl --es out pruned --ei warmup 20 --ei runs 100 --ei threads 1
+ *     --es model pruned.pte --es sidecar pruned.json --es out pruned --ei warmup 20 --ei runs 100 --ei threads 1
  * </pre>
- * `model` is a file in the app's files folder (or an absolute path the app may read). Writes
+ * `model` and `sidecar` (the export's JSON, which gives the input shape) are files in the app's files folder (or
+ * absolute paths the app may read). Writes
  * files/bench/&lt;out&gt;.json - latencies in ms, model size, device - and one line to logcat (tag prunedroid-bench),
  * then finishes. A failure writes {"error": ...} to the same file, so the caller never waits for nothing.
  */
@@ -42,6 +42,7 @@ public class BenchmarkActivity extends Activity {
         super.onCreate(savedInstanceState);
         Intent intent = getIntent();
         String model = intent.getStringExtra("model");
+        String sidecar = intent.getStringExtra("sidecar");
         String out = intent.hasExtra("out") ? intent.getStringExtra("out") : "bench";
         int warmup = intent.getIntExtra("warmup", 20);
         int runs = intent.getIntExtra("runs", 100);
@@ -49,7 +50,7 @@ public class BenchmarkActivity extends Activity {
         new Thread(() -> {
             JSONObject result;
             try {
-                result = run(model, warmup, runs, threads);
+                result = run(model, sidecar, warmup, runs, threads);
                 Log.i(TAG, result.getString("summary"));
             } catch (Throwable error) {  // including a model the runtime cannot read
                 result = new JSONObject();
@@ -69,32 +70,50 @@ public class BenchmarkActivity extends Activity {
         }, "benchmark").start();
     }
 
-    private JSONObject run(String model, int warmup, int runs, int threads) throws JSONException {
-        if (model == null || runs < 1 || warmup < 0 || threads < 1) {
-            throw new IllegalArgumentException("need --es model <file>, runs >= 1, warmup >= 0, threads >= 1");
-        }
-        File file = model.startsWith("/") ? new File(model) : new File(getFilesDir(), model);
+    private File readable(String name) {
+        File file = name.startsWith("/") ? new File(name) : new File(getFilesDir(), name);
         if (!file.canRead()) {
             throw new IllegalArgumentException("cannot read " + file);
         }
-        // LitePyTorchAndroid, not PyTorchAndroid: the latter loads libpytorch_jni, which the lite AAR does not ship.
-        LitePyTorchAndroid.setNumThreads(threads);
+        return file;
+    }
+
+    /** java.nio.file.Files needs API 26; the app runs from API 24. */
+    private static String readText(File file) throws IOException {
+        try (InputStream in = new FileInputStream(file)) {
+            ByteArrayOutputStream out = new ByteArrayOutputStream();
+            byte[] buffer = new byte[8192];
+            int read;
+            while ((read = in.read(buffer)) != -1) {
+                out.write(buffer, 0, read);
+            }
+            return out.toString("UTF-8");
+        }
+    }
+
+    private JSONObject run(String model, String sidecar, int warmup, int runs, int threads)
+            throws JSONException, IOException {
+        if (model == null || sidecar == null || runs < 1 || warmup < 0 || threads < 1) {
+            throw new IllegalArgumentException(
+                    "need --es model <file>, --es sidecar <file>, runs >= 1, warmup >= 0, threads >= 1");
+        }
+        File file = readable(model);
+        long[] shape = Classifier.inputShape(new JSONObject(readText(readable(sidecar))));
         long loadStarted = SystemClock.elapsedRealtimeNanos();
-        Module module = LiteModuleLoader.load(file.getAbsolutePath());
+        Runner runner = Runner.open(file.getAbsolutePath(), threads);
         double loadMs = (SystemClock.elapsedRealtimeNanos() - loadStarted) / 1e6;
-        // Latency of a conv net does not depend on pixel values: one fixed CIFAR-sized image.
-        long[] shape = {1, 3, 32, 32};
-        IValue input = IValue.from(Tensor.fromBlob(new float[3 * 32 * 32], shape));
+        // Latency of a conv net does not depend on pixel values: one fixed image of the model's input shape.
+        float[] input = new float[(int) (shape[0] * shape[1] * shape[2] * shape[3])];
         for (int i = 0; i < warmup; i++) {
-            module.forward(input);
+            runner.forward(input, shape);
         }
         double[] latencies = new double[runs];
         for (int i = 0; i < runs; i++) {
             long started = SystemClock.elapsedRealtimeNanos();
-            module.forward(input);
+            runner.forward(input, shape);
             latencies[i] = (SystemClock.elapsedRealtimeNanos() - started) / 1e6;
         }
-        module.destroy();
+        runner.close();
         double[] sorted = latencies.clone();
         Arrays.sort(sorted);
         JSONObject latency = new JSONObject()
@@ -115,7 +134,7 @@ public class BenchmarkActivity extends Activity {
                 .put("model", file.getName()).put("model_bytes", file.length()).put("load_ms", loadMs)
                 .put("runs", runs).put("warmup", warmup).put("threads", threads).put("latency_ms", latency)
                 .put("latencies_ms", all).put("device", device)
-                .put("runtime", "pytorch_android_lite " + BuildConfig.PYTORCH_LITE_VERSION)
+                .put("runtime", Runner.runtimeOf(file.getName()))
                 .put("summary", summary);
     }
 

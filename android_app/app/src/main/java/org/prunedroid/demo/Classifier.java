@@ -7,11 +7,6 @@ import android.os.SystemClock;
 import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
-import org.pytorch.IValue;
-import org.pytorch.LiteModuleLoader;
-import org.pytorch.Module;
-import org.pytorch.Tensor;
-import org.pytorch.torchvision.TensorImageUtils;
 
 import java.io.BufferedReader;
 import java.io.File;
@@ -25,20 +20,21 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * The exported model with its preprocessing. Everything the Python side decided - input size, mean and std, class
- * names - is read from the files `invoke build-apk` staged as assets, never typed in here.
+ * The exported model with its preprocessing. Everything the Python side decided - which file runs on which runtime,
+ * input size, mean and std, class names - is read from the files `invoke build-apk` staged as assets, never typed in
+ * here.
  */
 final class Classifier {
-    static final String MODEL_ASSET = "model.ptl";
     static final String SIDECAR_ASSET = "model.json";
     static final String LABELS_ASSET = "labels.txt";
 
-    final Module module;
+    final Runner runner;
     final String[] labels;
     final float[] mean;
     final float[] std;
-    final int width;
-    final int height;
+    final long[] shape;
+    /** What runs, for the screen: e.g. "executorch-android 1.5.1, int8". */
+    final String description;
 
     /** A prediction: the top classes, their probabilities, and the forward pass alone in milliseconds. */
     static final class Result {
@@ -47,32 +43,59 @@ final class Classifier {
         double inferenceMs;
     }
 
-    Classifier(Module module, JSONObject sidecar, String[] labels) throws JSONException {
-        this.module = module;
+    Classifier(Runner runner, JSONObject sidecar, String[] labels, String description) throws JSONException {
+        this.runner = runner;
         this.labels = labels;
         this.mean = floats(sidecar.getJSONArray("mean"));
         this.std = floats(sidecar.getJSONArray("std"));
-        JSONArray shape = sidecar.getJSONArray("input_shape");  // [1, 3, height, width]
-        this.height = shape.getInt(2);
-        this.width = shape.getInt(3);
+        this.shape = inputShape(sidecar);
+        this.description = description;
+    }
+
+    /** The model's input shape, {1, 3, height, width}, as the sidecar records it. */
+    static long[] inputShape(JSONObject sidecar) throws JSONException {
+        JSONArray values = sidecar.getJSONArray("input_shape");
+        long[] shape = new long[values.length()];
+        for (int i = 0; i < shape.length; i++) {
+            shape[i] = values.getLong(i);
+        }
+        return shape;
     }
 
     /** Loads the staged model, sidecar and labels; slow (file copy, model load), so never on the UI thread. */
     static Classifier fromAssets(Context context) throws IOException, JSONException {
         JSONObject sidecar = new JSONObject(readAsset(context, SIDECAR_ASSET));
         String[] labels = readAsset(context, LABELS_ASSET).trim().split("\n");
+        JSONObject staged = sidecar.getJSONObject("app_model");  // which file runs, written by `invoke build-apk`
+        String file = staged.getString("file");
         // Named by the model's hash, so an app update with a new model never reads the old copy.
-        String copy = "model-" + sidecar.getString("ptl_sha256").substring(0, 16) + ".ptl";
-        Module module = LiteModuleLoader.load(assetFilePath(context, MODEL_ASSET, copy));
-        return new Classifier(module, sidecar, labels);
+        String copy = "model-" + staged.getString("sha256").substring(0, 16) + file.substring(file.lastIndexOf('.'));
+        String path = assetFilePath(context, file, copy);
+        String description = Runner.runtimeOf(path) + ", " + staged.getString("precision");
+        return new Classifier(Runner.open(path, 0), sidecar, labels, description);
     }
 
-    /** Resize to the model's input size, RGB, (pixel / 255 - mean) / std, then the top `k` classes. */
+    /** CHW floats of `bitmap` resized to the model's input: RGB, (pixel / 255 - mean) / std, as in training. */
+    float[] pixels(Bitmap bitmap) {
+        int height = (int) shape[2];
+        int width = (int) shape[3];
+        int[] argb = new int[width * height];
+        Bitmap.createScaledBitmap(bitmap, width, height, true).getPixels(argb, 0, width, 0, 0, width, height);
+        float[] chw = new float[3 * width * height];
+        for (int i = 0; i < argb.length; i++) {
+            for (int channel = 0; channel < 3; channel++) {
+                int value = (argb[i] >> (16 - 8 * channel)) & 0xff;  // R, G, B
+                chw[channel * argb.length + i] = (value / 255f - mean[channel]) / std[channel];
+            }
+        }
+        return chw;
+    }
+
+    /** The top `k` classes of `bitmap`, with the forward pass alone timed. */
     Result classify(Bitmap bitmap, int k) {
-        Bitmap scaled = Bitmap.createScaledBitmap(bitmap, width, height, true);
-        Tensor input = TensorImageUtils.bitmapToFloat32Tensor(scaled, mean, std);
+        float[] input = pixels(bitmap);
         long started = SystemClock.elapsedRealtimeNanos();
-        float[] logits = module.forward(IValue.from(input)).toTensor().getDataAsFloatArray();
+        float[] logits = runner.forward(input, shape);
         Result result = new Result();
         result.inferenceMs = (SystemClock.elapsedRealtimeNanos() - started) / 1e6;
         float[] probabilities = softmax(logits);

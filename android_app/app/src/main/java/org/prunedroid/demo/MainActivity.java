@@ -104,7 +104,8 @@ public class MainActivity extends Activity {
                 text.append(String.format(Locale.US, "%-10s %5.1f%%%n", top.classes.get(i),
                         100 * top.probabilities.get(i)));
             }
-            text.append(String.format(Locale.US, "inference %.1f ms", top.inferenceMs));
+            text.append(String.format(Locale.US, "inference %.1f ms on %s", top.inferenceMs,
+                    classifier.description));
             ui.post(() -> result.setText(text));
         });
     }
