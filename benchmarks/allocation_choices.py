@@ -8,6 +8,8 @@ is made on those, never on test images), beside uniform and sensitivity allocati
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness import arguments, base_title
 
 from pipeline import data as cifar
@@ -25,6 +27,8 @@ VARIANTS = [(normalization, per_mac) for normalization in ("mean", "max", "none"
 def main() -> None:
     parser = arguments(__doc__, out="benchmarks/results/allocation_quick")
     parser.add_argument("--targets", default="0.5,0.7")
+    parser.add_argument("--cache", default="runs/bench-allocation/sensitivity.json",
+                        help="sensitivity curves of this base, kept for the next run and target")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.base)
     base = model_from_checkpoint(checkpoint)
@@ -41,7 +45,7 @@ def main() -> None:
         for target in (float(t) for t in args.targets.split(",")):
             for allocation in ("uniform", "sensitivity"):
                 pruned, report = prune(base, method, Budget(mac_reduction=target, allocation=allocation), 0,
-                                       evaluation, data.holdout)
+                                       evaluation, data.holdout, Path(args.cache))
                 rows.append({"method": name, "MAC target": f"{target:.0%}", "allocation": allocation,
                              "MACs removed": f"{report['mac_reduction']:.1%}",
                              "channels": "/".join(map(str, pruned.spec.conv_channels)),

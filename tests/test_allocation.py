@@ -131,3 +131,19 @@ def test_sensitivity_curves_are_cached_per_key(tmp_path):
 def test_bad_allocation_budgets_are_clear_errors(options, message):
     with pytest.raises(PipelineError, match=message):
         Budget(**options)
+
+
+def test_prune_from_the_command_line_with_an_allocation(tmp_path, cifar_dir):
+    from tests.conftest import run_invoke, save_untrained_base
+
+    base = save_untrained_base(tmp_path / "base.pt")
+    out = tmp_path / "pruned"
+    result = run_invoke("prune", "--checkpoint", str(base), "--mac-reduction", "0.3", "--allocation", "sensitivity",
+                        "--min-keep", "0.25", "--round-to", "2", "--data-dir", str(cifar_dir), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["allocation"] == "sensitivity" and len(report["curves"]) == 13
+    assert report["budget"] == {"mac_reduction": 0.3, "tolerance": 0.01, "round_to": 2, "allocation": "sensitivity",
+                                "min_keep": 0.25}
+    assert abs(report["mac_reduction"] - 0.3) <= 0.01
+    assert all(row["channels_after"] % 2 == 0 for row in report["layers"])

@@ -63,15 +63,19 @@ def resolve_method(name: str, options: dict[str, str | int | float | bool | None
     return config, config.resolve_budget(budget, default_budget)
 
 
+def _scp_images(evaluation: cifar.Split | None) -> torch.Tensor:
+    if evaluation is None:
+        raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
+    return evaluation.images
+
+
 def channel_scores(model: VGG, method: Method, seed: int = 0,
                    evaluation: cifar.Split | None = None) -> list[torch.Tensor]:
     """Per conv layer, (C,) the method's own channel scores, higher means keep: what global allocation ranks across
     layers. Scorers give theirs; SCP one minus a channel's highest similarity in its layer; k-means a filter's
     distance to its nearest neighbour."""
     if isinstance(method, SCPConfig):
-        if evaluation is None:
-            raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
-        return redundancy_scores(model, method, evaluation.images)
+        return redundancy_scores(model, method, _scp_images(evaluation))
     if isinstance(method, KMeansConfig):
         return distinct_scores(model, method)
     if isinstance(method, LibraryConfig):
@@ -84,9 +88,7 @@ def cut(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
     """The method choosing which channels go, `budget` saying how many per layer; the pruned model and one report
     row per conv layer."""
     if isinstance(method, SCPConfig):
-        if evaluation is None:
-            raise PipelineError("SCP needs evaluation images (held-out training images) to compare feature maps")
-        return prune_scp(model, method, budget, evaluation.images)
+        return prune_scp(model, method, budget, _scp_images(evaluation))
     if isinstance(method, KMeansConfig):
         return prune_kmeans(model, method, budget, seed)
     if isinstance(method, LibraryConfig) or method in SCORERS:
