@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from harness import arguments, base_title
 
 from pipeline import data as cifar
@@ -27,9 +28,12 @@ VARIANTS = [(normalization, per_mac) for normalization in ("mean", "max", "none"
 def main() -> None:
     parser = arguments(__doc__, out="benchmarks/results/allocation_quick")
     parser.add_argument("--targets", default="0.5,0.7")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
     parser.add_argument("--cache", default="runs/bench-allocation/sensitivity.json",
                         help="sensitivity curves of this base, kept for the next run and target")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.base)
     base = model_from_checkpoint(checkpoint)
     data = cifar.load_cifar10(args.data_dir, holdout=checkpoint["data"]["holdout_images"])
@@ -39,7 +43,8 @@ def main() -> None:
                          data.holdout.labels[BATCHNORM_IMAGES:BATCHNORM_IMAGES + SCORED_IMAGES])
     top1 = lambda model: evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
     rows = []
-    for name, method in METHODS.items():
+    for name in args.methods.split(","):
+        method = METHODS[name]
         evaluation = evaluation_set(method, data.holdout)
         scores = channel_scores(base, method, 0, evaluation)
         for target in (float(t) for t in args.targets.split(",")):

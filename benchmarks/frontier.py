@@ -46,8 +46,8 @@ def run_cells(bench: Bench, methods: list[str], allocations: list[str], targets:
                 if target in finetuned:
                     bench.finetune(key, METHODS[name], budget)
                     bench.save("frontier (in progress)", "")
-            for allocation in allocations:
-                if target in finetuned and allocation != "uniform":
+            for allocation in allocations:  # pair() skips a pair unless both cells are fine-tuned
+                if allocation != "uniform":
                     bench.pair(key_of(target, name, allocation), key_of(target, name, "uniform"))
 
 
@@ -182,7 +182,9 @@ channel of every layer by the method's own scores divided by their layer's mean 
 a channel's highest feature-map similarity in its layer); sensitivity prunes each layer alone with the method at
 25/50/75/90%, re-measures BatchNorm on 1,024 held-out training images and measures top-1 on the next 2,048, then
 removes channels where the predicted top-1 loss per MAC saved is smallest. Floor: 10% of each layer (--min-keep).
-Top-1 is on the 10,000 test images, which no allocation or method sees.
+Top-1 is on the 10,000 test images, which no allocation or method sees. Caveat on the pairs' `held-out` column: it
+is the held-out training images past SCP's 1,024, and sensitivity allocation chose its channel counts on 2,048 of
+them, so for sensitivity cells only the `test` column is an independent sample.
 """
 
 
