@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from pipeline import data as cifar
+from pipeline.checkpoint import atomic_path
 from pipeline.errors import PipelineError
 from pipeline.models import VGG, VGGSpec
 from pipeline.prune.budget import Budget, mac_reduction, step_down, trim_to_target
+from pipeline.train import evaluate, remeasure_batchnorm
 
 SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)  # fractions of one layer's channels removed while measuring it
 BATCHNORM_IMAGES = 1024  # held-out images the pruned model's BatchNorm statistics are re-measured on
@@ -98,8 +100,6 @@ def sensitivity_counts(spec: VGGSpec, budget: Budget, curves: Sequence[Curve]) -
 
 
 def _top1(model: VGG, bn_images: torch.Tensor, scored: cifar.Split) -> float:
-    from pipeline.train import evaluate, remeasure_batchnorm  # train imports the models this package cuts
-
     return 100 * evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
 
 
@@ -135,8 +135,6 @@ def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve
     if key not in stored:
         stored[key] = measure()
         if cache is not None:
-            from pipeline.checkpoint import atomic_path
-
             cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache) as tmp:
                 tmp.write_text(json.dumps(stored, indent=1) + "\n")
