@@ -181,9 +181,8 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to, all
                                 "kmeans' automatic K); add --allocation global or --allocation sensitivity")
         method_options = {**method_options, "min_keep": min_keep}
     step = 1 if round_to is None else whole(round_to, "round_to")
-    default = (Budget(mac_reduction=default_budget, round_to=step, allocation=allocation or "uniform",
-                      min_keep=Budget.min_keep if min_keep is None or not per_layer else parse_option(
-                          str(min_keep), "float", "min_keep"))
+    default = (Budget.from_options(mac_reduction=default_budget, round_to=round_to, allocation=allocation,
+                                   min_keep=min_keep if per_layer else None)
                if default_budget is not None else None)
     pruning, resolved = resolve_method(method, method_options, budget, default)
     for given, option, field in ((round_to, "--round-to rounds", "round_to"),

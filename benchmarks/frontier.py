@@ -34,6 +34,11 @@ def key_of(target: float, method: str, allocation: str) -> str:
     return f"{target:.2f}/{method}-{allocation}"
 
 
+def method_of(key: str) -> str:
+    """The METHODS name in a key_of key."""
+    return key.split("/", 1)[1].rsplit("-", 1)[0]
+
+
 def run_cells(bench: Bench, methods: list[str], allocations: list[str], targets: list[float],
               finetuned: set[float], round_to: int) -> None:
     for target in targets:
@@ -63,7 +68,7 @@ def long_bench(args, epochs: int, distill_weight: str) -> Bench:
 def cell_rows(payload: dict, latency: bool) -> list[dict]:
     rows = []
     for key, cell in payload["cells"].items():
-        row = {"MAC target": f"{100 * cell['target']:.0f}%", "method": key.split("/", 1)[1].rsplit("-", 1)[0],
+        row = {"MAC target": f"{100 * cell['target']:.0f}%", "method": method_of(key),
                "allocation": cell["allocation"], "MACs removed": percent(cell["mac_reduction"]),
                "channels": "/".join(map(str, cell["channels"])), "right after pruning": percent(cell["top1_pruned"]),
                "BatchNorm re-measured": percent(cell["top1_recalibrated"]),
@@ -83,7 +88,7 @@ def within(payload: dict, points: float = 0.5) -> str:
     for key, cell in payload["cells"].items():
         if "top1_finetuned" not in cell:
             continue
-        name = (key.split("/", 1)[1].rsplit("-", 1)[0], cell["allocation"])
+        name = (method_of(key), cell["allocation"])
         tried = best.setdefault(name, {"tried": [], "kept": None})
         tried["tried"].append(cell["target"])
         if 100 * (base - cell["top1_finetuned"]) <= points:

@@ -143,16 +143,16 @@ def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve
 
 def allocate(model: VGG, budget: Budget, scores: Callable[[], list[torch.Tensor]], cut: Callable[[Budget], VGG],
              holdout: cifar.Split | None, cache: Path | None = None, cache_key: str = "") -> tuple[list[int], dict]:
-    """Kept channels per layer for a MAC-target budget, and what the allocation measured (for the report).
+    """Kept channels per layer for a MAC-target budget, and what the allocation measured (for the report; the
+    floor is in the budget's own entry).
     scores: the method's per-channel scores (global); cut: the method pruning to a layer_channels budget
     (sensitivity); holdout: the base's held-out training images (sensitivity)."""
     spec = model.spec
     if budget.allocation == "global":
-        return global_counts(spec, budget, scores()), {"allocation": "global", "min_keep": budget.min_keep}
+        return global_counts(spec, budget, scores()), {"allocation": "global"}
     if budget.allocation == "sensitivity":
         if holdout is None:
             raise PipelineError("--allocation sensitivity needs the base's held-out training images")
         curves = cached_curves(cache, cache_key, lambda: layer_sensitivity(model, cut, holdout))
-        return sensitivity_counts(spec, budget, curves), {"allocation": "sensitivity", "min_keep": budget.min_keep,
-                                                          "curves": curves}
+        return sensitivity_counts(spec, budget, curves), {"allocation": "sensitivity", "curves": curves}
     raise PipelineError(f"allocation {budget.allocation!r} is not a per-layer search; use kept_counts")
