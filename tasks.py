@@ -122,9 +122,12 @@ BUDGET_HELP = {
     "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16; 0 leaves a layer whole)",
     "round_to": "every pruned layer keeps a multiple of this many channels, at least this many (default 1)",
     "allocation": "how --mac-reduction is shared among layers: uniform (one ratio, default), global (the method's "
-                  "channel scores ranked across layers) or sensitivity (measured per-layer accuracy loss)",
-    "min_keep": "the fraction of a layer's channels it never goes below: with --allocation global/sensitivity "
-                "(default 0.1), and kmeans' automatic K (default 0.25)",
+                  "channel scores ranked across layers) or sensitivity (measured per-layer accuracy loss per MAC); "
+                  "latency: accuracy loss per ms of measured layer latency, to a --latency-reduction",
+    "latency_reduction": "with --allocation latency: fraction of the predicted onnxruntime latency to remove (the "
+                         "per-layer lookup table is kept in latency-table.json beside the output folder)",
+    "min_keep": "the fraction of a layer's channels it never goes below: with --allocation global/sensitivity/"
+                "latency (default 0.1), and kmeans' automatic K (default 0.25)",
 }
 METHOD_HELP = ("l1 (Li et al. 2017), random, scp (similarity-aware channel pruning), kmeans (filter clustering) or "
                "torch-pruning (the library's group importance)")
@@ -163,26 +166,30 @@ def _check_budget_fits(arch: dict, budget) -> None:
 
     if budget is not None:
         spec = VGGSpec.from_dict(arch)
-        check_reachable(spec, budget) if budget.allocation != "uniform" else kept_counts(spec, budget)
+        if budget.allocation == "uniform":
+            kept_counts(spec, budget)
+        elif budget.allocation != "latency":  # a latency target is checked once the layers are measured
+            check_reachable(spec, budget)
 
 
-def _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to, allocation, min_keep, method_options,
-                       default_budget=None):
+def _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to, allocation, min_keep,
+                       method_options, default_budget=None):
     """The method and its budget from the task's options. --min-keep is the floor of a non-uniform allocation, or
     else k-means' own floor for its automatic K."""
     from pipeline.prune import Budget, resolve_method
 
     per_layer = allocation not in (None, "uniform")
     budget = Budget.from_options(ratio, layer_ratios, mac_reduction, round_to, allocation,
-                                 min_keep if per_layer else None)
+                                 min_keep if per_layer else None, latency_reduction)
     if min_keep is not None and not per_layer:
         if method != "kmeans":
-            raise PipelineError("--min-keep is the per-layer floor of --allocation global or sensitivity (or of "
-                                "kmeans' automatic K); add --allocation global or --allocation sensitivity")
+            raise PipelineError("--min-keep is the per-layer floor of --allocation global, sensitivity or latency "
+                                "(or of kmeans' automatic K); add --allocation global, sensitivity or latency")
         method_options = {**method_options, "min_keep": min_keep}
     step = 1 if round_to is None else whole(round_to, "round_to")
-    default = (Budget.from_options(mac_reduction=default_budget, round_to=round_to, allocation=allocation,
-                                   min_keep=min_keep if per_layer else None)
+    target = "latency_reduction" if allocation == "latency" else "mac_reduction"  # half of what the budget measures
+    default = (Budget.from_options(round_to=round_to, allocation=allocation, min_keep=min_keep if per_layer else None,
+                                   **{target: default_budget})
                if default_budget is not None else None)
     pruning, resolved = resolve_method(method, method_options, budget, default)
     for given, option, field in ((round_to, "--round-to rounds", "round_to"),
@@ -199,7 +206,7 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to, all
             "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers (default 0)",
             "overwrite": "replace an existing output folder", **BUDGET_HELP, **METHOD_OPTIONS_HELP})
 def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, round_to=None,
-          allocation=None, out=None, data_dir=None,
+          allocation=None, latency_reduction=None, out=None, data_dir=None,
           seed="0", overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
           loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
           keep=None, normalize=None, restarts=None, min_keep=None):
@@ -209,8 +216,8 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
     from pipeline.flow import prune_stage
 
     required(checkpoint=checkpoint)
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to, allocation,
-                                         min_keep, _method_options(locals()))
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
+                                         allocation, min_keep, _method_options(locals()))
     seed = whole(seed, "seed")
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
@@ -376,7 +383,8 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
             "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
             **METHOD_OPTIONS_HELP, **QUANTIZE_HELP})
 def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
-             layer_ratios=None, round_to=None, allocation=None, finetune_epochs=None, resume=False, overwrite=False,
+             layer_ratios=None, round_to=None, allocation=None, latency_reduction=None, finetune_epochs=None,
+             resume=False, overwrite=False,
              bench_runs="200",
              data_dir=None, device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None,
              rank=None, loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None,
@@ -390,8 +398,8 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     from pipeline.models import vgg16_spec
     from pipeline.train import make_config
 
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, round_to, allocation,
-                                         min_keep, _method_options(locals()), default_budget=0.5)
+    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
+                                         allocation, min_keep, _method_options(locals()), default_budget=0.5)
     timed_runs = whole(bench_runs, "bench_runs")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training

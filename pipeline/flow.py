@@ -39,14 +39,20 @@ def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
     return holdout.head(count)
 
 
+LATENCY_TABLE = "latency-table.json"
+
+
 def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget | None, data: cifar.Cifar10,
                 seed: int) -> dict:
     """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
-    `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count)."""
+    `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count). --allocation
+    latency keeps its lookup table of layer latencies in LATENCY_TABLE beside `out_dir`, for every run on this
+    machine."""
     with folder_lock(out_dir):
         started = time.perf_counter()
         pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed,
-                                  evaluation_set(method, data.holdout), data.holdout)
+                                  evaluation_set(method, data.holdout), data.holdout,
+                                  latency_table=out_dir.parent / LATENCY_TABLE)
         seconds = time.perf_counter() - started
         result = evaluate(model_from_checkpoint(pruned), data.test)
         pruned["metrics"] = {"test": result}

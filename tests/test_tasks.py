@@ -130,7 +130,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
 @pytest.mark.parametrize("args, message", [
     (("prune", "--method", "scp", "--knn", "0", "--ratio", "0.5"), r"k \(nearest neighbours\) must be >= 1"),
     (("prune", "--method", "scp", "--eval-images", "0", "--ratio", "0.5"), r"evaluation set \(0 images\)"),
-    (("prune", "--ratio", "-1"), r"--ratio and --mac-reduction must be in \(0, 1\)"),
+    (("prune", "--ratio", "-1"), r"--ratio, --mac-reduction and --latency-reduction must be in \(0, 1\)"),
     (("prune", "--ratio", "1.5"), r"must be in \(0, 1\)"),
     (("prune", "--mac-reduction", "0"), r"must be in \(0, 1\)"),
     (("prune", "--ratio", "half"), "--ratio expects a finite number"),
@@ -142,6 +142,9 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("prune", "--mac-reduction", "0.9", "--allocation", "sensitivity", "--min-keep", "0.9"), "lower --min-keep"),
     (("prune", "--mac-reduction", "0.5", "--allocation", "global", "--min-keep", "0"), r"--min-keep is a fraction"),
     (("prune", "--ratio", "0.5", "--min-keep", "0.2"), "add --allocation global"),
+    (("prune", "--mac-reduction", "0.5", "--allocation", "latency"), "--latency-reduction and --allocation latency go"),
+    (("prune", "--latency-reduction", "0.5"), "--latency-reduction and --allocation latency go together"),
+    (("pipeline", "--allocation", "latency", "--latency-reduction", "2"), r"must be in \(0, 1\)"),
     (("pipeline", "--allocation", "global", "--min-keep", "x"), "--min-keep expects a finite number"),
     (("pipeline", "--layer-ratios", "0.5,0.5"), "needs 13 values"),
     (("prune", "--ratio", "0.5", "--seed", "x"), "--seed expects int"),

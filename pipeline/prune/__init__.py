@@ -21,6 +21,7 @@ from pipeline.prune.allocation import allocate
 from pipeline.prune.budget import Budget, keep_top, kept_counts, mac_reduction, required_budget
 from pipeline.prune.kmeans import KMeansConfig, distinct_scores, prune_kmeans
 from pipeline.prune.l1 import l1_scores, random_scores
+from pipeline.prune.latency import LatencyTable
 from pipeline.prune.library import LibraryConfig, library_scores
 from pipeline.prune.scp import SCPConfig, prune_scp, redundancy_scores
 from pipeline.prune.surgery import prune_channels, vgg_couplings
@@ -102,19 +103,22 @@ def cut(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
 
 def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
           evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
-          sensitivity_cache: Path | None = None) -> tuple[VGG, dict]:
+          sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> tuple[VGG, dict]:
     """The pruned model and a report: per layer channels before/after, MACs/params before/after.
 
     evaluation: labelled held-out images, uint8 (n, 3, 32, 32), that data-driven methods analyse (SCP's feature
     maps, Taylor importance's gradients); see flow.evaluation_set. holdout: all the base's held-out training images,
-    which --allocation sensitivity measures top-1 on; sensitivity_cache: a JSON file keeping its per-layer curves
-    for the next target (keyed by method, options, seed and held-out count: one file per base model)."""
+    which --allocation sensitivity and latency measure top-1 on; sensitivity_cache: a JSON file keeping their
+    per-layer curves for the next target (keyed by method, options, seed and held-out count: one file per base
+    model); latency_table: the JSON lookup table of layer latencies --allocation latency reads and extends (one file
+    per machine; None measures afresh)."""
     allocation, per_layer = {"allocation": "uniform"}, budget
     if budget is not None and budget.allocation != "uniform":
         key = json.dumps([method_name(method), method_options(method), seed, 0 if holdout is None else len(holdout)])
         counts, allocation = allocate(model, budget, lambda: channel_scores(model, method, seed, evaluation),
                                       lambda layer_budget: cut(model, method, layer_budget, seed, evaluation)[0],
-                                      holdout, sensitivity_cache, key)
+                                      holdout, sensitivity_cache, key,
+                                      LatencyTable.load(latency_table) if budget.allocation == "latency" else None)
         per_layer = Budget(layer_channels=tuple(counts))
     pruned, rows = cut(model, method, per_layer, seed, evaluation)
     before, after = count_cost(model), count_cost(pruned)
@@ -130,11 +134,11 @@ def prune(model: VGG, method: Method, budget: Budget | None, seed: int = 0,
 
 def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, seed: int = 0,
                      evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
-                     sensitivity_cache: Path | None = None) -> dict:
+                     sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> dict:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report."""
     pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed, evaluation, holdout,
-                           sensitivity_cache)
+                           sensitivity_cache, latency_table)
     parent_metrics = checkpoint.get("metrics", {})
     report["parent_test_top1"] = parent_metrics.get("test", {}).get("top1")
     return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],

@@ -8,8 +8,11 @@ global       every channel of every layer ranked together by the method's own sc
 sensitivity  each layer pruned alone by the method at SENSITIVITY_RATIOS, BatchNorm re-measured and top-1 measured
              on held-out training images (never test images); a step goes from the layer whose predicted top-1 loss
              per MAC saved is the smallest (NetAdapt's and AMC's per-layer view, with a measured loss curve).
+latency      the same loss curves, but the cost is measured latency (pipeline/prune/latency.py's lookup table per
+             layer shape, onnxruntime on this machine) and the target a fraction of the predicted latency: a step
+             goes from the layer whose predicted loss per millisecond saved is smallest (NetAdapt).
 
-No layer goes below budget.min_keep of its channels under global and sensitivity.
+No layer goes below budget.min_keep of its channels under a non-uniform allocation.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from pipeline.checkpoint import atomic_path
 from pipeline.errors import PipelineError
 from pipeline.models import VGG, VGGSpec
 from pipeline.prune.budget import Budget, mac_reduction, step_down, trim_to_target
+from pipeline.prune.latency import LatencyTable
 from pipeline.train import evaluate, remeasure_batchnorm
 
 SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)  # fractions of one layer's channels removed while measuring it
 BATCHNORM_IMAGES = 1024  # held-out images the pruned model's BatchNorm statistics are re-measured on
 SCORED_IMAGES = 2048  # the held-out images after those, whose top-1 is the sensitivity measure
+LOOKAHEAD = 4  # steps down a layer the latency allocation looks for a saving (one step can cost more: SIMD widths)
 Curve = list[tuple[int, float]]  # (kept channels, top-1 lost in points), from the whole layer down
 
 
@@ -40,14 +45,15 @@ def floors(spec: VGGSpec, budget: Budget) -> list[int]:
             for c in spec.conv_channels]
 
 
-def check_reachable(spec: VGGSpec, budget: Budget) -> list[int]:
-    """The floors, once the MAC target is known to be reachable above them (else an error naming the fix)."""
+def check_reachable(spec: VGGSpec, budget: Budget, reduction: Callable[[list[int]], float] | None = None) -> list[int]:
+    """The floors, once the target is known to be reachable above them (else an error naming the fix).
+    reduction: as in trim_to_target (MACs unless given)."""
     lowest = floors(spec, budget)
-    most = mac_reduction(spec, lowest)
-    if budget.mac_reduction > most + budget.tolerance:
-        raise PipelineError(f"a {budget.mac_reduction:.0%} MAC reduction cannot be reached with every layer keeping "
-                            f"at least {budget.min_keep:.0%} of its channels (at most {most:.1%}); lower --min-keep "
-                            f"or ask for less")
+    most = (reduction or (lambda counts: mac_reduction(spec, counts)))(lowest)
+    if budget.target > most + budget.tolerance:
+        raise PipelineError(f"a {budget.target:.0%} {budget.measure} reduction cannot be reached with every layer "
+                            f"keeping at least {budget.min_keep:.0%} of its channels (at most {most:.1%}); lower "
+                            f"--min-keep or ask for less")
     return lowest
 
 
@@ -99,6 +105,35 @@ def sensitivity_counts(spec: VGGSpec, budget: Budget, curves: Sequence[Curve]) -
     return trim_to_target(spec, list(spec.conv_channels), budget, lowest, priority)
 
 
+def latency_saved(spec: VGGSpec, table: LatencyTable) -> Callable[[list[int]], float]:
+    """counts -> the fraction of `spec`'s predicted latency those channel counts remove."""
+    full = table.model_ms(spec, spec.conv_channels)
+    return lambda counts: 1 - table.model_ms(spec, counts) / full
+
+
+def latency_counts(spec: VGGSpec, budget: Budget, curves: Sequence[Curve], table: LatencyTable) -> list[int]:
+    """Kept channels per layer meeting budget.latency_reduction of the table's predicted latency: the next step
+    goes from the layer whose predicted extra loss per ms saved is smallest. A step that saves nothing (a count off
+    the runtime's SIMD width can be slower) is judged by the best rate within LOOKAHEAD steps, so the search walks
+    through it to the next faster count."""
+    reduction = latency_saved(spec, table)
+    lowest = check_reachable(spec, budget, reduction)
+
+    def priority(layer: int, counts: list[int]) -> float:
+        now, fewer, best = table.model_ms(spec, counts), counts[layer], math.inf
+        for _ in range(LOOKAHEAD):
+            fewer = step_down(fewer, budget.round_to)
+            if fewer < max(1, lowest[layer]):
+                break
+            saved = now - table.model_ms(spec, counts[:layer] + [fewer] + counts[layer + 1:])
+            extra = max(0.0, predicted_loss(curves[layer], fewer) - predicted_loss(curves[layer], counts[layer]))
+            if saved > 0:
+                best = min(best, extra / saved)
+        return best
+
+    return trim_to_target(spec, list(spec.conv_channels), budget, lowest, priority, reduction)
+
+
 def _top1(model: VGG, bn_images: torch.Tensor, scored: cifar.Split) -> float:
     return 100 * evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
 
@@ -109,8 +144,8 @@ def layer_sensitivity(model: VGG, cut: Callable[[Budget], VGG], holdout: cifar.S
     next SCORED_IMAGES, for the unpruned model the same way. Curves run from the whole layer (loss 0) down and never
     predict less loss for fewer channels."""
     if len(holdout) < 2:
-        raise PipelineError("--allocation sensitivity measures accuracy on held-out training images, but the base "
-                            "model was trained with none held out; train it with --holdout (e.g. 5000)")
+        raise PipelineError("--allocation sensitivity and latency measure accuracy on held-out training images, but "
+                            "the base model was trained with none held out; train it with --holdout (e.g. 5000)")
     bn_count = min(BATCHNORM_IMAGES, len(holdout) // 2)
     bn_images = holdout.images[:bn_count]
     scored = cifar.Split(holdout.images[bn_count:bn_count + SCORED_IMAGES],
@@ -142,17 +177,35 @@ def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve
 
 
 def allocate(model: VGG, budget: Budget, scores: Callable[[], list[torch.Tensor]], cut: Callable[[Budget], VGG],
-             holdout: cifar.Split | None, cache: Path | None = None, cache_key: str = "") -> tuple[list[int], dict]:
-    """Kept channels per layer for a MAC-target budget, and what the allocation measured (for the report; the
-    floor is in the budget's own entry).
+             holdout: cifar.Split | None, cache: Path | None = None, cache_key: str = "",
+             latency_table: LatencyTable | None = None) -> tuple[list[int], dict]:
+    """Kept channels per layer for a MAC- or latency-target budget, and what the allocation measured (for the
+    report; the floor is in the budget's own entry).
     scores: the method's per-channel scores (global); cut: the method pruning to a layer_channels budget
-    (sensitivity); holdout: the base's held-out training images (sensitivity)."""
+    (sensitivity, latency); holdout: the base's held-out training images (sensitivity, latency); latency_table: the
+    lookup table to read and fill (latency; saved when done)."""
     spec = model.spec
     if budget.allocation == "global":
         return global_counts(spec, budget, scores()), {"allocation": "global"}
-    if budget.allocation == "sensitivity":
+
+    def curves() -> list[Curve]:
         if holdout is None:
-            raise PipelineError("--allocation sensitivity needs the base's held-out training images")
-        curves = cached_curves(cache, cache_key, lambda: layer_sensitivity(model, cut, holdout))
-        return sensitivity_counts(spec, budget, curves), {"allocation": "sensitivity", "curves": curves}
+            raise PipelineError(f"--allocation {budget.allocation} needs the base's held-out training images")
+        return cached_curves(cache, cache_key, lambda: layer_sensitivity(model, cut, holdout))
+
+    if budget.allocation == "sensitivity":
+        measured = curves()
+        return sensitivity_counts(spec, budget, measured), {"allocation": "sensitivity", "curves": measured}
+    if budget.allocation == "latency":
+        table = latency_table or LatencyTable()
+        try:
+            check_reachable(spec, budget, latency_saved(spec, table))  # a few layers' timings spare the curves
+            measured = curves()
+            counts = latency_counts(spec, budget, measured, table)
+        finally:
+            table.save()  # what was timed is kept even when the target turns out unreachable
+        return counts, {"allocation": "latency", "curves": measured, "latency_table": str(table.path),
+                        "predicted_ms": {"before": table.model_ms(spec, spec.conv_channels),
+                                         "after": table.model_ms(spec, counts)},
+                        "latency_runtime": table.where}
     raise PipelineError(f"allocation {budget.allocation!r} is not a per-layer search; use kept_counts")

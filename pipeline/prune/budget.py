@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import VGGSpec
 from pipeline.options import parse_option
 
-ALLOCATIONS = ("uniform", "global", "sensitivity")
+ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,19 @@ class Budget:
     ratio: the fraction of every conv layer's channels to remove;
     layer_ratios: that fraction per conv layer (0 leaves a layer whole: protect the first and last convs this way);
     mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute);
+    latency_reduction: the fraction of the model's predicted latency to remove (allocation "latency" only: the
+    lookup table of pipeline/prune/latency.py predicts it), within `tolerance`;
     layer_channels: the channels each conv layer keeps (what an allocation resolves a MAC target to);
     and round_to: each layer's kept channels a multiple of it (SIMD kernels work on groups of 4, 8 or 16 channels);
     allocation: how a MAC target is shared among layers (see pipeline/prune/allocation.py): "uniform" (one ratio for
-    every layer), "global" (the method's channel scores ranked across layers) or "sensitivity" (measured per-layer
-    accuracy loss); min_keep: with global/sensitivity, the fraction of its channels no layer goes below."""
+    every layer), "global" (the method's channel scores ranked across layers), "sensitivity" (measured per-layer
+    accuracy loss per MAC) or "latency" (the same loss per millisecond of measured latency); min_keep: with a
+    non-uniform allocation, the fraction of its channels no layer goes below."""
 
     ratio: float | None = None
     layer_ratios: tuple[float, ...] | None = None
     mac_reduction: float | None = None
+    latency_reduction: float | None = None
     layer_channels: tuple[int, ...] | None = None
     tolerance: float = 0.01
     round_to: int = 1  # every layer keeps a multiple of this many channels (at least this many)
@@ -38,15 +43,15 @@ class Budget:
     min_keep: float = 0.1
 
     def __post_init__(self) -> None:
-        given = [name for name in ("ratio", "layer_ratios", "mac_reduction", "layer_channels")
+        given = [name for name in ("ratio", "layer_ratios", "mac_reduction", "latency_reduction", "layer_channels")
                  if getattr(self, name) is not None]
         if len(given) != 1:
-            raise PipelineError("give exactly one budget: --ratio, --layer-ratios or --mac-reduction"
-                                + (f" (got {', '.join(given)})" if given else ""))
-        for value in tuple(v for v in (self.ratio, self.mac_reduction) if v is not None):
+            raise PipelineError("give exactly one budget: --ratio, --layer-ratios, --mac-reduction or "
+                                "--latency-reduction" + (f" (got {', '.join(given)})" if given else ""))
+        for value in tuple(v for v in (self.ratio, self.mac_reduction, self.latency_reduction) if v is not None):
             if not 0 < value < 1:
-                raise PipelineError(f"--ratio and --mac-reduction must be in (0, 1), got {value}; e.g. 0.5 removes "
-                                    f"half")
+                raise PipelineError(f"--ratio, --mac-reduction and --latency-reduction must be in (0, 1), got "
+                                    f"{value}; e.g. 0.5 removes half")
         for value in self.layer_ratios or ():
             if not 0 <= value < 1:
                 raise PipelineError(f"each --layer-ratios value must be in [0, 1), got {value}; 0 leaves a layer "
@@ -55,7 +60,10 @@ class Budget:
             raise PipelineError(f"--round-to must be a whole number of channels in 1..256, got {self.round_to}")
         if self.allocation not in ALLOCATIONS:
             raise PipelineError(f"unknown --allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
-        if self.allocation != "uniform" and self.mac_reduction is None:
+        if (self.allocation == "latency") != (self.latency_reduction is not None):
+            raise PipelineError("--latency-reduction and --allocation latency go together: the latency allocation "
+                                "trims to a latency target, and only it measures latency")
+        if self.allocation not in ("uniform", "latency") and self.mac_reduction is None:
             raise PipelineError(f"--allocation {self.allocation} shares a MAC target among layers: give "
                                 f"--mac-reduction, not --ratio/--layer-ratios (those fix each layer's share)")
         if not 0 < self.min_keep <= 1:
@@ -67,20 +75,32 @@ class Budget:
     @classmethod
     def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
                      mac_reduction: str | float | None = None, round_to: str | int | None = None,
-                     allocation: str | None = None, min_keep: str | float | None = None) -> Budget | None:
+                     allocation: str | None = None, min_keep: str | float | None = None,
+                     latency_reduction: str | float | None = None) -> Budget | None:
         """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5, --round-to 8,
-        --allocation global, --min-keep 0.1; None when no budget is given (the method may not need one, or has a
-        default)."""
-        if ratio is None and layer_ratios is None and mac_reduction is None:
+        --allocation global, --min-keep 0.1, --latency-reduction 0.5; None when no budget is given (the method may
+        not need one, or has a default)."""
+        if ratio is None and layer_ratios is None and mac_reduction is None and latency_reduction is None:
             return None
         number = lambda text, option: parse_option(str(text), "float", option)
         return cls(ratio=None if ratio is None else number(ratio, "ratio"),
                    layer_ratios=None if layer_ratios is None else tuple(
                        number(part, "layer_ratios") for part in str(layer_ratios).split(",")),
                    mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"),
+                   latency_reduction=None if latency_reduction is None else number(latency_reduction,
+                                                                                   "latency_reduction"),
                    round_to=1 if round_to is None else parse_option(str(round_to), "int", "round_to"),
                    allocation=allocation or "uniform",
                    min_keep=Budget.min_keep if min_keep is None else number(min_keep, "min_keep"))
+
+    @property
+    def target(self) -> float | None:
+        """The fraction to remove of what the budget measures (MACs, or predicted latency)."""
+        return self.latency_reduction if self.latency_reduction is not None else self.mac_reduction
+
+    @property
+    def measure(self) -> str:
+        return "latency" if self.latency_reduction is not None else "MAC"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
@@ -150,21 +170,25 @@ def step_down(channels: int, step: int) -> int:
 
 
 def trim_to_target(spec: VGGSpec, counts: Sequence[int], budget: Budget, floors: Sequence[int],
-                   priority: Callable[[int, list[int]], float | tuple]) -> list[int]:
+                   priority: Callable[[int, list[int]], float | tuple],
+                   reduction: Callable[[list[int]], float] | None = None) -> list[int]:
     """Removes one step (budget.round_to channels) at a time from the layer with the lowest `priority(layer,
-    counts)`, among the layers that stay at or above their floor and whose step keeps the MAC reduction within the
-    target's tolerance, until budget.mac_reduction is met (within tolerance/2 below). Every allocation ends here."""
+    counts)`, among the layers that stay at or above their floor and whose step keeps the reduction within the
+    target's tolerance, until budget.target is met (within tolerance/2 below). Every allocation ends here.
+    reduction(counts): the fraction removed of what the budget measures; MACs unless given (predicted latency)."""
     counts, step = list(counts), budget.round_to
-    target, tolerance = budget.mac_reduction, budget.tolerance
-    while (reached := mac_reduction(spec, counts)) < target - tolerance / 2:
+    reduction = reduction or functools.partial(mac_reduction, spec)
+    target, tolerance = budget.target, budget.tolerance
+    while (reached := reduction(counts)) < target - tolerance / 2:
         fits = [i for i, c in enumerate(counts) if 1 <= step_down(c, step) and floors[i] <= step_down(c, step)
-                and mac_reduction(spec, counts[:i] + [step_down(c, step)] + counts[i + 1:]) <= target + tolerance]
+                and reduction(counts[:i] + [step_down(c, step)] + counts[i + 1:]) <= target + tolerance]
         if not fits:
             break
         chosen = min(fits, key=lambda i: priority(i, counts))
         counts[chosen] = step_down(counts[chosen], step)
     if abs(reached - target) > tolerance:
-        raise PipelineError(f"could not reach a {target:.1%} MAC reduction within {tolerance:.1%} (got {reached:.1%})"
+        raise PipelineError(f"could not reach a {target:.1%} {budget.measure} reduction within {tolerance:.1%} (got "
+                            f"{reached:.1%})"
                             + (f"; channel steps of {step} are too coarse for this model: try a smaller --round-to"
                                if step > 1 else "")
                             + ("" if budget.allocation == "uniform" else "; or lower --min-keep"))
