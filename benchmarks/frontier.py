@@ -1,5 +1,6 @@
-"""How many MACs can go for how much top-1: per-layer allocation (uniform, global, sensitivity) for L1 and SCP at
-several MAC targets, before and after the identical short fine-tune, paired against uniform on the same images.
+"""How many MACs can go for how much top-1: per-layer allocation (uniform, global, sensitivity; latency to a share
+of predicted latency) for L1 and SCP at several targets, before and after the identical short fine-tune, paired
+against uniform on the same images.
 
     python benchmarks/frontier.py --base runs/wide/checkpoint.pt --out benchmarks/results/frontier_wide \\
         --targets 0.5,0.6,0.7,0.8 --finetune 0.7
@@ -44,15 +45,17 @@ def run_cells(bench: Bench, methods: list[str], allocations: list[str], targets:
     for target in targets:
         for name in methods:
             for allocation in allocations:
-                key, budget = key_of(target, name, allocation), Budget(mac_reduction=target, round_to=round_to,
-                                                                       allocation=allocation)
+                # the latency allocation's target is a share of predicted latency; the others' a share of MACs
+                measure = "latency_reduction" if allocation == "latency" else "mac_reduction"
+                key = key_of(target, name, allocation)
+                budget = Budget(round_to=round_to, allocation=allocation, **{measure: target})
                 bench.measure(key, METHODS[name], budget, target=target, allocation=allocation)
                 bench.save("frontier (in progress)", "")
                 if target in finetuned:
                     bench.finetune(key, METHODS[name], budget)
                     bench.save("frontier (in progress)", "")
             for allocation in allocations:  # pair() skips a pair unless both cells are fine-tuned
-                if allocation != "uniform":
+                if allocation not in ("uniform", "latency"):  # a latency target is not uniform's MAC target
                     bench.pair(key_of(target, name, allocation), key_of(target, name, "uniform"))
 
 
@@ -68,7 +71,8 @@ def long_bench(args, epochs: int, distill_weight: str) -> Bench:
 def cell_rows(payload: dict, latency: bool) -> list[dict]:
     rows = []
     for key, cell in payload["cells"].items():
-        row = {"MAC target": f"{100 * cell['target']:.0f}%", "method": method_of(key),
+        row = {"target": f"{100 * cell['target']:.0f}% " + ("latency" if cell["allocation"] == "latency" else "MACs"),
+               "method": method_of(key),
                "allocation": cell["allocation"], "MACs removed": percent(cell["mac_reduction"]),
                "channels": "/".join(map(str, cell["channels"])), "right after pruning": percent(cell["top1_pruned"]),
                "BatchNorm re-measured": percent(cell["top1_recalibrated"]),
@@ -189,7 +193,10 @@ a channel's highest feature-map similarity in its layer); sensitivity prunes eac
 removes channels where the predicted top-1 loss per MAC saved is smallest. Floor: 10% of each layer (--min-keep).
 Top-1 is on the 10,000 test images, which no allocation or method sees. Caveat on the pairs' `held-out` column: it
 is the held-out training images past SCP's 1,024, and sensitivity allocation chose its channel counts on 2,048 of
-them, so for sensitivity cells only the `test` column is an independent sample.
+them, so for sensitivity cells only the `test` column is an independent sample. latency uses sensitivity's curves
+but trims by predicted onnxruntime latency (a lookup table of single layers timed on this machine, in --work) to a
+share of that predicted latency, not of MACs: its cells are compared by the measured whole-model latency (ORT ms)
+rather than paired against uniform at a MAC target.
 """
 
 

@@ -21,7 +21,7 @@ from pipeline.bench import onnx_latencies_ms, paired_difference
 from pipeline.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint, fold_batchnorm, write_onnx
-from pipeline.flow import evaluation_set
+from pipeline.flow import LATENCY_TABLE, evaluation_set
 from pipeline.models import VGG, build_model
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
 from pipeline.report import command_line, markdown_table, write_results
@@ -100,9 +100,10 @@ class Bench:
     def pruning_data(self, method: Method) -> dict:
         """prune()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
         measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
-        target)."""
+        target), and the latency allocation's lookup table there (one per machine)."""
         return {"evaluation": evaluation_set(method, self.data.holdout), "holdout": self.data.holdout,
-                "sensitivity_cache": self.work / f"sensitivity-{self.payload['base']['sha256'][:12]}.json"}
+                "sensitivity_cache": self.work / f"sensitivity-{self.payload['base']['sha256'][:12]}.json",
+                "latency_table": self.work / LATENCY_TABLE}
 
     def measure(self, key: str, method: Method, budget: Budget | None, seed: int = 0, **extra: object) -> dict:
         """Prunes the base (unless `key` is done): MACs, params, seconds, top-1 pruned and with BatchNorm
