@@ -106,7 +106,8 @@ def within(payload: dict, points: float = 0.5) -> str:
 
 def plot(payloads: dict[str, dict], path: Path) -> None:
     """Top-1 against MACs kept (and against latency when timed), one line per method x allocation and recipe."""
-    timed = any("onnx_ms" in cell for payload in payloads.values() for cell in payload["cells"].values())
+    timed = any("onnx_ms" in cell and "base_onnx_ms" in payload for payload in payloads.values()
+                for cell in payload["cells"].values())
     figure, axes = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 6.5, 4.5), squeeze=False)
     for recipe, payload in payloads.items():
         lines: dict[str, list[tuple[float, float, float | None]]] = {}
@@ -115,7 +116,7 @@ def plot(payloads: dict[str, dict], path: Path) -> None:
             if top1 is None:
                 continue
             name = f"{key.split('/', 1)[1]} ({recipe})"
-            latency = cell["onnx_ms"] / payload["base_onnx_ms"] if "onnx_ms" in cell else None
+            latency = cell["onnx_ms"] / payload["base_onnx_ms"] if timed and "onnx_ms" in cell else None
             lines.setdefault(name, []).append((1 - cell["mac_reduction"], 100 * top1, latency))
         for name, points in lines.items():
             points.sort()
