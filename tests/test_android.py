@@ -49,6 +49,46 @@ def test_every_manifest_activity_exists_and_every_xml_file_parses():
     assert f"namespace '{android.PACKAGE}'" in gradle and f"applicationId '{android.PACKAGE}'" in gradle
 
 
+JAVA_STUBS = Path(__file__).parent / "java_stubs"
+
+
+def generated_java(folder: Path) -> list[Path]:
+    """What the Android build generates before javac runs: R (from the layouts' ids) and BuildConfig (from
+    build.gradle's buildConfigField lines), written under `folder`."""
+    package = folder / Path(*android.PACKAGE.split("."))
+    package.mkdir(parents=True)
+    ids = sorted({i for layout in (APP / "app/src/main/res/layout").glob("*.xml")
+                  for i in re.findall(r'android:id="@\+id/(\w+)"', layout.read_text())})
+    layouts = sorted(path.stem for path in (APP / "app/src/main/res/layout").glob("*.xml"))
+    constants = lambda names: " ".join(f"public static final int {n} = {i};" for i, n in enumerate(names, 1))
+    (package / "R.java").write_text(f"package {android.PACKAGE}; public final class R {{ public static final class "
+                                    f"layout {{ {constants(layouts)} }} public static final class id {{ "
+                                    f"{constants(ids)} }} }}\n")
+    gradle = (APP / "app" / "build.gradle").read_text()
+    versions = dict(re.findall(r"def (\w+) = '([^']+)'", gradle))
+    fields = " ".join(f"static final String {name} = \"{versions[variable]}\";" for name, variable in
+                      re.findall(r"buildConfigField 'String', '(\w+)', \"\\\"\$\{(\w+)\}\\\"\"", gradle))
+    (package / "BuildConfig.java").write_text(f"package {android.PACKAGE}; final class BuildConfig {{ {fields} }}\n")
+    return [package / "R.java", package / "BuildConfig.java"]
+
+
+@pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK's javac")
+def test_the_apps_java_compiles_against_the_published_signatures(tmp_path):
+    """javac 17 (the app's language level) on the app's sources, the generated R and BuildConfig and stubs of the
+    APIs it calls (tests/java_stubs): a misspelt method, a wrong argument type or a checked exception left unhandled
+    fails here rather than in a Gradle build nobody here can run."""
+    import subprocess
+
+    sources = [*SOURCES.glob("*.java"), *generated_java(tmp_path / "generated"), *JAVA_STUBS.rglob("*.java")]
+    assert "EXECUTORCH_VERSION" in (tmp_path / "generated" / Path(*android.PACKAGE.split(".")) /
+                                    "BuildConfig.java").read_text()
+    result = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-d", str(tmp_path / "classes"),
+                             *map(str, sources)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = {path.stem for path in (tmp_path / "classes").rglob("*.class")}
+    assert {path.stem for path in SOURCES.glob("*.java")} <= compiled
+
+
 def test_resources_the_code_names_exist():
     layout_ids = set(re.findall(r'@\+id/(\w+)', (APP / "app/src/main/res/layout/activity_main.xml").read_text()))
     assert set(re.findall(r"R\.id\.(\w+)", java_sources())) <= layout_ids

@@ -1,0 +1,1 @@
+package android.widget; public class ImageView extends android.view.View { public void setImageBitmap(android.graphics.Bitmap bm) {} }

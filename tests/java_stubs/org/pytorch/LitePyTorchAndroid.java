@@ -1,0 +1,1 @@
+package org.pytorch; public class LitePyTorchAndroid { public static void setNumThreads(int n) {} }

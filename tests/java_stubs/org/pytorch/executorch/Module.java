@@ -1,0 +1,1 @@
+package org.pytorch.executorch; public class Module { public static final int LOAD_MODE_FILE = 0; public static final int LOAD_MODE_MMAP = 1; public static Module load(String p, int mode, int threads) { return null; } public EValue[] forward(EValue... inputs) { return null; } public void destroy() {} }
