@@ -16,6 +16,7 @@ No layer goes below budget.min_keep of its channels under a non-uniform allocati
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -49,7 +50,7 @@ def check_reachable(spec: VGGSpec, budget: Budget, reduction: Callable[[list[int
     """The floors, once the target is known to be reachable above them (else an error naming the fix).
     reduction: as in trim_to_target (MACs unless given)."""
     lowest = floors(spec, budget)
-    most = (reduction or (lambda counts: mac_reduction(spec, counts)))(lowest)
+    most = (reduction or functools.partial(mac_reduction, spec))(lowest)
     if budget.target > most + budget.tolerance:
         raise PipelineError(f"a {budget.target:.0%} {budget.measure} reduction cannot be reached with every layer "
                             f"keeping at least {budget.min_keep:.0%} of its channels (at most {most:.1%}); lower "
@@ -197,7 +198,7 @@ def allocate(model: VGG, budget: Budget, scores: Callable[[], list[torch.Tensor]
         measured = curves()
         return sensitivity_counts(spec, budget, measured), {"allocation": "sensitivity", "curves": measured}
     if budget.allocation == "latency":
-        table = latency_table or LatencyTable()
+        table = latency_table or LatencyTable.load(None)  # measured afresh, kept nowhere
         try:
             check_reachable(spec, budget, latency_saved(spec, table))  # a few layers' timings spare the curves
             measured = curves()

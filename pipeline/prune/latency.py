@@ -117,7 +117,7 @@ class LatencyTable:
             raise PipelineError(f"{path} is not a latency table ({err}); delete it to measure a new one") from err
         if stored.get("where") != where:
             raise PipelineError(f"the latency table {path} was measured with {stored.get('where')}, but this prune "
-                                f"runs with {where}; delete it or give another --latency-table")
+                                f"runs with {where}; delete it and it is measured again here")
         return cls(path, measure, ms, where)
 
     def layer_ms(self, shape: LayerShape) -> float:
