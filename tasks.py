@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 from invoke import Exit, task
 
-from pipeline.errors import PipelineError, os_error_message
+from pipeline.errors import PipelineError, os_error_message, unexpected_error_message
 from pipeline.options import parse_option
 
 TRAIN_HELP = {
@@ -53,10 +54,16 @@ def command(name: str | None = None, help: dict[str, str] | None = None):
         def wrapper(*args, **kwargs):
             try:
                 return function(*args, **kwargs)
+            except Exit:  # a task's own exit code (`invoke test`) is its answer, not a failure to explain
+                raise
             except PipelineError as err:
                 raise Exit(f"error: {err}", code=2) from None
             except OSError as err:
                 raise Exit(f"error: {os_error_message(err)}", code=2) from None
+            except Exception as err:  # a defect, or input no check foresaw: one line, and the trace on request
+                if os.environ.get("PRUNEDROID_TRACEBACK"):
+                    raise
+                raise Exit(unexpected_error_message(err), code=2) from None
 
         return task(wrapper, name=name, help=help, positional=[], auto_shortflags=False)
 
@@ -211,7 +218,7 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
           loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
           keep=None, normalize=None, restarts=None, min_keep=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.checkpoint import held_out_images, load_checkpoint
     from pipeline.data import load_cifar10
     from pipeline.flow import prune_stage
 
@@ -224,8 +231,7 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
         raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
     base = load_checkpoint(checkpoint)
     _check_budget_fits(base["arch"], budget)
-    held_out = base.get("data", {}).get("holdout_images", 0)
-    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out), seed)
+    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out_images(base)), seed)
 
 
 NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
@@ -278,15 +284,17 @@ def _int8_options(quantize, calibration_images, max_drop):
 def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None, quantize=None,
            calibration_images=None, max_drop=None):
     """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
-    from pipeline.checkpoint import existing_checkpoint, load_checkpoint
+    from pipeline.checkpoint import existing_checkpoint, held_out_images, load_checkpoint
     from pipeline.data import load_cifar10, load_test
     from pipeline.export import export_checkpoint
+    from pipeline.files import plain_name
 
     required(checkpoint=checkpoint)
+    plain_name(name, "--name")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     existing_checkpoint(checkpoint)  # a wrong path fails before the data is looked for (or downloaded)
     if int8:  # calibrated on the base's held-out training images, never on test images
-        data = load_cifar10(data_dir, holdout=load_checkpoint(checkpoint).get("data", {}).get("holdout_images", 0))
+        data = load_cifar10(data_dir, holdout=held_out_images(load_checkpoint(checkpoint)))
         test, calibration = data.test, data.holdout.head(int8.calibration_images)
     else:
         test, calibration = load_test(data_dir), None
@@ -316,8 +324,8 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", dat
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
     from pipeline.bench import ROUNDS, benchmark, check_timing, table_rows
     from pipeline.data import load_test
-    from pipeline.export import existing_sidecar
     from pipeline.report import markdown_table, write_results
+    from pipeline.sidecar import existing_sidecar
 
     required(models=models)
     sidecars = [existing_sidecar(path) for path in models.split(",")]
@@ -353,20 +361,19 @@ def build_apk(c, model="export/model.json", variant="debug", runtime="executorch
 def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs="100",
                  warmup="20", threads="1", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
-    import json
-
-    from pipeline.bench import add_device_rows, table_rows
+    from pipeline.bench import add_device_rows, read_report, table_rows
     from pipeline.device import bench_device as run_on_device
     from pipeline.report import markdown_table, write_results
+    from pipeline.sidecar import read_sidecar
 
     required(models=models)
     sidecars = [Path(m) for m in models.split(",")]
+    stem = Path(report)
+    host = read_report(stem.with_suffix(".json")) if stem.with_suffix(".json").exists() else {}
     device = run_on_device(sidecars, Path(apk), serial, whole(warmup, "warmup"), whole(runs, "runs"),
                            whole(threads, "threads"))
-    stem = Path(report)
-    host = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
-    result = add_device_rows(host, device, {p.stem: json.loads(p.read_text()) for p in sidecars})
+    result = add_device_rows(host, device, {p.stem: read_sidecar(p) for p in sidecars})
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     write_results(stem, result, title="Host and device benchmark", table=table)
@@ -392,12 +399,14 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from pipeline.bench import ROUNDS, check_timing
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.checkpoint import held_out_images, load_checkpoint
     from pipeline.data import load_cifar10
+    from pipeline.files import plain_name
     from pipeline.flow import run_pipeline
     from pipeline.models import vgg16_spec
     from pipeline.train import make_config
 
+    run_name = plain_name(name or preset, "--name")
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
                                          allocation, min_keep, _method_options(locals()), default_budget=0.5)
     timed_runs = whole(bench_runs, "bench_runs")
@@ -409,9 +418,9 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
                                            "distill_temperature": distill_temperature}, finetune=True)
     base_checkpoint = load_checkpoint(base) if base else None
     _check_budget_fits(base_checkpoint["arch"] if base else vgg16_spec(train_config.width).to_dict(), budget)
-    held_out = base_checkpoint.get("data", {}).get("holdout_images", 0) if base else train_config.holdout
+    held_out = held_out_images(base_checkpoint) if base_checkpoint else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
-    run_pipeline(name or preset, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
+    run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs,
                  int8=int8)
 

@@ -14,7 +14,8 @@ import torch
 from harness import arguments, percent
 
 from pipeline import data as cifar
-from pipeline.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.files import file_sha256
 from pipeline.flow import evaluation_set
 from pipeline.prune import Budget, SCPConfig, prune
 from pipeline.report import markdown_table, write_results

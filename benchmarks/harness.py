@@ -18,9 +18,10 @@ import torch
 
 from pipeline import data as cifar
 from pipeline.bench import onnx_latencies_ms, paired_difference
-from pipeline.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint, fold_batchnorm, write_onnx
+from pipeline.files import file_sha256
 from pipeline.flow import LATENCY_TABLE, evaluation_set
 from pipeline.models import VGG, build_model
 from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint

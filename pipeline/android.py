@@ -21,10 +21,9 @@ import numpy as np
 import torch.jit.mobile
 
 from pipeline import data as cifar
-from pipeline import pte
-from pipeline.checkpoint import file_sha256
 from pipeline.errors import PipelineError
-from pipeline.export import read_sidecar
+from pipeline.probe import probe
+from pipeline.sidecar import model_file, read_sidecar
 
 APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
 PACKAGE = "org.prunedroid.demo"
@@ -71,49 +70,42 @@ class AppModel:
 
 
 def app_model(sidecar_path: Path, sidecar: dict, runtime: str, precision: str) -> AppModel:
-    """Which exported file the sidecar names for `runtime` and `precision`, or an error saying how to get it."""
+    """The exported file the sidecar names for `runtime` and `precision`, checked against the sidecar (beside it,
+    its size, format and hash: pipeline/sidecar.model_file), or an error saying how to get it."""
     if runtime not in RUNTIMES or precision not in PRECISIONS:
         raise PipelineError(f"--runtime must be one of {', '.join(RUNTIMES)} and --precision one of "
                             f"{', '.join(PRECISIONS)}, got {runtime!r} and {precision!r}")
-    folder = sidecar_path.parent
-    if runtime == "lite":
-        if precision != "fp32":
-            raise PipelineError("int8 models run on ExecuTorch only: use --runtime executorch --precision int8")
-        return AppModel(folder / sidecar["ptl"], "model.ptl", runtime, precision, sidecar["ptl_sha256"])
-    if precision == "int8":
-        if not sidecar.get("int8"):
-            raise PipelineError(f"{sidecar_path} has no int8 model; export again with --quantize int8")
-        return AppModel(folder / sidecar["int8"]["pte"], "model.pte", runtime, precision, sidecar["int8"]["pte_sha256"])
-    if "pte" not in sidecar:
-        raise PipelineError(f"{sidecar_path} names no .pte (exported before ExecuTorch support); export again")
-    return AppModel(folder / sidecar["pte"], "model.pte", runtime, precision, sidecar["pte_sha256"])
+    if runtime == "lite" and precision != "fp32":
+        raise PipelineError("int8 models run on ExecuTorch only: use --runtime executorch --precision int8")
+    kind, int8 = ("ptl", False) if runtime == "lite" else ("pte", precision == "int8")
+    source = model_file(sidecar_path, sidecar, kind, int8=int8)
+    sha256 = (sidecar["int8"] if int8 else sidecar)[f"{kind}_sha256"]
+    return AppModel(source, f"model.{kind}", runtime, precision, sha256)
 
 
 def check_model(sidecar_path: Path, runtime: str = "executorch", precision: str = "fp32",
                 app_dir: Path = APP_DIR) -> tuple[dict, AppModel]:
-    """The sidecar and the file the app will run, once that file exists, matches its hash, and loads in the runtime
-    the phone uses: a .ptl with a bytecode version the pinned pytorch_android_lite reads, in PyTorch's lite
+    """The sidecar and the file the app will run, once that file matches the sidecar and loads in the runtime the
+    phone uses: a .ptl with a bytecode version the pinned pytorch_android_lite reads, in PyTorch's lite
     interpreter; a .pte written by an ExecuTorch no newer than the pinned executorch-android (ExecuTorch guarantees
-    only that a runtime reads files from its own and earlier releases), in ExecuTorch's runtime."""
+    only that a runtime reads files from its own and earlier releases), in ExecuTorch's runtime. The file is first
+    run in a child process (probe), so a crafted one cannot abort this one."""
     sidecar = read_sidecar(sidecar_path)
     model = app_model(sidecar_path, sidecar, runtime, precision)
-    if not model.source.is_file() or file_sha256(model.source) != model.sha256:
-        raise PipelineError(f"{model.source} is missing or is not the file {sidecar_path.name} describes; export again")
+    if runtime == "executorch":
+        exporter, pinned = sidecar["executorch"]["version"], pinned_version("executorchVersion", app_dir)
+        if _minor(exporter) > _minor(pinned):
+            raise PipelineError(f"{model.source} was written by ExecuTorch {exporter}, newer than the app's "
+                                f"executorch-android {pinned}, which is only guaranteed to read files from its own "
+                                f"and earlier releases; raise executorchVersion in app/build.gradle to "
+                                f"{exporter.split('+')[0]}")
+    probe([model.source], sidecar["input_shape"])
     if runtime == "lite":
         version, pinned = torch.jit.mobile._get_model_bytecode_version(str(model.source)), runtime_version(app_dir)
         if version not in READABLE_BYTECODE.get(pinned, ()):
             readable = list(READABLE_BYTECODE.get(pinned, []))
             raise PipelineError(f"{model.source} has TorchScript bytecode v{version}, which pytorch_android_lite "
                                 f"{pinned} cannot read (it reads {readable}); export again")
-        torch.jit.mobile._load_for_lite_interpreter(str(model.source))
-        return sidecar, model
-    exporter, pinned = sidecar["executorch"]["version"], pinned_version("executorchVersion", app_dir)
-    if _minor(exporter) > _minor(pinned):
-        raise PipelineError(f"{model.source} was written by ExecuTorch {exporter}, newer than the app's "
-                            f"executorch-android {pinned}, which is only guaranteed to read files from its own and "
-                            f"earlier releases; raise executorchVersion in app/build.gradle to "
-                            f"{exporter.split('+')[0]}")
-    pte.load_pte(model.source)
     return sidecar, model
 
 

@@ -17,8 +17,13 @@ import torch.jit.mobile
 from pipeline import data as cifar
 from pipeline import pte
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.cost import ModelCost, count_cost
 from pipeline.errors import PipelineError
-from pipeline.export import fold_batchnorm, read_sidecar
+from pipeline.export import fold_batchnorm
+from pipeline.files import read_json
+from pipeline.options import is_finite_number
+from pipeline.probe import probe
+from pipeline.sidecar import model_file, read_sidecar, sidecar_checkpoint, unique_names
 
 ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
@@ -91,33 +96,48 @@ def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples:
     return {"difference": gap.mean().item(), "low": low, "high": high, "images": len(gap), "runs": len(correct)}
 
 
-def _predictors(sidecar: dict, folder: Path, threads: int) -> dict[str, tuple[Predictor, int]]:
-    """runtime -> (batch -> logits, file size in bytes) for one exported model (its sidecar and folder)."""
-    eager = fold_batchnorm(model_from_checkpoint(load_checkpoint(sidecar["checkpoint"])))
+def _model_files(sidecar_path: Path, sidecar: dict) -> dict[str, Path]:
+    """runtime -> the exported file it runs, each checked against the sidecar (model_file) and then loaded and run
+    once in a child process (probe), so no damaged or crafted file reaches a runtime in this process."""
+    files = {"torchscript-lite": model_file(sidecar_path, sidecar, "ptl"),
+             "onnxruntime": model_file(sidecar_path, sidecar, "onnx")}
+    if "pte" in sidecar:  # exports before ExecuTorch support have none
+        files["executorch"] = model_file(sidecar_path, sidecar, "pte")
+    if sidecar.get("int8"):
+        files["executorch-int8"] = model_file(sidecar_path, sidecar, "pte", int8=True)
+        files["onnxruntime-int8"] = model_file(sidecar_path, sidecar, "onnx", int8=True)
+    probe(list(files.values()), sidecar["input_shape"])
+    return files
+
+
+def _predictors(sidecar_path: Path, sidecar: dict, threads: int) -> tuple[dict[str, tuple[Predictor, int]], ModelCost]:
+    """runtime -> (batch -> logits, file size in bytes) for one exported model, and the MACs and parameters of the
+    checkpoint it was exported from (counted here, not taken from the sidecar)."""
+    checkpoint = load_checkpoint(sidecar_checkpoint(sidecar_path, sidecar))
+    if checkpoint["arch"] != sidecar["arch"]:
+        raise PipelineError(f"{sidecar_path} describes another architecture than its checkpoint "
+                            f"{sidecar['checkpoint']}: the sidecar was edited; export again")
+    model = model_from_checkpoint(checkpoint)
+    eager = fold_batchnorm(model)
     state = io.BytesIO()
     torch.save(eager.state_dict(), state)
-    lite = torch.jit.mobile._load_for_lite_interpreter(str(folder / sidecar["ptl"]))
-    session = onnx_session(folder / sidecar["onnx"], threads)
+    files = _model_files(sidecar_path, sidecar)
 
     def run_eager(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return eager(x)
 
-    def run_onnx(onnx_session) -> Predictor:
-        return lambda x: torch.from_numpy(onnx_session.run(None, {"input": x.numpy()})[0])
+    def run_onnx(path: Path) -> Predictor:
+        session = onnx_session(path, threads)
+        return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
+    pte.set_threads(threads)
+    lite = torch.jit.mobile._load_for_lite_interpreter(str(files["torchscript-lite"]))
+    load = {"torchscript-lite": lambda path: lambda x: lite(x), "onnxruntime": run_onnx, "onnxruntime-int8": run_onnx,
+            "executorch": pte.predictor, "executorch-int8": pte.predictor}
     predictors = {"pytorch": (run_eager, state.getbuffer().nbytes),
-                  "torchscript-lite": (lambda x: lite(x), (folder / sidecar["ptl"]).stat().st_size),
-                  "onnxruntime": (run_onnx(session), (folder / sidecar["onnx"]).stat().st_size)}
-    if sidecar.get("pte"):  # exports before ExecuTorch support have none
-        pte.set_threads(threads)
-        predictors["executorch"] = (pte.predictor(folder / sidecar["pte"]), (folder / sidecar["pte"]).stat().st_size)
-    if sidecar.get("int8"):
-        int8 = sidecar["int8"]
-        predictors["executorch-int8"] = (pte.predictor(folder / int8["pte"]), (folder / int8["pte"]).stat().st_size)
-        predictors["onnxruntime-int8"] = (run_onnx(onnx_session(folder / int8["onnx"], threads)),
-                                          (folder / int8["onnx"]).stat().st_size)
-    return predictors
+                  **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
+    return predictors, count_cost(model)
 
 
 def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
@@ -125,24 +145,26 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
     """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
     shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
     check_timing(threads, warmup, runs, rounds)
+    paths = [Path(p) for p in sidecars]
+    unique_names(paths)
     torch.set_num_threads(threads)
     models = {}
-    for path in map(Path, sidecars):
+    for path in paths:
         sidecar = read_sidecar(path)
-        models[path.stem] = (sidecar, _predictors(sidecar, path.parent, threads))
+        models[path.stem] = (sidecar, *_predictors(path, sidecar, threads))
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()
     latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)
-                                          for model_name, (_, predictors) in models.items()
+                                          for model_name, (_, predictors, _) in models.items()
                                           for runtime, (predict, _) in predictors.items()}, warmup, runs, rounds)
     rows = []
-    for model_name, (sidecar, predictors) in models.items():
+    for model_name, (sidecar, predictors, cost) in models.items():
         for runtime, (predict, size) in predictors.items():
             batch = 100 if runtime != "onnxruntime" or sidecar["onnx_export"]["dynamic_batch"] else 1
             predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
             rows.append({"model": model_name, "runtime": runtime,
                          "test_top1": (predictions == test.labels).float().mean().item(),
-                         "macs": sidecar["macs"], "params": sidecar["params"], "file_bytes": size,
+                         "macs": cost.macs, "params": cost.params, "file_bytes": size,
                          "latency_median_ms": latencies[model_name, runtime]["median"],
                          "latency_p90_ms": latencies[model_name, runtime]["p90"], "threads": threads})
     baseline = {r["runtime"]: r for r in rows if r["model"] == rows[0]["model"]}
@@ -152,6 +174,25 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
         row["latency_ratio"] = row["latency_median_ms"] / base["latency_median_ms"]
     return {"rows": rows, "threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds,
             "test_images": len(test), "baseline_model": rows[0]["model"]}
+
+
+ROW_NUMBERS = ("macs", "params", "file_bytes", "latency_median_ms", "latency_p90_ms", "mac_ratio", "latency_ratio")
+
+
+def read_report(path: Path) -> dict:
+    """A results file `invoke bench` (or bench-device) wrote, checked row by row, to which device rows are added;
+    else an error: a foreign or damaged file is never merged into new results."""
+    report = read_json(path, "a report of `invoke bench`")
+    rows = report.get("rows") if isinstance(report, dict) else None
+    sound = isinstance(rows, list) and all(
+        isinstance(row, dict) and isinstance(row.get("model"), str) and isinstance(row.get("runtime"), str)
+        and all(is_finite_number(row.get(key)) and row[key] > 0 for key in ROW_NUMBERS)
+        and (row.get("test_top1") is None or is_finite_number(row["test_top1"]) and 0 <= row["test_top1"] <= 1)
+        for row in rows)
+    if not sound:
+        raise PipelineError(f"{path} is not a report of `invoke bench` (rows of models, runtimes and finite "
+                            f"measurements); pass another --report, or move the file")
+    return report
 
 
 def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> dict:

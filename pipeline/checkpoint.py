@@ -1,73 +1,28 @@
-"""Checkpoints as plain data (loadable with weights_only=True) and atomic artifact writes."""
+"""Checkpoints as plain data (loadable with weights_only=True), checked before any weight is trusted."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
+import io
 import platform
-import secrets
-from collections.abc import Iterator
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.data import IMAGE_SHAPE
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
 from pipeline.models import VGG, VGGSpec, build_model
+from pipeline.options import is_finite_number
 
 KIND = "prunedroid/checkpoint"
 FORMAT_VERSION = 1
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path` in one step, on
-    failure removed. Readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    # Created as open() would (mode 0o666 less the umask), not 0o600 as mkstemp's: results are for sharing.
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[Path]:
-    """Creates `folder` and holds an exclusive lock on the folder itself (flock on its descriptor: no lock file is
-    left behind) while the block runs, so two processes never write one run folder at once - the second is refused.
-    The OS drops the lock when its holder exits, however it exits, so a killed run leaves no stale lock. A folder
-    this call created is removed again if the block leaves it empty (it failed before writing anything)."""
-    folder = Path(folder)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineError(f"{folder} is being written by another prunedroid process; wait for it to finish, "
-                                f"or write to another folder (--out / --name)") from None
-        yield folder
-    finally:
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
-        os.close(descriptor)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+MAX_CHECKPOINT_BYTES = 4 << 30  # full-width VGG16 with its optimiser state is about 120 MB
+# Every key a checkpoint of this format may hold: anything else was added by hand or by another program.
+KEYS = frozenset({"kind", "format_version", "versions", "arch", "state_dict", "epoch", "history", "cost", "optimizer",
+                  "recipe", "seed", "metrics", "data", "device", "pruning", "teacher", "init"})
 
 
 def library_versions() -> dict[str, str]:
@@ -76,8 +31,16 @@ def library_versions() -> dict[str, str]:
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
     """Writes `checkpoint` (arch, state_dict, recipe, metrics, ... - plain data only) with its kind and versions."""
+    unknown = set(checkpoint) - KEYS
+    if unknown:  # load_checkpoint would refuse the file: fail before writing it
+        raise ValueError(f"checkpoint keys {sorted(unknown)} are not part of format {FORMAT_VERSION}")
+    # Serialised in memory and written by Python, so a full disk is an OSError like any other write (torch's own
+    # writer fails with a RuntimeError that names no path).
+    serialised = io.BytesIO()
+    torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "versions": library_versions(), **checkpoint},
+               serialised)
     with atomic_path(path) as tmp:
-        torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "versions": library_versions(), **checkpoint}, tmp)
+        tmp.write_bytes(serialised.getbuffer())
 
 
 def existing_checkpoint(path: str | Path) -> Path:
@@ -88,9 +51,71 @@ def existing_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive of stored (uncompressed) entries; a compressed entry, as in a zip bomb, would
+    be inflated by torch.load without bound, so only stored entries within MAX_CHECKPOINT_BYTES are let through."""
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise PipelineError(f"{path} is larger than {MAX_CHECKPOINT_BYTES >> 30} GiB: not a checkpoint of this project")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise PipelineError(f"{path} is not a readable checkpoint (corrupted, truncated or not a PyTorch file): "
+                            f"{err}") from None
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if packed or sum(e.file_size for e in entries) > MAX_CHECKPOINT_BYTES:
+        raise PipelineError(f"{path} holds compressed or oversized entries ({', '.join(packed[:2]) or 'size'}), which "
+                            f"torch.save never writes: the file was altered; use the checkpoint `invoke train` wrote")
+
+
+def _is_fraction(value: Any) -> bool:
+    return is_finite_number(value) and 0 <= value <= 1
+
+
+def record_problems(checkpoint: dict) -> list[str]:
+    """What is wrong with a checkpoint's records (everything but its weights, which checked_spec checks)."""
+    problems = [f"{key}: not part of this format" for key in sorted(set(checkpoint) - KEYS)]
+    for key, kind in (("recipe", dict), ("data", dict), ("metrics", dict), ("history", list), ("cost", dict)):
+        if key in checkpoint and not isinstance(checkpoint[key], kind):
+            problems.append(f"{key}: {'an object' if kind is dict else 'a list'}")
+    if "epoch" in checkpoint and not (type(checkpoint["epoch"]) is int and checkpoint["epoch"] >= 0):
+        problems.append("epoch: a whole number >= 0")
+    for key in ("pruning", "teacher", "init"):
+        if checkpoint.get(key) is not None and not isinstance(checkpoint[key], dict):
+            problems.append(f"{key}: null or an object")
+    held_out = checkpoint.get("data", {}).get("holdout_images", 0) if isinstance(checkpoint.get("data"), dict) else 0
+    if not (type(held_out) is int and held_out >= 0):
+        problems.append("data.holdout_images: a whole number >= 0")
+    test = checkpoint.get("metrics", {}).get("test") if isinstance(checkpoint.get("metrics"), dict) else None
+    if test is not None and not (isinstance(test, dict) and _is_fraction(test.get("top1"))):
+        problems.append("metrics.test.top1: a fraction in 0..1")
+    return problems
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of the weights themselves (names, dtypes, shapes and values), whatever file holds them."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def held_out_images(checkpoint: dict) -> int:
+    """How many training images the checkpoint's run held out (the tail of the training split; 0 when none)."""
+    return checkpoint.get("data", {}).get("holdout_images", 0)
+
+
+def tested_top1(checkpoint: dict) -> float | None:
+    """The checkpoint's test top-1 (a fraction), or None where it was not evaluated (an unfinished training)."""
+    return (checkpoint.get("metrics", {}).get("test") or {}).get("top1")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Loads a checkpoint written by save_checkpoint, refusing anything else with a message that says why."""
     path = existing_checkpoint(path)
+    _check_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails on foreign bytes in many ways (KeyError, EOFError, ...): all mean this
@@ -102,6 +127,10 @@ def load_checkpoint(path: str | Path) -> dict:
     if checkpoint.get("format_version") != FORMAT_VERSION:
         raise PipelineError(f"{path} has checkpoint format {checkpoint.get('format_version')}, this version reads "
                             f"{FORMAT_VERSION}; re-create it with this version of prunedroid.")
+    problems = record_problems(checkpoint)
+    if problems:
+        raise PipelineError(f"{path} is damaged or was edited ({'; '.join(problems[:3])}); use the checkpoint "
+                            f"`invoke train` wrote, or train again")
     return checkpoint
 
 

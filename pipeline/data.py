@@ -147,7 +147,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}:
-            return np._core.multiarray._reconstruct
+            return np._core.multiarray._reconstruct  # numpy >= 2 (pyproject): numpy 1.x named it numpy.core
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")

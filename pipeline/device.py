@@ -1,13 +1,18 @@
-"""On-device latency over adb: install the demo app, copy each exported .ptl onto the phone or emulator, start the
-app's BenchmarkActivity for it, pull the JSON it writes, and clean up.
+"""On-device latency over adb: install the demo app, copy each exported .ptl and .pte onto the phone or emulator,
+start the app's BenchmarkActivity for it, pull the JSON it writes, and clean up.
 
 Only adb's documented command-line behaviour is relied on (`adb devices -l`, `install -r`, `push`, `shell am start
 -W`, `shell run-as`, `exec-out`, `logcat -d`, `shell getprop`). `run-as` needs a debuggable app: the debug APK.
+`adb shell` hands the device's sh one line, its arguments joined by spaces: every word is quoted (Adb.shell), and
+only files checked against their sidecar are pushed.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -17,7 +22,8 @@ from pathlib import Path
 
 from pipeline.android import PACKAGE
 from pipeline.errors import PipelineError
-from pipeline.export import read_sidecar
+from pipeline.options import is_finite_number
+from pipeline.sidecar import model_file, read_sidecar, unique_names
 
 ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
 STAGING = "/data/local/tmp/prunedroid"  # adb may write here; the app copies from it with run-as
@@ -90,17 +96,23 @@ class Adb:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
                                     env=None if self.env is None else dict(self.env))
         except subprocess.TimeoutExpired:
-            raise PipelineError(f"`{' '.join(command)}` did not finish in {timeout:.0f} s") from None
+            raise PipelineError(f"`{shlex.join(command)}` did not finish in {timeout:.0f} s") from None
         if check and result.returncode != 0:
-            raise PipelineError(f"`{' '.join(command)}` failed (exit {result.returncode}): "
+            raise PipelineError(f"`{shlex.join(command)}` failed (exit {result.returncode}): "
                                 f"{(result.stderr or result.stdout).strip()[-800:]}")
         return result
+
+    def shell(self, *words: str, check: bool = True, out: bool = False) -> subprocess.CompletedProcess:
+        """One command line run by the device's shell (`adb shell`, or `adb exec-out` for output kept byte for
+        byte). adb joins its arguments with spaces into a single line for the device's sh, so each word is quoted
+        here: a file name can never become a second command."""
+        return self.run("exec-out" if out else "shell", shlex.join(words), check=check)
 
 
 def device_info(adb: Adb) -> dict:
     props = {"model": "ro.product.model", "manufacturer": "ro.product.manufacturer", "abi": "ro.product.cpu.abi",
              "android": "ro.build.version.release", "sdk": "ro.build.version.sdk"}
-    return {key: adb.run("shell", "getprop", prop).stdout.strip() for key, prop in props.items()}
+    return {key: adb.shell("getprop", prop).stdout.strip() for key, prop in props.items()}
 
 
 def install(adb: Adb, apk: Path) -> None:
@@ -120,46 +132,78 @@ def crash_lines(adb: Adb) -> str:
     return "\n".join(log.strip().splitlines()[-30:]) or "(logcat has nothing from the app)"
 
 
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+
+
+def device_name(sidecar_path: Path) -> str:
+    """The model's name on the phone (its files and the result's), the sidecar's stem: letters, digits and . _ -
+    only, so it is the same word in adb, the device's shell, the app's intent extras and its files folder."""
+    if not DEVICE_NAME.match(sidecar_path.stem):
+        raise PipelineError(f"{sidecar_path}: a model's name on the phone is its sidecar's file name, which may hold "
+                            f"letters, digits and . _ - only; export it under such a --name")
+    return sidecar_path.stem
+
+
+def _is_ms(value: object) -> bool:
+    return is_finite_number(value) and 0 < value < 3.6e6  # type: ignore[operator]
+
+
+def read_result(text: str, name: str, runs: int) -> dict:
+    """The JSON BenchmarkActivity wrote for `name`, checked: latencies finite and above 0 ms, a size in bytes and
+    the number of runs asked for; else an error (an older app, or a broken result)."""
+    try:
+        result = json.loads(text, parse_constant=lambda constant: math.nan)
+    except (ValueError, RecursionError):
+        raise PipelineError(f"the app's result for {name} is not JSON: {text.strip()[:200]!r}; rebuild and reinstall "
+                            f"the app (`invoke build-apk`)") from None
+    if isinstance(result, dict) and "error" in result:
+        raise PipelineError(f"the app could not benchmark {name}: {' '.join(str(result['error']).split())[:500]}")
+    latency = result.get("latency_ms") if isinstance(result, dict) else None
+    if not isinstance(latency, dict) or not all(_is_ms(latency.get(key)) for key in ("median", "p90", "min", "max")) \
+            or type(result.get("model_bytes")) is not int or result["model_bytes"] < 1 or result.get("runs") != runs \
+            or type(result.get("threads")) is not int:
+        raise PipelineError(f"the app's result for {name} is not what this version writes (latencies in ms above 0, "
+                            f"the model's size, {runs} runs; is an older APK installed? rebuild with `invoke "
+                            f"build-apk`): {json.dumps(result)[:500]}")
+    return result
+
+
 def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int, runs: int, threads: int,
                     timeout: float = 300) -> dict:
     """Copies `model` (.pte or .ptl: the app picks the runtime by extension) and its `sidecar` (the input shape) into
     the app's files, runs BenchmarkActivity on them, returns its JSON; removes what it copied."""
     files = {f"{name}{model.suffix}": model, f"{name}.json": sidecar}
-    adb.run("shell", "mkdir", "-p", STAGING)
+    adb.shell("mkdir", "-p", STAGING)
     for target, source in files.items():
         adb.run("push", str(source), f"{STAGING}/{target}", timeout=300)
     try:
+        adb.shell("run-as", PACKAGE, "mkdir", "-p", "files/bench")  # a fresh install has no files/ folder yet
         for target in files:
-            adb.run("shell", "run-as", PACKAGE, "cp", f"{STAGING}/{target}", f"files/{target}")
-        adb.run("shell", "run-as", PACKAGE, "rm", "-f", f"files/bench/{name}.json")
+            adb.shell("run-as", PACKAGE, "cp", f"{STAGING}/{target}", f"files/{target}")
+        adb.shell("run-as", PACKAGE, "rm", "-f", f"files/bench/{name}.json")
         adb.run("logcat", "-c")
-        started = adb.run("shell", "am", "start", "-W", "-n", ACTIVITY, "--es", "model", f"{name}{model.suffix}",
-                          "--es", "sidecar", f"{name}.json", "--es", "out", name, "--ei", "warmup", str(warmup),
-                          "--ei", "runs", str(runs), "--ei", "threads", str(threads))
+        started = adb.shell("am", "start", "-W", "-n", ACTIVITY, "--es", "model", f"{name}{model.suffix}",
+                            "--es", "sidecar", f"{name}.json", "--es", "out", name, "--ei", "warmup", str(warmup),
+                            "--ei", "runs", str(runs), "--ei", "threads", str(threads))
         if "Error" in started.stdout or "Status: ok" not in started.stdout:
             raise PipelineError(f"could not start {ACTIVITY}: {started.stdout.strip()[-500:]}\n"
                                 f"is the app installed? `invoke bench-device` installs it from --apk")
         deadline = time.monotonic() + timeout
         while True:
-            read = adb.run("exec-out", "run-as", PACKAGE, "cat", f"files/bench/{name}.json", check=False)
+            read = adb.shell("run-as", PACKAGE, "cat", f"files/bench/{name}.json", check=False, out=True)
             if read.returncode == 0 and read.stdout.strip():
-                result = json.loads(read.stdout)
                 break
             if time.monotonic() > deadline:
                 raise PipelineError(f"no result for {name} after {timeout:.0f} s; the app's log:\n{crash_lines(adb)}")
             time.sleep(1)
-        if "error" in result:
-            raise PipelineError(f"the app could not benchmark {name}: {result['error']}\n{crash_lines(adb)}")
-        latency = result.get("latency_ms", {})
-        if not all(isinstance(latency.get(key), (int, float)) for key in ("median", "p90", "min", "max")) \
-                or not isinstance(result.get("model_bytes"), int) or result.get("runs") != runs:
-            raise PipelineError(f"the app's result for {name} is not what this version writes (is an older APK "
-                                f"installed? rebuild with `invoke build-apk`): {json.dumps(result)[:500]}")
-        return result
+        try:
+            return read_result(read.stdout, name, runs)
+        except PipelineError as error:
+            raise PipelineError(f"{error}\n{crash_lines(adb)}") from None
     finally:
-        adb.run("shell", "run-as", PACKAGE, "rm", "-rf", *(f"files/{target}" for target in files),
-                f"files/bench/{name}.json", check=False)
-        adb.run("shell", "rm", "-rf", STAGING, check=False)
+        adb.shell("run-as", PACKAGE, "rm", "-rf", *(f"files/{target}" for target in files),
+                  f"files/bench/{name}.json", check=False)
+        adb.shell("rm", "-rf", STAGING, check=False)
 
 
 def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None, warmup: int = 20, runs: int = 100,
@@ -170,12 +214,14 @@ def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None,
     result."""
     if warmup < 0 or runs < 1 or threads < 1:
         raise PipelineError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
-    models = {}  # runtime -> model name -> (model file, sidecar)
-    for sidecar_path in map(Path, sidecars):
-        sidecar = read_sidecar(sidecar_path)
+    paths = [Path(p) for p in sidecars]
+    unique_names(paths)
+    models: dict[str, dict[str, tuple[Path, Path]]] = {}  # runtime -> model name -> (model file, sidecar)
+    for sidecar_path in paths:
+        name, sidecar = device_name(sidecar_path), read_sidecar(sidecar_path)
         for runtime, kind in (("lite", "ptl"), ("executorch", "pte")):
             if kind in sidecar:  # a sidecar from before ExecuTorch support names no .pte
-                models.setdefault(runtime, {})[sidecar_path.stem] = (sidecar_path.parent / sidecar[kind], sidecar_path)
+                models.setdefault(runtime, {})[name] = (model_file(sidecar_path, sidecar, kind), sidecar_path)
     adb_path = find_adb(env)
     listed = Adb(adb_path, env=env).run("devices", "-l").stdout
     device = pick_device(parse_devices(listed), serial)

@@ -1,5 +1,6 @@
 """The one exception the pipeline raises for bad input, and the one-line wording of the OS's own refusals."""
 import errno
+import traceback
 
 
 class PipelineError(Exception):
@@ -25,3 +26,12 @@ def os_error_message(err: OSError) -> str:
     reason = err.strerror or str(err) or type(err).__name__
     where = f"{err.filename}: " if err.filename else ""
     return f"{where}{_FIXES[err.errno]} ({reason})" if err.errno in _FIXES else f"{where}{reason}"
+
+
+def unexpected_error_message(err: BaseException) -> str:
+    """One line for an exception no check anticipated: what it was, where it was raised, and what to do."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    text = " ".join(str(err).split())[:300] or "no message"
+    return (f"error: unexpected {type(err).__name__}{where}: {text}. If a file you passed is damaged, export or train "
+            f"it again; otherwise this is a prunedroid defect: rerun with PRUNEDROID_TRACEBACK=1 and report it")

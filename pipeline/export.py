@@ -7,8 +7,8 @@ export never leaves a model behind.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -21,9 +21,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from pipeline import data as cifar
 from pipeline import pte
-from pipeline.checkpoint import atomic_path, file_sha256, folder_lock, load_checkpoint, model_from_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_paths, file_sha256, folder_lock, plain_name
 from pipeline.options import check, with_options
 
 # TorchScript bytecode version of the .ptl files. The Android app's runtime, org.pytorch:pytorch_android_lite 1.13.1
@@ -73,18 +74,16 @@ def _write_ptl(model: nn.Module, path: Path) -> dict:
         scripted = optimize_for_mobile(scripted)
         notes["optimize_for_mobile"] = "applied"
     except Exception as err:  # e.g. a torch built without XNNPACK, as the CPU wheel this project pins
+        # Recorded in the sidecar and printed by `invoke export`, not warned: it is the same on every export here.
         notes["optimize_for_mobile"] = f"unavailable in this torch build ({type(err).__name__}: {str(err)[:120]})"
-        warnings.warn(f"optimize_for_mobile skipped: {notes['optimize_for_mobile']}", stacklevel=2)
-    scripted._save_for_lite_interpreter(str(path))
-    produced = torch.jit.mobile._get_model_bytecode_version(str(path))
+    # Kept in memory and written by Python, so a full disk is an OSError rather than an abort in torch's C++ writer.
+    program = scripted._save_to_buffer_for_lite_interpreter()
+    produced = torch.jit.mobile._get_model_bytecode_version(io.BytesIO(program))
     if produced > TARGET_BYTECODE_VERSION:
-        backported = path.with_suffix(".backport")
-        try:
-            if not torch.jit.mobile._backport_for_mobile(str(path), str(backported), TARGET_BYTECODE_VERSION):
-                raise PipelineError(f"could not backport TorchScript bytecode {produced} to {TARGET_BYTECODE_VERSION}")
-            backported.replace(path)
-        finally:
-            backported.unlink(missing_ok=True)
+        program = torch.jit.mobile._backport_for_mobile_to_buffer(io.BytesIO(program), TARGET_BYTECODE_VERSION)
+        if not program:
+            raise PipelineError(f"could not backport TorchScript bytecode {produced} to {TARGET_BYTECODE_VERSION}")
+    path.write_bytes(program)
     notes["bytecode_version_produced"] = produced
     notes["bytecode_version"] = torch.jit.mobile._get_model_bytecode_version(str(path))
     return notes
@@ -97,9 +96,11 @@ def write_onnx(model: nn.Module, path: Path, dynamic_batch: bool) -> dict:
     example = torch.zeros(1, *cifar.IMAGE_SHAPE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+        program = io.BytesIO()  # written by Python below: a full disk is an OSError, not a C++ abort
+        torch.onnx.export(model, (example,), program, dynamo=False, opset_version=ONNX_OPSET,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
+    path.write_bytes(program.getvalue())
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return {"opset": ONNX_OPSET, "dynamic_batch": dynamic_batch}
 
@@ -131,29 +132,6 @@ def run_onnx(path: Path, images: torch.Tensor, dynamic_batch: bool) -> torch.Ten
     step = 100 if dynamic_batch else 1
     return torch.cat([torch.from_numpy(session.run(None, {"input": images[i:i + step].numpy()})[0])
                       for i in range(0, len(images), step)])
-
-
-def existing_sidecar(path: str | Path) -> Path:
-    """`path`, or an error saying no export is there."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"no exported model at {path}; run `invoke export --checkpoint <checkpoint.pt>` first "
-                            f"and pass the .json it writes")
-    return path
-
-
-def read_sidecar(path: str | Path) -> dict:
-    """The sidecar JSON `invoke export` wrote at `path`, or an error naming what is wrong with it."""
-    path = existing_sidecar(path)
-    try:
-        sidecar = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path} is not a sidecar written by `invoke export` (not JSON: {err})") from None
-    missing = [key for key in ("ptl", "onnx", "checkpoint", "macs", "params") if key not in sidecar]
-    if not isinstance(sidecar, dict) or missing:
-        raise PipelineError(f"{path} is not a sidecar written by `invoke export` (no {', '.join(missing)}); "
-                            f"export again")
-    return sidecar
 
 
 def write_onnx_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> dict:
@@ -223,6 +201,7 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     `test` must be within `max_drop` points of the fp32 model's. Otherwise nothing is written.
     calibration: held-out *training* images (never test images) that set the int8 activation ranges.
     """
+    plain_name(name, "--name")  # the files' stem: never a path out of `out_dir`
     if len(test) < verify_images:
         raise PipelineError(f"export verification needs {verify_images} test images, got {len(test)}")
     out_dir = Path(out_dir)
@@ -234,14 +213,15 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     with torch.no_grad():
         reference = eager(images)
         folding = compare(reference, deploy(images), "BatchNorm folding")
-    # The sidecar comes first: the renames run in reverse, so it lands after every file it describes.
-    paths = {kind: out_dir / f"{name}{suffix}" for kind, suffix in
-             (("sidecar", ".json"), ("ptl", ".ptl"), ("onnx", ".onnx"), ("pte", ".pte"))}
+    paths = {kind: out_dir / f"{name}.{kind}" for kind in ("ptl", "onnx", "pte")}
     if calibration is not None:
         paths.update(int8_pte=out_dir / f"{name}-int8.pte", int8_onnx=out_dir / f"{name}-int8.onnx")
-    with folder_lock(out_dir), contextlib.ExitStack() as renames:
+    # Last, so it lands after every file it describes; a process killed between two renames leaves files that no
+    # longer match the old sidecar's hashes, which every reader checks (pipeline/sidecar.py).
+    paths["sidecar"] = out_dir / f"{name}.json"
+    with folder_lock(out_dir), atomic_paths(list(paths.values())) as temporaries:
         # Every file goes to a temporary name and is renamed into place only when all of them have passed.
-        tmp = {kind: renames.enter_context(atomic_path(path)) for kind, path in paths.items()}
+        tmp = dict(zip(paths, temporaries))
         ptl_notes = _write_ptl(deploy, tmp["ptl"])
         onnx_notes = write_onnx(deploy, tmp["onnx"], dynamic_batch)
         executorch_notes = pte.write_pte(deploy, tmp["pte"])
@@ -252,7 +232,7 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
                             "executorch": compare(reference, pte.run_pte(tmp["pte"], images), "ExecuTorch")}
         int8 = None if calibration is None else _export_int8(deploy, eager, test, calibration, tmp, paths, max_drop)
         cost = count_cost(model)
-        test_metrics = checkpoint.get("metrics", {}).get("test", {})
+        test_metrics = checkpoint.get("metrics", {}).get("test") or {}
         sidecar = {
             "model": name, "checkpoint": str(Path(checkpoint_path).resolve()),
             "checkpoint_sha256": file_sha256(checkpoint_path),

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from pipeline import data as cifar
 from pipeline.bench import benchmark, table_rows
-from pipeline.checkpoint import atomic_path, folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import Int8Options, export_checkpoint
+from pipeline.files import atomic_path, file_sha256, folder_lock, plain_name, read_json, write_text
 from pipeline.prune import Budget, Method, method_name, method_options, prune_checkpoint
 from pipeline.report import markdown_table, run_report, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
@@ -61,12 +62,51 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
         save_checkpoint(out_dir / CHECKPOINT_NAME, pruned)
         with atomic_path(out_dir / "report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
+    parent = report["parent_test_top1"]
     print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
           f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
-          f"({report['mac_reduction']:.1%} fewer), params "
-          f"{report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 right after "
-          f"pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})", flush=True)
+          f"({report['mac_reduction']:.1%} fewer"
+          + (f"; {report['mac_reduction_from_original']:.1%} fewer than the unpruned original"
+             if "original" in report else "")
+          + f"), params {report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 "
+          f"right after pruning {result['top1']:.2%} (base {'not evaluated' if parent is None else f'{parent:.2%}'})",
+          flush=True)
     return report
+
+
+RUN_RECORD = "run.json"  # marks a folder run_pipeline made, and holds the options a --resume must match
+RUN_KIND = "prunedroid/run"
+
+
+def run_options(train_config: TrainConfig, finetune_config: TrainConfig, method: Method, budget: Budget | None,
+                base: str | Path | None, int8: Int8Options | None) -> dict:
+    """What decides a run's models - the options a resumed run must share - as plain JSON data. A --base is named by
+    its path and SHA-256, so a checkpoint replaced at the same path is a different base."""
+    record = {"method": method_name(method), "options": method_options(method),
+              "budget": budget.to_dict() if budget else None,
+              "base": {"checkpoint": str(Path(base).resolve()), "sha256": file_sha256(base)} if base else None,
+              "train": None if base else dataclasses.asdict(train_config),
+              "finetune": dataclasses.asdict(finetune_config), "int8": dataclasses.asdict(int8) if int8 else None}
+    return json.loads(json.dumps(record))
+
+
+def _check_run_folder(run: Path, options: dict) -> None:
+    """Refuses to resume or overwrite a folder that run_pipeline did not make (no RUN_RECORD of its kind: a user's
+    folder, or a symbolic link to one) and to resume one whose options differ from `options`, naming each."""
+    record = run / RUN_RECORD
+    if run.is_symlink() or not record.is_file() or record.is_symlink():
+        raise PipelineError(f"{run} is not a run folder of `invoke pipeline` (no {RUN_RECORD} in it"
+                            f"{', and it is a symbolic link' if run.is_symlink() else ''}), so it is neither resumed "
+                            f"nor overwritten; choose another --name, or remove it yourself if it is yours to remove")
+    stored = read_json(record, f"the {RUN_RECORD} of a pipeline run")
+    if not isinstance(stored, dict) or stored.get("kind") != RUN_KIND or not isinstance(stored.get("options"), dict):
+        raise PipelineError(f"{record} is not a pipeline run record; choose another --name")
+    differing = [key for key in options if stored["options"].get(key) != options[key]]
+    if differing:
+        details = "; ".join(f"{key}: the run has {json.dumps(stored['options'].get(key))[:160]}, now "
+                            f"{json.dumps(options[key])[:160]}" for key in differing)
+        raise PipelineError(f"cannot resume {run} with other options ({details}); give the run's own options, "
+                            f"--overwrite to redo it, or another --name")
 
 
 def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
@@ -74,18 +114,31 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
                  data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
                  resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200,
                  int8: Int8Options | None = None) -> dict:
-    """Runs every stage into runs_dir/name, locked against a second process; with resume=True, finished stages are
-    kept and an interrupted training or fine-tuning continues from its last epoch. int8: also export int8 files,
-    calibrated on the base's held-out training images."""
-    run = Path(runs_dir) / name
-    if run.exists() and not (resume or overwrite):
-        raise PipelineError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
-                            f"or --name to start another run.")
+    """Runs every stage into runs_dir/name (`name` a plain folder name), locked against a second process; with
+    resume=True, finished stages are kept and an interrupted training or fine-tuning continues from its last epoch,
+    provided the options are the run's own; overwrite=True empties a folder this function made (never another).
+    int8: also export int8 files, calibrated on the base's held-out training images."""
+    run = Path(runs_dir) / plain_name(name, "--name")
+    options = run_options(train_config, finetune_config, method, budget, base, int8)
+    if run.exists() or run.is_symlink():
+        if not (resume or overwrite):
+            raise PipelineError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
+                                f"or --name to start another run.")
+        _check_run_folder(run, {} if overwrite else options)
     with folder_lock(run):
         if overwrite:  # empty the locked folder rather than delete it, so the lock stays on the folder in use
             for child in run.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs, int8)
+        fresh = not (run / RUN_RECORD).exists()
+        if fresh:
+            write_text(run / RUN_RECORD, json.dumps({"kind": RUN_KIND, "options": options}, indent=2) + "\n")
+        try:
+            return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs,
+                           int8)
+        except BaseException:
+            if fresh and [child.name for child in run.iterdir()] == [RUN_RECORD]:
+                (run / RUN_RECORD).unlink()  # nothing else was written: leave no run behind
+            raise
 
 
 def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
@@ -122,7 +175,9 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
     result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
     result["config"] = {"name": run.name, "method": method_name(method), "options": method_options(method),
                         "budget": budget.to_dict() if budget else None, "base": str(base_path),
-                        "train": dataclasses.asdict(train_config), "finetune": dataclasses.asdict(finetune_config)}
+                        # a --base was trained by its own recipe, not this preset's: report the one it records
+                        "train": base_checkpoint.get("recipe", {}) if base else dataclasses.asdict(train_config),
+                        "finetune": dataclasses.asdict(finetune_config)}
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())

@@ -10,6 +10,16 @@ from pipeline.errors import PipelineError
 Options = TypeVar("Options")
 
 
+def is_finite_number(value: object) -> bool:
+    """A JSON number that is finite: int or float (not bool), with ints past float's range refused too."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:  # an int of hundreds of digits, as a hostile file may hold
+        return False
+
+
 def parse_option(value: str, annotation: str, name: str) -> str | int | float | bool | None:
     """`value` as the field's type (annotation as written: "int", "float | None", "bool", "str")."""
     kind = annotation.replace(" | None", "")

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoint import atomic_path, library_versions
+from pipeline.checkpoint import library_versions
+from pipeline.files import atomic_path, atomic_paths
 
 
 def machine_info() -> dict[str, Any]:
@@ -39,11 +40,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 
 def write_results(stem: str | Path, payload: dict[str, Any], title: str, table: str, notes: str = "") -> None:
-    """Writes `stem`.json (payload + command + machine) and `stem`.md (title, command, table, notes), atomically."""
+    """Writes `stem`.json (payload + command + machine) and `stem`.md (title, command, table, notes) as a unit: both
+    land, or neither changes (a full disk part-way leaves the old pair)."""
     stem = Path(stem)
     payload = {"command": command_line(), "machine": machine_info(), **payload}
-    with atomic_path(stem.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
     machine, commands = payload["machine"], payload.get("commands") or [payload["command"]]
     ran = (f"Command: `{commands[0]}`" if len(commands) == 1 else
            "Commands, in order (each resumed the cells of those before it):\n\n"
@@ -51,8 +51,9 @@ def write_results(stem: str | Path, payload: dict[str, Any], title: str, table: 
     markdown = (f"# {title}\n\n{ran}\n\nMachine: {machine['cpu']}, {machine['cores']} cores, "
                 f"torch {machine['torch']} ({machine['torch_threads']} threads)\n\n{table}"
                 + (f"\n{notes.strip()}\n" if notes else ""))
-    with atomic_path(stem.with_suffix(".md")) as tmp:
-        tmp.write_text(markdown)
+    with atomic_paths([stem.with_suffix(".md"), stem.with_suffix(".json")]) as (markdown_tmp, json_tmp):
+        markdown_tmp.write_text(markdown)
+        json_tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _figure():
@@ -115,7 +116,8 @@ def run_report(run: Path, bench: dict, bench_table: str, pruning: dict, historie
     def recipe(stage: str) -> str:
         shown = ("width", "epochs", "batch_size", "lr", "schedule", "seed")
         distilled = config[stage].get("distill_weight")
-        return ", ".join(f"{key} {config[stage][key]}" for key in shown) + (
+        recorded = [f"{key} {config[stage][key]}" for key in shown if key in config[stage]]
+        return (", ".join(recorded) or "not recorded in the checkpoint") + (
             f", distilled from the base (weight {distilled}, temperature {config[stage]['distill_temperature']})"
             if distilled else "")
 

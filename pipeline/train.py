@@ -14,9 +14,10 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import data as cifar
-from pipeline.checkpoint import file_sha256, folder_lock, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, weights_sha256
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
+from pipeline.files import file_sha256, folder_lock
 from pipeline.models import build_model, vgg16_spec
 from pipeline.options import with_options
 
@@ -181,14 +182,21 @@ def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     return measured.eval()
 
 
-def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path) -> None:
+def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path, init: dict | None,
+                     teacher: dict | None) -> None:
+    """Refuses to resume `path` with another recipe, another model to start from (init: the weights' fingerprint)
+    or another teacher (its file's SHA-256), naming each difference."""
     saved = checkpoint.get("recipe", {})
-    differing = [name for name, value in dataclasses.asdict(config).items()
+    differing = [f"{name}: checkpoint {saved.get(name)!r} vs now {getattr(config, name)!r}"
+                 for name, value in dataclasses.asdict(config).items()
                  if name not in NON_RECIPE_OPTIONS and saved.get(name) != value]
+    if (checkpoint.get("init") or {}).get("weights_sha256") != (init or {}).get("weights_sha256"):
+        differing.append("--checkpoint: the run fine-tunes other weights than the checkpoint given now")
+    if (checkpoint.get("teacher") or {}).get("sha256") != (teacher or {}).get("sha256"):
+        differing.append(f"--teacher: the run distils from {(checkpoint.get('teacher') or {}).get('checkpoint')}, "
+                         f"now {(teacher or {}).get('checkpoint')}")
     if differing:
-        details = ", ".join(f"{name}: checkpoint {saved.get(name)!r} vs now {getattr(config, name)!r}"
-                            for name in differing)
-        raise PipelineError(f"cannot resume {path} with a different recipe ({details}); "
+        raise PipelineError(f"cannot resume {path} with different options ({', '.join(differing)}); "
                             f"rerun with the same options, or start a new run with another --out.")
 
 
@@ -217,10 +225,11 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
            init: dict | None, teacher_path: str | Path | None) -> dict:
     device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-    teacher = None
+    teacher, teacher_record = None, None
     if teacher_path is not None:
         teacher = model_from_checkpoint(load_checkpoint(teacher_path)).to(device, memory_format=memory_format).eval()
         teacher_record = {"checkpoint": str(teacher_path), "sha256": file_sha256(teacher_path)}
+    init_record = None if init is None else {"weights_sha256": weights_sha256(init["state_dict"])}
     if config.threads:
         torch.set_num_threads(config.threads)
     train_split = data.train.head(config.train_limit).to(device)
@@ -240,7 +249,7 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
                       "history": []}
     if path.exists() and resume:
         checkpoint = load_checkpoint(path)
-        _check_resumable(checkpoint, config, path)
+        _check_resumable(checkpoint, config, path, init_record, teacher_record)
         print(f"resuming {path} after epoch {checkpoint['epoch']}/{config.epochs}")
         if checkpoint["epoch"] >= config.epochs:
             return checkpoint
@@ -307,7 +316,7 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
             "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
                      "train_images": len(train_split), "holdout_images": len(holdout)},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-            "pruning": checkpoint.get("pruning"), "teacher": teacher_record if teacher is not None else None,
+            "pruning": checkpoint.get("pruning"), "teacher": teacher_record, "init": init_record,
         }
         save_checkpoint(path, checkpoint)
     test = checkpoint["metrics"]["test"]

@@ -1,13 +1,20 @@
-"""A stand-in for `adb` with one simulated phone, for tests: it prints what adb and the device print (formats
-copied from real sessions: `adb devices -l`, install, push, `am start -W`, run-as, getprop, logcat) and keeps the
-device's files under $FAKE_ADB_STATE. Starting BenchmarkActivity does what the app does: write
-files/bench/<out>.json and a log line - or, with $FAKE_ADB_CRASH, crash with a stack trace in logcat.
+"""A stand-in for `adb` with one simulated phone, for tests. It behaves like adb where behaviour matters:
 
-$FAKE_ADB_DEVICES: the device lines of `adb devices -l`, ';'-separated. $FAKE_ADB_INSTALL_FAIL: install fails.
+- `adb shell ...` and `adb exec-out ...` join their arguments with spaces into ONE command line and run it with the
+  device's `sh` (a real sh here), so an unquoted file name with `;` runs a second command, as on a phone;
+- the device's own commands (getprop, am, run-as, and mkdir, rm, cp, cat as toybox has them) are programs on that
+  shell's PATH, each failing as the real one does: `cp` into a missing folder and `cat` of a missing file are errors,
+  `run-as` refuses an app that is not installed, and the app's files/ folder does not exist after a fresh install;
+- paths on the device live under $FAKE_ADB_STATE/fs (the app's private folder under $FAKE_ADB_STATE/app).
+
+Starting BenchmarkActivity does what the app does: writes files/bench/<out>.json and a log line - or, with
+$FAKE_ADB_CRASH, crashes with a stack trace in logcat. $FAKE_ADB_DEVICES: the device lines of `adb devices -l`,
+';'-separated. $FAKE_ADB_INSTALL_FAIL: install fails. $FAKE_ADB_RESULT: the JSON text the app writes instead.
 """
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +22,8 @@ PACKAGE = "org.prunedroid.demo"
 STATE = Path(os.environ["FAKE_ADB_STATE"])
 ROOT, APP = STATE / "fs", STATE / "app"  # the device's file system; the app's private data folder
 LOG = STATE / "logcat"
+BIN = STATE / "bin"  # the device's commands, on its shell's PATH
+DEVICE_COMMANDS = ("getprop", "am", "run-as", "mkdir", "rm", "cp", "cat")
 PROPS = {"ro.product.model": "Pixel 7", "ro.product.manufacturer": "Google", "ro.product.cpu.abi": "arm64-v8a",
          "ro.build.version.release": "14", "ro.build.version.sdk": "34"}
 
@@ -24,24 +33,41 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def on_device(path: str, base: Path = ROOT) -> Path:
-    return base / path.lstrip("/")
+def on_device(path: str) -> Path:
+    """A device path: absolute ones under the device root, relative ones from the current folder (the shell's is
+    the root, run-as's the app's data folder)."""
+    return ROOT / path.lstrip("/") if path.startswith("/") else Path.cwd() / path
+
+
+def device_shell(line: str) -> int:
+    """Runs one command line as the device's sh does, with the device's commands first on PATH."""
+    BIN.mkdir(parents=True, exist_ok=True)
+    for command in DEVICE_COMMANDS:
+        program = BIN / command
+        if not program.exists():
+            program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" --device {command} '
+                               f'"$@"\n')
+            program.chmod(0o755)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    return subprocess.run(["sh", "-c", line], cwd=ROOT, env=environment, check=False).returncode
 
 
 def start_benchmark(extras: dict) -> None:
     print(f"Starting: Intent {{ cmp={PACKAGE}/.BenchmarkActivity (has extras) }}")
     print("Status: ok\nLaunchState: COLD\nActivity: org.prunedroid.demo/.BenchmarkActivity\nTotalTime: 412\n"
           "WaitTime: 415\nComplete")
-    model = on_device("files/" + extras["model"], APP)
-    sidecar = on_device("files/" + extras.get("sidecar", ""), APP)
+    files = APP / "files"
+    model = files / extras["model"]
+    sidecar = files / extras.get("sidecar", "")
     if os.environ.get("FAKE_ADB_CRASH"):
         with LOG.open("a") as log:
             log.write("E AndroidRuntime: FATAL EXCEPTION: benchmark\nE AndroidRuntime: Process: org.prunedroid.demo, "
                       "PID: 4242\nE AndroidRuntime: java.lang.UnsatisfiedLinkError: dlopen failed: library "
                       "\"libpytorch_jni.so\" not found\n")
         return
-    out = on_device(f"files/bench/{extras['out']}.json", APP)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = files / "bench" / f"{extras['out']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # the app's getFilesDir() creates files/, and it makes bench/
     if "sidecar" not in extras or not sidecar.is_file():  # what BenchmarkActivity writes when an extra is missing
         out.write_text(json.dumps({"error": "java.lang.IllegalArgumentException: need --es model <file>, --es "
                                             "sidecar <file>, runs >= 1, warmup >= 0, threads >= 1"}))
@@ -57,22 +83,59 @@ def start_benchmark(extras: dict) -> None:
               "summary": f"{model.name}: ok"}
     if os.environ.get("FAKE_ADB_OLD_APP"):  # an APK from before latencies were reported
         result = {"model": model.name, "time_ms": median}
-    out.write_text(json.dumps(result))
+    out.write_text(os.environ.get("FAKE_ADB_RESULT") or json.dumps(result))
     with LOG.open("a") as log:
         log.write(f"I prunedroid-bench: {result.get('summary', model.name)}\n")
 
 
-def shell(args: list[str]) -> None:
-    if args[0] == "getprop":
-        print(PROPS.get(args[1], ""))
-    elif args[0] == "mkdir":
-        on_device(args[-1]).mkdir(parents=True, exist_ok=True)
-    elif args[0] == "rm":
-        for path in args[2:]:
-            shutil.rmtree(on_device(path), ignore_errors=True)
-    elif args[0] == "run-as":
-        run_as(args[1], args[2:])
-    elif args[:2] == ["am", "start"]:
+def device_command(command: str, args: list[str]) -> None:
+    """One of the device's programs, as toybox and Android's tools behave."""
+    if command == "getprop":
+        print(PROPS.get(args[0], "") if args else "")
+    elif command == "mkdir":
+        parents = "-p" in args
+        for path in (a for a in args if not a.startswith("-")):
+            try:
+                on_device(path).mkdir(parents=parents, exist_ok=parents)
+            except OSError as err:
+                fail(f"mkdir: '{path}': {err.strerror}")
+    elif command == "rm":
+        force, recursive = any("f" in a for a in args if a.startswith("-")), any(
+            "r" in a for a in args if a.startswith("-"))
+        for path in (a for a in args if not a.startswith("-")):
+            target = on_device(path)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target) if recursive else fail(f"rm: {path}: Is a directory")
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            elif not force:
+                fail(f"rm: {path}: No such file or directory")
+    elif command == "cp":
+        source, target = on_device(args[-2]), on_device(args[-1])
+        if not source.is_file():
+            fail(f"cp: {args[-2]}: No such file or directory")
+        if not target.parent.is_dir():
+            fail(f"cp: {args[-1]}: No such file or directory")
+        shutil.copyfile(source, target)
+    elif command == "cat":
+        for path in args:
+            if not on_device(path).is_file():
+                fail(f"cat: {path}: No such file or directory")
+            sys.stdout.write(on_device(path).read_text())
+    elif command == "run-as":
+        if not args or args[0] != PACKAGE or not (STATE / "installed").exists():
+            fail(f"run-as: unknown package: {args[0] if args else ''}")
+        if len(args) < 2:
+            fail("usage: run-as <package-name> [--user <uid>] <command> [<args>]")
+        # run-as executes the command in the app's data folder, without another shell
+        os.chdir(APP)
+        program = BIN / args[1]
+        if not program.exists():
+            fail(f"run-as: exec failed for {args[1]}: No such file or directory")
+        sys.exit(subprocess.run([str(program), *args[2:]], check=False).returncode)
+    elif command == "am":
+        if args[:1] != ["start"]:
+            fail(f"am: unknown command {args[:1]}")
         component = args[args.index("-n") + 1]
         if component != f"{PACKAGE}/.BenchmarkActivity" or not (STATE / "installed").exists():
             print(f"Starting: Intent {{ cmp={component} }}\nError type 3\nError: Activity class "
@@ -80,29 +143,12 @@ def shell(args: list[str]) -> None:
             return
         extras = {args[i + 1]: args[i + 2] for i in range(len(args) - 2) if args[i] in ("--es", "--ei")}
         start_benchmark(extras)
-    else:
-        fail(f"/system/bin/sh: {args[0]}: inaccessible or not found", 127)
-
-
-def run_as(package: str, args: list[str]) -> None:
-    if package != PACKAGE or not (STATE / "installed").exists():
-        fail(f"run-as: unknown package: {package}")
-    if args[0] == "cp":
-        target = on_device(args[2], APP)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(on_device(args[1]), target)
-    elif args[0] == "rm":
-        for path in args[2:]:
-            target = on_device(path, APP)
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    elif args[0] == "cat":
-        path = on_device(args[1], APP)
-        if not path.is_file():
-            fail(f"cat: {args[1]}: No such file or directory")
-        sys.stdout.write(path.read_text())
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--device"]:
+        device_command(argv[1], argv[2:])
+        return
     lines = [line for line in os.environ.get("FAKE_ADB_DEVICES", "").split(";") if line]
     if argv[:2] == ["devices", "-l"]:
         print("List of devices attached\n" + "".join(line + "\n" for line in lines))
@@ -121,16 +167,18 @@ def main(argv: list[str]) -> None:
             fail(f"adb: failed to install {apk}: Failure [INSTALL_FAILED_UPDATE_INCOMPATIBLE: Existing package "
                  f"{PACKAGE} signatures do not match newer version; ignoring!]")
         STATE.joinpath("installed").write_text(apk)
+        APP.mkdir(parents=True, exist_ok=True)  # the data folder exists; files/ only once the app asks for it
         print("Performing Streamed Install\nSuccess")
     elif command == "push":
-        target = on_device(args[1])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args[0], target)
+        source, target = Path(args[0]), ROOT / args[1].lstrip("/")
+        if not source.is_file():
+            fail(f"adb: error: cannot stat '{args[0]}': No such file or directory")
+        target.parent.mkdir(parents=True, exist_ok=True)  # adb's sync protocol creates the folders on the way
+        shutil.copyfile(source, target)
         print(f"{args[0]}: 1 file pushed, 0 skipped. 48.2 MB/s ({target.stat().st_size} bytes in 0.001s)")
-    elif command == "shell":
-        shell(args)
-    elif command == "exec-out":
-        run_as(args[1], args[2:]) if args[0] == "run-as" else fail("unsupported by the fake")
+    elif command in ("shell", "exec-out"):
+        sys.stdout.flush()
+        sys.exit(device_shell(" ".join(args)))  # one line for the device's sh, as adb sends it
     elif command == "logcat":
         if args == ["-c"]:
             LOG.write_text("")
@@ -142,3 +190,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+

@@ -4,8 +4,9 @@ import pytest
 import torch
 from conftest import run_invoke
 
-from pipeline.checkpoint import KIND, atomic_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import KIND, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
 from pipeline.models import build_model, vgg16_spec
 
 
@@ -100,7 +101,7 @@ def test_tampered_checkpoint_is_one_line_from_evaluate(tmp_path):
 def test_a_locked_run_folder_refuses_a_second_writer(tmp_path, synthetic_data):
     """Two processes writing one run folder: the second is refused at once and the first's files are untouched.
     flock conflicts between two open descriptors even in one process, so the holder here stands for the other one."""
-    from pipeline.checkpoint import folder_lock
+    from pipeline.files import folder_lock
     from pipeline.train import CHECKPOINT_NAME, make_config, train
 
     config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1"})

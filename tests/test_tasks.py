@@ -105,7 +105,6 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     """What the OS says when a write fails (simulated where the disk is not full and root may write anywhere):
     the task prints one line naming the path and the fix, exits 2, and the previous checkpoint stays whole."""
     import invoke
-    import torch
 
     import tasks
     from pipeline.checkpoint import load_checkpoint
@@ -113,11 +112,13 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     base = save_untrained_base(tmp_path / "run" / "checkpoint.pt")
     before = base.read_bytes()
 
-    def failing_save(obj, path):
-        Path(path).write_bytes(b"half a checkpoint")
+    write = Path.write_bytes
+
+    def failing_write(path, data):
+        write(path, b"half a checkpoint")
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
     with pytest.raises(invoke.Exit) as stopped:
         tasks.prune.body(None, checkpoint=str(base), out=str(tmp_path / "pruned"), ratio="0.5",
                          data_dir=str(cifar_dir))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pipeline import data as cifar
-from pipeline.checkpoint import model_from_checkpoint
+from pipeline.checkpoint import model_from_checkpoint, tested_top1
 from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.models import VGG
@@ -136,13 +136,23 @@ def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, se
                      evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
                      sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> dict:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
-    recipe and data statistics and a `pruning` report."""
+    recipe and data statistics and a `pruning` report. Pruning a pruned checkpoint again keeps the earlier report
+    (`previous`) and states the reductions against the unpruned model the chain started from (`original`)."""
     pruned, report = prune(model_from_checkpoint(checkpoint), method, budget, seed, evaluation, holdout,
                            sensitivity_cache, latency_table)
-    parent_metrics = checkpoint.get("metrics", {})
-    report["parent_test_top1"] = parent_metrics.get("test", {}).get("top1")
+    report["parent_test_top1"] = tested_top1(checkpoint)
+    previous = checkpoint.get("pruning")
+    if previous:
+        original = previous.get("original") or {"macs": previous.get("macs_before"),
+                                                "params": previous.get("params_before")}
+        if not all(type(original.get(key)) is int and original[key] > 0 for key in ("macs", "params")):
+            raise PipelineError("the checkpoint's pruning record has no MACs and parameters of the model it was pruned "
+                                "from: the file was edited; prune the unpruned base instead")
+        report.update(previous=previous, original=original,
+                      mac_reduction_from_original=1 - report["macs_after"] / original["macs"],
+                      param_reduction_from_original=1 - report["params_after"] / original["params"])
     return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
-            "recipe": checkpoint["recipe"], "data": checkpoint["data"], "seed": seed, "metrics": {},
+            "recipe": checkpoint.get("recipe", {}), "data": checkpoint.get("data", {}), "seed": seed, "metrics": {},
             "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
 
 

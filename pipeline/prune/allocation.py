@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from pipeline import data as cifar
-from pipeline.checkpoint import atomic_path
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, read_json
 from pipeline.models import VGG, VGGSpec
 from pipeline.prune.budget import Budget, mac_reduction, step_down, trim_to_target
 from pipeline.prune.latency import LatencyTable
@@ -167,7 +167,9 @@ def layer_sensitivity(model: VGG, cut: Callable[[Budget], VGG], holdout: cifar.S
 def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve]]) -> list[Curve]:
     """`measure()`, or the curves stored under `key` in the JSON file `cache` (written there when new): the curves
     depend on the base model, the method and the held-out images, not on the MAC target."""
-    stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    stored = read_json(cache, "a cache of sensitivity curves") if cache is not None and cache.exists() else {}
+    if not isinstance(stored, dict):
+        raise PipelineError(f"{cache} is not a cache of sensitivity curves; delete it and they are measured again")
     if key not in stored:
         stored[key] = measure()
         if cache is not None:

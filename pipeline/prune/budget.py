@@ -186,7 +186,7 @@ def trim_to_target(spec: VGGSpec, counts: Sequence[int], budget: Budget, floors:
             break
         chosen = min(fits, key=lambda i: priority(i, counts))
         counts[chosen] = step_down(counts[chosen], step)
-    if abs(reached - target) > tolerance:
+    if not abs(reached - target) <= tolerance:  # written so that a NaN reduction fails too
         raise PipelineError(f"could not reach a {target:.1%} {budget.measure} reduction within {tolerance:.1%} (got "
                             f"{reached:.1%})"
                             + (f"; channel steps of {step} are too coarse for this model: try a smaller --round-to"

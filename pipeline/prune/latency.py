@@ -20,13 +20,21 @@ import torch
 from torch import nn
 
 from pipeline.bench import interleaved_latencies_ms, onnx_session
-from pipeline.checkpoint import atomic_path
 from pipeline.errors import PipelineError
 from pipeline.export import ONNX_OPSET
+from pipeline.files import atomic_path, read_json
 from pipeline.models import VGGSpec
+from pipeline.options import is_finite_number
 from pipeline.report import machine_info
 
 RUNTIME = "onnxruntime"
+MAX_LAYER_MS = 60_000.0  # a layer slower than a minute is no measurement of this table's
+
+
+def is_latency(ms: object) -> bool:
+    """A usable table entry: a finite number in (0, MAX_LAYER_MS] (a zero or negative one would divide by zero or
+    steer the search to nonsense; NaN compares false with every target)."""
+    return is_finite_number(ms) and 0 < ms <= MAX_LAYER_MS  # type: ignore[operator]
 RUNS = 60  # timed runs per shape, after WARMUP; the median is kept
 WARMUP = 10
 
@@ -110,19 +118,24 @@ class LatencyTable:
         where = _where()
         if path is None or not path.exists():
             return cls(path, measure, where=where)
-        try:
-            stored = json.loads(path.read_text())
-            ms = {str(key): float(value) for key, value in stored["ms"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise PipelineError(f"{path} is not a latency table ({err}); delete it to measure a new one") from err
+        stored = read_json(path, "a latency table")
+        table = stored.get("ms") if isinstance(stored, dict) else None
+        if not isinstance(table, dict) or not all(is_latency(v) for v in table.values()):
+            raise PipelineError(f"{path} is not a latency table of layer shapes to milliseconds (each finite and in "
+                                f"(0, {MAX_LAYER_MS:.0f}] ms); delete it to measure a new one")
+        ms = {str(key): float(value) for key, value in table.items()}
         if stored.get("where") != where:
-            raise PipelineError(f"the latency table {path} was measured with {stored.get('where')}, but this prune "
+            raise PipelineError(f"the latency table {path} was measured with {json.dumps(stored.get('where'))[:300]}, but this prune "
                                 f"runs with {where}; delete it and it is measured again here")
         return cls(path, measure, ms, where)
 
     def layer_ms(self, shape: LayerShape) -> float:
         if shape.key not in self.ms:
-            self.ms[shape.key] = self.measure(shape)
+            measured = self.measure(shape)
+            if not is_latency(measured):
+                raise PipelineError(f"measuring {shape.key} gave {measured} ms, not a latency in "
+                                    f"(0, {MAX_LAYER_MS:.0f}]")
+            self.ms[shape.key] = measured
             self.measured += 1
         return self.ms[shape.key]
 
