@@ -29,18 +29,24 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__}
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Writes `checkpoint` (arch, state_dict, recipe, metrics, ... - plain data only) with its kind and versions."""
+def checkpoint_bytes(checkpoint: dict) -> bytes:
+    """`checkpoint` (arch, state_dict, recipe, metrics, ... - plain data only) with its kind and versions, as the
+    bytes of a checkpoint file. Serialised in memory so that the write itself is Python's: a full disk is then an
+    OSError like any other (torch's own writer fails with a RuntimeError that names no path)."""
     unknown = set(checkpoint) - KEYS
     if unknown:  # load_checkpoint would refuse the file: fail before writing it
         raise ValueError(f"checkpoint keys {sorted(unknown)} are not part of format {FORMAT_VERSION}")
-    # Serialised in memory and written by Python, so a full disk is an OSError like any other write (torch's own
-    # writer fails with a RuntimeError that names no path).
     serialised = io.BytesIO()
     torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "versions": library_versions(), **checkpoint},
                serialised)
+    return serialised.getvalue()
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Writes `checkpoint` to `path` atomically (checkpoint_bytes)."""
+    data = checkpoint_bytes(checkpoint)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(serialised.getbuffer())
+        tmp.write_bytes(data)
 
 
 def existing_checkpoint(path: str | Path) -> Path:
@@ -59,7 +65,7 @@ def _check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except Exception as err:  # zipfile fails on foreign bytes in many ways (BadZipFile, NotImplementedError, ...)
         raise PipelineError(f"{path} is not a readable checkpoint (corrupted, truncated or not a PyTorch file): "
                             f"{err}") from None
     packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
@@ -125,7 +131,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise PipelineError(f"{path} is a PyTorch file but not a prunedroid checkpoint (no kind '{KIND}'); "
                             f"pass a checkpoint written by `invoke train`.")
     if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise PipelineError(f"{path} has checkpoint format {checkpoint.get('format_version')}, this version reads "
+        raise PipelineError(f"{path} has checkpoint format {checkpoint.get('format_version')!r}, this version reads "
                             f"{FORMAT_VERSION}; re-create it with this version of prunedroid.")
     problems = record_problems(checkpoint)
     if problems:
@@ -153,13 +159,13 @@ def checked_spec(checkpoint: dict) -> VGGSpec:
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in state.items()}
     wrong = [f"{name}: {found.get(name, 'missing')} vs {shape}" for name, shape in expected.items()
-             if found.get(name) != shape] + [f"{name}: unexpected" for name in found if name not in expected]
+             if found.get(name) != shape] + [f"{name!r}: unexpected" for name in found if name not in expected]
     if wrong:
         raise PipelineError(f"checkpoint weights do not match its architecture description ({len(wrong)} tensors, "
                             f"e.g. {'; '.join(wrong[:3])}): the file is damaged or was edited")
     broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:
-        raise PipelineError(f"checkpoint holds NaN or infinite values in {len(broken)} tensors (first: {broken[0]}): "
+        raise PipelineError(f"checkpoint holds NaN or infinite values in {len(broken)} tensors (first: {broken[0]!r}): "
                             f"the training that wrote it diverged or the file is damaged; retrain (a lower --lr) or "
                             f"use an earlier checkpoint")
     return spec

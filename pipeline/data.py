@@ -150,7 +150,7 @@ class _BatchUnpickler(pickle.Unpickler):
             return np._core.multiarray._reconstruct  # numpy >= 2 (pyproject): numpy 1.x named it numpy.core
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise pickle.UnpicklingError(f"refusing to load {module!r}.{name!r}")
 
 
 def read_batch(path: Path) -> Split:

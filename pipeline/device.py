@@ -138,7 +138,7 @@ DEVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 def device_name(sidecar_path: Path) -> str:
     """The model's name on the phone (its files and the result's), the sidecar's stem: letters, digits and . _ -
     only, so it is the same word in adb, the device's shell, the app's intent extras and its files folder."""
-    if not DEVICE_NAME.match(sidecar_path.stem):
+    if not DEVICE_NAME.fullmatch(sidecar_path.stem):
         raise PipelineError(f"{sidecar_path}: a model's name on the phone is its sidecar's file name, which may hold "
                             f"letters, digits and . _ - only; export it under such a --name")
     return sidecar_path.stem

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pipeline import data as cifar
 from pipeline.bench import benchmark, table_rows
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import checkpoint_bytes, load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import Int8Options, export_checkpoint
-from pipeline.files import atomic_path, file_sha256, folder_lock, plain_name, read_json, write_text
+from pipeline.files import atomic_paths, file_sha256, folder_lock, plain_name, read_json, write_text
 from pipeline.prune import Budget, Method, method_name, method_options, prune_checkpoint
 from pipeline.report import markdown_table, run_report, write_results
-from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, train
+from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, recipe_of, train
 
 
 def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
@@ -59,9 +59,10 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
         pruned["metrics"] = {"test": result}
         report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"],
                   "prune_seconds": round(seconds, 2)}
-        save_checkpoint(out_dir / CHECKPOINT_NAME, pruned)
-        with atomic_path(out_dir / "report.json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        # One unit, the checkpoint last: a resumed pipeline takes a pruned/checkpoint.pt as a finished stage.
+        with atomic_paths([out_dir / "report.json", out_dir / CHECKPOINT_NAME]) as (report_tmp, checkpoint_tmp):
+            report_tmp.write_text(json.dumps(report, indent=2) + "\n")
+            checkpoint_tmp.write_bytes(checkpoint_bytes(pruned))
     parent = report["parent_test_top1"]
     print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
           f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
@@ -80,13 +81,14 @@ RUN_KIND = "prunedroid/run"
 
 def run_options(train_config: TrainConfig, finetune_config: TrainConfig, method: Method, budget: Budget | None,
                 base: str | Path | None, int8: Int8Options | None) -> dict:
-    """What decides a run's models - the options a resumed run must share - as plain JSON data. A --base is named by
-    its path and SHA-256, so a checkpoint replaced at the same path is a different base."""
+    """What decides a run's models - the options a resumed run must share (threads and device may change) - as plain
+    JSON data. A --base is named by its path and SHA-256, so a checkpoint replaced at the same path is a different
+    base."""
     record = {"method": method_name(method), "options": method_options(method),
               "budget": budget.to_dict() if budget else None,
               "base": {"checkpoint": str(Path(base).resolve()), "sha256": file_sha256(base)} if base else None,
-              "train": None if base else dataclasses.asdict(train_config),
-              "finetune": dataclasses.asdict(finetune_config), "int8": dataclasses.asdict(int8) if int8 else None}
+              "train": None if base else recipe_of(train_config), "finetune": recipe_of(finetune_config),
+              "int8": dataclasses.asdict(int8) if int8 else None}
     return json.loads(json.dumps(record))
 
 

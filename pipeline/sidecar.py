@@ -49,7 +49,7 @@ def _files_problems(entry: dict, kinds: Sequence[str], where: str) -> list[str]:
             problems.append(f"{where}{kind}: a file name")
         if not _is_count(entry.get(f"{kind}_bytes"), 1, MAX_FILE_BYTES):
             problems.append(f"{where}{kind}_bytes: a size in bytes")
-        if not isinstance(entry.get(f"{kind}_sha256"), str) or not HEX64.match(entry[f"{kind}_sha256"]):
+        if not isinstance(entry.get(f"{kind}_sha256"), str) or not HEX64.fullmatch(entry[f"{kind}_sha256"]):
             problems.append(f"{where}{kind}_sha256: a SHA-256 hex digest")
     return problems
 
@@ -59,9 +59,10 @@ def schema_problems(sidecar: Any) -> list[str]:
     if not isinstance(sidecar, dict):
         return ["the whole file: a JSON object"]
     problems = _files_problems(sidecar, [k for k in FILE_KINDS if k != "pte" or "pte" in sidecar], "")
-    if not isinstance(sidecar.get("checkpoint"), str) or not sidecar["checkpoint"] or "\0" in sidecar["checkpoint"]:
+    checkpoint = sidecar.get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint or any(ord(ch) < 32 for ch in checkpoint):
         problems.append("checkpoint: the exported checkpoint's path")
-    if not isinstance(sidecar.get("checkpoint_sha256"), str) or not HEX64.match(sidecar["checkpoint_sha256"]):
+    if not isinstance(sidecar.get("checkpoint_sha256"), str) or not HEX64.fullmatch(sidecar["checkpoint_sha256"]):
         problems.append("checkpoint_sha256: a SHA-256 hex digest")
     for key in ("macs", "params"):
         if not _is_count(sidecar.get(key), 1):
@@ -91,7 +92,7 @@ def schema_problems(sidecar: Any) -> list[str]:
     if "pte" in sidecar:
         executorch = sidecar.get("executorch")
         if not isinstance(executorch, dict) or not isinstance(executorch.get("version"), str) \
-                or not VERSION.match(executorch["version"]):
+                or not VERSION.fullmatch(executorch["version"]):
             problems.append("executorch.version: a version such as 1.5.1")
     int8 = sidecar.get("int8")
     if int8 is not None:

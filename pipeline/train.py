@@ -129,6 +129,11 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule:
 NON_RECIPE_OPTIONS = ("threads", "device")
 
 
+def recipe_of(config: TrainConfig) -> dict:
+    """The options that decide what a run trains (all but where and how fast: NON_RECIPE_OPTIONS), as plain data."""
+    return {name: value for name, value in dataclasses.asdict(config).items() if name not in NON_RECIPE_OPTIONS}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,14 +192,13 @@ def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path, init: di
     """Refuses to resume `path` with another recipe, another model to start from (init: the weights' fingerprint)
     or another teacher (its file's SHA-256), naming each difference."""
     saved = checkpoint.get("recipe", {})
-    differing = [f"{name}: checkpoint {saved.get(name)!r} vs now {getattr(config, name)!r}"
-                 for name, value in dataclasses.asdict(config).items()
-                 if name not in NON_RECIPE_OPTIONS and saved.get(name) != value]
+    differing = [f"{name}: checkpoint {saved.get(name)!r} vs now {value!r}"
+                 for name, value in recipe_of(config).items() if saved.get(name) != value]
     if (checkpoint.get("init") or {}).get("weights_sha256") != (init or {}).get("weights_sha256"):
         differing.append("--checkpoint: the run fine-tunes other weights than the checkpoint given now")
     if (checkpoint.get("teacher") or {}).get("sha256") != (teacher or {}).get("sha256"):
-        differing.append(f"--teacher: the run distils from {(checkpoint.get('teacher') or {}).get('checkpoint')}, "
-                         f"now {(teacher or {}).get('checkpoint')}")
+        differing.append(f"--teacher: the run distils from {(checkpoint.get('teacher') or {}).get('checkpoint')!r}, "
+                         f"now {(teacher or {}).get('checkpoint')!r}")
     if differing:
         raise PipelineError(f"cannot resume {path} with different options ({', '.join(differing)}); "
                             f"rerun with the same options, or start a new run with another --out.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pipeline import data as cifar
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CIFAR_DIR = ROOT.parent / "shared" / cifar.ARCHIVE_FOLDER
+PHONE = "R5CT1234ABC            device usb:1-1 product:panther model:Pixel_7 device:panther transport_id:3"
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +74,17 @@ def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -
                            "recipe": {"width": width}, "data": {"holdout_images": holdout},
                            "metrics": {"test": {"top1": 0.1}}})
     return path
+
+
+@pytest.fixture
+def phone(tmp_path) -> dict[str, str]:
+    """An environment with tests/fake_adb.py first on PATH as `adb` and one attached phone, whose files live under
+    tmp_path/state."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "fake_adb.py"}" "$@"\n')
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "state").mkdir()
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ADB_STATE": str(tmp_path / "state"),
+            "FAKE_ADB_DEVICES": PHONE, "ANDROID_HOME": ""}

@@ -1,8 +1,5 @@
 """`bench-device` against tests/fake_adb.py: adb's real output formats and failures, one simulated phone."""
 import json
-import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +10,9 @@ from pipeline.device import Device, bench_device, find_adb, parse_devices, pick_
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint
 from pipeline.models import vgg16_spec
-from tests.conftest import run_invoke
+from tests.conftest import PHONE, run_invoke
 from tests.test_prune import trained_like
 
-PHONE = "R5CT1234ABC            device usb:1-1 product:panther model:Pixel_7 device:panther transport_id:3"
 EMULATOR = "emulator-5554          device product:sdk_gphone64_x86_64 model:sdk_gphone64_x86_64 transport_id:1"
 LOCKED = "R5CT1234ABC            unauthorized usb:1-1 transport_id:4"
 
@@ -39,19 +35,6 @@ def test_adb_devices_listing_and_the_choice_of_device():
 def test_a_missing_adb_says_where_to_get_it(tmp_path):
     with pytest.raises(PipelineError, match="platform-tools"):
         find_adb({"PATH": str(tmp_path)})
-
-
-@pytest.fixture
-def phone(tmp_path) -> dict[str, str]:
-    """PATH with the fake adb first and one attached phone; the device's files under tmp_path/state."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    adb = bin_dir / "adb"
-    adb.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).with_name("fake_adb.py")}" "$@"\n')
-    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
-    (tmp_path / "state").mkdir()
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ADB_STATE": str(tmp_path / "state"),
-            "FAKE_ADB_DEVICES": PHONE, "ANDROID_HOME": ""}
 
 
 @pytest.fixture(scope="module")

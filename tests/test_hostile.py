@@ -7,7 +7,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import zipfile
@@ -23,14 +22,13 @@ from pipeline.device import PACKAGE, Adb, bench_device
 from pipeline.errors import PipelineError
 from pipeline.export import export_checkpoint
 from pipeline.files import atomic_paths, file_sha256
-from pipeline.flow import RUN_KIND, RUN_RECORD, prune_stage, run_options, run_pipeline
+from pipeline.flow import RUN_KIND, RUN_RECORD, _check_run_folder, prune_stage, run_options, run_pipeline
 from pipeline.models import vgg16_spec
 from pipeline.prune import Budget, prune_checkpoint, resolve_method
 from pipeline.prune.budget import trim_to_target
 from pipeline.prune.latency import LatencyTable
 from pipeline.sidecar import read_sidecar
 from pipeline.train import make_config, train
-from tests.test_device import PHONE
 from tests.test_prune import trained_like
 
 
@@ -145,19 +143,6 @@ def test_export_names_stay_inside_the_output_folder(tmp_path, exported, syntheti
 
 # --- 2. adb: one shell line on the device ----------------------------------------------------------------------
 
-@pytest.fixture
-def phone(tmp_path) -> dict[str, str]:
-    """PATH with the fake adb first and one attached phone; the device's files under tmp_path/state."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    adb = bin_dir / "adb"
-    adb.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "fake_adb.py"}" "$@"\n')
-    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
-    (tmp_path / "state").mkdir()
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ADB_STATE": str(tmp_path / "state"),
-            "FAKE_ADB_DEVICES": PHONE, "ANDROID_HOME": ""}
-
-
 def planted(state: Path) -> list[Path]:
     return [p for p in state.rglob("PWNED*")]
 
@@ -267,6 +252,8 @@ def test_resuming_a_run_with_other_options_names_them(tmp_path):
         run_pipeline("r", config, finetune, method, Budget(mac_reduction=0.6), None, runs_dir=runs, resume=True,
                      progress=False)
     assert tree(tmp_path) == {**before, "base.pt": base.read_bytes()}
+    elsewhere = [make_config("smoke", {"device": "cpu", "threads": "1"}, finetune=flag) for flag in (False, True)]
+    _check_run_folder(runs / "r", run_options(*elsewhere, method, budget, None, None))  # where it runs may change
 
 
 def test_finetune_resume_with_another_checkpoint_is_refused(tmp_path, synthetic_data):

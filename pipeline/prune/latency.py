@@ -125,8 +125,9 @@ class LatencyTable:
                                 f"(0, {MAX_LAYER_MS:.0f}] ms); delete it to measure a new one")
         ms = {str(key): float(value) for key, value in table.items()}
         if stored.get("where") != where:
-            raise PipelineError(f"the latency table {path} was measured with {json.dumps(stored.get('where'))[:300]}, but this prune "
-                                f"runs with {where}; delete it and it is measured again here")
+            raise PipelineError(f"the latency table {path} was measured with "
+                                f"{json.dumps(stored.get('where'))[:300]}, but this prune runs with {where}; delete it "
+                                f"and it is measured again here")
         return cls(path, measure, ms, where)
 
     def layer_ms(self, shape: LayerShape) -> float:
