@@ -444,10 +444,16 @@ def sweep(c, args=""):
     _run_script(c, "sweep_thresholds.py", args)
 
 
-@command(help={"args": "extra pytest arguments, e.g. \"-k data -x\""})
-def test(c, args=""):
+@command(help={"args": "extra pytest arguments, e.g. \"-k data -x\"",
+               "workers": "test processes (default 2, the cores CI has; 0: all in this one)"})
+def test(c, args="", workers="2"):
     """Run the test suite; 'no tests collected' is a failure, not a pass."""
-    result = c.run(f"{sys.executable} -m pytest {args}", warn=True, pty=False)
+    processes = whole(workers, "workers")
+    if processes < 0:
+        raise PipelineError(f"--workers is a number of test processes, 0 or more; got {processes}")
+    # A test file stays in one process (--dist loadfile): its module fixtures (exports, trained bases) are built once.
+    parallel = f"-n {processes} --dist loadfile" if processes > 0 else "-p no:xdist"
+    result = c.run(f"{sys.executable} -m pytest {parallel} {args}", warn=True, pty=False)
     if result.exited == 5:
         raise Exit("error: pytest collected no tests", code=5)
     if result.exited:

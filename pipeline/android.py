@@ -99,7 +99,7 @@ def check_model(sidecar_path: Path, runtime: str = "executorch", precision: str 
                                 f"executorch-android {pinned}, which is only guaranteed to read files from its own "
                                 f"and earlier releases; raise executorchVersion in app/build.gradle to "
                                 f"{exporter.split('+')[0]}")
-    probe([model.source], sidecar["input_shape"])
+    probe({model.source: sidecar["input_shape"]})
     if runtime == "lite":
         version, pinned = torch.jit.mobile._get_model_bytecode_version(str(model.source)), runtime_version(app_dir)
         if version not in READABLE_BYTECODE.get(pinned, ()):

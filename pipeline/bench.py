@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.jit.mobile
+from torch import nn
 
 from pipeline import data as cifar
 from pipeline import pte
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.cost import ModelCost, count_cost
+from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.export import fold_batchnorm
 from pipeline.files import read_json
@@ -97,8 +98,7 @@ def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples:
 
 
 def _model_files(sidecar_path: Path, sidecar: dict) -> dict[str, Path]:
-    """runtime -> the exported file it runs, each checked against the sidecar (model_file) and then loaded and run
-    once in a child process (probe), so no damaged or crafted file reaches a runtime in this process."""
+    """runtime -> the exported file it runs, each checked against the sidecar (model_file)."""
     files = {"torchscript-lite": model_file(sidecar_path, sidecar, "ptl"),
              "onnxruntime": model_file(sidecar_path, sidecar, "onnx")}
     if "pte" in sidecar:  # exports before ExecuTorch support have none
@@ -106,22 +106,15 @@ def _model_files(sidecar_path: Path, sidecar: dict) -> dict[str, Path]:
     if sidecar.get("int8"):
         files["executorch-int8"] = model_file(sidecar_path, sidecar, "pte", int8=True)
         files["onnxruntime-int8"] = model_file(sidecar_path, sidecar, "onnx", int8=True)
-    probe(list(files.values()), sidecar["input_shape"])
     return files
 
 
-def _predictors(sidecar_path: Path, sidecar: dict, threads: int) -> tuple[dict[str, tuple[Predictor, int]], ModelCost]:
-    """runtime -> (batch -> logits, file size in bytes) for one exported model, and the MACs and parameters of the
-    checkpoint it was exported from (counted here, not taken from the sidecar)."""
-    checkpoint = load_checkpoint(sidecar_checkpoint(sidecar_path, sidecar))
-    if checkpoint["arch"] != sidecar["arch"]:
-        raise PipelineError(f"{sidecar_path} describes another architecture than its checkpoint "
-                            f"{sidecar['checkpoint']}: the sidecar was edited; export again")
-    model = model_from_checkpoint(checkpoint)
+def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> dict[str, tuple[Predictor, int]]:
+    """runtime -> (batch -> logits, file size in bytes) for one exported model: `model` (its checkpoint's) in eager
+    PyTorch and each of `files` (runtime -> checked and probed file) in its runtime."""
     eager = fold_batchnorm(model)
     state = io.BytesIO()
     torch.save(eager.state_dict(), state)
-    files = _model_files(sidecar_path, sidecar)
 
     def run_eager(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -135,9 +128,18 @@ def _predictors(sidecar_path: Path, sidecar: dict, threads: int) -> tuple[dict[s
     lite = torch.jit.mobile._load_for_lite_interpreter(str(files["torchscript-lite"]))
     load = {"torchscript-lite": lambda path: lambda x: lite(x), "onnxruntime": run_onnx, "onnxruntime-int8": run_onnx,
             "executorch": pte.predictor, "executorch-int8": pte.predictor}
-    predictors = {"pytorch": (run_eager, state.getbuffer().nbytes),
-                  **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
-    return predictors, count_cost(model)
+    return {"pytorch": (run_eager, state.getbuffer().nbytes),
+            **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
+
+
+def _exported_model(sidecar_path: Path, sidecar: dict) -> nn.Module:
+    """The model of the checkpoint the sidecar was exported from, once that checkpoint still has the recorded hash
+    and the sidecar's architecture (so one benchmark row never mixes two models)."""
+    checkpoint = load_checkpoint(sidecar_checkpoint(sidecar_path, sidecar))
+    if checkpoint["arch"] != sidecar["arch"]:
+        raise PipelineError(f"{sidecar_path} describes another architecture than its checkpoint "
+                            f"{sidecar['checkpoint']}: the sidecar was edited; export again")
+    return model_from_checkpoint(checkpoint)
 
 
 def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
@@ -148,10 +150,13 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
     paths = [Path(p) for p in sidecars]
     unique_names(paths)
     torch.set_num_threads(threads)
-    models = {}
-    for path in paths:
-        sidecar = read_sidecar(path)
-        models[path.stem] = (sidecar, *_predictors(path, sidecar, threads))
+    described = {path: read_sidecar(path) for path in paths}
+    exported = {path: (_exported_model(path, sidecar), _model_files(path, sidecar)) for path, sidecar in
+                described.items()}
+    # Every file is run once in a child process first, so no damaged or crafted file reaches a runtime here.
+    probe({file: described[path]["input_shape"] for path, (_, files) in exported.items() for file in files.values()})
+    models = {path.stem: (described[path], _predictors(model, files, threads), count_cost(model))
+              for path, (model, files) in exported.items()}
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()
     latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)

@@ -26,6 +26,7 @@ from pipeline.cost import count_cost
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_paths, file_sha256, folder_lock, plain_name
 from pipeline.options import check, with_options
+from pipeline.probe import mark_runnable
 
 # TorchScript bytecode version of the .ptl files. The Android app's runtime, org.pytorch:pytorch_android_lite 1.13.1
 # (the last release), is PyTorch 1.13, which writes v8 itself; PyTorch's mobile loader reads
@@ -252,8 +253,10 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
 
 
 def _size_and_hash(kind: str, path: Path) -> dict:
-    """The sidecar's `<kind>_bytes` and `<kind>_sha256` for the file written at `path`."""
-    return {f"{kind}_bytes": path.stat().st_size, f"{kind}_sha256": file_sha256(path)}
+    """The sidecar's `<kind>_bytes` and `<kind>_sha256` for the file written, and run, at `path`."""
+    sha256 = file_sha256(path)
+    mark_runnable(sha256)  # it ran in this process's runtimes during verification: no child process needed later
+    return {f"{kind}_bytes": path.stat().st_size, f"{kind}_sha256": sha256}
 
 
 def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibration: cifar.Split,

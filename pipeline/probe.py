@@ -3,7 +3,7 @@ native runtime (ExecuTorch's loader calls std::terminate on some malformed progr
 process however Python code is written. The child loads each file in its runtime and runs it once on zeros; only if
 it exits cleanly does the caller load the files itself.
 
-    python -m pipeline.probe <input shape, e.g. 1,3,32,32> <file> [<file> ...]
+    python -m pipeline.probe <input shape>:<file> [...]     e.g. 1,3,32,32:export/model.pte
 """
 from __future__ import annotations
 
@@ -14,22 +14,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.files import file_sha256
 
 TIMEOUT_S = 300
+# SHA-256s of files this process has seen run: probed here, or written and run by export. Identical bytes run
+# identically, so a file with one of these hashes needs no second child process.
+_RUNNABLE: set[str] = set()
 
 
-def probe(paths: Sequence[Path], input_shape: Sequence[int]) -> None:
-    """Raises an error naming the first of `paths` (.ptl, .onnx, .pte) that its runtime cannot load and run on a
-    zero input of `input_shape`, whether it raised or crashed the child process."""
+def mark_runnable(sha256: str) -> None:
+    """Records that a file with this SHA-256 loaded and ran in this process (export verifies what it writes)."""
+    _RUNNABLE.add(sha256)
+
+
+def probe(files: dict[Path, Sequence[int]]) -> None:
+    """Raises an error naming the first of `files` (.ptl, .onnx, .pte -> its input shape) that its runtime cannot
+    load and run on a zero input, whether it raised or crashed the child process (one child for all of them). Files
+    whose bytes already ran in this process are not run again."""
+    hashes = {path: file_sha256(path) for path in files}
+    paths = [path for path in files if hashes[path] not in _RUNNABLE]
     if not paths:
         return
-    command = [sys.executable, "-m", "pipeline.probe", ",".join(map(str, input_shape)), *map(str, paths)]
+    command = [sys.executable, "-m", "pipeline.probe",
+               *(f"{','.join(map(str, files[path]))}:{path}" for path in paths)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
                                 cwd=Path(__file__).resolve().parent.parent)
     except subprocess.TimeoutExpired:
         raise PipelineError(f"loading {', '.join(map(str, paths))} did not finish in {TIMEOUT_S} s") from None
     passed = [line[3:] for line in result.stdout.splitlines() if line.startswith("ok ")]
+    _RUNNABLE.update(hashes[path] for path in paths[:len(passed)])
     if result.returncode == 0 and len(passed) == len(paths):
         return
     failed = paths[len(passed)] if len(passed) < len(paths) else paths[-1]
@@ -64,10 +78,10 @@ def _run_once(path: Path, zeros) -> None:  # zeros: torch.Tensor
 def main(arguments: list[str]) -> int:
     import torch
 
-    zeros = torch.zeros(*(int(s) for s in arguments[0].split(",")))
-    for name in arguments[1:]:
+    for argument in arguments:
+        shape, name = argument.split(":", 1)
         try:
-            _run_once(Path(name), zeros)
+            _run_once(Path(name), torch.zeros(*(int(s) for s in shape.split(","))))
         except Exception as err:  # any refusal of the runtime means the same: this file cannot run
             print(f"fail {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
                   flush=True)
