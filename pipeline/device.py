@@ -132,7 +132,7 @@ def crash_lines(adb: Adb) -> str:
     return "\n".join(log.strip().splitlines()[-30:]) or "(logcat has nothing from the app)"
 
 
-DEVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+DEVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 def device_name(sidecar_path: Path) -> str:

@@ -14,8 +14,8 @@ from pipeline.options import is_finite_number
 
 MAX_COUNT = 10**15  # MACs and parameters: far above any CNN a phone runs; more is damage
 MAX_FILE_BYTES = 1 << 34  # 16 GiB
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-VERSION = re.compile(r"^\d+\.\d+(\.\d+)?([.+-][0-9A-Za-z.+-]*)?$")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"\d+\.\d+(\.\d+)?([.+-][0-9A-Za-z.+-]*)?")
 # The first bytes each format starts with: a .ptl is a zip archive; an ExecuTorch program carries the flatbuffer
 # identifier "ET" and two digits at offset 4. ONNX (protobuf) has no magic: its runtime check is the probe's.
 MAGIC: dict[str, Callable[[bytes], bool]] = {
