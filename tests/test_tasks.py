@@ -162,6 +162,10 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("export", "--quantize", "int4"), "--quantize supports int8"),
     (("export", "--max-drop", "0.5"), "--max-drop given without --quantize int8"),
     (("pipeline", "--quantize", "int8", "--calibration-images", "-3"), "--calibration-images must be >= 1"),
+    (("pipeline", "--name", "../elsewhere"), "--name must be a plain name"),
+    (("export", "--name", "/tmp/model"), "--name must be a plain name"),
+    (("test", "--workers", "-1"), "--workers is a number of test processes"),
+    (("test", "--workers", "two"), "--workers expects int"),
 ])
 def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypatch, args, message):
     """Each refusal comes before any data is read or downloaded (CIFAR10_DIR is an empty folder a download would
