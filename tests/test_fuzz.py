@@ -4,7 +4,7 @@ NaN/inf/huge numbers, path tricks - and every reader must either accept it with 
 with one PipelineError line; no other exception, no abort, and nothing outside the case's folder changed.
 
 CI runs FUZZ_CASES (500) cases per kind; by hand, more (the counts print with -s):
-    PRUNEDROID_FUZZ_CASES=20000 invoke test --args "tests/test_fuzz.py -s -k 'not command_line'"
+    PRUNEDROID_FUZZ_CASES=20000 invoke test --workers 0 --args "tests/test_fuzz.py -s -k 'not command_line'"
 """
 from __future__ import annotations
 
