@@ -108,12 +108,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """`text` into `path` atomically (atomic_path)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 @contextlib.contextmanager
 def folder_lock(folder: str | Path) -> Iterator[Path]:
     """Creates `folder` and holds an exclusive lock on the folder itself (flock on its descriptor: no lock file is

@@ -21,7 +21,7 @@ from pipeline.bench import benchmark, table_rows
 from pipeline.checkpoint import checkpoint_bytes, load_checkpoint, model_from_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.export import Int8Options, export_checkpoint
-from pipeline.files import atomic_paths, file_sha256, folder_lock, plain_name, read_json, write_text
+from pipeline.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
 from pipeline.prune import Budget, Method, method_name, method_options, prune_checkpoint
 from pipeline.report import markdown_table, run_report, write_results
 from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, recipe_of, train
@@ -133,7 +133,8 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         fresh = not (run / RUN_RECORD).exists()
         if fresh:
-            write_text(run / RUN_RECORD, json.dumps({"kind": RUN_KIND, "options": options}, indent=2) + "\n")
+            with atomic_path(run / RUN_RECORD) as tmp:
+                tmp.write_text(json.dumps({"kind": RUN_KIND, "options": options}, indent=2) + "\n")
         try:
             return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs,
                            int8)

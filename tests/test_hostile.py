@@ -267,9 +267,10 @@ def test_finetune_resume_with_another_checkpoint_is_refused(tmp_path, synthetic_
         train(config, synthetic_data, tmp_path / "ft", resume=True, progress=False, init=other)
 
 
-def test_a_pipeline_on_a_given_base_reports_the_bases_recipe_and_refuses_another_base(tmp_path, cifar_dir):
+def test_a_pipeline_on_a_given_base_reports_the_bases_recipe_and_refuses_another_base(tmp_path, cifar_dir,
+                                                                                         synthetic_data):
     base = tmp_path / "base"
-    trained = train(make_config("smoke", {"epochs": "1", "lr": "0.02"}), load(cifar_dir), base, progress=False)
+    trained = train(make_config("smoke", {"epochs": "1", "lr": "0.02"}), synthetic_data, base, progress=False)
     assert trained["recipe"]["lr"] == 0.02
     runs = tmp_path / "runs"
     args = ("pipeline", "--preset", "smoke", "--name", "on-base", "--base", str(base / "checkpoint.pt"),
@@ -280,12 +281,6 @@ def test_a_pipeline_on_a_given_base_reports_the_bases_recipe_and_refuses_another
     assert "(training recipe: width 0.0625, epochs 1, batch_size 64, lr 0.02," in report  # the preset's lr is 0.05
     other = save_untrained_base(tmp_path / "other.pt")
     one_line_exit_2(run_invoke(*args[:6], str(other), *args[7:], "--resume"), r"cannot resume .* \(base: the run")
-
-
-def load(cifar_dir: Path):
-    from pipeline.data import load_cifar10
-
-    return load_cifar10(cifar_dir, holdout=500, download=False)
 
 
 # --- 6. a sidecar and its files out of step ----------------------------------------------------------------------

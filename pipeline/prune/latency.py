@@ -28,6 +28,8 @@ from pipeline.options import is_finite_number
 from pipeline.report import machine_info
 
 RUNTIME = "onnxruntime"
+RUNS = 60  # timed runs per shape, after WARMUP; the median is kept
+WARMUP = 10
 MAX_LAYER_MS = 60_000.0  # a layer slower than a minute is no measurement of this table's
 
 
@@ -35,8 +37,6 @@ def is_latency(ms: object) -> bool:
     """A usable table entry: a finite number in (0, MAX_LAYER_MS] (a zero or negative one would divide by zero or
     steer the search to nonsense; NaN compares false with every target)."""
     return is_finite_number(ms) and 0 < ms <= MAX_LAYER_MS  # type: ignore[operator]
-RUNS = 60  # timed runs per shape, after WARMUP; the median is kept
-WARMUP = 10
 
 
 @dataclass(frozen=True)
