@@ -8,8 +8,8 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from pipeline.errors import PipelineError, os_error_message, unexpected_error_message
-from pipeline.options import parse_option
+from prunedroid.errors import PrunedroidError, os_error_message, unexpected_error_message
+from prunedroid.options import parse_option
 
 TRAIN_HELP = {
     "preset": "smoke (seconds, for tests), quick (~10 min on 2 CPU cores) or paper (full VGG16-BN, for a GPU); "
@@ -44,7 +44,7 @@ TRAIN_HELP = {
 
 def command(name: str | None = None, help: dict[str, str] | None = None):
     """An invoke task whose options are all flags (a positional argument would swallow `--help` and run the task)
-    and whose PipelineError or OS error (unwritable folder, full disk) ends as one line and exit code 2.
+    and whose PrunedroidError or OS error (unwritable folder, full disk) ends as one line and exit code 2.
 
     Numbers default to strings ("200", not 200): invoke casts a typed default's values itself and answers a typo with
     a traceback, so the package parses them instead (`whole`, `parse_option`)."""
@@ -56,7 +56,7 @@ def command(name: str | None = None, help: dict[str, str] | None = None):
                 return function(*args, **kwargs)
             except Exit:  # a task's own exit code (`invoke test`) is its answer, not a failure to explain
                 raise
-            except PipelineError as err:
+            except PrunedroidError as err:
                 raise Exit(f"error: {err}", code=2) from None
             except OSError as err:
                 raise Exit(f"error: {os_error_message(err)}", code=2) from None
@@ -74,7 +74,8 @@ def required(**options: str | None) -> None:
     """Refuses a task call missing a required option (all options are flags, so invoke cannot say it)."""
     missing = [name for name, value in options.items() if value in (None, "")]
     if missing:
-        raise PipelineError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)}; see the task's --help")
+        raise PrunedroidError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)}; see the "
+                              "task's --help")
 
 
 def whole(value: str | int, option: str) -> int:
@@ -87,9 +88,9 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
           schedule=None, label_smoothing=None, seed=None, holdout=None, train_limit=None, test_limit=None,
           channels_last=None, threads=None, device=None, distill_weight=None, distill_temperature=None, teacher=None):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
-    from pipeline.data import load_cifar10
-    from pipeline.train import make_config
-    from pipeline.train import train as run_training
+    from prunedroid.data import load_cifar10
+    from prunedroid.train import make_config
+    from prunedroid.train import train as run_training
 
     overrides = dict(width=width, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
@@ -106,15 +107,15 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
             "data_dir": TRAIN_HELP["data_dir"], "test_limit": "evaluate on the first N test images only"})
 def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
     """Top-1 on the CIFAR-10 test set (all 10,000 images), with MACs and parameters."""
-    from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-    from pipeline.cost import count_cost
-    from pipeline.data import load_test
-    from pipeline.train import evaluate as run_evaluation
+    from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+    from prunedroid.data import load_test
+    from prunedroid.pruning.cost import count_cost
+    from prunedroid.train import evaluate as run_evaluation
 
     required(checkpoint=checkpoint)
     limit = None if test_limit is None else whole(test_limit, "test_limit")
     if limit is not None and limit < 1:
-        raise PipelineError(f"--test-limit must be >= 1 image, got {limit}")
+        raise PrunedroidError(f"--test-limit must be >= 1 image, got {limit}")
     model = model_from_checkpoint(load_checkpoint(checkpoint))
     test = load_test(data_dir).head(limit)
     result = run_evaluation(model, test)
@@ -167,31 +168,36 @@ def _method_options(task_arguments):
 def _check_budget_fits(arch: dict, budget) -> None:
     """A budget that cannot apply to the model (a --layer-ratios count, an unreachable MAC target) fails before any
     data is read or model trained."""
-    from pipeline.models import VGGSpec
-    from pipeline.prune import kept_counts
-    from pipeline.prune.allocation import check_reachable
+    import torch
+
+    from prunedroid.models import build_model
+    from prunedroid.pruned import example_input
+    from prunedroid.pruning import channel_graph, kept_counts
+    from prunedroid.pruning.allocation import check_reachable
 
     if budget is not None:
-        spec = VGGSpec.from_dict(arch)
+        with torch.device("meta"):  # shapes only: no memory for the weights
+            model = build_model(arch)
+        graph = channel_graph(model, example_input().to("meta"))
         if budget.allocation == "uniform":
-            kept_counts(spec, budget)
+            kept_counts(graph, budget)
         elif budget.allocation != "latency":  # a latency target is checked once the layers are measured
-            check_reachable(spec, budget)
+            check_reachable(graph, budget)
 
 
 def _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to, allocation, min_keep,
                        method_options, default_budget=None):
     """The method and its budget from the task's options. --min-keep is the floor of a non-uniform allocation, or
     else k-means' own floor for its automatic K."""
-    from pipeline.prune import Budget, resolve_method
+    from prunedroid.pruning import Budget, resolve_method
 
     per_layer = allocation not in (None, "uniform")
     budget = Budget.from_options(ratio, layer_ratios, mac_reduction, round_to, allocation,
                                  min_keep if per_layer else None, latency_reduction)
     if min_keep is not None and not per_layer:
         if method != "kmeans":
-            raise PipelineError("--min-keep is the per-layer floor of --allocation global, sensitivity or latency "
-                                "(or of kmeans' automatic K); add --allocation global, sensitivity or latency")
+            raise PrunedroidError("--min-keep is the per-layer floor of --allocation global, sensitivity or latency "
+                                  "(or of kmeans' automatic K); add --allocation global, sensitivity or latency")
         method_options = {**method_options, "min_keep": min_keep}
     step = 1 if round_to is None else whole(round_to, "round_to")
     target = "latency_reduction" if allocation == "latency" else "mac_reduction"  # half of what the budget measures
@@ -203,8 +209,8 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduc
                                  (allocation, "--allocation shares out", "allocation")):
         wanted = step if field == "round_to" else allocation
         if given is not None and (resolved is None or getattr(resolved, field) != wanted):
-            raise PipelineError(f"{option} a budget's channel counts; give --mac-reduction with it (a threshold or "
-                                f"an automatic K sets no budget)")
+            raise PrunedroidError(f"{option} a budget's channel counts; give --mac-reduction with it (a threshold or "
+                                  f"an automatic K sets no budget)")
     return pruning, resolved
 
 
@@ -218,9 +224,9 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
           loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
           keep=None, normalize=None, restarts=None, min_keep=None):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
-    from pipeline.checkpoint import held_out_images, load_checkpoint
-    from pipeline.data import load_cifar10
-    from pipeline.flow import prune_stage
+    from prunedroid.checkpoint import held_out_images, load_checkpoint
+    from prunedroid.data import load_cifar10
+    from prunedroid.flow import prune_stage
 
     required(checkpoint=checkpoint)
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
@@ -228,7 +234,7 @@ def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer
     seed = whole(seed, "seed")
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
-        raise PipelineError(f"{out} already exists; pass --overwrite or another --out")
+        raise PrunedroidError(f"{out} already exists; pass --overwrite or another --out")
     base = load_checkpoint(checkpoint)
     _check_budget_fits(base["arch"], budget)
     prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out_images(base)), seed)
@@ -246,10 +252,10 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
              seed=None, train_limit=None, test_limit=None, threads=None, device=None, distill_weight=None,
              distill_temperature=None, teacher=None):
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.data import load_cifar10
-    from pipeline.train import make_config
-    from pipeline.train import train as run_training
+    from prunedroid.checkpoint import load_checkpoint
+    from prunedroid.data import load_cifar10
+    from prunedroid.train import make_config
+    from prunedroid.train import train as run_training
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      warmup_epochs=warmup_epochs, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
@@ -272,7 +278,7 @@ QUANTIZE_HELP = {
 
 
 def _int8_options(quantize, calibration_images, max_drop):
-    from pipeline.export import Int8Options
+    from prunedroid.export import Int8Options
 
     return Int8Options.from_options(quantize, {"calibration_images": calibration_images, "max_drop": max_drop})
 
@@ -284,10 +290,10 @@ def _int8_options(quantize, calibration_images, max_drop):
 def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None, quantize=None,
            calibration_images=None, max_drop=None):
     """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
-    from pipeline.checkpoint import existing_checkpoint, held_out_images, load_checkpoint
-    from pipeline.data import load_cifar10, load_test
-    from pipeline.export import export_checkpoint
-    from pipeline.files import plain_name
+    from prunedroid.checkpoint import existing_checkpoint, held_out_images, load_checkpoint
+    from prunedroid.data import load_cifar10, load_test
+    from prunedroid.export import export_checkpoint
+    from prunedroid.files import plain_name
 
     required(checkpoint=checkpoint)
     plain_name(name, "--name")
@@ -322,10 +328,10 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
             "data_dir": TRAIN_HELP["data_dir"]})
 def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", data_dir=None):
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
-    from pipeline.bench import ROUNDS, benchmark, check_timing, table_rows
-    from pipeline.data import load_test
-    from pipeline.report import markdown_table, write_results
-    from pipeline.sidecar import existing_sidecar
+    from prunedroid.bench import ROUNDS, benchmark, check_timing, table_rows
+    from prunedroid.data import load_test
+    from prunedroid.report import markdown_table, write_results
+    from prunedroid.sidecar import existing_sidecar
 
     required(models=models)
     sidecars = [existing_sidecar(path) for path in models.split(",")]
@@ -345,8 +351,8 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", dat
                               "data_dir": TRAIN_HELP["data_dir"]})
 def build_apk(c, model="export/model.json", variant="debug", runtime="executorch", precision="fp32", data_dir=None):
     """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build it with Gradle."""
-    from pipeline.android import build_apk as build
-    from pipeline.data import load_test
+    from prunedroid.android import build_apk as build
+    from prunedroid.data import load_test
 
     apk = build(Path(model), lambda: load_test(data_dir), variant, runtime=runtime, precision=precision)
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
@@ -361,10 +367,10 @@ def build_apk(c, model="export/model.json", variant="debug", runtime="executorch
 def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs="100",
                  warmup="20", threads="1", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
-    from pipeline.bench import add_device_rows, read_report, table_rows
-    from pipeline.device import bench_device as run_on_device
-    from pipeline.report import markdown_table, write_results
-    from pipeline.sidecar import read_sidecar
+    from prunedroid.bench import add_device_rows, read_report, table_rows
+    from prunedroid.device import bench_device as run_on_device
+    from prunedroid.report import markdown_table, write_results
+    from prunedroid.sidecar import read_sidecar
 
     required(models=models)
     sidecars = [Path(m) for m in models.split(",")]
@@ -398,13 +404,13 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
              clusters=None, keep=None, normalize=None, restarts=None, min_keep=None, quantize=None,
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
-    from pipeline.bench import ROUNDS, check_timing
-    from pipeline.checkpoint import held_out_images, load_checkpoint
-    from pipeline.data import load_cifar10
-    from pipeline.files import plain_name
-    from pipeline.flow import run_pipeline
-    from pipeline.models import vgg16_spec
-    from pipeline.train import make_config
+    from prunedroid.bench import ROUNDS, check_timing
+    from prunedroid.checkpoint import held_out_images, load_checkpoint
+    from prunedroid.data import load_cifar10
+    from prunedroid.files import plain_name
+    from prunedroid.flow import run_pipeline
+    from prunedroid.models import vgg16_spec
+    from prunedroid.train import make_config
 
     run_name = plain_name(name or preset, "--name")
     pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
@@ -450,7 +456,7 @@ def test(c, args="", workers="2"):
     """Run the test suite; 'no tests collected' is a failure, not a pass."""
     processes = whole(workers, "workers")
     if processes < 0:
-        raise PipelineError(f"--workers is a number of test processes, 0 or more; got {processes}")
+        raise PrunedroidError(f"--workers is a number of test processes, 0 or more; got {processes}")
     # A test file stays in one process (--dist loadfile): its module fixtures (exports, trained bases) are built once.
     parallel = f"-n {processes} --dist loadfile" if processes > 0 else "-p no:xdist"
     result = c.run(f"{sys.executable} -m pytest {parallel} {args}", warn=True, pty=False)

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from harness import arguments, base_title
 
-from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.flow import evaluation_set
-from pipeline.prune import Budget, SCPConfig, channel_scores, cut, mac_reduction, prune
-from pipeline.prune.allocation import BATCHNORM_IMAGES, SCORED_IMAGES, global_counts
-from pipeline.report import command_line, markdown_table, write_results
-from pipeline.train import evaluate, remeasure_batchnorm
+from prunedroid import data as cifar
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.flow import evaluation_set
+from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, calibration, example_input, prune_model
+from prunedroid.pruning import Budget, SCPConfig, channel_graph, channel_scores, cut
+from prunedroid.pruning.allocation import global_counts
+from prunedroid.report import command_line, markdown_table, write_results
+from prunedroid.train import evaluate, remeasure_batchnorm
 
 METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 VARIANTS = [(normalization, per_mac) for normalization in ("mean", "max", "none") for per_mac in (False, True)]
@@ -46,11 +47,12 @@ def main() -> None:
     for name in args.methods.split(","):
         method = METHODS[name]
         evaluation = evaluation_set(method, data.holdout)
-        scores = channel_scores(base, method, 0, evaluation)
+        graph, example = channel_graph(base, example_input()), example_input()
+        scores = channel_scores(base, graph, example, method, 0, calibration(evaluation))
         for target in (float(t) for t in args.targets.split(",")):
             for allocation in ("uniform", "sensitivity"):
-                pruned, report = prune(base, method, Budget(mac_reduction=target, allocation=allocation), 0,
-                                       evaluation, data.holdout, Path(args.cache))
+                pruned, report = prune_model(base, method, Budget(mac_reduction=target, allocation=allocation), 0,
+                                             evaluation, data.holdout, Path(args.cache))
                 rows.append({"method": name, "MAC target": f"{target:.0%}", "allocation": allocation,
                              "MACs removed": f"{report['mac_reduction']:.1%}",
                              "channels": "/".join(map(str, pruned.spec.conv_channels)),
@@ -58,11 +60,12 @@ def main() -> None:
                 print(rows[-1], flush=True)
             for normalization, per_mac in VARIANTS:
                 budget = Budget(mac_reduction=target, allocation="global")
-                counts = global_counts(base.spec, budget, scores, normalization, per_mac)
-                pruned, _ = cut(base, method, Budget(layer_channels=tuple(counts)), 0, evaluation)
+                counts = global_counts(graph, budget, scores, normalization, per_mac)
+                pruned, _ = cut(base, graph, example, method, Budget(layer_channels=tuple(counts)), 0,
+                                calibration(evaluation))
                 rows.append({"method": name, "MAC target": f"{target:.0%}",
                              "allocation": f"global, {normalization}" + (", per MAC" if per_mac else ""),
-                             "MACs removed": f"{mac_reduction(base.spec, counts):.1%}",
+                             "MACs removed": f"{graph.mac_reduction(counts):.1%}",
                              "channels": "/".join(map(str, counts)),
                              "held-out top-1 (BN re-measured)": f"{100 * top1(pruned):.2f}%"})
                 print(rows[-1], flush=True)
@@ -76,7 +79,7 @@ def main() -> None:
 NOTES = f"""
 Held-out top-1: BatchNorm re-measured on the first {BATCHNORM_IMAGES} held-out training images, top-1 on the next
 {SCORED_IMAGES} (the images sensitivity allocation measures on; no test image is used to choose). Global allocation
-ships with the best of its variants here as its default (pipeline/prune/allocation.py, global_counts).
+ships with the best of its variants here as its default (prunedroid/pruning/allocation.py, global_counts).
 """
 
 

@@ -13,13 +13,14 @@ import statistics
 import torch
 from harness import arguments, percent
 
-from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.files import file_sha256
-from pipeline.flow import evaluation_set
-from pipeline.prune import Budget, SCPConfig, prune
-from pipeline.report import markdown_table, write_results
-from pipeline.train import evaluate, remeasure_batchnorm
+from prunedroid import data as cifar
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.files import file_sha256
+from prunedroid.flow import evaluation_set
+from prunedroid.pruned import prune_model
+from prunedroid.pruning import Budget, SCPConfig
+from prunedroid.report import markdown_table, write_results
+from prunedroid.train import evaluate, remeasure_batchnorm
 
 METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 
@@ -40,7 +41,7 @@ def main() -> None:
     rows = []
     for target in (float(t) for t in args.targets.split(",")):
         for name, method in METHODS.items() if target else [("none", None)]:
-            model = base if method is None else prune(base, method, Budget(mac_reduction=target),
+            model = base if method is None else prune_model(base, method, Budget(mac_reduction=target),
                                                       evaluation=evaluation_set(method, data.holdout))[0]
             row = {"target": target, "method": name, "trained": top1(model)}
             for count in (int(c) for c in args.images.split(",")):

@@ -20,11 +20,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline import data as cifar  # noqa: E402
-from pipeline.bench import benchmark  # noqa: E402
-from pipeline.checkpoint import load_checkpoint  # noqa: E402
-from pipeline.export import MAX_INT8_DROP, export_checkpoint  # noqa: E402
-from pipeline.report import markdown_table, write_results  # noqa: E402
+from prunedroid import data as cifar  # noqa: E402
+from prunedroid.bench import benchmark  # noqa: E402
+from prunedroid.checkpoint import load_checkpoint  # noqa: E402
+from prunedroid.export import MAX_INT8_DROP, export_checkpoint  # noqa: E402
+from prunedroid.report import markdown_table, write_results  # noqa: E402
 
 FORMATS = {"torchscript-lite": ".ptl fp32", "onnxruntime": ".onnx fp32", "onnxruntime-int8": ".onnx int8",
            "executorch": ".pte fp32 (XNNPACK)", "executorch-int8": ".pte int8 (XNNPACK)"}

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import data as cifar
-from pipeline.bench import paired_difference
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.flow import evaluation_set
-from pipeline.prune import Budget, SCPConfig, method_name, prune_checkpoint
-from pipeline.report import markdown_table, write_results
-from pipeline.train import evaluate, make_config, train
+from prunedroid import data as cifar
+from prunedroid.bench import paired_difference
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.flow import evaluation_set
+from prunedroid.pruned import prune_checkpoint
+from prunedroid.pruning import Budget, SCPConfig, method_name
+from prunedroid.report import markdown_table, write_results
+from prunedroid.train import evaluate, make_config, train
 
 
 def main() -> None:

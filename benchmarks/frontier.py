@@ -23,10 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from harness import Bench, architecture_latencies, arguments, base_title, chosen, paired_table, percent  # noqa: E402
 
-from pipeline.bench import speed_for_macs  # noqa: E402
-from pipeline.prune import Budget, SCPConfig  # noqa: E402
-from pipeline.prune.budget import ALLOCATIONS  # noqa: E402
-from pipeline.report import markdown_table  # noqa: E402
+from prunedroid.bench import speed_for_macs  # noqa: E402
+from prunedroid.pruning import Budget, SCPConfig  # noqa: E402
+from prunedroid.pruning.budget import ALLOCATIONS  # noqa: E402
+from prunedroid.report import markdown_table  # noqa: E402
 
 METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 
@@ -187,7 +187,7 @@ def main() -> None:
 
 
 NOTES = """
-Allocation (pipeline/prune/allocation.py): uniform keeps one removal ratio in every layer; global ranks every
+Allocation (prunedroid/pruning/allocation.py): uniform keeps one removal ratio in every layer; global ranks every
 channel of every layer by the method's own scores divided by their layer's mean (L1 norms for L1; for SCP one minus
 a channel's highest feature-map similarity in its layer); sensitivity prunes each layer alone with the method at
 25/50/75/90%, re-measures BatchNorm on 1,024 held-out training images and measures top-1 on the next 2,048, then

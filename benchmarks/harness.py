@@ -16,17 +16,18 @@ from pathlib import Path
 
 import torch
 
-from pipeline import data as cifar
-from pipeline.bench import onnx_latencies_ms, paired_difference
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from pipeline.errors import PipelineError
-from pipeline.export import export_checkpoint, fold_batchnorm, write_onnx
-from pipeline.files import file_sha256
-from pipeline.flow import LATENCY_TABLE, evaluation_set
-from pipeline.models import VGG, build_model
-from pipeline.prune import Budget, Method, SCPConfig, method_name, prune, prune_checkpoint
-from pipeline.report import command_line, markdown_table, write_results
-from pipeline.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
+from prunedroid import data as cifar
+from prunedroid.bench import onnx_latencies_ms, paired_difference
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.export import export_checkpoint, fold_batchnorm, write_onnx
+from prunedroid.files import file_sha256
+from prunedroid.flow import LATENCY_TABLE, evaluation_set
+from prunedroid.models import VGG, build_model
+from prunedroid.pruned import prune_checkpoint, prune_model
+from prunedroid.pruning import Budget, Method, SCPConfig, method_name
+from prunedroid.report import command_line, markdown_table, write_results
+from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 
 def arguments(description: str, out: str, work: str | None = None) -> argparse.ArgumentParser:
@@ -75,8 +76,8 @@ class Bench:
         previous = json.loads(results.read_text()) if results.exists() else {}
         sha256 = file_sha256(Path(base))
         if previous and previous["base"]["sha256"] != sha256:
-            raise PipelineError(f"{results} holds cells of another base model ({previous['base']['checkpoint']}); "
-                                f"pass another --out, or delete it to start over")
+            raise PrunedroidError(f"{results} holds cells of another base model ({previous['base']['checkpoint']}); "
+                                  f"pass another --out, or delete it to start over")
         commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
         if command_line() not in commands[-1:]:
             commands.append(command_line())
@@ -99,7 +100,7 @@ class Bench:
         return self.payload["cells"]
 
     def pruning_data(self, method: Method) -> dict:
-        """prune()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
+        """prune_model()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
         measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
         target), and the latency allocation's lookup table there (one per machine)."""
         return {"evaluation": evaluation_set(method, self.data.holdout), "holdout": self.data.holdout,
@@ -111,7 +112,7 @@ class Bench:
         re-measured on the first SCPConfig().eval_images held-out images (what SCP itself sees)."""
         if key not in self.cells:
             started = time.perf_counter()
-            pruned, report = prune(self.base, method, budget, seed, **self.pruning_data(method))
+            pruned, report = prune_model(self.base, method, budget, seed, **self.pruning_data(method))
             seconds = time.perf_counter() - started
             calibration = self.data.holdout.head(SCPConfig().eval_images).images  # what SCP itself sees
             self.cells[key] = {**extra, "method": method_name(method), "options": report["options"],
@@ -157,7 +158,7 @@ class Bench:
 
     def pair(self, key: str, reference: str) -> None:
         """`key`'s fine-tuned top-1 minus `reference`'s on the same images, averaged over the fine-tune seeds both
-        cells have (pipeline.bench.paired_difference): on the test set, and on the held-out training images that no
+        cells have (prunedroid.bench.paired_difference): on the test set, and on the held-out training images that no
         method analysed (those past SCP's evaluation set) - a second, independent sample. Kept in the payload's
         "paired"; skipped unless both cells are fine-tuned, and not redone for the same seeds."""
         seeds = sorted(set(self.finetune_seeds(key)) & set(self.finetune_seeds(reference)))

@@ -24,10 +24,11 @@ import torch
 
 def measure(base: str, setting: str, target: float, eval_images: int, data_dir: str | None) -> dict:
     """Runs in the child: load, prune once, report seconds and peak resident memory (bytes)."""
-    from pipeline import data as cifar
-    from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-    from pipeline.flow import evaluation_set
-    from pipeline.prune import Budget, prune, resolve_method
+    from prunedroid import data as cifar
+    from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+    from prunedroid.flow import evaluation_set
+    from prunedroid.pruned import prune_model
+    from prunedroid.pruning import Budget, resolve_method
 
     name, _, options = setting.partition(":")
     given = dict(option.split("=", 1) for option in options.split("+") if option)
@@ -40,7 +41,7 @@ def measure(base: str, setting: str, target: float, eval_images: int, data_dir: 
     model = model_from_checkpoint(checkpoint).eval()
     resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
-    _, report = prune(model, method, budget, evaluation=evaluation)
+    _, report = prune_model(model, method, budget, evaluation=evaluation)
     seconds = time.perf_counter() - started
     return {"setting": setting, "seconds": round(seconds, 2), "mac_reduction": report["mac_reduction"],
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -62,8 +63,8 @@ def main() -> None:
         print(json.dumps(measure(args.base, args.child, args.mac_reduction, args.eval_images, args.data_dir)))
         return
 
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.report import markdown_table, write_results
+    from prunedroid.checkpoint import load_checkpoint
+    from prunedroid.report import markdown_table, write_results
 
     recipe = load_checkpoint(args.base)["recipe"]
     rows = []

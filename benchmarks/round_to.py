@@ -21,25 +21,26 @@ from pathlib import Path
 
 from harness import Bench, architecture_latencies, arguments, paired_table, percent
 
-from pipeline.bench import SLOW_FOR_MACS, speed_for_macs
-from pipeline.cost import vgg_macs
-from pipeline.models import vgg16_spec
-from pipeline.prune import Budget, SCPConfig, kept_counts
-from pipeline.report import markdown_table, write_results
+from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
+from prunedroid.models import build_model, vgg16_spec
+from prunedroid.pruned import example_input
+from prunedroid.pruning import Budget, SCPConfig, channel_graph, kept_counts
+from prunedroid.report import markdown_table, write_results
 
 
 def timed_architectures(width: float, targets: list[float], steps: list[int], runs: int) -> list[dict]:
     """One row per (target, step) and one for the unpruned model: channels, MACs and onnxruntime latency (ms)."""
     base = vgg16_spec(width)
+    graph = channel_graph(build_model(base), example_input())
     specs = {(0.0, 1): base}
     for target in targets:
         for step in steps:
-            counts = kept_counts(base, Budget(mac_reduction=target, round_to=step))
+            counts = kept_counts(graph, Budget(mac_reduction=target, round_to=step))
             specs[target, step] = dataclasses.replace(base, conv_channels=tuple(counts))
     latencies = architecture_latencies(specs, runs)
-    base_macs, base_ms = vgg_macs(base), latencies[0.0, 1]["median"]
+    base_ms = latencies[0.0, 1]["median"]
     return [{"width": width, "target": target, "round_to": step, "channels": list(spec.conv_channels),
-             "mac_ratio": vgg_macs(spec) / base_macs, "median_ms": latencies[target, step]["median"],
+             "mac_ratio": graph.macs(spec.conv_channels) / graph.macs(), "median_ms": latencies[target, step]["median"],
              "p90_ms": latencies[target, step]["p90"], "latency_ratio": latencies[target, step]["median"] / base_ms}
             for (target, step), spec in specs.items()]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from harness import Bench, arguments, base_title, paired_table, percent
 
-from pipeline.prune import Budget, SCPConfig
-from pipeline.prune.similarity import CRITERIA
-from pipeline.report import markdown_table
+from prunedroid.pruning import Budget, SCPConfig
+from prunedroid.pruning.similarity import CRITERIA
+from prunedroid.report import markdown_table
 
 
 def methods() -> dict[str, object]:

@@ -16,10 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from harness import Bench, arguments, base_title, chosen, percent  # noqa: E402
 
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.prune import SCPConfig  # noqa: E402
-from pipeline.prune.similarity import CRITERIA  # noqa: E402
-from pipeline.report import markdown_table  # noqa: E402
+from prunedroid.errors import PrunedroidError  # noqa: E402
+from prunedroid.pruning import SCPConfig  # noqa: E402
+from prunedroid.pruning.similarity import CRITERIA  # noqa: E402
+from prunedroid.report import markdown_table  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     for key, method in cells.items():
         try:
             bench.measure(key, method, None, criterion=method.criterion, threshold=method.threshold)
-        except PipelineError as error:  # e.g. a threshold so low every layer would lose every channel
+        except PrunedroidError as error:  # e.g. a threshold so low every layer would lose every channel
             print(key, "skipped:", error, flush=True)
             continue
         save()

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import data as cifar
-from pipeline.models import build_model, vgg16_spec
-from pipeline.report import markdown_table, write_results
+from prunedroid import data as cifar
+from prunedroid.models import build_model, vgg16_spec
+from prunedroid.report import markdown_table, write_results
 
 
 class PerImageCifar(torch.utils.data.Dataset):

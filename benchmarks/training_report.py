@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.cost import count_cost
-from pipeline.report import markdown_table, write_results
-from pipeline.train import PRESETS, evaluate
+from prunedroid import data as cifar
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.pruning.cost import count_cost
+from prunedroid.report import markdown_table, write_results
+from prunedroid.train import PRESETS, evaluate
 
 
 def preset_command(recipe: dict) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: synthetic CIFAR-10 batches written in the official python format (no network, no real data)."""
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import stat
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline import data as cifar
+from prunedroid import data as cifar
+from prunedroid.models import VGGSpec, build_model
+from prunedroid.pruning import ChannelGraph, channel_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CIFAR_DIR = ROOT.parent / "shared" / cifar.ARCHIVE_FOLDER
@@ -66,8 +70,8 @@ def synthetic_data(cifar_dir) -> cifar.Cifar10:
 
 def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -> Path:
     """An untrained VGG16-BN checkpoint shaped like a trained base's (recipe, held-out count, test top-1)."""
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.models import build_model, vgg16_spec
+    from prunedroid.checkpoint import save_checkpoint
+    from prunedroid.models import build_model, vgg16_spec
 
     model = build_model(vgg16_spec(width))
     save_checkpoint(path, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "epoch": 0,
@@ -88,3 +92,11 @@ def phone(tmp_path) -> dict[str, str]:
     (tmp_path / "state").mkdir()
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ADB_STATE": str(tmp_path / "state"),
             "FAKE_ADB_DEVICES": PHONE, "ANDROID_HOME": ""}
+
+
+@functools.cache
+def vgg_graph(spec: VGGSpec) -> ChannelGraph:
+    """The channel graph of a VGG of `spec` (what budgets and allocations count channels and MACs on)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    return channel_graph(model, torch.zeros(1, *cifar.IMAGE_SHAPE, device="meta"))

@@ -4,12 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import data as cifar
-from pipeline.errors import PipelineError
-from pipeline.models import vgg16_spec
-from pipeline.prune import Budget, KMeansConfig, LibraryConfig, SCPConfig, mac_reduction, prune
-from pipeline.prune.allocation import cached_curves, floors, global_counts, predicted_loss, sensitivity_counts
-from pipeline.train import remeasure_batchnorm
+from prunedroid import data as cifar
+from prunedroid.errors import PrunedroidError
+from prunedroid.models import vgg16_spec
+from prunedroid.pruned import cached_curves, prune_model
+from prunedroid.pruning import Budget, KMeansConfig, LibraryConfig, SCPConfig
+from prunedroid.pruning.allocation import floors, global_counts, predicted_loss, sensitivity_counts
+from prunedroid.train import remeasure_batchnorm
+from tests.conftest import vgg_graph
 from tests.test_prune import SMALL, trained_like
 
 TINY = vgg16_spec(0.125)  # 8..64 channels
@@ -28,10 +30,10 @@ def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, alloc
     holdout = synthetic_data.holdout.head(48)
     evaluation = holdout.head(32)
     budget = Budget(mac_reduction=0.5, allocation=allocation, min_keep=0.3)
-    lowest = floors(SMALL, budget)
+    lowest = floors(vgg_graph(SMALL), budget)
     for method in ("l1", "random", SCPConfig(eval_images=32, batch_size=32), KMeansConfig(restarts=1),
                    LibraryConfig(), LibraryConfig(importance="taylor", eval_images=32, batch_size=32)):
-        pruned, report = prune(model, method, budget, evaluation=evaluation, holdout=holdout)
+        pruned, report = prune_model(model, method, budget, evaluation=evaluation, holdout=holdout)
         channels = pruned.spec.conv_channels
         assert abs(report["mac_reduction"] - 0.5) <= 0.01, (method, channels)
         assert all(low <= c for low, c in zip(lowest, channels)), (method, channels, lowest)
@@ -43,19 +45,19 @@ def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, alloc
 def test_rounded_allocations_keep_multiples_of_the_step(synthetic_data, allocation):
     model = trained_like(TINY)
     budget = Budget(mac_reduction=0.6, allocation=allocation, round_to=8)
-    pruned, report = prune(model, "l1", budget, holdout=synthetic_data.holdout.head(64))
+    pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64))
     assert all(c % 8 == 0 for c in pruned.spec.conv_channels), pruned.spec.conv_channels
     assert abs(report["mac_reduction"] - 0.6) <= 0.01
 
 
 def test_floors_are_the_min_keep_share_rounded_up_to_the_step():
-    assert floors(TINY, Budget(mac_reduction=0.5, allocation="global", min_keep=0.1)) == [
+    assert floors(vgg_graph(TINY), Budget(mac_reduction=0.5, allocation="global", min_keep=0.1)) == [
         1, 1, 2, 2, 4, 4, 4, 7, 7, 7, 7, 7, 7]
-    assert floors(TINY, Budget(mac_reduction=0.5, allocation="global", min_keep=0.1, round_to=8)) == [
+    assert floors(vgg_graph(TINY), Budget(mac_reduction=0.5, allocation="global", min_keep=0.1, round_to=8)) == [
         8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]
-    with pytest.raises(PipelineError, match="lower --min-keep"):
-        global_counts(TINY, Budget(mac_reduction=0.8, allocation="global", min_keep=0.6), [torch.ones(c) for c in
-                                                                                       TINY.conv_channels])
+    with pytest.raises(PrunedroidError, match="lower --min-keep"):
+        global_counts(vgg_graph(TINY), Budget(mac_reduction=0.8, allocation="global", min_keep=0.6),
+                      [torch.ones(c) for c in TINY.conv_channels])
 
 
 def test_global_ranks_channels_across_layers_after_normalising_each_layer():
@@ -64,9 +66,9 @@ def test_global_ranks_channels_across_layers_after_normalising_each_layer():
     scores = [torch.ones(c) for c in TINY.conv_channels]
     scores[4] = torch.cat([torch.full((16,), 10.0), torch.full((16,), 0.01)])
     scores[5] = torch.full((32,), 1000.0)  # a layer's scale alone decides nothing
-    counts = global_counts(TINY, Budget(mac_reduction=0.15, allocation="global"), scores)
+    counts = global_counts(vgg_graph(TINY), Budget(mac_reduction=0.15, allocation="global"), scores)
     assert counts[4] <= 16 < counts[5]
-    assert abs(mac_reduction(TINY, counts) - 0.15) <= 0.01
+    assert abs(vgg_graph(TINY).mac_reduction(counts) - 0.15) <= 0.01
 
 
 def test_predicted_loss_interpolates_and_extends_the_last_slope():
@@ -80,7 +82,8 @@ def test_sensitivity_prunes_the_layer_whose_measured_loss_is_flat_first():
     steep = lambda c: [(c, 0.0), (c - 1, 20.0), (c // 4, 60.0)]
     curves = [steep(c) for c in TINY.conv_channels]
     curves[2] = flat(TINY.conv_channels[2])
-    counts = sensitivity_counts(TINY, Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25), curves)
+    budget = Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
+    counts = sensitivity_counts(vgg_graph(TINY), budget, curves)
     assert counts[2] < TINY.conv_channels[2] and counts[3] == TINY.conv_channels[3]
 
 
@@ -101,7 +104,7 @@ def test_sensitivity_on_a_planted_model_prunes_the_redundant_layer_more(syntheti
     model = remeasure_batchnorm(model, images[:128])
     holdout = self_labelled(model, images)
     budget = Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
-    pruned, report = prune(model, "l1", budget, holdout=holdout)
+    pruned, report = prune_model(model, "l1", budget, holdout=holdout)
     curves = report["curves"]
     assert curves[5][1][1] == 0.0 and curves[5][2][1] == 0.0  # 25% and 50% of layer 5 cost nothing: they were dead
     assert curves[6][2][1] > 0
@@ -110,8 +113,8 @@ def test_sensitivity_on_a_planted_model_prunes_the_redundant_layer_more(syntheti
 
 
 def test_sensitivity_needs_held_out_images():
-    with pytest.raises(PipelineError, match="held-out training images"):
-        prune(trained_like(SMALL), "l1", Budget(mac_reduction=0.5, allocation="sensitivity"))
+    with pytest.raises(PrunedroidError, match="held-out training images"):
+        prune_model(trained_like(SMALL), "l1", Budget(mac_reduction=0.5, allocation="sensitivity"))
 
 
 def test_sensitivity_curves_are_cached_per_key(tmp_path):
@@ -129,7 +132,7 @@ def test_sensitivity_curves_are_cached_per_key(tmp_path):
     (dict(mac_reduction=0.5, allocation="global", min_keep=1.5), r"in \(0, 1\]"),
 ])
 def test_bad_allocation_budgets_are_clear_errors(options, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         Budget(**options)
 
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.jit.mobile
 
-import pipeline.android as android
-from pipeline import data as cifar
-from pipeline.checkpoint import save_checkpoint
-from pipeline.errors import PipelineError
-from pipeline.export import TARGET_BYTECODE_VERSION, export_checkpoint
-from pipeline.models import vgg16_spec
+import prunedroid.android as android
+from prunedroid import data as cifar
+from prunedroid.checkpoint import save_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.export import TARGET_BYTECODE_VERSION, export_checkpoint
+from prunedroid.models import vgg16_spec
 from tests.conftest import run_invoke
 from tests.test_prune import trained_like
 
@@ -172,7 +172,7 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 def test_staged_assets_match_the_exported_model(staged, exported, synthetic_data):
-    from pipeline.pte import predictor
+    from prunedroid.pte import predictor
 
     sidecar = json.loads((staged / "model.json").read_text())
     assert sidecar["mean"] == list(cifar.MEAN) and sidecar["std"] == list(cifar.STD)
@@ -245,13 +245,13 @@ def tool(folder: Path, name: str, script: str) -> None:
 
 
 def test_missing_prerequisites_are_each_named_with_the_fix(tmp_path, app_copy):
-    with pytest.raises(PipelineError) as nothing:
+    with pytest.raises(PrunedroidError) as nothing:
         android.find_build_tools(app_copy, {"PATH": str(tmp_path / "empty")})
     message = str(nothing.value)
     assert "JDK 17 or newer (found: none)" in message and "ANDROID_HOME" in message and "gradle wrapper" in message
     for version, found in (("11.0.22", "JDK 11"), ("1.8.0_392", "JDK 8")):
         tool(tmp_path / f"bin{found[-2:].strip()}", "java", FAKE_JAVA.format(version=version))
-        with pytest.raises(PipelineError, match=f"found: {found}"):
+        with pytest.raises(PrunedroidError, match=f"found: {found}"):
             android.find_build_tools(app_copy, {"PATH": str(tmp_path / f"bin{found[-2:].strip()}")})
 
 
@@ -264,10 +264,10 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
     (app_copy / "local.properties").write_text(f"sdk.dir={sdk}\n")  # found there when ANDROID_HOME is unset
     apk = android.build_apk(exported, lambda: synthetic_data.test, "release", app_copy, env)
     assert apk == app_copy / "app/build/outputs/apk/release/app-release.apk" and apk.stat().st_size == 4096
-    with pytest.raises(PipelineError, match=r"assembleDebug` failed .*\n(.*\n)*BUILD FAILED in 9s"):
+    with pytest.raises(PrunedroidError, match=r"assembleDebug` failed .*\n(.*\n)*BUILD FAILED in 9s"):
         android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, {**env, "FAKE_GRADLE_FAIL": "1"})
     assert (android.assets_dir(app_copy) / "model.pte").is_file()  # staged assets stay for the next try
-    with pytest.raises(PipelineError, match="--variant must be debug or release"):
+    with pytest.raises(PrunedroidError, match="--variant must be debug or release"):
         android.build_apk(exported, lambda: synthetic_data.test, "profile", app_copy, env)
     # The project's own wrapper wins over a Gradle on PATH, as `gradle wrapper` or Android Studio leave it.
     tool(app_copy, "gradlew", FAKE_GRADLE)
@@ -279,17 +279,17 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
 
 
 def test_a_stale_or_missing_model_is_refused(tmp_path, exported):
-    with pytest.raises(PipelineError, match="run `invoke export"):
+    with pytest.raises(PrunedroidError, match="run `invoke export"):
         android.check_model(tmp_path / "none.json")
     copy = tmp_path / "copy"
     shutil.copytree(exported.parent, copy)
     for runtime, suffix in (("lite", ".ptl"), ("executorch", ".pte")):
         (copy / f"pruned{suffix}").write_bytes(b"not the exported file")
-        with pytest.raises(PipelineError, match="is not the file pruned.json describes"):
+        with pytest.raises(PrunedroidError, match="is not the file pruned.json describes"):
             android.check_model(copy / "pruned.json", runtime)
-    with pytest.raises(PipelineError, match="no int8 model; export again with --quantize int8"):
+    with pytest.raises(PrunedroidError, match="no int8 model; export again with --quantize int8"):
         android.check_model(exported, "executorch", "int8")
-    with pytest.raises(PipelineError, match="int8 models run on ExecuTorch only"):
+    with pytest.raises(PrunedroidError, match="int8 models run on ExecuTorch only"):
         android.check_model(exported, "lite", "int8")
 
 
@@ -299,7 +299,7 @@ def test_a_pte_newer_than_the_apps_executorch_is_refused(tmp_path, exported):
     sidecar = json.loads((copy / "pruned.json").read_text())
     sidecar["executorch"]["version"] = "9.1.0+cpu"
     (copy / "pruned.json").write_text(json.dumps(sidecar))
-    with pytest.raises(PipelineError, match="raise executorchVersion in app/build.gradle to 9.1.0"):
+    with pytest.raises(PrunedroidError, match="raise executorchVersion in app/build.gradle to 9.1.0"):
         android.check_model(copy / "pruned.json")
     assert android.check_model(exported)[1].asset == "model.pte"
 

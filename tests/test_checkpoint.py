@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import run_invoke
 
-from pipeline.checkpoint import KIND, load_checkpoint, model_from_checkpoint, save_checkpoint
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
-from pipeline.models import build_model, vgg16_spec
+from prunedroid.checkpoint import KIND, load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.files import atomic_path
+from prunedroid.models import build_model, vgg16_spec
 
 
 def test_round_trip_is_plain_data(tmp_path):
@@ -25,20 +25,20 @@ def test_round_trip_is_plain_data(tmp_path):
 
 
 def test_missing_corrupt_and_foreign_files_are_clear_errors(tmp_path):
-    with pytest.raises(PipelineError, match="checkpoint not found.*invoke train"):
+    with pytest.raises(PrunedroidError, match="checkpoint not found.*invoke train"):
         load_checkpoint(tmp_path / "nope.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(PipelineError, match="corrupt.pt is not a readable checkpoint"):
+    with pytest.raises(PrunedroidError, match="corrupt.pt is not a readable checkpoint"):
         load_checkpoint(corrupt)
     truncated = tmp_path / "truncated.pt"
     save_checkpoint(truncated, {"state_dict": build_model(vgg16_spec(0.0625)).state_dict()})
     truncated.write_bytes(truncated.read_bytes()[:2000])
-    with pytest.raises(PipelineError, match="not a readable checkpoint"):
+    with pytest.raises(PrunedroidError, match="not a readable checkpoint"):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": torch.zeros(3)}, foreign)
-    with pytest.raises(PipelineError, match="not a prunedroid checkpoint"):
+    with pytest.raises(PrunedroidError, match="not a prunedroid checkpoint"):
         load_checkpoint(foreign)
 
 
@@ -46,7 +46,7 @@ def test_mismatched_weights_are_a_clear_error(tmp_path):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"arch": vgg16_spec(0.125).to_dict(),
                            "state_dict": build_model(vgg16_spec(0.0625)).state_dict()})
-    with pytest.raises(PipelineError, match="do not match its architecture"):
+    with pytest.raises(PrunedroidError, match="do not match its architecture"):
         model_from_checkpoint(load_checkpoint(path))
 
 
@@ -81,13 +81,13 @@ def _tampered(tmp_path, **arch_changes) -> Path:
 def test_tampered_architecture_fails_before_allocating(tmp_path, monkeypatch, changes, message):
     """No real module may be built from a description that is not checked against the weights (a 10^9-channel
     conv would ask for ~108 GB)."""
-    import pipeline.checkpoint as checkpoint_module
+    import prunedroid.checkpoint as checkpoint_module
 
     def no_real_build(spec):
         raise AssertionError(f"a real model was built before the description was checked: {spec}")
 
     monkeypatch.setattr(checkpoint_module, "build_model", no_real_build)
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         model_from_checkpoint(load_checkpoint(_tampered(tmp_path, **changes)))
 
 
@@ -101,12 +101,12 @@ def test_tampered_checkpoint_is_one_line_from_evaluate(tmp_path):
 def test_a_locked_run_folder_refuses_a_second_writer(tmp_path, synthetic_data):
     """Two processes writing one run folder: the second is refused at once and the first's files are untouched.
     flock conflicts between two open descriptors even in one process, so the holder here stands for the other one."""
-    from pipeline.files import folder_lock
-    from pipeline.train import CHECKPOINT_NAME, make_config, train
+    from prunedroid.files import folder_lock
+    from prunedroid.train import CHECKPOINT_NAME, make_config, train
 
     config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1"})
     with folder_lock(tmp_path / "run"):
-        with pytest.raises(PipelineError, match="being written by another prunedroid process"):
+        with pytest.raises(PrunedroidError, match="being written by another prunedroid process"):
             train(config, synthetic_data, tmp_path / "run", progress=False)
         assert list((tmp_path / "run").iterdir()) == []
     train(config, synthetic_data, tmp_path / "run", progress=False)  # released: the folder is free again

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REAL_CIFAR_DIR, write_batch, write_cifar_dir
 
-from pipeline import data as cifar
-from pipeline.errors import PipelineError
+from prunedroid import data as cifar
+from prunedroid.errors import PrunedroidError
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +44,10 @@ def test_missing_batch_names_the_file(cifar_dir, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(cifar_dir, partial)
     (partial / "data_batch_3").unlink()
-    with pytest.raises(PipelineError, match="lacks data_batch_3") as err:
+    with pytest.raises(PrunedroidError, match="lacks data_batch_3") as err:
         cifar.load_cifar10(partial, download=False)
     assert str(partial) in str(err.value) and "--data-dir" in str(err.value)
-    with pytest.raises(PipelineError, match="data_batch_3"):
+    with pytest.raises(PrunedroidError, match="data_batch_3"):
         cifar.read_batch(partial / "data_batch_3")
 
 
@@ -61,19 +61,19 @@ def test_an_explicit_folder_is_used_or_refused_never_replaced(cifar_dir, tmp_pat
     (partial / "notes.txt").write_text("mine")
     before = sorted(p.name for p in partial.iterdir())
     for download in (False, True):
-        with pytest.raises(PipelineError, match=r"mine \(from --data-dir\) lacks test_batch"):
+        with pytest.raises(PrunedroidError, match=r"mine \(from --data-dir\) lacks test_batch"):
             cifar.load_test(partial, download=download)
     assert sorted(p.name for p in partial.iterdir()) == before
     # CIFAR10_DIR is the user's choice too when no --data-dir is given: refused, not replaced by data/.
     monkeypatch.setenv("CIFAR10_DIR", str(partial))
-    with pytest.raises(PipelineError, match="from CIFAR10_DIR"):
+    with pytest.raises(PrunedroidError, match="from CIFAR10_DIR"):
         cifar.locate_cifar10(download=False)
 
 
 def test_truncated_batch_is_a_clear_error(cifar_dir, tmp_path):
     truncated = tmp_path / "data_batch_1"
     truncated.write_bytes((cifar_dir / "data_batch_1").read_bytes()[:100_000])
-    with pytest.raises(PipelineError, match=r"data_batch_1 is not a readable CIFAR-10 batch.*re-download"):
+    with pytest.raises(PrunedroidError, match=r"data_batch_1 is not a readable CIFAR-10 batch.*re-download"):
         cifar.read_batch(truncated)
 
 
@@ -82,7 +82,7 @@ def test_foreign_shapes_and_labels_are_rejected(tmp_path):
     bad_labels = {b"data": np.zeros((10_000, 3072), np.uint8), b"labels": [11] * 10_000}
     for name, batch, message in [("shape", bad_shape, "shape"), ("labels", bad_labels, "labels")]:
         (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=4))
-        with pytest.raises(PipelineError, match=message):
+        with pytest.raises(PrunedroidError, match=message):
             cifar.read_batch(tmp_path / name)
 
 
@@ -96,7 +96,7 @@ def test_planted_pickle_cannot_run_code(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANTED_MARKER", str(marker))
     planted = tmp_path / "data_batch_1"
     planted.write_bytes(pickle.dumps({b"data": _Planted(), b"labels": []}, protocol=4))
-    with pytest.raises(PipelineError, match="refusing to load 'builtins'.'exec'"):
+    with pytest.raises(PrunedroidError, match="refusing to load 'builtins'.'exec'"):
         cifar.read_batch(planted)
     assert not marker.exists()
 
@@ -108,7 +108,7 @@ def test_lookup_order(cifar_dir, tmp_path):
     assert cifar.data_folder(None, env) == (cifar_dir, "CIFAR10_DIR")
     assert cifar.data_folder(None, {}) == (project_default, "the project's data folder")
     assert cifar.locate_cifar10(None, download=False, environ=env) == cifar_dir
-    with pytest.raises(PipelineError, match="not found in"):  # the explicit folder is empty: not CIFAR10_DIR's
+    with pytest.raises(PrunedroidError, match="not found in"):  # the explicit folder is empty: not CIFAR10_DIR's
         cifar.locate_cifar10(tmp_path / "empty", download=False, environ=env)
 
 
@@ -125,7 +125,7 @@ def test_download_verifies_md5_and_unpacks(tmp_path):
     archive = _archive(tmp_path)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     target = tmp_path / "data" / cifar.ARCHIVE_FOLDER
-    with pytest.raises(PipelineError, match="download failed.*MD5"):
+    with pytest.raises(PrunedroidError, match="download failed.*MD5"):
         cifar.locate_cifar10(target, environ={}, url=archive.as_uri(), md5="0" * 32)
     assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written left behind
     target.mkdir()  # an empty folder made for the data is downloaded into
@@ -134,7 +134,7 @@ def test_download_verifies_md5_and_unpacks(tmp_path):
 
 
 def test_offline_download_failure_says_how_to_fix(tmp_path):
-    with pytest.raises(PipelineError, match="download failed.*CIFAR10_DIR.*internet"):
+    with pytest.raises(PrunedroidError, match="download failed.*CIFAR10_DIR.*internet"):
         cifar.locate_cifar10(tmp_path / "x", environ={}, url=(tmp_path / "missing.tar.gz").as_uri())
 
 

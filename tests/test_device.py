@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench import add_device_rows, table_rows
-from pipeline.checkpoint import save_checkpoint
-from pipeline.device import Device, bench_device, find_adb, parse_devices, pick_device
-from pipeline.errors import PipelineError
-from pipeline.export import export_checkpoint
-from pipeline.models import vgg16_spec
+from prunedroid.bench import add_device_rows, table_rows
+from prunedroid.checkpoint import save_checkpoint
+from prunedroid.device import Device, bench_device, find_adb, parse_devices, pick_device
+from prunedroid.errors import PrunedroidError
+from prunedroid.export import export_checkpoint
+from prunedroid.models import vgg16_spec
 from tests.conftest import PHONE, run_invoke
 from tests.test_prune import trained_like
 
@@ -28,12 +28,12 @@ def test_adb_devices_listing_and_the_choice_of_device():
         (devices, "XYZ", "no device 'XYZ' attached"), (parse_devices(LOCKED), None, "Allow USB debugging"),
         ([Device("R5CT1234ABC", "offline", "")], None, "is offline"),
     ]:
-        with pytest.raises(PipelineError, match=message):
+        with pytest.raises(PrunedroidError, match=message):
             pick_device(found, serial)
 
 
 def test_a_missing_adb_says_where_to_get_it(tmp_path):
-    with pytest.raises(PipelineError, match="platform-tools"):
+    with pytest.raises(PrunedroidError, match="platform-tools"):
         find_adb({"PATH": str(tmp_path)})
 
 
@@ -82,15 +82,15 @@ def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apk, 
 
 
 def test_device_failures_are_explained(phone, models, apk):
-    with pytest.raises(PipelineError, match="INSTALL_FAILED_UPDATE_INCOMPATIBLE(.|\n)*adb uninstall"):
+    with pytest.raises(PrunedroidError, match="INSTALL_FAILED_UPDATE_INCOMPATIBLE(.|\n)*adb uninstall"):
         bench_device(models, apk, env={**phone, "FAKE_ADB_INSTALL_FAIL": "1"})
-    with pytest.raises(PipelineError, match="no result for base after 1 s(.|\n)*FATAL EXCEPTION"):
+    with pytest.raises(PrunedroidError, match="no result for base after 1 s(.|\n)*FATAL EXCEPTION"):
         bench_device(models, apk, env={**phone, "FAKE_ADB_CRASH": "1"}, timeout=1)
-    with pytest.raises(PipelineError, match="is not what this version writes"):
+    with pytest.raises(PrunedroidError, match="is not what this version writes"):
         bench_device(models, apk, env={**phone, "FAKE_ADB_OLD_APP": "1"})
-    with pytest.raises(PipelineError, match="Allow USB debugging"):
+    with pytest.raises(PrunedroidError, match="Allow USB debugging"):
         bench_device(models, apk, env={**phone, "FAKE_ADB_DEVICES": LOCKED})
-    with pytest.raises(PipelineError, match="no APK at"):
+    with pytest.raises(PrunedroidError, match="no APK at"):
         bench_device(models, apk.with_name("missing.apk"), env=phone)
 
 

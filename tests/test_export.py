@@ -5,10 +5,10 @@ import pytest
 import torch
 from test_prune import trained_like
 
-import pipeline.export as export
-import pipeline.pte as pte
-from pipeline import data as cifar
-from pipeline.bench import (
+import prunedroid.export as export
+import prunedroid.pte as pte
+from prunedroid import data as cifar
+from prunedroid.bench import (
     benchmark,
     interleaved_latencies_ms,
     onnx_latencies_ms,
@@ -16,10 +16,10 @@ from pipeline.bench import (
     speed_for_macs,
     table_rows,
 )
-from pipeline.checkpoint import save_checkpoint
-from pipeline.data import normalize
-from pipeline.errors import PipelineError
-from pipeline.models import build_model, vgg16_spec
+from prunedroid.checkpoint import save_checkpoint
+from prunedroid.data import normalize
+from prunedroid.errors import PrunedroidError
+from prunedroid.models import build_model, vgg16_spec
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypat
     save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
     real_run = getattr(module, runner)
     monkeypatch.setattr(module, runner, lambda *a, **k: real_run(*a, **k) + 1e-3)  # a broken runtime
-    with pytest.raises(PipelineError, match=f"{runtime} export disagrees with PyTorch.*max \\|diff\\|"):
+    with pytest.raises(PrunedroidError, match=f"{runtime} export disagrees with PyTorch.*max \\|diff\\|"):
         export.export_checkpoint(tmp_path / "m.pt", synthetic_data.test, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # not even the folder the export made for itself
 
@@ -101,7 +101,7 @@ def test_latencies_are_timed_in_interleaved_rounds():
     # warm-up once each, then every round runs each call runs / rounds times, so drift hits both alike
     assert "".join(calls) == "ab" + "aabb" * 2
     assert set(timed) == {"a", "b"} and all(0 <= t["median"] <= t["p90"] for t in timed.values())
-    with pytest.raises(PipelineError, match=r"--runs >= 4 \(one per interleaved round\)"):
+    with pytest.raises(PrunedroidError, match=r"--runs >= 4 \(one per interleaved round\)"):
         interleaved_latencies_ms({"a": lambda: None}, runs=3, rounds=4)
 
 
@@ -127,7 +127,7 @@ def test_paired_difference_is_the_mean_gap_with_an_interval_over_images():
     assert unrelated["low"] < 0 < unrelated["high"]
     assert paired_difference(better, reference, seed=1) != gap  # another bootstrap draw, same mean
     assert paired_difference(better, reference, seed=1)["difference"] == gap["difference"]
-    with pytest.raises(PipelineError, match="same images"):
+    with pytest.raises(PrunedroidError, match="same images"):
         paired_difference(better[:, :10], reference)
 
 
@@ -137,12 +137,12 @@ def test_non_finite_models_are_refused_and_nothing_is_written(tmp_path, syntheti
     nan_model = trained_like(vgg16_spec(0.0625))
     nan_model.classifier[-1].weight.data[0, 0] = float("nan")
     save_checkpoint(tmp_path / "nan.pt", {"arch": nan_model.spec.to_dict(), "state_dict": nan_model.state_dict()})
-    with pytest.raises(PipelineError, match="NaN or infinite values in 1 tensors.*classifier.3.weight"):
+    with pytest.raises(PrunedroidError, match="NaN or infinite values in 1 tensors.*classifier.3.weight"):
         export.export_checkpoint(tmp_path / "nan.pt", synthetic_data.test, tmp_path / "out")
     overflow = trained_like(vgg16_spec(0.0625))
     overflow.classifier[-1].weight.data.fill_(3e38)
     save_checkpoint(tmp_path / "inf.pt", {"arch": overflow.spec.to_dict(), "state_dict": overflow.state_dict()})
-    with pytest.raises(PipelineError, match="PyTorch gives NaN or infinite logits"):
+    with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite logits"):
         export.export_checkpoint(tmp_path / "inf.pt", synthetic_data.test, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -152,9 +152,9 @@ def test_compare_fails_on_non_finite_logits(broken):
     reference = torch.randn(8, 10)
     logits = reference.clone()
     logits[3, 2] = float(broken)
-    with pytest.raises(PipelineError, match="ONNX gives NaN or infinite logits"):
+    with pytest.raises(PrunedroidError, match="ONNX gives NaN or infinite logits"):
         export.compare(reference, logits, "ONNX")
-    with pytest.raises(PipelineError, match="PyTorch gives NaN or infinite logits"):
+    with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite logits"):
         export.compare(logits, reference, "ONNX")
     assert export.compare(reference, reference.clone(), "ONNX")["max_abs_diff"] == 0
 
@@ -210,7 +210,7 @@ def test_an_int8_file_past_max_drop_is_refused_and_nothing_is_written(tmp_path, 
         return real_quantize(broken, calibration)
 
     monkeypatch.setattr(pte, "quantize_int8", damaging_quantize)
-    with pytest.raises(PipelineError, match=r"int8 executorch loses .* points .* more than --max-drop 1.0"):
+    with pytest.raises(PrunedroidError, match=r"int8 executorch loses .* points .* more than --max-drop 1.0"):
         export.export_checkpoint(tmp_path / "m.pt", _self_labelled(model, synthetic_data.test.head(1000)),
                                  tmp_path / "out", calibration=synthetic_data.holdout.head(32), max_drop=1.0)
     assert not (tmp_path / "out").exists()
@@ -223,5 +223,5 @@ def test_an_int8_file_past_max_drop_is_refused_and_nothing_is_written(tmp_path, 
 ])
 def test_bad_quantization_options_are_clear_errors(options, message):
     quantize, overrides = options
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         export.Int8Options.from_options(quantize, {"calibration_images": None, "max_drop": None, **overrides})

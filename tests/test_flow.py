@@ -3,8 +3,8 @@ import json
 
 from conftest import run_invoke, save_untrained_base
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.models import build_model, vgg16_spec
+from prunedroid.checkpoint import load_checkpoint, save_checkpoint
+from prunedroid.models import build_model, vgg16_spec
 
 
 def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):

@@ -1,7 +1,7 @@
 """Fuzzing the files a user (or an attacker) hands over: sidecars, checkpoints, latency tables, bench reports and the
 JSON a phone sends back. Each case is a seeded mutation of a real file - random or truncated bytes, wrong types,
 NaN/inf/huge numbers, path tricks - and every reader must either accept it with its contract intact or refuse it
-with one PipelineError line; no other exception, no abort, and nothing outside the case's folder changed.
+with one PrunedroidError line; no other exception, no abort, and nothing outside the case's folder changed.
 
 CI runs FUZZ_CASES (500) cases per kind; by hand, more (the counts print with -s):
     PRUNEDROID_FUZZ_CASES=20000 invoke test --workers 0 --args "tests/test_fuzz.py -s -k 'not command_line'"
@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import save_untrained_base
 
-from pipeline.bench import read_report
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.device import read_result
-from pipeline.errors import PipelineError
-from pipeline.prune.latency import LatencyTable, is_latency
-from pipeline.sidecar import model_file, read_sidecar, sidecar_checkpoint
+from prunedroid.bench import read_report
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.device import read_result
+from prunedroid.errors import PrunedroidError
+from prunedroid.latency import LatencyTable, is_latency
+from prunedroid.sidecar import model_file, read_sidecar, sidecar_checkpoint
 from tests.test_hostile import copy_export, exported, tree  # noqa: F401 (exported is a fixture)
 
 FUZZ_CASES = int(os.environ.get("PRUNEDROID_FUZZ_CASES", "500"))
@@ -83,7 +83,7 @@ def hostile_text(original: dict, rng: random.Random) -> bytes:
 
 
 def run_cases(kind: str, folder: Path, case: Callable[[random.Random, Path], None]) -> dict[str, int]:
-    """Runs FUZZ_CASES seeded cases in copies of `folder`; each must pass or raise one-line PipelineErrors only, and
+    """Runs FUZZ_CASES seeded cases in copies of `folder`; each must pass or raise one-line PrunedroidErrors only, and
     leave everything outside its own copy as it was. Returns how many were accepted and refused."""
     outside = tree(folder.parent)
     counts = {"accepted": 0, "refused": 0}
@@ -94,7 +94,7 @@ def run_cases(kind: str, folder: Path, case: Callable[[random.Random, Path], Non
         try:
             case(rng, work)
             counts["accepted"] += 1
-        except PipelineError as error:
+        except PrunedroidError as error:
             assert "\n" not in str(error).strip(), f"{kind} case {seed}: {error}"
             counts["refused"] += 1
         except Exception as error:  # what the fuzzing is for: report the case that escaped
@@ -147,7 +147,7 @@ def test_checkpoints(tmp_path):
 
 
 def test_latency_tables(tmp_path):
-    from pipeline.prune.latency import _where
+    from prunedroid.latency import _where
 
     folder = tmp_path / "tables"
     folder.mkdir()

@@ -9,8 +9,8 @@ from conftest import ROOT, save_untrained_base
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness import Bench, paired_table  # noqa: E402
 
-from pipeline.prune import Budget  # noqa: E402
-from pipeline.train import CHECKPOINT_NAME  # noqa: E402
+from prunedroid.pruning import Budget  # noqa: E402
+from prunedroid.train import CHECKPOINT_NAME  # noqa: E402
 
 
 def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_dir):

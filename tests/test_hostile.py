@@ -16,19 +16,21 @@ import pytest
 import torch
 from conftest import ROOT, run_invoke, save_untrained_base
 
-from pipeline.bench import benchmark, read_report
-from pipeline.checkpoint import KIND, load_checkpoint, save_checkpoint
-from pipeline.device import PACKAGE, Adb, bench_device
-from pipeline.errors import PipelineError
-from pipeline.export import export_checkpoint
-from pipeline.files import atomic_paths, file_sha256
-from pipeline.flow import RUN_KIND, RUN_RECORD, _check_run_folder, prune_stage, run_options, run_pipeline
-from pipeline.models import vgg16_spec
-from pipeline.prune import Budget, prune_checkpoint, resolve_method
-from pipeline.prune.budget import trim_to_target
-from pipeline.prune.latency import LatencyTable
-from pipeline.sidecar import read_sidecar
-from pipeline.train import make_config, train
+from prunedroid.bench import benchmark, read_report
+from prunedroid.checkpoint import KIND, load_checkpoint, save_checkpoint
+from prunedroid.device import PACKAGE, Adb, bench_device
+from prunedroid.errors import PrunedroidError
+from prunedroid.export import export_checkpoint
+from prunedroid.files import atomic_paths, file_sha256
+from prunedroid.flow import RUN_KIND, RUN_RECORD, _check_run_folder, prune_stage, run_options, run_pipeline
+from prunedroid.latency import LatencyTable
+from prunedroid.models import vgg16_spec
+from prunedroid.pruned import prune_checkpoint
+from prunedroid.pruning import Budget, resolve_method
+from prunedroid.pruning.budget import trim_to_target
+from prunedroid.sidecar import read_sidecar
+from prunedroid.train import make_config, train
+from tests.conftest import vgg_graph
 from tests.test_prune import trained_like
 
 
@@ -96,7 +98,7 @@ def test_a_run_name_that_is_not_a_plain_name_is_refused(tmp_path, name):
     (runs / "other" / "keep.txt").write_text("another run")
     (tmp_path / "decoy.txt").write_text("mine")
     before = tree(tmp_path)
-    with pytest.raises(PipelineError, match="--name must be a plain name"):
+    with pytest.raises(PrunedroidError, match="--name must be a plain name"):
         _pipeline(name, runs, overwrite=True)
     assert tree(tmp_path) == before
 
@@ -124,7 +126,7 @@ def test_overwrite_and_resume_touch_only_folders_the_pipeline_made(tmp_path):
     before = tree(tmp_path)
     for name in ("photos", "link"):
         for option in ("overwrite", "resume"):
-            with pytest.raises(PipelineError, match=f"not a run folder of `invoke pipeline` \\(no {RUN_RECORD}"):
+            with pytest.raises(PrunedroidError, match=f"not a run folder of `invoke pipeline` \\(no {RUN_RECORD}"):
                 _pipeline(name, runs, **{option: True})
     assert tree(tmp_path) == before and (runs / "link").is_symlink()
 
@@ -133,7 +135,7 @@ def test_export_names_stay_inside_the_output_folder(tmp_path, exported, syntheti
     out = tmp_path / "a" / "out"
     checkpoint = exported["base"].parent.parent / "base.pt"
     for name in ("../escaped", "/tmp/escaped", "..", "sub/model"):
-        with pytest.raises(PipelineError, match="--name must be a plain name"):
+        with pytest.raises(PrunedroidError, match="--name must be a plain name"):
             export_checkpoint(checkpoint, synthetic_data.test, out, name)
     assert not (tmp_path / "a").exists()
     one_line_exit_2(run_invoke("export", "--checkpoint", str(checkpoint), "--out", str(out), "--name", "../escaped",
@@ -171,7 +173,7 @@ def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, exported)
     hostile = copy_export(exported["base"], tmp_path / "models", "x;touch${IFS}PWNED;#")
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
-    with pytest.raises(PipelineError, match="letters, digits and . _ - only"):
+    with pytest.raises(PrunedroidError, match="letters, digits and . _ - only"):
         bench_device([hostile], apk, warmup=1, runs=2, env=phone)
     assert not planted(tmp_path / "state") and not (tmp_path / "state" / "fs").exists()
 
@@ -180,7 +182,7 @@ def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, exported)
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../elsewhere/model.ptl"])
 def test_a_sidecar_cannot_send_or_stage_a_file_outside_its_folder(phone, tmp_path, exported, name):
-    from pipeline.android import check_model
+    from prunedroid.android import check_model
 
     sidecar = copy_export(exported["base"], tmp_path / "models")
     (tmp_path / "elsewhere").mkdir()
@@ -189,10 +191,10 @@ def test_a_sidecar_cannot_send_or_stage_a_file_outside_its_folder(phone, tmp_pat
     edit_sidecar(sidecar, ptl=name, ptl_bytes=target.stat().st_size, ptl_sha256=file_sha256(target))
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
-    with pytest.raises(PipelineError, match="must be a plain name"):
+    with pytest.raises(PrunedroidError, match="must be a plain name"):
         bench_device([sidecar], apk, warmup=1, runs=2, env=phone)
     assert not (tmp_path / "state" / "fs").exists()  # nothing pushed
-    with pytest.raises(PipelineError, match="must be a plain name"):
+    with pytest.raises(PrunedroidError, match="must be a plain name"):
         check_model(sidecar, runtime="lite")
 
 
@@ -203,12 +205,12 @@ def test_a_checkpoint_with_a_compressed_or_unknown_entry_is_refused(tmp_path):
     with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb/data/99", bytes(64 << 20))  # 64 MiB of zeros in about 64 KB
     assert bomb.stat().st_size < 2 << 20
-    with pytest.raises(PipelineError, match="compressed or oversized entries"):
+    with pytest.raises(PrunedroidError, match="compressed or oversized entries"):
         load_checkpoint(bomb)
     extra = tmp_path / "extra.pt"
     model_state = torch.load(save_untrained_base(tmp_path / "base.pt"), weights_only=True)
     torch.save({**model_state, "payload": torch.zeros(10)}, extra)
-    with pytest.raises(PipelineError, match="payload: not part of this format"):
+    with pytest.raises(PrunedroidError, match="payload: not part of this format"):
         load_checkpoint(extra)
     one_line_exit_2(run_invoke("evaluate", "--checkpoint", str(bomb), cwd=tmp_path), "compressed")
 
@@ -218,15 +220,15 @@ def test_huge_json_files_are_refused_without_being_read(tmp_path, exported):
     huge = tmp_path / "huge.json"
     with open(huge, "wb") as handle:
         handle.truncate(8 << 30)
-    with pytest.raises(PipelineError, match="larger than 16 MiB"):
+    with pytest.raises(PrunedroidError, match="larger than 16 MiB"):
         read_sidecar(huge)
-    with pytest.raises(PipelineError, match="larger than 16 MiB"):
+    with pytest.raises(PrunedroidError, match="larger than 16 MiB"):
         LatencyTable.load(huge, measure=lambda shape: 1.0)
-    with pytest.raises(PipelineError, match="larger than 16 MiB"):
+    with pytest.raises(PrunedroidError, match="larger than 16 MiB"):
         read_report(huge)
     with open(tmp_path / "huge.pt", "wb") as handle:
         handle.truncate(5 << 30)
-    with pytest.raises(PipelineError, match="larger than 4 GiB"):
+    with pytest.raises(PrunedroidError, match="larger than 4 GiB"):
         load_checkpoint(tmp_path / "huge.pt")
 
 
@@ -241,14 +243,14 @@ def test_resuming_a_run_with_other_options_names_them(tmp_path):
         {"kind": RUN_KIND, "options": run_options(config, finetune, method, budget, None, None)}))
     before = tree(tmp_path)
     scp, _ = resolve_method("scp", {}, Budget(mac_reduction=0.5))
-    with pytest.raises(PipelineError, match=r"cannot resume .* other options \(method: the run has \"l1\", now "
+    with pytest.raises(PrunedroidError, match=r"cannot resume .* other options \(method: the run has \"l1\", now "
                                             r"\"scp\"; options: .*"):
         run_pipeline("r", config, finetune, scp, budget, None, runs_dir=runs, resume=True, progress=False)
     base = save_untrained_base(tmp_path / "base.pt")
-    with pytest.raises(PipelineError, match=r"base: the run has null, now .*train: the run has"):
+    with pytest.raises(PrunedroidError, match=r"base: the run has null, now .*train: the run has"):
         run_pipeline("r", config, finetune, method, budget, None, base=base, runs_dir=runs, resume=True,
                      progress=False)
-    with pytest.raises(PipelineError, match=r"budget: the run has .*0\.5.*, now .*0\.6"):
+    with pytest.raises(PrunedroidError, match=r"budget: the run has .*0\.5.*, now .*0\.6"):
         run_pipeline("r", config, finetune, method, Budget(mac_reduction=0.6), None, runs_dir=runs, resume=True,
                      progress=False)
     assert tree(tmp_path) == {**before, "base.pt": base.read_bytes()}
@@ -263,7 +265,7 @@ def test_finetune_resume_with_another_checkpoint_is_refused(tmp_path, synthetic_
     train(config, synthetic_data, tmp_path / "ft", progress=False, init=first)
     again = train(config, synthetic_data, tmp_path / "ft", resume=True, progress=False, init=first)
     assert again["epoch"] == 1
-    with pytest.raises(PipelineError, match="--checkpoint: the run fine-tunes other weights"):
+    with pytest.raises(PrunedroidError, match="--checkpoint: the run fine-tunes other weights"):
         train(config, synthetic_data, tmp_path / "ft", resume=True, progress=False, init=other)
 
 
@@ -293,21 +295,21 @@ def test_files_out_of_step_with_their_sidecar_are_refused(tmp_path, exported, sy
     old_sidecar = sidecar.read_text()
     copy_export(exported["small"], folder, "model")  # the new export's files ...
     sidecar.write_text(old_sidecar)  # ... under the old sidecar
-    with pytest.raises(PipelineError, match="is not the file model.json describes"):
+    with pytest.raises(PrunedroidError, match="is not the file model.json describes"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
     sidecar = copy_export(exported["base"], tmp_path / "swapped", "model")
     small_checkpoint = exported["small"].parent.parent / "small.pt"
     edit_sidecar(sidecar, checkpoint=str(small_checkpoint))
-    with pytest.raises(PipelineError, match="has changed since the export"):
+    with pytest.raises(PrunedroidError, match="has changed since the export"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
     edit_sidecar(sidecar, checkpoint_sha256=file_sha256(small_checkpoint))
-    with pytest.raises(PipelineError, match="describes another architecture than its checkpoint"):
+    with pytest.raises(PrunedroidError, match="describes another architecture than its checkpoint"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
 
 
 def test_the_sidecar_lands_last_and_temporaries_of_a_killed_export_are_removed(tmp_path, exported, synthetic_data,
                                                                               monkeypatch):
-    from pipeline import files
+    from prunedroid import files
 
     out = tmp_path / "out"
     out.mkdir()
@@ -333,11 +335,11 @@ def test_the_sidecar_lands_last_and_temporaries_of_a_killed_export_are_removed(t
 def test_two_sidecars_with_one_name_are_refused(phone, tmp_path, exported, synthetic_data):
     first = copy_export(exported["base"], tmp_path / "a", "model")
     second = copy_export(exported["small"], tmp_path / "b", "model")
-    with pytest.raises(PipelineError, match="names two models called 'model'"):
+    with pytest.raises(PrunedroidError, match="names two models called 'model'"):
         benchmark([first, second], synthetic_data.test, runs=10, warmup=0)
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
-    with pytest.raises(PipelineError, match="names two models called 'model'"):
+    with pytest.raises(PrunedroidError, match="names two models called 'model'"):
         bench_device([first, second], apk, warmup=1, runs=2, env=phone)
 
 
@@ -345,25 +347,22 @@ def test_two_sidecars_with_one_name_are_refused(phone, tmp_path, exported, synth
 
 @pytest.mark.parametrize("value", ["NaN", "1e308", "-1", "0", "Infinity", "\"fast\""])
 def test_a_tampered_latency_table_is_refused(tmp_path, value):
-    from pipeline.prune.latency import _where
+    from prunedroid.latency import _where
 
     table = tmp_path / "latency-table.json"
     table.write_text(f'{{"where": {json.dumps(_where())}, "ms": {{"conv 3x32x32->4": {value}}}}}')
-    with pytest.raises(PipelineError, match="is not a latency table"):
+    with pytest.raises(PrunedroidError, match="is not a latency table"):
         LatencyTable.load(table, measure=lambda shape: 1.0)
 
 
 def test_a_zero_or_nan_measurement_stops_the_search():
-    from pipeline.prune.latency import layer_shapes
-
-    spec = vgg16_spec(0.0625)
+    graph = vgg_graph(vgg16_spec(0.0625))
     for measured in (0.0, math.nan, -2.0):
-        with pytest.raises(PipelineError, match="not a latency"):
-            LatencyTable(measure=lambda shape, ms=measured: ms).model_ms(spec, spec.conv_channels)
-    with pytest.raises(PipelineError, match="could not reach a 50.0%"):
-        trim_to_target(spec, list(spec.conv_channels), Budget(mac_reduction=0.5), [1] * 13, lambda i, c: 0,
+        with pytest.raises(PrunedroidError, match="not a latency"):
+            LatencyTable(measure=lambda shape, ms=measured: ms).model_ms(graph, graph.channels)
+    with pytest.raises(PrunedroidError, match="could not reach a 50.0%"):
+        trim_to_target(graph, list(graph.channels), Budget(mac_reduction=0.5), [1] * 13, lambda i, c: 0,
                        reduction=lambda counts: math.nan)
-    assert len(layer_shapes(spec, spec.conv_channels)) == 14
 
 
 def test_prune_with_a_tampered_latency_table_is_one_line(tmp_path, cifar_dir):
@@ -391,7 +390,7 @@ def test_prune_with_a_tampered_latency_table_is_one_line(tmp_path, cifar_dir):
 def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, exported, result, message):
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         bench_device([exported["base"]], apk, warmup=1, runs=2, env={**phone, "FAKE_ADB_RESULT": result})
 
 
@@ -404,14 +403,14 @@ def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, exported, re
 ])
 def test_a_sidecar_with_absurd_values_is_refused(tmp_path, exported, changes, problem):
     sidecar = edit_sidecar(copy_export(exported["base"], tmp_path), **changes)
-    with pytest.raises(PipelineError, match=re.escape(problem)):
+    with pytest.raises(PrunedroidError, match=re.escape(problem)):
         read_sidecar(sidecar)
 
 
 def test_a_bare_number_or_list_is_not_a_sidecar(tmp_path):
     for text in ("12", "[1]", "null", '"model.ptl"'):
         (tmp_path / "m.json").write_text(text)
-        with pytest.raises(PipelineError, match="the whole file: a JSON object"):
+        with pytest.raises(PrunedroidError, match="the whole file: a JSON object"):
             read_sidecar(tmp_path / "m.json")
 
 
@@ -436,7 +435,7 @@ def test_pruning_a_pruned_checkpoint_keeps_the_first_record(synthetic_data):
 CRASH_FINDER = """
 import re, sys
 from pathlib import Path
-from pipeline import pte
+from prunedroid import pte
 program = Path(sys.argv[1]).read_bytes()
 for found in re.finditer(rb"[0-9a-f]{64}", program):  # ExecuTorch's named-data keys
     crafted = program[:found.start() + 10] + b"\\xdd" + program[found.start() + 11:]
@@ -452,7 +451,7 @@ Path(sys.argv[2]).unlink()
 def test_a_pte_that_aborts_the_runtime_is_refused_not_run(tmp_path, exported, synthetic_data):
     """A crafted program whose key holds a byte that is not UTF-8 makes ExecuTorch's loader call std::terminate; a
     child process finds one, and bench and build-apk must report it in one line rather than die of SIGABRT."""
-    from pipeline.android import check_model
+    from prunedroid.android import check_model
 
     sidecar = copy_export(exported["base"], tmp_path / "m")
     crafted = sidecar.with_suffix(".pte")
@@ -460,9 +459,9 @@ def test_a_pte_that_aborts_the_runtime_is_refused_not_run(tmp_path, exported, sy
                              str(crafted)], cwd=ROOT, capture_output=True, timeout=300, check=False)
     assert finder.returncode < 0, "no crafted program crashed ExecuTorch: the control no longer holds"
     refresh(sidecar, "pte")
-    with pytest.raises(PipelineError, match=r"model.pte|base.pte"):
+    with pytest.raises(PrunedroidError, match=r"model.pte|base.pte"):
         check_model(sidecar)
-    with pytest.raises(PipelineError, match="cannot be run by its runtime: it crashed its runtime"):
+    with pytest.raises(PrunedroidError, match="cannot be run by its runtime: it crashed its runtime"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
 
 
@@ -474,7 +473,7 @@ def test_random_or_truncated_model_files_are_one_line(tmp_path, exported, synthe
     bad.write_bytes(content)
     if content:
         refresh(sidecar, kind)
-    with pytest.raises(PipelineError, match=r"not a \.pte file|cannot be run by its runtime|is not the file|a size"):
+    with pytest.raises(PrunedroidError, match=r"not a \.pte file|cannot be run by its runtime|is not the file|a size"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
 
 
@@ -511,7 +510,7 @@ def test_checkpoints_with_odd_records_are_pruned_or_refused_in_one_line(tmp_path
                              ({"kind": KIND, "recipe": [1]}, "recipe: an object")):
         odd = tmp_path / "odd.pt"
         torch.save({**checkpoint, **changes}, odd)
-        with pytest.raises(PipelineError, match=re.escape(problem)):
+        with pytest.raises(PrunedroidError, match=re.escape(problem)):
             load_checkpoint(odd)
     one_line_exit_2(run_invoke("prune", "--checkpoint", str(odd), "--ratio", "0.5", cwd=tmp_path), "recipe")
 
@@ -540,7 +539,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_disk, tmp_
                         str(cifar_dir), "--out", str(tiny_disk / "run"), cwd=tmp_path)
     one_line_exit_2(result, "the disk is full")
     assert "Traceback" not in result.stderr and list(tiny_disk.iterdir()) == []
-    from pipeline.report import write_results
+    from prunedroid.report import write_results
 
     (tiny_disk / "bench.json").write_text("{}")
     with pytest.raises(OSError):

@@ -5,11 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.models import VGGSpec, vgg16_spec
-from pipeline.prune import Budget, KMeansConfig, kept_counts, prune, resolve_method
-from pipeline.prune.kmeans import filter_points, search_k
-from tests.conftest import run_invoke, save_untrained_base
+from prunedroid.errors import PrunedroidError
+from prunedroid.models import VGGSpec, vgg16_spec
+from prunedroid.pruned import prune_model
+from prunedroid.pruning import Budget, KMeansConfig, kept_counts, resolve_method
+from prunedroid.pruning.kmeans import filter_points, search_k
+from tests.conftest import run_invoke, save_untrained_base, vgg_graph
 from tests.test_prune import SMALL, trained_like
 
 # Every conv layer's filters come in well-separated groups: filter i belongs to group i % groups[layer].
@@ -43,7 +44,7 @@ def groups_kept(row: dict) -> list[int]:
 @pytest.mark.parametrize("choice", ["elbow", "silhouette"])
 @pytest.mark.parametrize("keep", ["centroid", "random"])
 def test_automatic_k_finds_the_groups_and_keeps_one_filter_of_each(choice, keep):
-    _, report = prune(grouped(0, noise=0.01), KMeansConfig(clusters=choice, keep=keep), None)
+    _, report = prune_model(grouped(0, noise=0.01), KMeansConfig(clusters=choice, keep=keep), None)
     for row, groups in zip(report["layers"], GROUPS):
         assert row["k"] == groups and groups_kept(row) == list(range(groups)), row["search"]
         assert row["inertia_share"] < 1e-3 and row["search"]  # the curve it searched is reported
@@ -62,8 +63,8 @@ def test_automatic_k_on_plain_points_and_the_search_bound():
 def test_folding_exact_copies_rebuilds_the_output_and_dropping_them_does_not():
     model = grouped(1, noise=0.0)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    summed, report = prune(model, KMeansConfig(clusters="elbow", combine="sum"), None)
-    dropped, _ = prune(model, KMeansConfig(clusters="elbow", combine="none"), None)
+    summed, report = prune_model(model, KMeansConfig(clusters="elbow", combine="sum"), None)
+    dropped, _ = prune_model(model, KMeansConfig(clusters="elbow", combine="none"), None)
     with torch.no_grad():
         expected = model(x)
         relative_error = lambda pruned: float((pruned(x) - expected).norm() / expected.norm())
@@ -75,8 +76,8 @@ def test_folding_exact_copies_rebuilds_the_output_and_dropping_them_does_not():
 def test_clustering_is_deterministic_for_a_seed():
     model = trained_like(SMALL, 5)
     for config, budget in [(KMeansConfig(clusters="elbow"), None), (KMeansConfig(keep="random"), Budget(ratio=0.5))]:
-        first, first_report = prune(model, config, budget, seed=3)
-        second, second_report = prune(model, config, budget, seed=3)
+        first, first_report = prune_model(model, config, budget, seed=3)
+        second, second_report = prune_model(model, config, budget, seed=3)
         assert first_report["layers"] == second_report["layers"]
         assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
@@ -86,9 +87,9 @@ def test_budget_mode_keeps_exactly_the_budgeted_channels_even_with_identical_fil
     with torch.no_grad():
         model.features[0].weight[:4] = 0  # four identical filters: fewer distinct points than some K
     for budget in (Budget(ratio=0.5), Budget(mac_reduction=0.6)):
-        pruned, report = prune(model, KMeansConfig(), budget)
-        assert [row["channels_after"] for row in report["layers"]] == kept_counts(SMALL, budget)
-        assert pruned.spec.conv_channels == tuple(kept_counts(SMALL, budget))
+        pruned, report = prune_model(model, KMeansConfig(), budget)
+        assert [row["channels_after"] for row in report["layers"]] == kept_counts(vgg_graph(SMALL), budget)
+        assert pruned.spec.conv_channels == tuple(kept_counts(vgg_graph(SMALL), budget))
 
 
 def test_filter_points_keep_every_distance():
@@ -116,7 +117,7 @@ def test_options_and_budgets_resolve_or_explain():
         ("l1", {"clusters": "elbow"}, Budget(ratio=0.5), "--clusters applies to --method kmeans only"),
         ("kmedoids", {}, None, "unknown pruning method 'kmedoids'"),
     ]:
-        with pytest.raises(PipelineError, match=message):
+        with pytest.raises(PrunedroidError, match=message):
             resolve_method(name, options, budget)
 
 

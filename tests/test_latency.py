@@ -4,39 +4,46 @@ import math
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.models import vgg16_spec
-from pipeline.prune import Budget, prune
-from pipeline.prune.allocation import floors, latency_counts, sensitivity_counts
-from pipeline.prune.budget import mac_reduction
-from pipeline.prune.latency import LatencyTable, LayerShape, layer_shapes, measure_ms
+from prunedroid.errors import PrunedroidError
+from prunedroid.latency import LatencyTable, measure_ms
+from prunedroid.models import vgg16_spec
+from prunedroid.pruned import prune_model
+from prunedroid.pruning import Budget
+from prunedroid.pruning.allocation import floors, latency_counts, sensitivity_counts
+from prunedroid.pruning.groups import LayerShape
+from tests.conftest import vgg_graph
 from tests.test_prune import trained_like
 
-TINY = vgg16_spec(0.125)  # 8..64 channels
+TINY = vgg_graph(vgg16_spec(0.125))  # 8..64 channels
 
 
 def macs_ms(shape: LayerShape) -> float:
     """A runtime whose latency is exactly the layer's MACs (per microsecond)."""
     if shape.size == 0:
-        return (shape.inputs * max(shape.hidden, 1) + max(shape.hidden, 1) * shape.outputs) / 1e6
-    return shape.inputs * shape.outputs * shape.size ** 2 * 9 / 1e6
+        return shape.inputs * shape.outputs / 1e6
+    return shape.inputs // shape.groups * shape.outputs * (shape.size // shape.stride) ** 2 * shape.kernel ** 2 / 1e6
 
 
-def even_curves(spec) -> list:
-    """The same loss for the same share removed in every layer: only the cost tells layers apart."""
-    return [[(c, 0.0), (c // 2, 10.0), (max(1, c // 4), 40.0)] for c in spec.conv_channels]
+def even_curves(graph) -> list:
+    """The same loss for the same share removed in every group: only the cost tells groups apart."""
+    return [[(c, 0.0), (c // 2, 10.0), (max(1, c // 4), 40.0)] for c in graph.channels]
 
 
-def predicted_reduction(table: LatencyTable, spec, counts) -> float:
-    return 1 - table.model_ms(spec, counts) / table.model_ms(spec, spec.conv_channels)
+def predict(table: LatencyTable, graph):
+    return lambda counts: table.model_ms(graph, counts)
+
+
+def predicted_reduction(table: LatencyTable, graph, counts) -> float:
+    return 1 - table.model_ms(graph, counts) / table.model_ms(graph, graph.channels)
 
 
 def test_layer_shapes_follow_the_network():
-    shapes = layer_shapes(TINY, TINY.conv_channels)
-    assert len(shapes) == 14
-    assert shapes[0] == LayerShape(3, 8, 32, pooled=False) and shapes[1] == LayerShape(8, 8, 32, pooled=True)
-    assert shapes[-2].size == 2 and shapes[-2].pooled
-    assert shapes[-1] == LayerShape(64, 10, 0, hidden=TINY.hidden)  # 64 channels x 1 x 1 into the classifier
+    shapes = TINY.layer_shapes()
+    assert len(shapes) == 15  # 13 convs, the classifier's two Linear layers
+    assert shapes[0] == LayerShape(3, 8, 32, 3, 1, 1) and shapes[2] == LayerShape(8, 16, 16, 3, 1, 1)
+    assert shapes[12].size == 2 and shapes[-2] == LayerShape(64, 64)  # 64 channels x 1 x 1 into the classifier
+    assert TINY.layer_shapes([4] * 13)[-2] == LayerShape(4, 64)
+    assert sum(macs_ms(shape) for shape in shapes) == pytest.approx(TINY.macs() / 1e6)
 
 
 def test_a_runtime_slow_on_some_layers_gets_those_layers_pruned_more():
@@ -45,8 +52,8 @@ def test_a_runtime_slow_on_some_layers_gets_those_layers_pruned_more():
     slow = lambda shape: macs_ms(shape) * (20 if shape.size == 4 else 1)
     table = LatencyTable(measure=slow)
     budget = Budget(latency_reduction=0.5, allocation="latency", min_keep=0.2)
-    counts = latency_counts(TINY, budget, even_curves(TINY), table)
-    by_macs = sensitivity_counts(TINY, Budget(mac_reduction=mac_reduction(TINY, counts), allocation="sensitivity",
+    counts = latency_counts(TINY, budget, even_curves(TINY), predict(table, TINY))
+    by_macs = sensitivity_counts(TINY, Budget(mac_reduction=TINY.mac_reduction(counts), allocation="sensitivity",
                                               min_keep=0.2), even_curves(TINY))
     assert abs(predicted_reduction(table, TINY, counts) - 0.5) <= 0.01
     assert all(low <= c for low, c in zip(floors(TINY, budget), counts))
@@ -58,33 +65,33 @@ def test_steps_that_save_nothing_are_walked_through_to_the_next_faster_count():
     so layers still shrink and end on whole blocks."""
     block = lambda channels: channels if channels == 3 else 8 * math.ceil(channels / 8)
     blocks = lambda shape: macs_ms(shape) if shape.size == 0 else macs_ms(
-        LayerShape(block(shape.inputs), block(shape.outputs), shape.size))
+        LayerShape(block(shape.inputs), block(shape.outputs), shape.size, shape.kernel, shape.stride, shape.padding))
     table = LatencyTable(measure=blocks)
     counts = latency_counts(TINY, Budget(latency_reduction=0.4, allocation="latency", round_to=4), even_curves(TINY),
-                            table)
+                            predict(table, TINY))
     assert abs(predicted_reduction(table, TINY, counts) - 0.4) <= 0.01
-    assert counts != list(TINY.conv_channels) and all(c % 8 == 0 for c in counts), counts
+    assert counts != list(TINY.channels) and all(c % 8 == 0 for c in counts), counts
 
 
 def test_the_table_is_kept_and_reused_on_the_same_machine(tmp_path):
     path = tmp_path / "latency.json"
     table = LatencyTable.load(path, measure=macs_ms)
-    first = table.model_ms(TINY, TINY.conv_channels)
+    first = table.model_ms(TINY, TINY.channels)
     table.save()
     again = LatencyTable.load(path, measure=lambda shape: pytest.fail(f"measured {shape} twice"))
-    assert again.model_ms(TINY, TINY.conv_channels) == first and again.measured == 0
+    assert again.model_ms(TINY, TINY.channels) == first and again.measured == 0
     stored = json.loads(path.read_text())
     stored["where"]["cpu"] = "another CPU"
     path.write_text(json.dumps(stored))
-    with pytest.raises(PipelineError, match="measured with .*another CPU.*delete it"):
+    with pytest.raises(PrunedroidError, match="measured with .*another CPU.*delete it"):
         LatencyTable.load(path)
     path.write_text("{not json")
-    with pytest.raises(PipelineError, match="not a latency table"):
+    with pytest.raises(PrunedroidError, match="not a latency table"):
         LatencyTable.load(path)
 
 
 def test_a_layer_is_measured_in_onnxruntime():
-    small, large = measure_ms(LayerShape(8, 8, 8)), measure_ms(LayerShape(64, 64, 32, pooled=True))
+    small, large = measure_ms(LayerShape(8, 8, 8, 3, 1, 1)), measure_ms(LayerShape(64, 64, 32, 3, 1, 1))
     assert 0 < small < large
 
 
@@ -94,22 +101,22 @@ def test_a_layer_is_measured_in_onnxruntime():
     (dict(latency_reduction=1.5, allocation="latency"), r"in \(0, 1\)"),
 ])
 def test_latency_budgets_are_checked(options, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         Budget(**options)
 
 
 def test_an_unreachable_latency_target_names_the_fix():
-    with pytest.raises(PipelineError, match="latency reduction cannot be reached.*lower --min-keep"):
+    with pytest.raises(PrunedroidError, match="latency reduction cannot be reached.*lower --min-keep"):
         latency_counts(TINY, Budget(latency_reduction=0.9, allocation="latency", min_keep=0.6), even_curves(TINY),
-                       LatencyTable(measure=macs_ms))
+                       predict(LatencyTable(measure=macs_ms), TINY))
 
 
 def test_prune_reports_the_predicted_latency_and_saves_the_table(synthetic_data, tmp_path):
-    model = trained_like(TINY)
+    model = trained_like(vgg16_spec(0.125))
     table = tmp_path / "table.json"
     # A model this small is mostly per-layer overhead in onnxruntime (its floors save only ~25%): a modest target
     budget = Budget(latency_reduction=0.1, allocation="latency", round_to=4)
-    pruned, report = prune(model, "l1", budget, holdout=synthetic_data.holdout.head(64), latency_table=table)
+    pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64), latency_table=table)
     predicted = report["predicted_ms"]
     assert report["allocation"] == "latency" and len(report["curves"]) == 13
     assert abs(1 - predicted["after"] / predicted["before"] - 0.1) <= 0.01

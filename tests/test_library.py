@@ -2,11 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import data as cifar
-from pipeline.errors import PipelineError
-from pipeline.flow import evaluation_set
-from pipeline.prune import Budget, LibraryConfig, kept_counts, prune, resolve_method
-from pipeline.prune.library import library_scores
+from prunedroid import data as cifar
+from prunedroid.errors import PrunedroidError
+from prunedroid.flow import evaluation_set
+from prunedroid.pruned import example_input, prune_model
+from prunedroid.pruning import Budget, LibraryConfig, kept_counts, resolve_method
+from prunedroid.pruning.library import library_scores
+from tests.conftest import vgg_graph
 from tests.test_prune import SMALL, trained_like
 
 GENERATOR = torch.Generator().manual_seed(0)
@@ -33,13 +35,15 @@ def test_a_channel_nothing_uses_scores_lowest_and_goes(importance):
     model = with_dead_channel(3, 5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = LibraryConfig(importance=importance, eval_images=48, batch_size=16)
-    scores = library_scores(model, config, EVAL_SET)
+    labelled = [(cifar.normalize(EVAL_SET.images[start:start + 16]), EVAL_SET.labels[start:start + 16])
+                for start in range(0, 48, 16)]
+    scores = library_scores(model, vgg_graph(SMALL), example_input(), config, labelled)
     assert [len(s) for s in scores] == list(SMALL.conv_channels) and all(torch.isfinite(s).all() for s in scores)
     assert scores[3].argmin().item() == 5
     if importance == "taylor":
         assert scores[3][5].item() == 0  # no gradient reaches it
-    pruned, report = prune(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
-    assert [row["channels_after"] for row in report["layers"]] == kept_counts(SMALL, Budget(ratio=0.5))
+    pruned, report = prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
+    assert [row["channels_after"] for row in report["layers"]] == kept_counts(vgg_graph(SMALL), Budget(ratio=0.5))
     assert 5 not in report["layers"][3]["kept"] and report["method"] == "torch-pruning"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
     assert all(p.grad is None for p in model.parameters())
@@ -49,8 +53,8 @@ def test_taylor_needs_labelled_images_and_magnitude_needs_none():
     holdout = cifar.Split(EVAL_SET.images.repeat(30, 1, 1, 1), EVAL_SET.labels.repeat(30))
     assert len(evaluation_set(LibraryConfig(importance="taylor"), holdout)) == 1024
     assert evaluation_set(LibraryConfig(), holdout) is None
-    with pytest.raises(PipelineError, match="Taylor importance needs labelled evaluation images"):
-        prune(trained_like(SMALL), LibraryConfig(importance="taylor"), Budget(ratio=0.5))
+    with pytest.raises(PrunedroidError, match="Taylor importance needs labelled calibration batches"):
+        prune_model(trained_like(SMALL), LibraryConfig(importance="taylor"), Budget(ratio=0.5))
 
 
 def test_library_options_resolve_or_explain():
@@ -59,5 +63,5 @@ def test_library_options_resolve_or_explain():
     for options, budget, message in [({"importance": "hessian"}, Budget(ratio=0.5), "unknown importance 'hessian'"),
                                      ({}, None, "torch-pruning needs a budget"),
                                      ({"knn": "3"}, Budget(ratio=0.5), "--knn applies to --method scp only")]:
-        with pytest.raises(PipelineError, match=message):
+        with pytest.raises(PrunedroidError, match=message):
             resolve_method("torch-pruning", options, budget)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pipeline.cost import count_cost
-from pipeline.errors import PipelineError
-from pipeline.models import VGG16_CHANNELS, VGGSpec, build_model, vgg16_spec
+from prunedroid.errors import PrunedroidError
+from prunedroid.models import VGG16_CHANNELS, VGGSpec, build_model, vgg16_spec
+from prunedroid.pruning.cost import count_cost
 
 
 def analytic_vgg16_cost(channels, hidden=512, classes=10):
@@ -47,7 +47,7 @@ def test_spec_round_trips_through_plain_data():
 @pytest.mark.parametrize("bad", [{"conv_channels": [4, 0]}, {"conv_channels": [4, 4], "pool_after": [5]},
                                  {"channels": [1]}])
 def test_bad_architecture_descriptions_are_errors(bad):
-    with pytest.raises(PipelineError):
+    with pytest.raises(PrunedroidError):
         VGGSpec.from_dict({"pool_after": [1], **bad})
 
 

@@ -1,15 +1,18 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from pipeline.cost import count_cost, vgg_macs
-from pipeline.errors import PipelineError
-from pipeline.models import VGGSpec, build_model, vgg16_spec
-from pipeline.prune import Budget, kept_counts, mac_reduction, prune, prune_channels, prune_checkpoint
-from pipeline.prune.l1 import l1_scores
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.models import VGGSpec, build_model, vgg16_spec
+from prunedroid.pruned import example_input, prune_checkpoint, prune_model
+from prunedroid.pruning import Budget, kept_counts, prune_channels
+from prunedroid.pruning.cost import count_cost
+from prunedroid.pruning.l1 import l1_scores
+from tests.conftest import vgg_graph
 
 SMALL = VGGSpec(conv_channels=(6, 8, 10, 12, 9, 7, 11, 5, 6, 8, 7, 9, 10), hidden=12)
 
@@ -48,7 +51,7 @@ def test_surgery_equals_zeroing_the_removed_channels(seed):
         if torch.rand(1, generator=generator) < 0.7:  # some layers untouched
             count = int(torch.randint(1, channels + 1, (1,), generator=generator))
             keep[layer] = sorted(torch.randperm(channels, generator=generator)[:count].tolist())
-    pruned = prune_channels(model, keep)
+    pruned = prune_channels(model, example_input(), keep)
     x = torch.randn(4, 3, 32, 32, generator=generator)
     with torch.no_grad():
         assert torch.allclose(pruned(x), zeroed(model, keep)(x), atol=1e-5)
@@ -59,8 +62,8 @@ def test_surgery_equals_zeroing_the_removed_channels(seed):
 
 def test_l1_removes_the_smallest_filters_and_matches_zeroing_them():
     model = trained_like(SMALL, 7)
-    pruned, report = prune(model, "l1", Budget(ratio=0.5))
-    scores = l1_scores(model)
+    pruned, report = prune_model(model, "l1", Budget(ratio=0.5))
+    scores = l1_scores(model, vgg_graph(SMALL))
     keep = {}
     for row in report["layers"]:
         kept, layer_scores = row["kept"], scores[row["layer"]]
@@ -83,7 +86,7 @@ def test_pruned_checkpoint_rebuilds_from_itself(tmp_path):
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "p.pt")).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x), prune(model, "l1", Budget(mac_reduction=0.5))[0].eval()(x))
+        assert torch.equal(rebuilt(x), prune_model(model, "l1", Budget(mac_reduction=0.5))[0].eval()(x))
     assert pruned["pruning"]["parent_test_top1"] == 0.5 and pruned["cost"]["macs"] == count_cost(rebuilt).macs
 
 
@@ -91,14 +94,19 @@ def test_pruned_checkpoint_rebuilds_from_itself(tmp_path):
                          ids=["full", "quick", "smoke"])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
 def test_mac_targets_are_reached_within_one_percent(spec, target):
-    counts = kept_counts(spec, Budget(mac_reduction=target))
-    assert abs(mac_reduction(spec, counts) - target) <= 0.01
+    counts = kept_counts(vgg_graph(spec), Budget(mac_reduction=target))
+    assert abs(vgg_graph(spec).mac_reduction(counts) - target) <= 0.01
     assert all(1 <= c <= o for c, o in zip(counts, spec.conv_channels))
 
 
-def test_analytic_macs_equal_the_hook_count():
+def test_channel_graph_macs_equal_the_hook_count():
     for spec in (SMALL, vgg16_spec(0.5), VGGSpec(conv_channels=(3,) * 13, hidden=0)):
-        assert vgg_macs(spec) == count_cost(build_model(spec)).macs
+        graph = vgg_graph(spec)
+        assert graph.macs() == count_cost(build_model(spec)).macs
+        counts = [max(1, c // 3) for c in spec.conv_channels]
+        narrower = build_model(dataclasses.replace(spec, conv_channels=tuple(counts)))
+        assert graph.macs(counts) == count_cost(narrower).macs
+    assert vgg_graph(vgg16_spec(1.0)).macs() == 313_463_808  # VGG16 on CIFAR-10 as the literature counts it
 
 
 @pytest.mark.parametrize("budget, message", [
@@ -107,27 +115,27 @@ def test_analytic_macs_equal_the_hook_count():
     (dict(), "exactly one budget"), (dict(ratio=0.5, mac_reduction=0.5), "exactly one budget"),
 ])
 def test_bad_budgets_are_clear_errors(budget, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         Budget(**budget)
 
 
 def test_unreachable_targets_and_bad_choices_are_errors():
-    with pytest.raises(PipelineError, match="cannot be reached.*ask for less"):
-        kept_counts(vgg16_spec(0.25), Budget(mac_reduction=0.999))
-    with pytest.raises(PipelineError, match="13 values"):
-        kept_counts(vgg16_spec(0.25), Budget(layer_ratios=(0.5, 0.5)))
+    with pytest.raises(PrunedroidError, match="cannot be reached.*ask for less"):
+        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget(mac_reduction=0.999))
+    with pytest.raises(PrunedroidError, match="13 values"):
+        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget(layer_ratios=(0.5, 0.5)))
     model = trained_like(SMALL)
-    with pytest.raises(PipelineError, match="keep no channels"):
-        prune_channels(model, {0: []})
-    with pytest.raises(PipelineError, match="distinct indices in 0..5"):
-        prune_channels(model, {0: [0, 6]})
-    with pytest.raises(PipelineError, match="unknown pruning method"):
-        prune(model, "magic", Budget(ratio=0.5))
+    with pytest.raises(PrunedroidError, match="keep no channels"):
+        prune_channels(model, example_input(), {0: []})
+    with pytest.raises(PrunedroidError, match="distinct indices in 0..5"):
+        prune_channels(model, example_input(), {0: [0, 6]})
+    with pytest.raises(PrunedroidError, match="unknown pruning method"):
+        prune_model(model, "magic", Budget(ratio=0.5))
 
 
 def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_data):
     """--layer-ratios 0,...,0 protects layers (the first and last convs, say); the others are pruned as asked."""
-    from pipeline.prune import KMeansConfig, LibraryConfig, SCPConfig
+    from prunedroid.pruning import KMeansConfig, LibraryConfig, SCPConfig
 
     ratios = (0.0,) + (0.5,) * 11 + (0.0,)
     budget = Budget.from_options(layer_ratios=",".join(map(str, ratios)))
@@ -135,10 +143,10 @@ def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_d
     evaluation = synthetic_data.holdout.head(128)
     for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(),
                    LibraryConfig(), LibraryConfig(importance="taylor", eval_images=128, batch_size=64)):
-        pruned, report = prune(model, method, budget, evaluation=evaluation)
+        pruned, report = prune_model(model, method, budget, evaluation=evaluation)
         channels = pruned.spec.conv_channels
         assert channels[0] == SMALL.conv_channels[0] and channels[-1] == SMALL.conv_channels[-1], method
-        assert channels == tuple(kept_counts(SMALL, budget)) and channels[1] < SMALL.conv_channels[1], method
+        assert channels == tuple(kept_counts(vgg_graph(SMALL), budget)) and channels[1] < SMALL.conv_channels[1], method
 
 
 @pytest.mark.parametrize("options, message", [
@@ -148,7 +156,7 @@ def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_d
     (dict(ratio="0"), r"must be in \(0, 1\)"), (dict(mac_reduction="-0.5"), r"must be in \(0, 1\)"),
 ])
 def test_bad_budget_options_are_clear_errors(options, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         Budget.from_options(**options)
 
 
@@ -156,30 +164,30 @@ def test_bad_budget_options_are_clear_errors(options, message):
 @pytest.mark.parametrize("step", [4, 8, 16])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
 def test_rounded_counts_are_multiples_and_still_meet_the_mac_target(spec, step, target):
-    counts = kept_counts(spec, Budget(mac_reduction=target, round_to=step))
-    assert abs(mac_reduction(spec, counts) - target) <= 0.01
+    counts = kept_counts(vgg_graph(spec), Budget(mac_reduction=target, round_to=step))
+    assert abs(vgg_graph(spec).mac_reduction(counts) - target) <= 0.01
     assert all(c % step == 0 and step <= c <= o for c, o in zip(counts, spec.conv_channels)), counts
 
 
 def test_rounding_applies_to_every_budget_and_method(synthetic_data):
     """The budget says how many (rounded), whichever method says which; a layer no wider than one step and a layer
     given ratio 0 stay whole."""
-    from pipeline.prune import KMeansConfig, LibraryConfig, SCPConfig
+    from prunedroid.pruning import KMeansConfig, LibraryConfig, SCPConfig
 
     spec = vgg16_spec(0.125)  # 8..64 channels
     model = trained_like(spec)
     evaluation = synthetic_data.holdout.head(128)
-    assert kept_counts(spec, Budget(ratio=0.5, round_to=16))[:4] == [8, 8, 16, 16]
-    assert kept_counts(spec, Budget(layer_ratios=(0.5,) * 12 + (0.0,), round_to=8))[-1] == 64
+    assert kept_counts(vgg_graph(spec), Budget(ratio=0.5, round_to=16))[:4] == [8, 8, 16, 16]
+    assert kept_counts(vgg_graph(spec), Budget(layer_ratios=(0.5,) * 12 + (0.0,), round_to=8))[-1] == 64
     for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(), LibraryConfig()):
-        pruned, report = prune(model, method, Budget(mac_reduction=0.5, round_to=8), evaluation=evaluation)
+        pruned, report = prune_model(model, method, Budget(mac_reduction=0.5, round_to=8), evaluation=evaluation)
         assert all(c % 8 == 0 for c in pruned.spec.conv_channels), (method, pruned.spec.conv_channels)
         assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["budget"]["round_to"] == 8
 
 
 @pytest.mark.parametrize("round_to, message", [("0", "in 1..256"), ("300", "in 1..256"), ("8.5", "expects int")])
 def test_bad_rounding_is_a_clear_error(round_to, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         Budget.from_options(mac_reduction="0.5", round_to=round_to)
-    with pytest.raises(PipelineError, match="smaller --round-to"):
-        kept_counts(vgg16_spec(0.25), Budget(mac_reduction=0.95, round_to=16))
+    with pytest.raises(PrunedroidError, match="smaller --round-to"):
+        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget(mac_reduction=0.95, round_to=16))

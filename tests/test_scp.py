@@ -5,13 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import data as cifar
-from pipeline.errors import PipelineError
-from pipeline.prune import Budget, SCPConfig, kept_counts, prune, vgg_couplings
-from pipeline.prune.l1 import filter_l1
-from pipeline.prune.scp import Consumer, Cost, choose_removals, consumers_of, removal_costs
-from pipeline.prune.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
-from pipeline.train import remeasure_batchnorm
+from prunedroid import data as cifar
+from prunedroid.errors import PrunedroidError
+from prunedroid.pruned import example_input, prune_model
+from prunedroid.pruning import Budget, SCPConfig, kept_counts
+from prunedroid.pruning.l1 import filter_l1
+from prunedroid.pruning.scp import Consumer, Cost, choose_removals, consumers_of, following_norms, removal_costs
+from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
+from prunedroid.train import remeasure_batchnorm
+from tests.conftest import vgg_graph
 from tests.test_prune import SMALL, trained_like
 
 IMAGES = torch.Generator().manual_seed(0)
@@ -55,7 +57,7 @@ def test_exact_duplicates_are_found_removed_and_the_output_rebuilt(criterion, co
     model = planted(3, COPIES)
     config = SCPConfig(criterion=criterion, threshold=0.9999, combine=combine, recalibrate=False, eval_images=64,
                        batch_size=16)
-    pruned, report = prune(model, config, None, evaluation=EVAL_SET)
+    pruned, report = prune_model(model, config, None, evaluation=EVAL_SET)
     for row in report["layers"]:
         # Which of two exact copies goes is a coin toss (their losses are both 0); each group keeps exactly one.
         groups = {}
@@ -78,7 +80,7 @@ def test_least_squares_combination_rebuilds_scaled_copies_and_plain_sum_does_not
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     for combine in ("lstsq", "sum", "none"):
         config = SCPConfig(threshold=0.9999, combine=combine, recalibrate=False, eval_images=64, batch_size=16)
-        pruned, report = prune(model, config, None, evaluation=EVAL_SET)
+        pruned, report = prune_model(model, config, None, evaluation=EVAL_SET)
         assert report["layers"][1]["channels_after"] == SMALL.conv_channels[1] - 1
         with torch.no_grad():
             outputs[combine] = (pruned(x) - model(x)).abs().max().item()
@@ -157,7 +159,7 @@ def test_keep_norm_keeps_the_larger_filter_of_every_pair():
     norms = filter_l1(model.conv_blocks()[0][0])  # the first layer: no earlier fold edits its filters
     for keep in ("loss", "norm"):
         config = SCPConfig(keep=keep, eval_images=64, batch_size=16)
-        report = prune(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)[1]
+        report = prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)[1]
         larger_kept = [bool(norms[kept] >= norms[removed]) for removed, kept, _ in report["layers"][0]["merges"]]
         assert all(larger_kept) if keep == "norm" else not all(larger_kept)
 
@@ -173,7 +175,7 @@ def test_pruning_loss_equals_the_consumer_output_error(centred):
     generator = torch.Generator().manual_seed(7)
     maps = torch.relu(torch.randn(6, 5, 8, 8, generator=generator)).double()
     weight = torch.randn(4, 5, 3, 3, generator=generator).double()
-    costs = removal_costs(maps, [Consumer(weight, (1, 1))], 1, 3, "lstsq", centred, batch_size=4)
+    costs = removal_costs([maps], [Consumer(weight, (1, 1))], 1, 3, "lstsq", centred, batch_size=4)
     original = F.conv2d(maps, weight, padding=1)
 
     def change(removed: int, kept: int, factor: float) -> float:
@@ -196,12 +198,13 @@ def test_pruning_loss_equals_the_consumer_output_error(centred):
 
 def test_pruning_loss_after_batchnorm_equals_the_normalised_output_error():
     model = calibrated(trained_like(SMALL, 5)).eval()
+    group, norms = vgg_graph(SMALL).groups[0], following_norms(model, example_input())
     with torch.no_grad():
         model.features[4].weight.mul_(torch.linspace(0.2, 3.0, model.features[4].num_features))  # uneven gains
         first, second = model.conv_blocks()[:2]
         maps = first(cifar.normalize(EVAL)).double()
         reference = second[:2].double()(maps)
-    costs = removal_costs(maps, consumers_of(model, vgg_couplings(model)[0], "bn"), 1, 3, "lstsq", False, 16)
+    costs = removal_costs([maps], consumers_of(model, group, norms, [0], "bn"), 1, 3, "lstsq", False, 16)
     conv, norm = second[0].double(), second[1].double()
     for (removed, kept), cost in costs.items():
         edited = conv.weight.detach().clone()
@@ -210,29 +213,29 @@ def test_pruning_loss_after_batchnorm_equals_the_normalised_output_error():
         with torch.no_grad():
             output = norm(F.conv2d(maps[:, keep], edited[:, keep], conv.bias, padding=1))
         assert cost.loss == pytest.approx((output - reference).pow(2).mean().item(), rel=1e-6)
-    plain = removal_costs(maps, consumers_of(model, vgg_couplings(model)[0]), 1, 3, "lstsq", False, 16)
+    plain = removal_costs([maps], consumers_of(model, group, norms, [0]), 1, 3, "lstsq", False, 16)
     assert all(plain[key].loss != pytest.approx(costs[key].loss, rel=1e-3) for key in costs)
 
 
 def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     model = trained_like(SMALL, 8)
     budget = Budget(mac_reduction=0.5)
-    scp, scp_report = prune(model, SCPConfig(eval_images=64, batch_size=16), budget, evaluation=EVAL_SET)
-    l1, _ = prune(model, "l1", budget)
+    scp, scp_report = prune_model(model, SCPConfig(eval_images=64, batch_size=16), budget, evaluation=EVAL_SET)
+    l1, _ = prune_model(model, "l1", budget)
     assert scp.spec.conv_channels == l1.spec.conv_channels
     assert abs(scp_report["mac_reduction"] - 0.5) <= 0.01
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert scp(x).shape == (2, 10)
     # Removing 80% of every layer needs more than pairs of free channels allow: kept channels merge too.
-    deep = prune(model, SCPConfig(eval_images=64, batch_size=16), Budget(ratio=0.8), evaluation=EVAL_SET)[0]
-    assert list(deep.spec.conv_channels) == kept_counts(SMALL, Budget(ratio=0.8))
+    deep = prune_model(model, SCPConfig(eval_images=64, batch_size=16), Budget(ratio=0.8), evaluation=EVAL_SET)[0]
+    assert list(deep.spec.conv_channels) == kept_counts(vgg_graph(SMALL), Budget(ratio=0.8))
 
 
 def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_set():
     model = planted(9, {3: {4: (1, 1.0)}})
     config = SCPConfig(threshold=0.9999, eval_images=64, batch_size=16)
-    pruned, report = prune(model, config, None, evaluation=EVAL_SET)
+    pruned, report = prune_model(model, config, None, evaluation=EVAL_SET)
     assert [row["layer"] for row in report["layers"] if row["merges"]] == [3]
     blocks, x = pruned.conv_blocks(), cifar.normalize(EVAL)
     with torch.no_grad():
@@ -242,7 +245,7 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
                 assert torch.allclose(block[1].running_mean, outputs.mean((0, 2, 3)), atol=1e-5)
                 assert torch.allclose(block[1].running_var, outputs.var((0, 2, 3)), rtol=1e-4)
             x = block[1:](outputs)
-    untouched = prune(model, SCPConfig(threshold=0.9999, recalibrate=False, eval_images=64, batch_size=16), None,
+    untouched = prune_model(model, SCPConfig(threshold=0.9999, recalibrate=False, eval_images=64, batch_size=16), None,
                       evaluation=EVAL_SET)[0]
     for layer in (0, 1, 2, 5, 6):  # other layers keep their trained statistics
         assert torch.equal(blocks[layer][1].running_var, untouched.conv_blocks()[layer][1].running_var)
@@ -256,16 +259,16 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
     (dict(eval_images=100, batch_size=256), "smaller than one batch"),
 ])
 def test_bad_options_are_clear_errors(options, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         SCPConfig(**options)
 
 
 def test_bad_inputs_are_clear_errors():
     model = trained_like(SMALL)
     config = SCPConfig(threshold=0.9, eval_images=64, batch_size=64)
-    with pytest.raises(PipelineError, match="fewer than one batch"):
-        prune(model, config, None, evaluation=EVAL_SET.head(10))
-    with pytest.raises(PipelineError, match="exactly one of --threshold"):
-        prune(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
-    with pytest.raises(PipelineError, match="needs evaluation images"):
-        prune(model, config, None)
+    with pytest.raises(PrunedroidError, match="fewer than one batch"):
+        prune_model(model, config, None, evaluation=EVAL_SET.head(10))
+    with pytest.raises(PrunedroidError, match="either --threshold or a budget"):
+        prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
+    with pytest.raises(PrunedroidError, match="give calibration inputs"):
+        prune_model(model, config, None)

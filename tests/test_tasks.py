@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_invoke, save_untrained_base
 
-from pipeline.train import TrainConfig, make_config, train
+from prunedroid.train import TrainConfig, make_config, train
 
 
 def test_train_help_documents_every_option():
@@ -107,7 +107,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     import invoke
 
     import tasks
-    from pipeline.checkpoint import load_checkpoint
+    from prunedroid.checkpoint import load_checkpoint
 
     base = save_untrained_base(tmp_path / "run" / "checkpoint.pt")
     before = base.read_bytes()

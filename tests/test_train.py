@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from pipeline import data as cifar
-from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.errors import PipelineError
-from pipeline.train import (
+from prunedroid import data as cifar
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.train import (
     CHECKPOINT_NAME,
     PRESETS,
     evaluate,
@@ -52,9 +52,9 @@ def test_presets_and_overrides():
     ({"bogus": "1"}, "unknown training option"),
 ])
 def test_bad_options_are_clear_errors(overrides, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         make_config("smoke", overrides)
-    with pytest.raises(PipelineError, match="unknown preset"):
+    with pytest.raises(PrunedroidError, match="unknown preset"):
         make_config("huge")
 
 
@@ -70,9 +70,9 @@ def test_smoke_training_writes_a_complete_checkpoint(synthetic_data, tmp_path):
     scored = evaluate(model_from_checkpoint(checkpoint), synthetic_data.test.head(200), per_image=True)
     assert scored["correct"].shape == (200,) and scored["correct"].float().mean().item() == pytest.approx(
         checkpoint["metrics"]["test"]["top1"])
-    with pytest.raises(PipelineError, match="already exists; pass --resume"):
+    with pytest.raises(PrunedroidError, match="already exists; pass --resume"):
         train(config, synthetic_data, tmp_path, progress=False)
-    with pytest.raises(PipelineError, match=r"cannot resume .*lr: checkpoint 0.05 vs now 0.1"):
+    with pytest.raises(PrunedroidError, match=r"cannot resume .*lr: checkpoint 0.05 vs now 0.1"):
         train(make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1", "lr": "0.1"}),
               synthetic_data, tmp_path, resume=True, progress=False)
     # a fine-tune trains the model it starts from, and its recipe says so, whatever the preset's width
@@ -133,7 +133,7 @@ def test_remeasured_batchnorm_holds_the_images_statistics_as_they_are_or_as_trai
 
 def test_diverging_training_stops_with_advice_and_keeps_no_nan_checkpoint(synthetic_data, tmp_path):
     config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1", "lr": "1e30"})
-    with pytest.raises(PipelineError, match=r"diverged in epoch 1.*nothing was saved.*Lower --lr \(now 1e\+30\)"):
+    with pytest.raises(PrunedroidError, match=r"diverged in epoch 1.*nothing was saved.*Lower --lr \(now 1e\+30\)"):
         train(config, synthetic_data, tmp_path, progress=False)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
@@ -144,7 +144,7 @@ def test_diverging_training_stops_with_advice_and_keeps_no_nan_checkpoint(synthe
     ({"momentum": "nan"}, "--momentum expects a finite number"), ({"holdout": "-5"}, "holdout must be >= 0"),
 ])
 def test_hostile_training_options_are_refused(overrides, message):
-    with pytest.raises(PipelineError, match=message):
+    with pytest.raises(PrunedroidError, match=message):
         make_config("quick", overrides)
 
 
@@ -170,11 +170,11 @@ def test_distilled_fine_tune_records_its_teacher_and_recipe(synthetic_data, tmp_
                  tmp_path / "base", progress=False)
     config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "distill_weight": "0.7",
                                    "distill_temperature": "3"}, finetune=True)
-    with pytest.raises(PipelineError, match="needs both a --distill-weight above 0 and a teacher"):
+    with pytest.raises(PrunedroidError, match="needs both a --distill-weight above 0 and a teacher"):
         train(config, synthetic_data, tmp_path / "student", progress=False, init=base)
     student = train(config, synthetic_data, tmp_path / "student", progress=False, init=base,
                     teacher=tmp_path / "base" / CHECKPOINT_NAME)
     assert student["teacher"]["checkpoint"] == str(tmp_path / "base" / CHECKPOINT_NAME)
     assert student["recipe"]["distill_weight"] == 0.7 and student["recipe"]["distill_temperature"] == 3.0
-    with pytest.raises(PipelineError, match="teacher was given but --distill-weight is 0"):
+    with pytest.raises(PrunedroidError, match="teacher was given but --distill-weight is 0"):
         train(make_config("smoke"), synthetic_data, tmp_path / "x", teacher=tmp_path / "base" / CHECKPOINT_NAME)

@@ -1,0 +1,242 @@
+"""Host benchmark: for each exported model and runtime (eager PyTorch, TorchScript Lite, onnxruntime, ExecuTorch with
+XNNPACK; int8 ExecuTorch and onnxruntime where exported), batch-1 latency, file size, MACs, parameters and test top-1,
+side by side in one run."""
+from __future__ import annotations
+
+import functools
+import io
+import statistics
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.jit.mobile
+from torch import nn
+
+from prunedroid import data as cifar
+from prunedroid import pte
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.export import fold_batchnorm
+from prunedroid.files import read_json
+from prunedroid.options import is_finite_number
+from prunedroid.probe import probe
+from prunedroid.pruning.cost import count_cost
+from prunedroid.sidecar import model_file, read_sidecar, sidecar_checkpoint, unique_names
+
+ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
+
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, 32, 32) normalised images -> (N, 10) logits
+
+
+def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (imported lazily)
+    """A CPU session with `threads` intra-op threads and no inter-op parallelism, as on a phone's core."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_timing(threads: int, warmup: int, runs: int, rounds: int) -> None:
+    """Refuses timing settings that cannot give a median: before any model or data is loaded."""
+    if threads < 1 or warmup < 0 or rounds < 1 or runs < rounds:
+        raise PrunedroidError(f"need --threads >= 1, --warmup >= 0 and --runs >= {rounds} (one per interleaved round); "
+                              f"got threads {threads}, warmup {warmup}, runs {runs}")
+
+
+def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup: int = 20, runs: int = 200,
+                             rounds: int = ROUNDS) -> dict[Hashable, dict[str, float]]:
+    """Median and p90 (ms) of `runs` calls of each of `calls`, timed in `rounds` interleaved blocks (every call
+    runs / rounds times per round), so drift on a shared machine hits all of them alike."""
+    check_timing(1, warmup, runs, rounds)
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    timings = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            for _ in range(runs // rounds):
+                started = time.perf_counter()
+                call()
+                timings[key].append(1000 * (time.perf_counter() - started))
+    return {key: {"median": statistics.median(values), "p90": float(np.percentile(values, 90))}
+            for key, values in timings.items()}
+
+
+def onnx_latencies_ms(paths: dict[Hashable, Path], threads: int = 1, warmup: int = 20, runs: int = 200,
+                      rounds: int = ROUNDS) -> dict[Hashable, dict[str, float]]:
+    """Batch-1 onnxruntime latency of each model (interleaved_latencies_ms) on a zero CIFAR image: latency does not
+    depend on the pixel values."""
+    feed = {"input": np.zeros((1, *cifar.IMAGE_SHAPE), dtype=np.float32)}
+    sessions = {key: onnx_session(path, threads) for key, path in paths.items()}
+    return interleaved_latencies_ms({key: functools.partial(session.run, None, feed)
+                                     for key, session in sessions.items()}, warmup, runs, rounds)
+
+
+def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Top-1 of one method minus another's on the same images, with a 95% bootstrap interval (fractions).
+
+    correct, reference: bool (runs, N) - which of N images each run (e.g. each fine-tune seed) got right. Runs are
+    averaged per image first, so the interval is over images: how far the gap could move on another N images drawn
+    like these. Two models' errors on one image are correlated, so the paired interval is much narrower than the
+    two accuracies' separate ones."""
+    if correct.shape[1:] != reference.shape[1:] or correct.dim() != 2 or reference.dim() != 2:
+        raise PrunedroidError(f"paired comparison needs two (runs, images) tables over the same images, got "
+                              f"{tuple(correct.shape)} and {tuple(reference.shape)}")
+    gap = correct.double().mean(0) - reference.double().mean(0)  # (N,) per-image difference
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.cat([gap[torch.randint(len(gap), (min(200, resamples - start), len(gap)), generator=generator)]
+                       .mean(1) for start in range(0, resamples, 200)])  # 200 resamples at a time: bounded memory
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"difference": gap.mean().item(), "low": low, "high": high, "images": len(gap), "runs": len(correct)}
+
+
+def _model_files(sidecar_path: Path, sidecar: dict) -> dict[str, Path]:
+    """runtime -> the exported file it runs, each checked against the sidecar (model_file)."""
+    files = {"torchscript-lite": model_file(sidecar_path, sidecar, "ptl"),
+             "onnxruntime": model_file(sidecar_path, sidecar, "onnx")}
+    if "pte" in sidecar:  # exports before ExecuTorch support have none
+        files["executorch"] = model_file(sidecar_path, sidecar, "pte")
+    if sidecar.get("int8"):
+        files["executorch-int8"] = model_file(sidecar_path, sidecar, "pte", int8=True)
+        files["onnxruntime-int8"] = model_file(sidecar_path, sidecar, "onnx", int8=True)
+    return files
+
+
+def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> dict[str, tuple[Predictor, int]]:
+    """runtime -> (batch -> logits, file size in bytes) for one exported model: `model` (its checkpoint's) in eager
+    PyTorch and each of `files` (runtime -> checked and probed file) in its runtime."""
+    eager = fold_batchnorm(model)
+    state = io.BytesIO()
+    torch.save(eager.state_dict(), state)
+
+    def run_eager(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return eager(x)
+
+    def run_onnx(path: Path) -> Predictor:
+        session = onnx_session(path, threads)
+        return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+    pte.set_threads(threads)
+    lite = torch.jit.mobile._load_for_lite_interpreter(str(files["torchscript-lite"]))
+    load = {"torchscript-lite": lambda path: lambda x: lite(x), "onnxruntime": run_onnx, "onnxruntime-int8": run_onnx,
+            "executorch": pte.predictor, "executorch-int8": pte.predictor}
+    return {"pytorch": (run_eager, state.getbuffer().nbytes),
+            **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
+
+
+def _exported_model(sidecar_path: Path, sidecar: dict) -> nn.Module:
+    """The model of the checkpoint the sidecar was exported from, once that checkpoint still has the recorded hash
+    and the sidecar's architecture (so one benchmark row never mixes two models)."""
+    checkpoint = load_checkpoint(sidecar_checkpoint(sidecar_path, sidecar))
+    if checkpoint["arch"] != sidecar["arch"]:
+        raise PrunedroidError(f"{sidecar_path} describes another architecture than its checkpoint "
+                              f"{sidecar['checkpoint']}: the sidecar was edited; export again")
+    return model_from_checkpoint(checkpoint)
+
+
+def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
+              rounds: int = ROUNDS) -> dict:
+    """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
+    shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
+    check_timing(threads, warmup, runs, rounds)
+    paths = [Path(p) for p in sidecars]
+    unique_names(paths)
+    torch.set_num_threads(threads)
+    described = {path: read_sidecar(path) for path in paths}
+    exported = {path: (_exported_model(path, sidecar), _model_files(path, sidecar)) for path, sidecar in
+                described.items()}
+    # Every file is run once in a child process first, so no damaged or crafted file reaches a runtime here.
+    probe({file: described[path]["input_shape"] for path, (_, files) in exported.items() for file in files.values()})
+    models = {path.stem: (described[path], _predictors(model, files, threads), count_cost(model))
+              for path, (model, files) in exported.items()}
+    images = cifar.normalize(test.images)
+    one = images[:1].contiguous()
+    latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)
+                                          for model_name, (_, predictors, _) in models.items()
+                                          for runtime, (predict, _) in predictors.items()}, warmup, runs, rounds)
+    rows = []
+    for model_name, (sidecar, predictors, cost) in models.items():
+        for runtime, (predict, size) in predictors.items():
+            batch = 100 if runtime != "onnxruntime" or sidecar["onnx_export"]["dynamic_batch"] else 1
+            predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+            rows.append({"model": model_name, "runtime": runtime,
+                         "test_top1": (predictions == test.labels).float().mean().item(),
+                         "macs": cost.macs, "params": cost.params, "file_bytes": size,
+                         "latency_median_ms": latencies[model_name, runtime]["median"],
+                         "latency_p90_ms": latencies[model_name, runtime]["p90"], "threads": threads})
+    baseline = {r["runtime"]: r for r in rows if r["model"] == rows[0]["model"]}
+    for row in rows:
+        base = baseline[row["runtime"]]
+        row["mac_ratio"] = row["macs"] / base["macs"]
+        row["latency_ratio"] = row["latency_median_ms"] / base["latency_median_ms"]
+    return {"rows": rows, "threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds,
+            "test_images": len(test), "baseline_model": rows[0]["model"]}
+
+
+ROW_NUMBERS = ("macs", "params", "file_bytes", "latency_median_ms", "latency_p90_ms", "mac_ratio", "latency_ratio")
+
+
+def read_report(path: Path) -> dict:
+    """A results file `invoke bench` (or bench-device) wrote, checked row by row, to which device rows are added;
+    else an error: a foreign or damaged file is never merged into new results."""
+    report = read_json(path, "a report of `invoke bench`")
+    rows = report.get("rows") if isinstance(report, dict) else None
+    sound = isinstance(rows, list) and all(
+        isinstance(row, dict) and isinstance(row.get("model"), str) and isinstance(row.get("runtime"), str)
+        and all(is_finite_number(row.get(key)) and row[key] > 0 for key in ROW_NUMBERS)
+        and (row.get("test_top1") is None or is_finite_number(row["test_top1"]) and 0 <= row["test_top1"] <= 1)
+        for row in rows)
+    if not sound:
+        raise PrunedroidError(f"{path} is not a report of `invoke bench` (rows of models, runtimes and finite "
+                              f"measurements); pass another --report, or move the file")
+    return report
+
+
+def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> dict:
+    """`result` (from benchmark(), or empty) with one row per model and runtime measured on a phone (bench_device()'s
+    result), runtime "android-lite (<phone>)" or "android-executorch (<phone>)", ratios against the first model on
+    the same runtime and phone. Top-1 is not measured there: the same file gives the host's top-1 (TorchScript Lite,
+    ExecuTorch)."""
+    phone = f"{device['device']['manufacturer']} {device['device']['model']}"
+    measured_runtimes = {f"android-{runtime} ({phone})" for runtime in device["models"]}
+    rows = [r for r in result.get("rows", []) if r["runtime"] not in measured_runtimes]
+    for runtime, runs in device["models"].items():
+        measured = [{"model": name, "runtime": f"android-{runtime} ({phone})", "test_top1": None,
+                     "macs": sidecars[name]["macs"], "params": sidecars[name]["params"],
+                     "file_bytes": run["model_bytes"], "latency_median_ms": run["latency_ms"]["median"],
+                     "latency_p90_ms": run["latency_ms"]["p90"], "threads": run["threads"]}
+                    for name, run in runs.items()]
+        for row in measured:
+            row["mac_ratio"] = row["macs"] / measured[0]["macs"]
+            row["latency_ratio"] = row["latency_median_ms"] / measured[0]["latency_median_ms"]
+        rows += measured
+    return {**result, "rows": rows, "device": {k: v for k, v in device.items() if k != "models"},
+            "device_results": device["models"]}
+
+
+SLOW_FOR_MACS = 1.10  # a model whose latency ratio exceeds its MAC ratio by more than this factor is flagged
+
+
+def speed_for_macs(latency_ratio: float, mac_ratio: float) -> str:
+    """Latency ratio over MAC ratio (1.00x: exactly as fast as its MACs say), flagged past SLOW_FOR_MACS."""
+    relative = latency_ratio / mac_ratio
+    return f"{relative:.2f}x" + (" SLOW for its MACs" if relative > SLOW_FOR_MACS else "")
+
+
+def table_rows(result: dict) -> list[dict]:
+    """Rows formatted for a Markdown table."""
+    percent = lambda value: "" if value is None else f"{100 * value:.2f}%"
+    return [{"model": r["model"], "runtime": r["runtime"], "test top-1": percent(r["test_top1"]),
+             "MACs": f"{r['macs'] / 1e6:.2f}M", "params": f"{r['params'] / 1e6:.3f}M",
+             "file": f"{r['file_bytes'] / 1e6:.2f} MB", "median ms": f"{r['latency_median_ms']:.3f}",
+             "p90 ms": f"{r['latency_p90_ms']:.3f}", "MACs vs base": f"{r['mac_ratio']:.2f}x",
+             "latency vs base": f"{r['latency_ratio']:.2f}x",
+             "latency / MAC ratio": speed_for_macs(r["latency_ratio"], r["mac_ratio"])} for r in result["rows"]]

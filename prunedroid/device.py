@@ -1,0 +1,233 @@
+"""On-device latency over adb: install the demo app, copy each exported .ptl and .pte onto the phone or emulator,
+start the app's BenchmarkActivity for it, pull the JSON it writes, and clean up.
+
+Only adb's documented command-line behaviour is relied on (`adb devices -l`, `install -r`, `push`, `shell am start
+-W`, `shell run-as`, `exec-out`, `logcat -d`, `shell getprop`). `run-as` needs a debuggable app: the debug APK.
+`adb shell` hands the device's sh one line, its arguments joined by spaces: every word is quoted (Adb.shell), and
+only files checked against their sidecar are pushed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunedroid.android import PACKAGE
+from prunedroid.errors import PrunedroidError
+from prunedroid.options import is_finite_number
+from prunedroid.sidecar import model_file, read_sidecar, unique_names
+
+ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
+STAGING = "/data/local/tmp/prunedroid"  # adb may write here; the app copies from it with run-as
+LOG_TAG = "prunedroid-bench"
+
+
+@dataclass(frozen=True)
+class Device:
+    serial: str
+    state: str  # "device" when usable; "unauthorized", "offline", ...
+    description: str
+
+
+def parse_devices(output: str) -> list[Device]:
+    """`adb devices -l` output -> devices. Lines after the header are '<serial> <state> key:value ...'."""
+    devices = []
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith(("List of devices", "*")):
+            devices.append(Device(parts[0], parts[1], " ".join(parts[2:])))
+    return devices
+
+
+def pick_device(devices: Sequence[Device], serial: str | None) -> Device:
+    """The device to use: the one named, or the only one attached; else an error saying what to do."""
+    if serial:
+        named = [d for d in devices if d.serial == serial]
+        if not named:
+            raise PrunedroidError(f"no device {serial!r} attached (attached: "
+                                  f"{', '.join(d.serial for d in devices) or 'none'}); check `adb devices -l`")
+        devices = named
+    if not devices:
+        raise PrunedroidError("no Android device or emulator attached: connect a phone with USB debugging on "
+                              "(Settings > Developer options) or start an emulator (`emulator -avd <name>`), then "
+                              "check `adb devices -l`")
+    if len(devices) > 1:
+        raise PrunedroidError(f"{len(devices)} devices attached ({', '.join(d.serial for d in devices)}); "
+                              f"pass --serial <one of them>")
+    device = devices[0]
+    if device.state == "unauthorized":
+        raise PrunedroidError(f"{device.serial} has not authorised this computer: unlock it and accept the 'Allow USB "
+                              f"debugging?' prompt (or revoke and re-plug), then retry")
+    if device.state != "device":
+        raise PrunedroidError(f"{device.serial} is {device.state}: re-plug it or restart adb (`adb kill-server`)")
+    return device
+
+
+def find_adb(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    for sdk in (env.get("ANDROID_HOME"), env.get("ANDROID_SDK_ROOT")):
+        if sdk and (Path(sdk) / "platform-tools" / "adb").is_file():
+            return str(Path(sdk) / "platform-tools" / "adb")
+    found = shutil.which("adb", path=env.get("PATH", ""))
+    if not found:
+        raise PrunedroidError("adb not found: install the Android SDK platform-tools "
+                              "(https://developer.android.com/tools/releases/platform-tools) and put adb on PATH, or "
+                              "set ANDROID_HOME to an SDK that has them")
+    return found
+
+
+@dataclass
+class Adb:
+    adb: str
+    serial: str | None = None
+    env: Mapping[str, str] | None = None
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        command = [self.adb, *(["-s", self.serial] if self.serial else []), *args]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
+                                    env=None if self.env is None else dict(self.env))
+        except subprocess.TimeoutExpired:
+            raise PrunedroidError(f"`{shlex.join(command)}` did not finish in {timeout:.0f} s") from None
+        if check and result.returncode != 0:
+            raise PrunedroidError(f"`{shlex.join(command)}` failed (exit {result.returncode}): "
+                                  f"{(result.stderr or result.stdout).strip()[-800:]}")
+        return result
+
+    def shell(self, *words: str, check: bool = True, out: bool = False) -> subprocess.CompletedProcess:
+        """One command line run by the device's shell (`adb shell`, or `adb exec-out` for output kept byte for
+        byte). adb joins its arguments with spaces into a single line for the device's sh, so each word is quoted
+        here: a file name can never become a second command."""
+        return self.run("exec-out" if out else "shell", shlex.join(words), check=check)
+
+
+def device_info(adb: Adb) -> dict:
+    props = {"model": "ro.product.model", "manufacturer": "ro.product.manufacturer", "abi": "ro.product.cpu.abi",
+             "android": "ro.build.version.release", "sdk": "ro.build.version.sdk"}
+    return {key: adb.shell("getprop", prop).stdout.strip() for key, prop in props.items()}
+
+
+def install(adb: Adb, apk: Path) -> None:
+    """`adb install -r`; adb prints 'Success' on success and 'Failure [REASON]' (exit 1) otherwise."""
+    if not apk.is_file():
+        raise PrunedroidError(f"no APK at {apk}; build it first with `invoke build-apk` (the debug variant)")
+    result = adb.run("install", "-r", str(apk), timeout=300, check=False)
+    if result.returncode != 0 or "Success" not in result.stdout:
+        raise PrunedroidError(f"installing {apk.name} failed: {(result.stderr + result.stdout).strip()[-800:]}"
+                              + ("\nuninstall the old build first: adb uninstall " + PACKAGE
+                               if "INSTALL_FAILED_UPDATE_INCOMPATIBLE" in result.stderr + result.stdout else ""))
+
+
+def crash_lines(adb: Adb) -> str:
+    """The app's benchmark log and any crash (AndroidRuntime errors) since the log was cleared."""
+    log = adb.run("logcat", "-d", "-s", f"{LOG_TAG}:V", "AndroidRuntime:E", check=False).stdout
+    return "\n".join(log.strip().splitlines()[-30:]) or "(logcat has nothing from the app)"
+
+
+DEVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def device_name(sidecar_path: Path) -> str:
+    """The model's name on the phone (its files and the result's), the sidecar's stem: letters, digits and . _ -
+    only, so it is the same word in adb, the device's shell, the app's intent extras and its files folder."""
+    if not DEVICE_NAME.fullmatch(sidecar_path.stem):
+        raise PrunedroidError(f"{sidecar_path}: a model's name on the phone is its sidecar's file name, which may hold "
+                              f"letters, digits and . _ - only; export it under such a --name")
+    return sidecar_path.stem
+
+
+def _is_ms(value: object) -> bool:
+    return is_finite_number(value) and 0 < value < 3.6e6  # type: ignore[operator]
+
+
+def read_result(text: str, name: str, runs: int) -> dict:
+    """The JSON BenchmarkActivity wrote for `name`, checked: latencies finite and above 0 ms, a size in bytes and
+    the number of runs asked for; else an error (an older app, or a broken result)."""
+    try:
+        result = json.loads(text, parse_constant=lambda constant: math.nan)
+    except (ValueError, RecursionError):
+        raise PrunedroidError(f"the app's result for {name} is not JSON: {text.strip()[:200]!r}; rebuild and reinstall "
+                              f"the app (`invoke build-apk`)") from None
+    if isinstance(result, dict) and "error" in result:
+        raise PrunedroidError(f"the app could not benchmark {name}: {' '.join(str(result['error']).split())[:500]}")
+    latency = result.get("latency_ms") if isinstance(result, dict) else None
+    if not isinstance(latency, dict) or not all(_is_ms(latency.get(key)) for key in ("median", "p90", "min", "max")) \
+            or type(result.get("model_bytes")) is not int or result["model_bytes"] < 1 or result.get("runs") != runs \
+            or type(result.get("threads")) is not int:
+        raise PrunedroidError(f"the app's result for {name} is not what this version writes (latencies in ms above 0, "
+                              f"the model's size, {runs} runs; is an older APK installed? rebuild with `invoke "
+                              f"build-apk`): {json.dumps(result)[:500]}")
+    return result
+
+
+def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int, runs: int, threads: int,
+                    timeout: float = 300) -> dict:
+    """Copies `model` (.pte or .ptl: the app picks the runtime by extension) and its `sidecar` (the input shape) into
+    the app's files, runs BenchmarkActivity on them, returns its JSON; removes what it copied."""
+    files = {f"{name}{model.suffix}": model, f"{name}.json": sidecar}
+    adb.shell("mkdir", "-p", STAGING)
+    for target, source in files.items():
+        adb.run("push", str(source), f"{STAGING}/{target}", timeout=300)
+    try:
+        adb.shell("run-as", PACKAGE, "mkdir", "-p", "files/bench")  # a fresh install has no files/ folder yet
+        for target in files:
+            adb.shell("run-as", PACKAGE, "cp", f"{STAGING}/{target}", f"files/{target}")
+        adb.shell("run-as", PACKAGE, "rm", "-f", f"files/bench/{name}.json")
+        adb.run("logcat", "-c")
+        started = adb.shell("am", "start", "-W", "-n", ACTIVITY, "--es", "model", f"{name}{model.suffix}",
+                            "--es", "sidecar", f"{name}.json", "--es", "out", name, "--ei", "warmup", str(warmup),
+                            "--ei", "runs", str(runs), "--ei", "threads", str(threads))
+        if "Error" in started.stdout or "Status: ok" not in started.stdout:
+            raise PrunedroidError(f"could not start {ACTIVITY}: {started.stdout.strip()[-500:]}\n"
+                                  f"is the app installed? `invoke bench-device` installs it from --apk")
+        deadline = time.monotonic() + timeout
+        while True:
+            read = adb.shell("run-as", PACKAGE, "cat", f"files/bench/{name}.json", check=False, out=True)
+            if read.returncode == 0 and read.stdout.strip():
+                break
+            if time.monotonic() > deadline:
+                raise PrunedroidError(f"no result for {name} after {timeout:.0f} s; the app's log:\n{crash_lines(adb)}")
+            time.sleep(1)
+        try:
+            return read_result(read.stdout, name, runs)
+        except PrunedroidError as error:
+            raise PrunedroidError(f"{error}\n{crash_lines(adb)}") from None
+    finally:
+        adb.shell("run-as", PACKAGE, "rm", "-rf", *(f"files/{target}" for target in files),
+                  f"files/bench/{name}.json", check=False)
+        adb.shell("rm", "-rf", STAGING, check=False)
+
+
+def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None, warmup: int = 20, runs: int = 100,
+                 threads: int = 1, env: Mapping[str, str] | None = None, timeout: float = 300) -> dict:
+    """Installs `apk` and benchmarks each exported model (sidecar JSON) on one device, its .ptl on PyTorch Mobile
+    lite and its .pte on ExecuTorch; the device's own description and one result per runtime and model ("models":
+    {"lite"|"executorch": {name: result}}, latencies in ms, model size in bytes). timeout: seconds to wait for each
+    result."""
+    if warmup < 0 or runs < 1 or threads < 1:
+        raise PrunedroidError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
+    paths = [Path(p) for p in sidecars]
+    unique_names(paths)
+    models: dict[str, dict[str, tuple[Path, Path]]] = {}  # runtime -> model name -> (model file, sidecar)
+    for sidecar_path in paths:
+        name, sidecar = device_name(sidecar_path), read_sidecar(sidecar_path)
+        for runtime, kind in (("lite", "ptl"), ("executorch", "pte")):
+            if kind in sidecar:  # a sidecar from before ExecuTorch support names no .pte
+                models.setdefault(runtime, {})[name] = (model_file(sidecar_path, sidecar, kind), sidecar_path)
+    adb_path = find_adb(env)
+    listed = Adb(adb_path, env=env).run("devices", "-l").stdout
+    device = pick_device(parse_devices(listed), serial)
+    adb = Adb(adb_path, device.serial, env)
+    install(adb, apk)
+    results = {runtime: {name: benchmark_model(adb, model, sidecar, name, warmup, runs, threads, timeout)
+                         for name, (model, sidecar) in named.items()} for runtime, named in models.items()}
+    return {"serial": device.serial, "device": device_info(adb), "warmup": warmup, "runs": runs, "threads": threads,
+            "models": results}

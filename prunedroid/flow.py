@@ -1,0 +1,196 @@
+"""The whole job in one run folder: train (or reuse a base) -> prune -> fine-tune -> export -> benchmark.
+
+runs/<name>/
+  base/checkpoint.pt        trained model (or --base, used in place)
+  pruned/checkpoint.pt      pruned, not fine-tuned; pruned/report.json per-layer report and top-1 right after pruning
+  finetuned/checkpoint.pt   pruned and fine-tuned
+  export/base.{ptl,onnx,pte,json}, export/pruned.{ptl,onnx,pte,json}  (and *-int8.{pte,onnx} with int8)
+  bench.json, bench.md      the side-by-side table
+  report.md                 for a person: options, every model on every runtime, channels.png, training.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from prunedroid import data as cifar
+from prunedroid.bench import benchmark, table_rows
+from prunedroid.checkpoint import checkpoint_bytes, load_checkpoint, model_from_checkpoint
+from prunedroid.errors import PrunedroidError
+from prunedroid.export import Int8Options, export_checkpoint
+from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
+from prunedroid.pruned import prune_checkpoint
+from prunedroid.pruning import Budget, Method, method_name, method_options
+from prunedroid.report import markdown_table, run_report, write_results
+from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, recipe_of, train
+
+
+def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
+    """The labelled images a data-driven method analyses: the first of the training images held out from the base's
+    training (never the test set), or None for methods that look at weights only."""
+    count = 0 if isinstance(method, str) else method.data_images
+    if not count:
+        return None
+    if len(holdout) < count:
+        raise PrunedroidError(f"{method_name(method)} needs {count} evaluation images from the held-out training "
+                              f"images, but only {len(holdout)} were held out when the base model was trained; pass "
+                              f"--eval-images {len(holdout)} or less, or train the base with a larger --holdout")
+    return holdout.head(count)
+
+
+LATENCY_TABLE = "latency-table.json"
+
+
+def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget | None, data: cifar.Cifar10,
+                seed: int) -> dict:
+    """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
+    `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count). --allocation
+    latency keeps its lookup table of layer latencies in LATENCY_TABLE beside `out_dir`, for every run on this
+    machine."""
+    with folder_lock(out_dir):
+        started = time.perf_counter()
+        pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed,
+                                  evaluation_set(method, data.holdout), data.holdout,
+                                  latency_table=out_dir.parent / LATENCY_TABLE)
+        seconds = time.perf_counter() - started
+        result = evaluate(model_from_checkpoint(pruned), data.test)
+        pruned["metrics"] = {"test": result}
+        report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"],
+                  "prune_seconds": round(seconds, 2)}
+        # One unit, the checkpoint last: a resumed pipeline takes a pruned/checkpoint.pt as a finished stage.
+        with atomic_paths([out_dir / "report.json", out_dir / CHECKPOINT_NAME]) as (report_tmp, checkpoint_tmp):
+            report_tmp.write_text(json.dumps(report, indent=2) + "\n")
+            checkpoint_tmp.write_bytes(checkpoint_bytes(pruned))
+    parent = report["parent_test_top1"]
+    print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
+          f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
+          f"({report['mac_reduction']:.1%} fewer"
+          + (f"; {report['mac_reduction_from_original']:.1%} fewer than the unpruned original"
+             if "original" in report else "")
+          + f"), params {report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 "
+          f"right after pruning {result['top1']:.2%} (base {'not evaluated' if parent is None else f'{parent:.2%}'})",
+          flush=True)
+    return report
+
+
+RUN_RECORD = "run.json"  # marks a folder run_pipeline made, and holds the options a --resume must match
+RUN_KIND = "prunedroid/run"
+
+
+def run_options(train_config: TrainConfig, finetune_config: TrainConfig, method: Method, budget: Budget | None,
+                base: str | Path | None, int8: Int8Options | None) -> dict:
+    """What decides a run's models - the options a resumed run must share (threads and device may change) - as plain
+    JSON data. A --base is named by its path and SHA-256, so a checkpoint replaced at the same path is a different
+    base."""
+    record = {"method": method_name(method), "options": method_options(method),
+              "budget": budget.to_dict() if budget else None,
+              "base": {"checkpoint": str(Path(base).resolve()), "sha256": file_sha256(base)} if base else None,
+              "train": None if base else recipe_of(train_config), "finetune": recipe_of(finetune_config),
+              "int8": dataclasses.asdict(int8) if int8 else None}
+    return json.loads(json.dumps(record))
+
+
+def _check_run_folder(run: Path, options: dict) -> None:
+    """Refuses to resume or overwrite a folder that run_pipeline did not make (no RUN_RECORD of its kind: a user's
+    folder, or a symbolic link to one) and to resume one whose options differ from `options`, naming each."""
+    record = run / RUN_RECORD
+    if run.is_symlink() or not record.is_file() or record.is_symlink():
+        raise PrunedroidError(f"{run} is not a run folder of `invoke pipeline` (no {RUN_RECORD} in it"
+                              f"{', and it is a symbolic link' if run.is_symlink() else ''}), so it is neither resumed "
+                              f"nor overwritten; choose another --name, or remove it yourself if it is yours to remove")
+    stored = read_json(record, f"the {RUN_RECORD} of a pipeline run")
+    if not isinstance(stored, dict) or stored.get("kind") != RUN_KIND or not isinstance(stored.get("options"), dict):
+        raise PrunedroidError(f"{record} is not a pipeline run record; choose another --name")
+    differing = [key for key in options if stored["options"].get(key) != options[key]]
+    if differing:
+        details = "; ".join(f"{key}: the run has {json.dumps(stored['options'].get(key))[:160]}, now "
+                            f"{json.dumps(options[key])[:160]}" for key in differing)
+        raise PrunedroidError(f"cannot resume {run} with other options ({details}); give the run's own options, "
+                              f"--overwrite to redo it, or another --name")
+
+
+def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
+                 budget: Budget | None,
+                 data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
+                 resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200,
+                 int8: Int8Options | None = None) -> dict:
+    """Runs every stage into runs_dir/name (`name` a plain folder name), locked against a second process; with
+    resume=True, finished stages are kept and an interrupted training or fine-tuning continues from its last epoch,
+    provided the options are the run's own; overwrite=True empties a folder this function made (never another).
+    int8: also export int8 files, calibrated on the base's held-out training images."""
+    run = Path(runs_dir) / plain_name(name, "--name")
+    options = run_options(train_config, finetune_config, method, budget, base, int8)
+    if run.exists() or run.is_symlink():
+        if not (resume or overwrite):
+            raise PrunedroidError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
+                                  f"or --name to start another run.")
+        _check_run_folder(run, {} if overwrite else options)
+    with folder_lock(run):
+        if overwrite:  # empty the locked folder rather than delete it, so the lock stays on the folder in use
+            for child in run.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        fresh = not (run / RUN_RECORD).exists()
+        if fresh:
+            with atomic_path(run / RUN_RECORD) as tmp:
+                tmp.write_text(json.dumps({"kind": RUN_KIND, "options": options}, indent=2) + "\n")
+        try:
+            return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs,
+                           int8)
+        except BaseException:
+            if fresh and [child.name for child in run.iterdir()] == [RUN_RECORD]:
+                (run / RUN_RECORD).unlink()  # nothing else was written: leave no run behind
+            raise
+
+
+def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
+            budget: Budget | None, data: cifar.Cifar10, base: str | Path | None, progress: bool,
+            bench_runs: int, int8: Int8Options | None) -> dict:
+    base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
+    seconds, started = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal started
+        seconds[stage] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+
+    if base:
+        base_checkpoint = load_checkpoint(base_path)  # fail now, not after training, if it is not a checkpoint
+    else:
+        # The folder is new or --resume was given, so resuming is always what is wanted here.
+        base_checkpoint = train(train_config, data, run / "base", resume=True, progress=progress)
+    lap("train")
+    if not (run / "pruned" / CHECKPOINT_NAME).exists():
+        prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed)
+    lap("prune")
+    finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
+                      init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME),
+                      teacher=base_path if finetune_config.distill_weight else None)
+    lap("finetune")
+    calibration = data.holdout.head(int8.calibration_images) if int8 else None
+    sidecars = [export_checkpoint(path, data.test, run / "export", label, calibration=calibration,
+                                  max_drop=int8.max_drop if int8 else 0.0).sidecar
+                for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
+    lap("export")
+    result = benchmark(sidecars, data.test, runs=bench_runs)
+    lap("bench")
+    result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
+    result["config"] = {"name": run.name, "method": method_name(method), "options": method_options(method),
+                        "budget": budget.to_dict() if budget else None, "base": str(base_path),
+                        # a --base was trained by its own recipe, not this preset's: report the one it records
+                        "train": base_checkpoint.get("recipe", {}) if base else dataclasses.asdict(train_config),
+                        "finetune": dataclasses.asdict(finetune_config)}
+    rows = table_rows(result)
+    table = markdown_table(rows, list(rows[0]))
+    stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())
+    write_results(run / "bench", result, title=f"{run.name}: base vs {method_name(method)}-pruned "
+                                                 f"({(budget or method).to_dict()}), fine-tuned",
+                  table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
+                                     f"runs in {result['rounds']} interleaved rounds. Stages: {stages}.")
+    pruning = json.loads((run / "pruned" / "report.json").read_text())
+    report = run_report(run, result, table, pruning, {"training": base_checkpoint.get("history", []),
+                                                      "fine-tuning": finetuned["history"]})
+    print(f"{table}\nreport: {report}")
+    return result

@@ -1,0 +1,59 @@
+"""Command-line strings onto option dataclasses: one parser, so every task reports a bad value the same way."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TypeVar
+
+from prunedroid.errors import PrunedroidError
+
+Options = TypeVar("Options")
+
+
+def is_finite_number(value: object) -> bool:
+    """A JSON number that is finite: int or float (not bool), with ints past float's range refused too."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:  # an int of hundreds of digits, as a hostile file may hold
+        return False
+
+
+def parse_option(value: str, annotation: str, name: str) -> str | int | float | bool | None:
+    """`value` as the field's type (annotation as written: "int", "float | None", "bool", "str")."""
+    kind = annotation.replace(" | None", "")
+    if value.lower() in ("none", "") and "None" in annotation:
+        return None
+    try:
+        if kind == "bool":
+            lowered = value.lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return lowered in ("1", "true", "yes")
+        parsed = {"int": int, "float": float, "str": str}[kind](value)
+        if kind == "float" and not math.isfinite(parsed):  # nan passes no range check written as `not a < x`
+            raise ValueError
+        return parsed
+    except ValueError:
+        wanted = "a finite number" if kind == "float" else annotation
+        raise PrunedroidError(f"option --{name.replace('_', '-')} expects {wanted}, got {value!r}") from None
+
+
+def with_options(base: Options, overrides: dict[str, str | int | float | bool | None] | None, what: str) -> Options:
+    """`base` (a dataclass) with each override that is not None parsed and applied; the dataclass validates."""
+    hints = {f.name: f.type for f in dataclasses.fields(base)}
+    changes = {}
+    for name, value in (overrides or {}).items():
+        if name not in hints:
+            raise PrunedroidError(f"unknown {what} option {name!r}; known: {', '.join(hints)}")
+        if value is not None:
+            changes[name] = parse_option(str(value), hints[name], name)
+    return dataclasses.replace(base, **changes)
+
+
+def check(checks: list[tuple[bool, str]], what: str) -> None:
+    """Raises one error listing the message of every (ok, message) that is not ok."""
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise PrunedroidError(f"bad {what} options: " + "; ".join(problems))

@@ -1,0 +1,124 @@
+"""Pruning this project's models and checkpoints: the pruning library fed with CIFAR-10's held-out images, an
+evaluation on them, a sensitivity cache and a latency table (the library itself knows none of these).
+
+Held-out images are the tail of the training split the base never trained on; test images are never used to choose.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunedroid import data as cifar
+from prunedroid.checkpoint import model_from_checkpoint, tested_top1
+from prunedroid.errors import PrunedroidError
+from prunedroid.files import atomic_path, read_json
+from prunedroid.latency import LatencyTable
+from prunedroid.pruning import Budget, Calibration, Method, channel_graph, prune
+from prunedroid.pruning.allocation import Curve
+from prunedroid.train import evaluate, remeasure_batchnorm
+
+BATCHNORM_IMAGES = 1024  # held-out images a pruned model's BatchNorm statistics are re-measured on
+SCORED_IMAGES = 2048  # the held-out images after those, whose top-1 is the sensitivity measure
+
+
+def example_input() -> torch.Tensor:
+    """One zero CIFAR-10 image, (1, 3, 32, 32): what the channel groups are traced on."""
+    return torch.zeros(1, *cifar.IMAGE_SHAPE)
+
+
+def calibration(evaluation: cifar.Split | None) -> Calibration | None:
+    """The method's evaluation images, normalised as the model takes them, with their labels (one batch; methods
+    re-batch)."""
+    if evaluation is None:
+        return None
+    return [(cifar.normalize(evaluation.images), evaluation.labels)]
+
+
+def held_out_top1(holdout: cifar.Split) -> Callable[[nn.Module], float]:
+    """model -> top-1 (%) on held-out images after re-measuring its BatchNorm: statistics on the first
+    BATCHNORM_IMAGES, top-1 on the next SCORED_IMAGES (what a sensitivity curve measures)."""
+    if len(holdout) < 2:
+        raise PrunedroidError("--allocation sensitivity and latency measure accuracy on held-out training images, "
+                              "but the base model was trained with none held out; train it with --holdout (e.g. 5000)")
+    bn_count = min(BATCHNORM_IMAGES, len(holdout) // 2)
+    bn_images = holdout.images[:bn_count]
+    scored = cifar.Split(holdout.images[bn_count:bn_count + SCORED_IMAGES],
+                         holdout.labels[bn_count:bn_count + SCORED_IMAGES])
+    return lambda model: 100 * evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
+
+
+def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve]]) -> list[Curve]:
+    """`measure()`, or the curves stored under `key` in the JSON file `cache` (written there when new): the curves
+    depend on the base model, the method and the held-out images, not on the target."""
+    stored = read_json(cache, "a cache of sensitivity curves") if cache is not None and cache.exists() else {}
+    if not isinstance(stored, dict):
+        raise PrunedroidError(f"{cache} is not a cache of sensitivity curves; delete it and they are measured again")
+    if key not in stored:
+        stored[key] = measure()
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp:
+                tmp.write_text(json.dumps(stored, indent=1) + "\n")
+    return [[(int(kept), float(loss)) for kept, loss in curve] for curve in stored[key]]
+
+
+def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: int = 0,
+                evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
+                sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> tuple[nn.Module, dict]:
+    """The pruned model and the library's report (see prunedroid.pruning.prune).
+
+    evaluation: labelled held-out images, uint8 (n, 3, 32, 32), that data-driven methods analyse (SCP's feature
+    maps, Taylor importance's gradients); see flow.evaluation_set. holdout: all the base's held-out training images,
+    which --allocation sensitivity and latency measure top-1 on; sensitivity_cache: a JSON file keeping their
+    curves for the next target (keyed by method, options, seed and held-out count: one file per base model);
+    latency_table: the JSON lookup table of layer latencies --allocation latency reads and extends (one file per
+    machine; None measures afresh)."""
+    example = example_input()
+    allocation = budget.allocation if budget is not None else "uniform"
+    measures = allocation in ("sensitivity", "latency")
+    if measures and holdout is None:
+        raise PrunedroidError(f"--allocation {allocation} needs the base's held-out training images")
+    table = LatencyTable.load(latency_table) if allocation == "latency" else None
+    graph = channel_graph(model, example) if table is not None else None
+    count = 0 if holdout is None else len(holdout)
+    try:
+        result = prune(model, example, method, budget, calibration=calibration(evaluation), seed=seed,
+                       evaluate=held_out_top1(holdout) if measures else None,
+                       predict_ms=None if table is None else lambda counts: table.model_ms(graph, counts),
+                       remember_curves=lambda key, measure: cached_curves(sensitivity_cache,
+                                                                          json.dumps([*json.loads(key), count]),
+                                                                          measure))
+    finally:
+        if table is not None:
+            table.save()  # what was timed is kept even when the target turns out unreachable
+    if table is not None:
+        result.report.update(latency_table=str(table.path), latency_runtime=table.where)
+    return result.model, result.report
+
+
+def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, seed: int = 0,
+                     evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
+                     sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> dict:
+    """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
+    recipe and data statistics and a `pruning` report. Pruning a pruned checkpoint again keeps the earlier report
+    (`previous`) and states the reductions against the unpruned model the chain started from (`original`)."""
+    pruned, report = prune_model(model_from_checkpoint(checkpoint), method, budget, seed, evaluation, holdout,
+                                 sensitivity_cache, latency_table)
+    report["parent_test_top1"] = tested_top1(checkpoint)
+    previous = checkpoint.get("pruning")
+    if previous:
+        original = previous.get("original") or {"macs": previous.get("macs_before"),
+                                                "params": previous.get("params_before")}
+        if not all(type(original.get(key)) is int and original[key] > 0 for key in ("macs", "params")):
+            raise PrunedroidError("the checkpoint's pruning record has no MACs and parameters of the model it was "
+                                  "pruned from: the file was edited; prune the unpruned base instead")
+        report.update(previous=previous, original=original,
+                      mac_reduction_from_original=1 - report["macs_after"] / original["macs"],
+                      param_reduction_from_original=1 - report["params_after"] / original["params"])
+    return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
+            "recipe": checkpoint.get("recipe", {}), "data": checkpoint.get("data", {}), "seed": seed, "metrics": {},
+            "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}

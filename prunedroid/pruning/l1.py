@@ -1,0 +1,30 @@
+"""L1-norm filter pruning (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017): a filter whose weights
+sum to little in absolute value contributes little, so the smallest go first. A group's channel is made by every
+producer of the group (a residual addition sums several), so its score is the sum of their filters' L1 norms."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
+
+
+def filter_l1(conv: nn.Conv2d) -> torch.Tensor:
+    """(out_channels,) sums of absolute filter weights."""
+    return conv.weight.detach().abs().sum(dim=(1, 2, 3))
+
+
+def group_l1(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """(channels,) the group's producers' filter_l1, summed."""
+    return sum(filter_l1(model.get_submodule(name)) for name in group.producers)
+
+
+def l1_scores(model: nn.Module, graph: ChannelGraph) -> list[torch.Tensor]:
+    """Per group, group_l1."""
+    return [group_l1(model, group) for group in graph.groups]
+
+
+def random_scores(graph: ChannelGraph, seed: int = 0) -> list[torch.Tensor]:
+    """Per group, random scores: the baseline every criterion must beat."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(channels, generator=generator) for channels in graph.channels]

@@ -1,0 +1,329 @@
+"""Train and evaluate: SGD + warm-up/cosine or one-cycle, a checkpoint every epoch, exact resume."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from prunedroid import data as cifar
+from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, weights_sha256
+from prunedroid.errors import PrunedroidError
+from prunedroid.files import file_sha256, folder_lock
+from prunedroid.models import build_model, vgg16_spec
+from prunedroid.options import with_options
+from prunedroid.pruning.cost import count_cost
+
+CHECKPOINT_NAME = "checkpoint.pt"
+SCHEDULES = ("cosine", "onecycle")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe. Stored in every checkpoint; a resume must use the same one."""
+
+    width: float = 1.0  # VGG16 width multiplier
+    epochs: int = 160
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0  # linear ramp from 0 to lr
+    schedule: str = "cosine"  # after warm-up: "cosine" to 0, or "onecycle" (linear to 0)
+    label_smoothing: float = 0.0
+    distill_weight: float = 0.0  # share of the loss that is distillation from a teacher (0: cross-entropy only)
+    distill_temperature: float = 4.0  # softmax temperature of the distillation term (Hinton et al. 2015)
+    seed: int = 0
+    holdout: int = 5000  # tail of the training split kept out for validation and pruning calibration
+    train_limit: int | None = None  # use only the first N training images (smoke runs)
+    test_limit: int | None = None  # evaluate on the first N test images (smoke runs); None = all 10,000
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+
+    def __post_init__(self) -> None:
+        checks = [(self.width > 0, "width must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
+                  (self.batch_size >= 2, "batch_size must be >= 2 (BatchNorm needs two samples)"),
+                  (self.lr > 0, "lr must be > 0"), (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+                  (self.weight_decay >= 0, "weight_decay must be >= 0"),
+                  (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]"),
+                  (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+                  (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+                  (0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]"),
+                  (self.distill_temperature > 0, "distill_temperature must be > 0"),
+                  (self.holdout >= 0, "holdout must be >= 0"),
+                  (self.train_limit is None or self.train_limit >= self.batch_size,
+                   "train_limit must be at least one batch"),
+                  (self.test_limit is None or self.test_limit >= 1, "test_limit must be >= 1"),
+                  (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+                  (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+                   "device must be auto, cpu, cuda[:N] or mps")]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise PrunedroidError("bad training options: " + "; ".join(problems))
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Seconds on a laptop: exercises every code path; accuracy is meaningless.
+    "smoke": TrainConfig(width=0.0625, epochs=2, batch_size=64, lr=0.05, warmup_epochs=0.5, holdout=500,
+                         train_limit=1024, test_limit=500),
+    # About 10 minutes on 2 CPU cores: a quarter-width VGG16 (0.95M params, 20M MACs).
+    "quick": TrainConfig(width=0.25, epochs=10, batch_size=256, lr=0.2, warmup_epochs=1.0, schedule="onecycle",
+                         label_smoothing=0.1),
+    # The literature's full-width VGG16-BN on CIFAR-10 (Li et al. 2017; Zhang et al. 2020): for a GPU.
+    "paper": TrainConfig(width=1.0, epochs=160, batch_size=128, lr=0.1, warmup_epochs=1.0, schedule="cosine"),
+}
+
+
+# Fine-tuning a pruned model: the training preset's recipe with a short, gentle schedule.
+FINETUNE_OVERRIDES: dict[str, dict] = {
+    "smoke": {"epochs": 1, "lr": 0.01, "warmup_epochs": 0.0},
+    "quick": {"epochs": 3, "lr": 0.02, "warmup_epochs": 0.0, "schedule": "cosine"},
+    "paper": {"epochs": 40, "lr": 0.01, "warmup_epochs": 0.0, "schedule": "cosine"},
+}
+
+
+def make_config(preset: str, overrides: dict[str, str | int | float | bool | None] | None = None,
+                finetune: bool = False) -> TrainConfig:
+    """A preset (its fine-tuning variant with finetune=True) with command-line overrides applied; an override of
+    None leaves the preset's value."""
+    if preset not in PRESETS:
+        raise PrunedroidError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = dataclasses.replace(PRESETS[preset], **FINETUNE_OVERRIDES[preset]) if finetune else PRESETS[preset]
+    return with_options(base, overrides, "training")
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (with the recipe's label smoothing), mixed with knowledge distillation when the recipe has a
+    distill_weight w > 0: (1 - w) CE + w T^2 KL(teacher || student) at temperature T, the T^2 keeping the
+    distillation gradients at the scale of CE's whatever T. logits: (B, classes); labels: (B,)."""
+    cross_entropy = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    if not config.distill_weight:
+        return cross_entropy
+    temperature = config.distill_temperature
+    distillation = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                            reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - config.distill_weight) * cross_entropy + config.distill_weight * distillation
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
+    """Learning rate for optimiser step `step` (0-based): linear warm-up to `peak`, then cosine or linear to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * (1 - progress)
+
+
+# Options that change where and how fast a run goes, not what it computes: a resume may change them.
+NON_RECIPE_OPTIONS = ("threads", "device")
+
+
+def recipe_of(config: TrainConfig) -> dict:
+    """The options that decide what a run trains (all but where and how fast: NON_RECIPE_OPTIONS), as plain data."""
+    return {name: value for name, value in dataclasses.asdict(config).items() if name not in NON_RECIPE_OPTIONS}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PrunedroidError(f"device {name!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The only source of randomness in an epoch (order and augmentation), so a resumed run repeats it exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channels_last: bool = True,
+             per_image: bool = False) -> dict:
+    """Top-1 accuracy (fraction) and mean cross-entropy of `model` on `split`, on the model's device; per_image adds
+    "correct", a bool (N,) CPU tensor saying which images it got right (for paired comparisons of two models)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct, loss_sum = [], torch.zeros((), device=device)
+    for images, labels in cifar.batches(split.to(device), batch_size, channels_last=channels_last):
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct.append(logits.argmax(1) == labels)
+    model.train(was_training)
+    hits = torch.cat(correct)
+    result = {"top1": hits.sum().item() / len(split), "loss": loss_sum.item() / len(split), "images": len(split)}
+    return {**result, "correct": hits.cpu()} if per_image else result
+
+
+@torch.no_grad()
+def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                        augment_seed: int | None = None) -> nn.Module:
+    """A copy of `model` whose BatchNorm running statistics are re-measured on `images` (uint8 (n, 3, 32, 32)), as a
+    plain average over the batches; no weight changes. Returned in eval mode.
+
+    augment_seed: measure on one seeded random crop and flip of each image - the statistics training normalised
+    with - instead of the images as they are (benchmarks/results/bn_calibration.md compares the two)."""
+    if augment_seed is not None:
+        images = cifar.augment(images, torch.Generator().manual_seed(augment_seed))
+    measured = copy.deepcopy(model)  # not model_from_checkpoint: its shape checks cost more than a small model's pass
+    for module in measured.modules():
+        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            module.reset_running_stats()
+            module.momentum = None
+    measured.train()
+    for batch in cifar.normalize(images).split(batch_size):
+        measured(batch)
+    return measured.eval()
+
+
+def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path, init: dict | None,
+                     teacher: dict | None) -> None:
+    """Refuses to resume `path` with another recipe, another model to start from (init: the weights' fingerprint)
+    or another teacher (its file's SHA-256), naming each difference."""
+    saved = checkpoint.get("recipe", {})
+    differing = [f"{name}: checkpoint {saved.get(name)!r} vs now {value!r}"
+                 for name, value in recipe_of(config).items() if saved.get(name) != value]
+    if (checkpoint.get("init") or {}).get("weights_sha256") != (init or {}).get("weights_sha256"):
+        differing.append("--checkpoint: the run fine-tunes other weights than the checkpoint given now")
+    if (checkpoint.get("teacher") or {}).get("sha256") != (teacher or {}).get("sha256"):
+        differing.append(f"--teacher: the run distils from {(checkpoint.get('teacher') or {}).get('checkpoint')!r}, "
+                         f"now {(teacher or {}).get('checkpoint')!r}")
+    if differing:
+        raise PrunedroidError(f"cannot resume {path} with different options ({', '.join(differing)}); "
+                              f"rerun with the same options, or start a new run with another --out.")
+
+
+def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, init: dict | None = None,
+          teacher: str | Path | None = None) -> dict:
+    """Trains VGG16 per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final checkpoint.
+
+    init: a checkpoint to start from (fine-tuning a pruned model): its architecture and weights replace the fresh
+    `config.width` model, and its `pruning` record is carried into the new checkpoint.
+    teacher: the checkpoint distilled from when config.distill_weight > 0 (typically the unpruned base); its path and
+    SHA-256 are recorded in the checkpoint.
+
+    resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
+    run (on a GPU, cuDNN's kernel choice may differ in the last bits). `out_dir` is locked while training runs.
+    """
+    if bool(config.distill_weight) != (teacher is not None):
+        raise PrunedroidError("distillation needs both a --distill-weight above 0 and a teacher checkpoint (--teacher; "
+                              "`invoke pipeline` uses the base)" if config.distill_weight else
+                              "a teacher was given but --distill-weight is 0: pass --distill-weight (e.g. 0.5)")
+    with folder_lock(out_dir):
+        return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress, init, teacher)
+
+
+def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, overwrite: bool, progress: bool,
+           init: dict | None, teacher_path: str | Path | None) -> dict:
+    device = resolve_device(config.device)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    teacher, teacher_record = None, None
+    if teacher_path is not None:
+        teacher = model_from_checkpoint(load_checkpoint(teacher_path)).to(device, memory_format=memory_format).eval()
+        teacher_record = {"checkpoint": str(teacher_path), "sha256": file_sha256(teacher_path)}
+    init_record = None if init is None else {"weights_sha256": weights_sha256(init["state_dict"])}
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    train_split = data.train.head(config.train_limit).to(device)
+    holdout, test_split = data.holdout.to(device), data.test.head(config.test_limit).to(device)
+    steps_per_epoch = len(train_split) // config.batch_size
+    total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
+
+    init_width = (init or {}).get("recipe", {}).get("width")
+    if init_width is not None:  # the recorded recipe names the width actually trained
+        config = dataclasses.replace(config, width=init_width)
+    torch.manual_seed(config.seed)
+    if init is not None:
+        checkpoint = {"arch": init["arch"], "state_dict": init["state_dict"], "pruning": init.get("pruning"),
+                      "epoch": 0, "history": []}
+    else:
+        checkpoint = {"arch": vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict(), "epoch": 0,
+                      "history": []}
+    if path.exists() and resume:
+        checkpoint = load_checkpoint(path)
+        _check_resumable(checkpoint, config, path, init_record, teacher_record)
+        print(f"resuming {path} after epoch {checkpoint['epoch']}/{config.epochs}")
+        if checkpoint["epoch"] >= config.epochs:
+            return checkpoint
+    elif path.exists() and not overwrite:
+        raise PrunedroidError(f"{path} already exists; pass --resume to continue it, --overwrite to start over, "
+                              f"or --out to train into another folder.")
+    elif resume:
+        print(f"nothing to resume at {path}; starting from scratch")
+    model = model_from_checkpoint(checkpoint) if "state_dict" in checkpoint else build_model(checkpoint["arch"])
+    cost = count_cost(model)
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if "optimizer" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    history = list(checkpoint["history"])
+
+    for epoch in range(checkpoint["epoch"], config.epochs):
+        model.train()
+        generator = epoch_generator(config.seed, epoch)
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        seen, started = 0, time.perf_counter()
+        bar = tqdm(cifar.batches(train_split, config.batch_size, generator=generator, train=True,
+                                 channels_last=config.channels_last),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        for step, (images, labels) in enumerate(bar, start=epoch * steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
+            logits = model(images)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+            loss = training_loss(logits, labels, config, teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+            if progress and step % 10 == 0:  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - started):.0f}")
+        seconds = time.perf_counter() - started
+        if not math.isfinite(loss_sum.item()):  # checked once an epoch: a per-step .item() would stall a GPU
+            kept = f"{path} still holds epoch {checkpoint['epoch']}" if path.exists() else "nothing was saved"
+            raise PrunedroidError(f"training diverged in epoch {epoch + 1} (the loss became NaN or infinite); {kept}. "
+                                  f"Lower --lr (now {config.lr}) or lengthen --warmup-epochs and start again.")
+        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
+                  "seconds": seconds, "images_per_s": seen / seconds}
+        if len(holdout):
+            record["holdout_top1"] = evaluate(model, holdout, channels_last=config.channels_last)["top1"]
+        history.append(record)
+        print(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, train {record['train_top1']:.2%}"
+              + (f", holdout {record['holdout_top1']:.2%}" if "holdout_top1" in record else "")
+              + f", {record['images_per_s']:.0f} img/s, {seconds:.1f} s", flush=True)
+        final = epoch + 1 == config.epochs
+        checkpoint = {
+            "arch": checkpoint["arch"], "epoch": epoch + 1, "history": history, "cost": cost.to_dict(),
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "recipe": dataclasses.asdict(config), "seed": config.seed,
+            "metrics": {"test": evaluate(model, test_split, channels_last=config.channels_last)} if final else {},
+            "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
+                     "train_images": len(train_split), "holdout_images": len(holdout)},
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+            "pruning": checkpoint.get("pruning"), "teacher": teacher_record, "init": init_record,
+        }
+        save_checkpoint(path, checkpoint)
+    test = checkpoint["metrics"]["test"]
+    print(f"test top-1 {test['top1']:.2%} on {test['images']} images; {cost.macs / 1e6:.1f}M MACs, "
+          f"{cost.params / 1e6:.2f}M params; checkpoint {path}")
+    return checkpoint

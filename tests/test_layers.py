@@ -1,0 +1,42 @@
+"""Imports point down: the pruning library never imports the layers above it (training, deployment, measurement,
+the app), so it prunes any model without knowing this project's data, files or runtimes."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "prunedroid"
+# Project modules the library may use: the shared error type and option checks, which import nothing of ours.
+LIBRARY_MAY_IMPORT = {"prunedroid.errors", "prunedroid.options"}
+
+
+def project_imports(path: Path) -> set[str]:
+    """Every prunedroid module `path` imports, at any depth of the file (lazy imports inside functions count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" if node.module == "prunedroid" else node.module
+                         for alias in node.names)
+    return {name for name in found if name == "prunedroid" or name.startswith("prunedroid.")}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "pruning").glob("*.py")), ids=lambda p: p.name)
+def test_the_pruning_library_imports_nothing_above_it(path):
+    upward = {name for name in project_imports(path)
+              if not name.startswith("prunedroid.pruning") and name not in LIBRARY_MAY_IMPORT}
+    assert not upward, f"{path.name} imports {sorted(upward)}"
+
+
+def test_the_base_modules_import_no_project_layer():
+    for name in LIBRARY_MAY_IMPORT:
+        path = PACKAGE / f"{name.split('.')[-1]}.py"
+        assert project_imports(path) <= {"prunedroid.errors"}, path.name
+
+
+def test_the_walk_sees_an_upward_import(tmp_path):
+    """The check itself: a library file importing training is caught, however the import is written."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from prunedroid import train\n    import prunedroid.bench\n")
+    assert project_imports(bad) == {"prunedroid.train", "prunedroid.bench"}
