@@ -278,7 +278,7 @@ QUANTIZE_HELP = {
 
 
 def _int8_options(quantize, calibration_images, max_drop):
-    from prunedroid.export import Int8Options
+    from prunedroid.deploy import Int8Options
 
     return Int8Options.from_options(quantize, {"calibration_images": calibration_images, "max_drop": max_drop})
 
@@ -292,7 +292,7 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
     """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
     from prunedroid.checkpoint import existing_checkpoint, held_out_images, load_checkpoint
     from prunedroid.data import load_cifar10, load_test
-    from prunedroid.export import export_checkpoint
+    from prunedroid.deploy import export_checkpoint
     from prunedroid.files import plain_name
 
     required(checkpoint=checkpoint)

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from prunedroid import data as cifar  # noqa: E402
 from prunedroid.bench import benchmark  # noqa: E402
 from prunedroid.checkpoint import load_checkpoint  # noqa: E402
-from prunedroid.export import MAX_INT8_DROP, export_checkpoint  # noqa: E402
+from prunedroid.deploy import MAX_INT8_DROP, export_checkpoint  # noqa: E402
 from prunedroid.report import markdown_table, write_results  # noqa: E402
 
 FORMATS = {"torchscript-lite": ".ptl fp32", "onnxruntime": ".onnx fp32", "onnxruntime-int8": ".onnx int8",

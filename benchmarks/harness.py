@@ -19,8 +19,8 @@ import torch
 from prunedroid import data as cifar
 from prunedroid.bench import onnx_latencies_ms, paired_difference
 from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.files import file_sha256
 from prunedroid.flow import LATENCY_TABLE, evaluation_set
 from prunedroid.models import VGG, build_model
@@ -230,7 +230,8 @@ def architecture_latencies(specs: dict, runs: int = 300) -> dict:
         paths = {}
         for index, (key, spec) in enumerate(specs.items()):
             paths[key] = Path(scratch) / f"{index}.onnx"
-            write_onnx(fold_batchnorm(build_model(spec)), paths[key], dynamic_batch=True)
+            write_onnx(fold_batchnorm(build_model(spec)), paths[key], dynamic_batch=True,
+                       example=torch.zeros(1, *cifar.IMAGE_SHAPE))
         return onnx_latencies_ms(paths, threads=1, runs=runs)
 
 

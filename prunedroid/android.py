@@ -29,7 +29,7 @@ APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
 PACKAGE = "org.prunedroid.demo"
 MIN_JDK = 17  # the Android Gradle Plugin 8.x runs on JDK 17 or newer
 # TorchScript bytecode versions each pytorch_android_lite release reads. 1.13.1 is PyTorch 1.13's mobile runtime,
-# which writes v8 itself; prunedroid/export.py targets v8.
+# which writes v8 itself; prunedroid/deploy.py targets v8.
 READABLE_BYTECODE = {"1.13.1": range(4, 9)}
 ASSETS = ("model.json", "labels.txt", "samples")  # beside the model file itself, model.pte or model.ptl
 RUNTIMES = ("executorch", "lite")  # the .pte on ExecuTorch (what a new app should ship) or the .ptl on PyTorch Mobile

@@ -18,8 +18,8 @@ from torch import nn
 from prunedroid import data as cifar
 from prunedroid import pte
 from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.deploy import fold_batchnorm
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import fold_batchnorm
 from prunedroid.files import read_json
 from prunedroid.options import is_finite_number
 from prunedroid.probe import probe

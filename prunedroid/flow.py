@@ -19,8 +19,8 @@ from pathlib import Path
 from prunedroid import data as cifar
 from prunedroid.bench import benchmark, table_rows
 from prunedroid.checkpoint import checkpoint_bytes, load_checkpoint, model_from_checkpoint
+from prunedroid.deploy import Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import Int8Options, export_checkpoint
 from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, Method, method_name, method_options

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from prunedroid.bench import interleaved_latencies_ms, onnx_session
+from prunedroid.deploy import ONNX_OPSET
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import ONNX_OPSET
 from prunedroid.files import atomic_path, read_json
 from prunedroid.options import is_finite_number
 from prunedroid.pruning.groups import ChannelGraph, LayerShape

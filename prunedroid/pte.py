@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunedroid import data as cifar
-
 DELEGATE = "XnnpackBackend"
 
 
@@ -44,13 +42,10 @@ def version() -> str:
     return __version__
 
 
-def _example() -> tuple[torch.Tensor]:
-    return (torch.zeros(1, *cifar.IMAGE_SHAPE),)
-
-
 def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
     """`model` (eval mode) with int8 quantize/dequantize pairs around every conv and linear, observers calibrated on
-    `calibration` (n, 3, 32, 32) normalised images, one image at a time (the program's static batch)."""
+    `calibration` inputs as the model takes them ((n, 3, 32, 32) normalised images), one at a time (the program's
+    static batch)."""
     with _quiet():
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -58,7 +53,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        graph = torch.export.export(model, _example()).module()
+        graph = torch.export.export(model, (torch.zeros_like(calibration[:1]),)).module()
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
@@ -67,15 +62,16 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
         return convert_pt2e(prepared)
 
 
-def write_pte(model: nn.Module, path: Path) -> dict:
-    """Lowers `model` ((1, 3, 32, 32) -> (1, classes), eval mode, fp32 or quantize_int8's output) to XNNPACK and writes
-    the ExecuTorch program to `path`. Returns the version, delegate and how much of the graph was delegated."""
+def write_pte(model: nn.Module, path: Path, example: torch.Tensor) -> dict:
+    """Lowers `model` (eval mode, fp32 or quantize_int8's output) for inputs shaped as `example` (one input, e.g.
+    (1, 3, 32, 32)) to XNNPACK and writes the ExecuTorch program to `path`. Returns the version, delegate and how
+    much of the graph was delegated."""
     with _quiet():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.devtools.backend_debug import get_delegation_info
         from executorch.exir import to_edge_transform_and_lower
 
-        lowered = to_edge_transform_and_lower(torch.export.export(model, _example()),
+        lowered = to_edge_transform_and_lower(torch.export.export(model, (torch.zeros_like(example[:1]),)),
                                               partitioner=[XnnpackPartitioner()])
         info = get_delegation_info(lowered.exported_program().graph_module)
         path.write_bytes(lowered.to_executorch().buffer)

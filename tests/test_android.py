@@ -18,8 +18,8 @@ import torch.jit.mobile
 import prunedroid.android as android
 from prunedroid import data as cifar
 from prunedroid.checkpoint import save_checkpoint
+from prunedroid.deploy import TARGET_BYTECODE_VERSION, export_checkpoint
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import TARGET_BYTECODE_VERSION, export_checkpoint
 from prunedroid.models import vgg16_spec
 from tests.conftest import run_invoke
 from tests.test_prune import trained_like

@@ -6,9 +6,9 @@ import pytest
 
 from prunedroid.bench import add_device_rows, table_rows
 from prunedroid.checkpoint import save_checkpoint
+from prunedroid.deploy import export_checkpoint
 from prunedroid.device import Device, bench_device, find_adb, parse_devices, pick_device
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import export_checkpoint
 from prunedroid.models import vgg16_spec
 from tests.conftest import PHONE, run_invoke
 from tests.test_prune import trained_like

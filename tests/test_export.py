@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_prune import trained_like
 
-import prunedroid.export as export
+import prunedroid.deploy as export
 import prunedroid.pte as pte
 from prunedroid import data as cifar
 from prunedroid.bench import (
@@ -142,7 +142,7 @@ def test_non_finite_models_are_refused_and_nothing_is_written(tmp_path, syntheti
     overflow = trained_like(vgg16_spec(0.0625))
     overflow.classifier[-1].weight.data.fill_(3e38)
     save_checkpoint(tmp_path / "inf.pt", {"arch": overflow.spec.to_dict(), "state_dict": overflow.state_dict()})
-    with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite logits"):
+    with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite outputs"):
         export.export_checkpoint(tmp_path / "inf.pt", synthetic_data.test, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -152,9 +152,9 @@ def test_compare_fails_on_non_finite_logits(broken):
     reference = torch.randn(8, 10)
     logits = reference.clone()
     logits[3, 2] = float(broken)
-    with pytest.raises(PrunedroidError, match="ONNX gives NaN or infinite logits"):
+    with pytest.raises(PrunedroidError, match="ONNX gives NaN or infinite outputs"):
         export.compare(reference, logits, "ONNX")
-    with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite logits"):
+    with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite outputs"):
         export.compare(logits, reference, "ONNX")
     assert export.compare(reference, reference.clone(), "ONNX")["max_abs_diff"] == 0
 

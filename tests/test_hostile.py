@@ -18,9 +18,9 @@ from conftest import ROOT, run_invoke, save_untrained_base
 
 from prunedroid.bench import benchmark, read_report
 from prunedroid.checkpoint import KIND, load_checkpoint, save_checkpoint
+from prunedroid.deploy import export_checkpoint
 from prunedroid.device import PACKAGE, Adb, bench_device
 from prunedroid.errors import PrunedroidError
-from prunedroid.export import export_checkpoint
 from prunedroid.files import atomic_paths, file_sha256
 from prunedroid.flow import RUN_KIND, RUN_RECORD, _check_run_folder, prune_stage, run_options, run_pipeline
 from prunedroid.latency import LatencyTable

@@ -440,9 +440,10 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
     if (config.threshold is None) == (budget is None):
         raise PrunedroidError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
                               "(--mac-reduction, --ratio or --layer-ratios)")
-    if len(inputs) < config.batch_size:
-        raise PrunedroidError(f"the calibration set has {len(inputs)} inputs, fewer than one batch "
-                              f"({config.batch_size}); use more calibration inputs or a smaller batch")
+    if not len(inputs):
+        raise PrunedroidError("SCP compares feature maps: give calibration inputs (held-out data)")
+    if len(inputs) < config.batch_size:  # a small calibration set is one batch
+        config = dataclasses.replace(config, batch_size=len(inputs), eval_images=len(inputs))
     counts = kept_counts(graph, budget) if budget is not None else None
     current = copy.deepcopy(model).eval()
     norms = following_norms(current, example_input)

@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +66,18 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _write_ptl(model: nn.Module, path: Path) -> dict:
-    """Script, freeze, optimise for mobile where this torch build can, save for the lite interpreter, and backport
-    the bytecode to TARGET_BYTECODE_VERSION. Returns what was done."""
-    scripted = torch.jit.freeze(torch.jit.script(model))
-    notes = {}
+def _write_ptl(model: nn.Module, path: Path, example: torch.Tensor) -> dict:
+    """Script (or, for a model TorchScript cannot compile, trace on `example`), freeze, optimise for mobile where this
+    torch build can, save for the lite interpreter, and backport the bytecode to TARGET_BYTECODE_VERSION. Returns
+    what was done. A trace records one path through forward: the verification that follows is what vouches for it."""
+    try:
+        scripted, notes = torch.jit.script(model), {"compiled_by": "torch.jit.script"}
+    except Exception as err:  # a user's model may use Python TorchScript cannot compile
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings: the file is checked against the eager model anyway
+            scripted = torch.jit.trace(model, torch.zeros_like(example[:1]))
+        notes = {"compiled_by": f"torch.jit.trace (script failed: {type(err).__name__})"}
+    scripted = torch.jit.freeze(scripted)
     try:
         from torch.utils.mobile_optimizer import optimize_for_mobile
         scripted = optimize_for_mobile(scripted)
@@ -90,11 +98,12 @@ def _write_ptl(model: nn.Module, path: Path) -> dict:
     return notes
 
 
-def write_onnx(model: nn.Module, path: Path, dynamic_batch: bool) -> dict:
-    """`model` (N, 3, 32, 32) -> (N, classes) as an ONNX file at `path`, checked by onnx's checker; the options used."""
+def write_onnx(model: nn.Module, path: Path, dynamic_batch: bool, example: torch.Tensor) -> dict:
+    """`model` (N, ...) -> (N, outputs) for inputs shaped as `example` (one input, e.g. (1, 3, 32, 32)) as an ONNX
+    file at `path`, checked by onnx's checker; the options used."""
     import onnx
 
-    example = torch.zeros(1, *cifar.IMAGE_SHAPE)
+    example = torch.zeros_like(example[:1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         program = io.BytesIO()  # written by Python below: a full disk is an OSError, not a C++ abort
@@ -111,12 +120,12 @@ def compare(reference: torch.Tensor, logits: torch.Tensor, runtime: str) -> dict
     holds a NaN or infinity (a NaN difference compares false with any limit, so it must never be the test)."""
     for name, values in (("PyTorch", reference), (runtime, logits)):
         if not values.isfinite().all():
-            raise PrunedroidError(f"{name} gives NaN or infinite logits on {len(reference)} test images; the model is "
+            raise PrunedroidError(f"{name} gives NaN or infinite outputs on {len(reference)} inputs; the model is "
                                   f"not usable: retrain or fine-tune it (a lower --lr)")
     max_abs_diff = (reference - logits).abs().max().item()
     same_top1 = (reference.argmax(1) == logits.argmax(1)).float().mean().item()
     if not (max_abs_diff <= MAX_ABS_DIFF and same_top1 == 1.0):
-        raise PrunedroidError(f"{runtime} export disagrees with PyTorch on {len(reference)} test images: max |diff| "
+        raise PrunedroidError(f"{runtime} export disagrees with PyTorch on {len(reference)} inputs: max |diff| "
                               f"{max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}), top-1 agreement {same_top1:.2%}")
     return {"max_abs_diff": max_abs_diff, "top1_agreement": same_top1, "images": len(reference)}
 
@@ -191,31 +200,28 @@ def check_int8(fp32_top1: float, int8_top1: float, runtime: str, images: int, ma
                               f"calibrate on more images (--calibration-images) or ship fp32")
 
 
-def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: str | Path, name: str = "model",
-                      dynamic_batch: bool = True, verify_images: int = VERIFY_IMAGES,
-                      calibration: cifar.Split | None = None, max_drop: float = MAX_INT8_DROP) -> ExportResult:
-    """Writes `name`.ptl, `name`.onnx, `name`.pte and `name`.json (the sidecar the app reads) into `out_dir`; with
-    `calibration` images also `name`-int8.pte and `name`-int8.onnx.
+Int8Writer = Callable[[nn.Module, nn.Module, dict[str, Path], dict[str, Path]], dict]
 
-    test: real images to compare on. The fp32 files must match the eager model's logits on the first `verify_images`
-    within MAX_ABS_DIFF with identical top-1; an int8 file cannot match bit for bit, so its test top-1 on all of
-    `test` must be within `max_drop` points of the fp32 model's. Otherwise nothing is written.
-    calibration: held-out *training* images (never test images) that set the int8 activation ranges.
-    """
+
+def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: str | Path, name: str = "model",
+                 dynamic_batch: bool = True, record: dict | None = None,
+                 int8: Int8Writer | None = None) -> ExportResult:
+    """Writes `name`.ptl, `name`.onnx, `name`.pte and `name`.json (the sidecar) for `model` into `out_dir`, BatchNorm
+    folded first; with `int8` also `name`-int8.pte and `name`-int8.onnx.
+
+    inputs: (n, ...) inputs as the model takes them; every fp32 file must match the eager model's outputs on them
+    within MAX_ABS_DIFF with the same argmax, or nothing is written. record: sidecar entries saying what the model
+    is (its checkpoint, classes, normalisation); int8: writes and checks the int8 files given (folded model, eager
+    model, temporary paths, final paths) and returns their sidecar entry."""
     plain_name(name, "--name")  # the files' stem: never a path out of `out_dir`
-    if len(test) < verify_images:
-        raise PrunedroidError(f"export verification needs {verify_images} test images, got {len(test)}")
     out_dir = Path(out_dir)
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(checkpoint)
     eager = model.eval()
     deploy = fold_batchnorm(model)
-    images = cifar.normalize(test.images[:verify_images])
     with torch.no_grad():
-        reference = eager(images)
-        folding = compare(reference, deploy(images), "BatchNorm folding")
+        reference = eager(inputs)
+        folding = compare(reference, deploy(inputs), "BatchNorm folding")
     paths = {kind: out_dir / f"{name}.{kind}" for kind in ("ptl", "onnx", "pte")}
-    if calibration is not None:
+    if int8 is not None:
         paths.update(int8_pte=out_dir / f"{name}-int8.pte", int8_onnx=out_dir / f"{name}-int8.onnx")
     # Last, so it lands after every file it describes; a process killed between two renames leaves files that no
     # longer match the old sidecar's hashes, which every reader checks (prunedroid/sidecar.py).
@@ -223,33 +229,55 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     with folder_lock(out_dir), atomic_paths(list(paths.values())) as temporaries:
         # Every file goes to a temporary name and is renamed into place only when all of them have passed.
         tmp = dict(zip(paths, temporaries))
-        ptl_notes = _write_ptl(deploy, tmp["ptl"])
-        onnx_notes = write_onnx(deploy, tmp["onnx"], dynamic_batch)
-        executorch_notes = pte.write_pte(deploy, tmp["pte"])
+        ptl_notes = _write_ptl(deploy, tmp["ptl"], inputs[:1])
+        onnx_notes = write_onnx(deploy, tmp["onnx"], dynamic_batch, inputs[:1])
+        executorch_notes = pte.write_pte(deploy, tmp["pte"], inputs[:1])
         with torch.no_grad():
             verification = {"batchnorm_folding": folding,
-                            "torchscript_lite": compare(reference, run_lite(tmp["ptl"], images), "TorchScript Lite"),
-                            "onnx": compare(reference, run_onnx(tmp["onnx"], images, dynamic_batch), "ONNX"),
-                            "executorch": compare(reference, pte.run_pte(tmp["pte"], images), "ExecuTorch")}
-        int8 = None if calibration is None else _export_int8(deploy, eager, test, calibration, tmp, paths, max_drop)
-        cost = count_cost(model)
-        test_metrics = checkpoint.get("metrics", {}).get("test") or {}
+                            "torchscript_lite": compare(reference, run_lite(tmp["ptl"], inputs), "TorchScript Lite"),
+                            "onnx": compare(reference, run_onnx(tmp["onnx"], inputs, dynamic_batch), "ONNX"),
+                            "executorch": compare(reference, pte.run_pte(tmp["pte"], inputs), "ExecuTorch")}
+        int8_entry = None if int8 is None else int8(deploy, eager, tmp, paths)
+        cost = count_cost(model, tuple(inputs.shape[1:]))
         sidecar = {
-            "model": name, "checkpoint": str(Path(checkpoint_path).resolve()),
-            "checkpoint_sha256": file_sha256(checkpoint_path),
+            "model": name, **(record or {}),
             "ptl": paths["ptl"].name, "onnx": paths["onnx"].name, "pte": paths["pte"].name,
-            "classes": list(cifar.CLASSES),
-            "input_shape": [1, *cifar.IMAGE_SHAPE], "input_layout": "NCHW, RGB, float32",
-            "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255,
-            "arch": checkpoint["arch"], "macs": cost.macs, "params": cost.params,
-            "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
-            "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
+            "input_shape": [1, *inputs.shape[1:]], "macs": cost.macs, "params": cost.params,
             "torchscript": ptl_notes, "onnx_export": onnx_notes, "executorch": executorch_notes,
             **{key: value for kind in ("ptl", "onnx", "pte") for key, value in _size_and_hash(kind, tmp[kind]).items()},
-            "int8": int8, "verification": verification,
+            "int8": int8_entry, "verification": verification,
         }
         tmp["sidecar"].write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(paths["ptl"], paths["onnx"], paths["sidecar"], sidecar)
+
+
+def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: str | Path, name: str = "model",
+                      dynamic_batch: bool = True, verify_images: int = VERIFY_IMAGES,
+                      calibration: cifar.Split | None = None, max_drop: float = MAX_INT8_DROP) -> ExportResult:
+    """export_model for a checkpoint of this project, its sidecar carrying what the app and the benchmarks read (the
+    checkpoint and its hash, CIFAR-10's classes and normalisation, the architecture, test top-1, the pruning);
+    with `calibration` images also the int8 files.
+
+    test: real images to compare on: the first `verify_images` for the fp32 files; an int8 file cannot match bit
+    for bit, so its test top-1 on all of `test` must be within `max_drop` points of the fp32 model's.
+    calibration: held-out *training* images (never test images) that set the int8 activation ranges.
+    """
+    plain_name(name, "--name")
+    if len(test) < verify_images:
+        raise PrunedroidError(f"export verification needs {verify_images} test images, got {len(test)}")
+    checkpoint = load_checkpoint(checkpoint_path)
+    test_metrics = checkpoint.get("metrics", {}).get("test") or {}
+    record = {
+        "checkpoint": str(Path(checkpoint_path).resolve()), "checkpoint_sha256": file_sha256(checkpoint_path),
+        "classes": list(cifar.CLASSES), "input_layout": "NCHW, RGB, float32",
+        "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255, "arch": checkpoint["arch"],
+        "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
+        "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
+    }
+    int8 = None if calibration is None else (
+        lambda deploy, eager, tmp, paths: _export_int8(deploy, eager, test, calibration, tmp, paths, max_drop))
+    return export_model(model_from_checkpoint(checkpoint), cifar.normalize(test.images[:verify_images]), out_dir,
+                        name, dynamic_batch, record, int8)
 
 
 def _size_and_hash(kind: str, path: Path) -> dict:
@@ -270,7 +298,8 @@ def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibra
     every_test_image = cifar.normalize(test.images)
     with torch.no_grad():
         fp32_top1 = top1(torch.cat([eager(batch) for batch in every_test_image.split(500)]), test.labels)
-    executorch_notes = pte.write_pte(pte.quantize_int8(deploy, calibration_images), tmp["int8_pte"])
+    executorch_notes = pte.write_pte(pte.quantize_int8(deploy, calibration_images), tmp["int8_pte"],
+                                     calibration_images[:1])
     onnx_notes = write_onnx_int8(tmp["onnx"], tmp["int8_onnx"], calibration_images)
     measured = {"executorch": top1(pte.run_pte(tmp["int8_pte"], every_test_image), test.labels),
                 "onnxruntime": top1(run_onnx(tmp["int8_onnx"], every_test_image, dynamic_batch=True), test.labels)}
