@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -42,9 +43,12 @@ TRAIN_HELP = {
 }
 
 
-def command(name: str | None = None, help: dict[str, str] | None = None):
+def command(name: str | None = None, help: dict[str, str] | None = None, generated: dict[str, str] | None = None):
     """An invoke task whose options are all flags (a positional argument would swallow `--help` and run the task)
     and whose PrunedroidError or OS error (unwritable folder, full disk) ends as one line and exit code 2.
+
+    generated: options declared elsewhere (option dataclasses' fields: name -> help), each added as a flag with
+    default None and handed to the task in its **options.
 
     Numbers default to strings ("200", not 200): invoke casts a typed default's values itself and answers a typo with
     a traceback, so the package parses them instead (`whole`, `parse_option`)."""
@@ -65,7 +69,14 @@ def command(name: str | None = None, help: dict[str, str] | None = None):
                     raise
                 raise Exit(unexpected_error_message(err), code=2) from None
 
-        return task(wrapper, name=name, help=help, positional=[], auto_shortflags=False)
+        if generated:
+            signature = inspect.signature(function)
+            own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            wrapper.__signature__ = signature.replace(parameters=own + [
+                inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None)
+                for option in generated if option not in signature.parameters])
+        return task(wrapper, name=name, help={**(help or {}), **(generated or {})}, positional=[],
+                    auto_shortflags=False)
 
     return decorate
 
@@ -124,45 +135,34 @@ def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
           f"{cost.macs / 1e6:.1f}M MACs, {cost.params / 1e6:.3f}M params")
 
 
-BUDGET_HELP = {
-    "mac_reduction": "fraction of MACs to remove, e.g. 0.5 (reached within 1%)",
-    "ratio": "fraction of every conv layer's channels to remove",
-    "layer_ratios": "comma-separated fraction per conv layer (13 values for VGG16; 0 leaves a layer whole)",
-    "round_to": "every pruned layer keeps a multiple of this many channels, at least this many (default 1)",
-    "allocation": "how --mac-reduction is shared among layers: uniform (one ratio, default), global (the method's "
-                  "channel scores ranked across layers) or sensitivity (measured per-layer accuracy loss per MAC); "
-                  "latency: accuracy loss per ms of measured layer latency, to a --latency-reduction",
-    "latency_reduction": "with --allocation latency: fraction of the predicted onnxruntime latency to remove (the "
-                         "per-layer lookup table is kept in latency-table.json beside the output folder)",
-    "min_keep": "the fraction of a layer's channels it never goes below: with --allocation global/sensitivity/"
-                "latency (default 0.1), and kmeans' automatic K (default 0.25)",
-}
-METHOD_HELP = ("l1 (Li et al. 2017), random, scp (similarity-aware channel pruning), kmeans (filter clustering) or "
-               "torch-pruning (the library's group importance)")
-METHOD_OPTIONS_HELP = {
-    "criterion": "scp: cosine (default), euclidean, manhattan or chebyshev feature-map similarity",
-    "knn": "scp: nearest neighbours per channel in the similarity matrix (default 3)",
-    "threshold": "scp: prune every pair more similar than this, in [0, 1], instead of a budget",
-    "combine": "weight combination - scp: lstsq (default), sum (the paper) or none; kmeans: none (default) or sum",
-    "rank": "scp with a budget: pairs go in order of estimated pruning loss (default) or of similarity (the paper)",
-    "loss_at": "scp: measure the pruning loss at the next conv's output (conv, default) or after its BatchNorm (bn)",
-    "recalibrate": "scp: yes/no re-measure the next layer's BatchNorm on the evaluation maps (default yes)",
-    "eval_images": "scp, torch-pruning taylor: held-out training images analysed (default 1024)",
-    "batch_size": "scp, torch-pruning taylor: images per forward pass (default 256)",
-    "importance": "torch-pruning: the library's group criterion, magnitude (L2, default) or taylor (|w * grad|)",
-    "clusters": "kmeans: K per layer from the budget (default; half the filters without one), or chosen per layer "
-                "by elbow or silhouette",
-    "keep": "kmeans: the filter kept per cluster - centroid (nearest it, default) or random (the blog); scp: which "
-            "of a similar pair stays - the costlier to remove by pruning loss (loss, default) or the larger filter by "
-            "L1 norm (norm)",
-    "normalize": "kmeans: yes/no cluster unit-length filters (default no)",
-    "restarts": "kmeans: k-means++ initialisations per clustering (default 4)",
-}
+def _budget_help() -> dict[str, str]:
+    from prunedroid.options import described, option_fields
+    from prunedroid.pruning import Budget
+
+    return {field.name: described(field) for field in option_fields(Budget)}
 
 
-def _method_options(task_arguments):
-    """The method options a task was called with (None: not given), picked from its arguments."""
-    return {name: task_arguments[name] for name in METHOD_OPTIONS_HELP}
+def _method_help() -> tuple[str, dict[str, str]]:
+    """--method's help, and every registered method's options (an option several methods share lists each one's)."""
+    from prunedroid.options import described, option_fields
+    from prunedroid.pruning import BUDGET_FIELDS, REGISTRY
+
+    options: dict[str, list[str]] = {}
+    for name, method in REGISTRY.items():
+        for field in option_fields(method):
+            if field.name not in BUDGET_FIELDS:
+                options.setdefault(field.name, []).append(f"{name}: {described(field)}")
+    methods = "; ".join(f"{name}: {REGISTRY[name].summary}" for name in sorted(REGISTRY))
+    return methods, {option: "; ".join(helps) for option, helps in options.items()}
+
+
+BUDGET_HELP = _budget_help()
+METHOD_HELP, METHOD_OPTIONS_HELP = _method_help()
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    """A task's generated options as (budget options, method options); one not given is None."""
+    return {k: options.get(k) for k in BUDGET_HELP}, {k: options.get(k) for k in METHOD_OPTIONS_HELP}
 
 
 def _check_budget_fits(arch: dict, budget) -> None:
@@ -185,12 +185,15 @@ def _check_budget_fits(arch: dict, budget) -> None:
             check_reachable(graph, budget)
 
 
-def _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to, allocation, min_keep,
-                       method_options, default_budget=None):
-    """The method and its budget from the task's options. --min-keep is the floor of a non-uniform allocation, or
-    else k-means' own floor for its automatic K."""
+def _method_and_budget(method, options, default_budget=None):
+    """The method and its budget from the task's generated options. --min-keep is the floor of a non-uniform
+    allocation, or else k-means' own floor for its automatic K."""
     from prunedroid.pruning import Budget, resolve_method
 
+    budget_options, method_options = _split_options(options)
+    round_to, allocation, min_keep = (budget_options[k] for k in ("round_to", "allocation", "min_keep"))
+    ratio, layer_ratios, mac_reduction, latency_reduction = (
+        budget_options[k] for k in ("ratio", "layer_ratios", "mac_reduction", "latency_reduction"))
     per_layer = allocation not in (None, "uniform")
     budget = Budget.from_options(ratio, layer_ratios, mac_reduction, round_to, allocation,
                                  min_keep if per_layer else None, latency_reduction)
@@ -215,22 +218,17 @@ def _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduc
 
 
 @command(help={"checkpoint": "trained checkpoint to prune (required)", "method": METHOD_HELP,
-            "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
-            "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers (default 0)",
-            "overwrite": "replace an existing output folder", **BUDGET_HELP, **METHOD_OPTIONS_HELP})
-def prune(c, checkpoint=None, method="l1", mac_reduction=None, ratio=None, layer_ratios=None, round_to=None,
-          allocation=None, latency_reduction=None, out=None, data_dir=None,
-          seed="0", overwrite=False, criterion=None, knn=None, threshold=None, combine=None, rank=None,
-          loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None, clusters=None,
-          keep=None, normalize=None, restarts=None, min_keep=None):
+               "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
+               "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers (default 0)",
+               "overwrite": "replace an existing output folder"}, generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
+def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", overwrite=False, **options):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
     from prunedroid.checkpoint import held_out_images, load_checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.flow import prune_stage
 
     required(checkpoint=checkpoint)
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
-                                         allocation, min_keep, _method_options(locals()))
+    pruning, budget = _method_and_budget(method, options)
     seed = whole(seed, "seed")
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
@@ -393,16 +391,11 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
             "distill_temperature": TRAIN_HELP["distill_temperature"],
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": TRAIN_HELP["data_dir"],
-            "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **BUDGET_HELP,
-            **METHOD_OPTIONS_HELP, **QUANTIZE_HELP})
-def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction=None, ratio=None,
-             layer_ratios=None, round_to=None, allocation=None, latency_reduction=None, finetune_epochs=None,
-             resume=False, overwrite=False,
-             bench_runs="200",
-             data_dir=None, device=None, runs_dir="runs", criterion=None, knn=None, threshold=None, combine=None,
-             rank=None, loss_at=None, recalibrate=None, eval_images=None, batch_size=None, importance=None,
-             clusters=None, keep=None, normalize=None, restarts=None, min_keep=None, quantize=None,
-             calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None):
+            "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP},
+         generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
+def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epochs=None, resume=False,
+             overwrite=False, bench_runs="200", data_dir=None, device=None, runs_dir="runs", quantize=None,
+             calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from prunedroid.bench import ROUNDS, check_timing
     from prunedroid.checkpoint import held_out_images, load_checkpoint
@@ -413,8 +406,7 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", mac_reduction
     from prunedroid.train import make_config
 
     run_name = plain_name(name or preset, "--name")
-    pruning, budget = _method_and_budget(method, ratio, layer_ratios, mac_reduction, latency_reduction, round_to,
-                                         allocation, min_keep, _method_options(locals()), default_budget=0.5)
+    pruning, budget = _method_and_budget(method, options, default_budget=0.5)
     timed_runs = whole(bench_runs, "bench_runs")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training

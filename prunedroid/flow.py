@@ -24,6 +24,7 @@ from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, Method, method_name, method_options
+from prunedroid.pruning.method import method_of
 from prunedroid.report import markdown_table, run_report, write_results
 from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, recipe_of, train
 
@@ -31,7 +32,7 @@ from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, recipe_of, 
 def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
     """The labelled images a data-driven method analyses: the first of the training images held out from the base's
     training (never the test set), or None for methods that look at weights only."""
-    count = 0 if isinstance(method, str) else method.data_images
+    count = method_of(method).data_images
     if not count:
         return None
     if len(holdout) < count:

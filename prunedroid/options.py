@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prunedroid.errors import PrunedroidError
 
@@ -42,7 +42,9 @@ def parse_option(value: str, annotation: str, name: str) -> str | int | float | 
 
 def with_options(base: Options, overrides: dict[str, str | int | float | bool | None] | None, what: str) -> Options:
     """`base` (a dataclass) with each override that is not None parsed and applied; the dataclass validates."""
-    hints = {f.name: f.type for f in dataclasses.fields(base)}
+    # Annotations as written ("float | None"); a class defined without `from __future__ import annotations` has types.
+    hints = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+             for f in dataclasses.fields(base)}
     changes = {}
     for name, value in (overrides or {}).items():
         if name not in hints:
@@ -57,3 +59,21 @@ def check(checks: list[tuple[bool, str]], what: str) -> None:
     problems = [message for ok, message in checks if not ok]
     if problems:
         raise PrunedroidError(f"bad {what} options: " + "; ".join(problems))
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field that is a user-facing option: its default, and its help without the default (generated)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def described(field: dataclasses.Field) -> str:
+    """An option's help with its default, e.g. "nearest neighbours per channel (default 3)"."""
+    default = field.default
+    shown = "" if default is None or default is dataclasses.MISSING else (
+        f" (default {'yes' if default else 'no'})" if isinstance(default, bool) else f" (default {default})")
+    return field.metadata["help"] + shown
+
+
+def option_fields(options: type) -> list[dataclasses.Field]:
+    """The fields of an options dataclass that are user-facing options (declared with `option`)."""
+    return [field for field in dataclasses.fields(options) if "help" in field.metadata]

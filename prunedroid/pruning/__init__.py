@@ -9,13 +9,14 @@ What it needs from them - how to evaluate a model, how long a layer takes - is p
     result.model     # a smaller copy of `model`, same class, same output shape
     result.report    # channels per group, MACs and parameters before and after
 
-A method is the name of a scorer ("l1", "random") or a method's options (SCPConfig, KMeansConfig, LibraryConfig).
+A method is a registered PruningMethod (prunedroid/pruning/method.py: one class per method, its options as fields)
+or its name ("l1", "random", "scp", "kmeans", "torch-pruning").
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,105 +25,64 @@ from torch import nn
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import with_options
 from prunedroid.pruning.allocation import Curve, PredictMs, allocate, layer_sensitivity
-from prunedroid.pruning.budget import Budget, keep_top, kept_counts, required_budget
+from prunedroid.pruning.budget import Budget, kept_counts
 from prunedroid.pruning.cost import ModelCost, count_cost
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, channel_graph
-from prunedroid.pruning.kmeans import KMeansConfig, distinct_scores, prune_kmeans
-from prunedroid.pruning.l1 import l1_scores, random_scores
-from prunedroid.pruning.library import LibraryConfig, library_scores
-from prunedroid.pruning.scp import SCPConfig, prune_scp, redundancy_scores
+from prunedroid.pruning.kmeans import KMeansConfig
+from prunedroid.pruning.l1 import L1Config
+from prunedroid.pruning.library import LibraryConfig
+from prunedroid.pruning.method import REGISTRY, Calibration, PruningMethod, method_of
+from prunedroid.pruning.random_choice import RandomConfig
+from prunedroid.pruning.scp import SCPConfig
 from prunedroid.pruning.surgery import prune_channels
 
-# Methods that rank channels by a score: the budget decides how many each group keeps, the score which.
-SCORERS: dict[str, Callable[[nn.Module, ChannelGraph, int], list[torch.Tensor]]] = {
-    "l1": lambda model, graph, seed: l1_scores(model, graph),
-    "random": lambda model, graph, seed: random_scores(graph, seed),
-}
-# Methods with options of their own: each option dataclass validates itself and says which budget it prunes to.
-CONFIGS = {config.name: config for config in (SCPConfig, KMeansConfig, LibraryConfig)}
-METHODS = (*SCORERS, *CONFIGS)
-Method = str | SCPConfig | KMeansConfig | LibraryConfig
-# Calibration: batches of inputs as the model takes them, or of (inputs, class indices) for methods that need labels.
-Calibration = Iterable[torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+Method = str | PruningMethod  # a registered method's name (its default options) or its options
 BUDGET_FIELDS = tuple(field.name for field in dataclasses.fields(Budget))
 
 
 def method_name(method: Method) -> str:
-    return method if isinstance(method, str) else method.name
+    return method_of(method).name
 
 
 def method_options(method: Method) -> dict:
-    return {} if isinstance(method, str) else method.to_dict()
+    return method_of(method).to_dict()
+
+
+def owners(option: str) -> list[str]:
+    """The registered methods that have an option of this name."""
+    return [name for name, cls in REGISTRY.items() if option in {f.name for f in dataclasses.fields(cls)}]
 
 
 def resolve_method(name: str, options: dict[str, str | int | float | bool | None], budget: Budget | None,
-                   default_budget: Budget | None = None) -> tuple[Method, Budget | None]:
-    """The method and the budget it prunes to, from option values (None: not given). An option that belongs
-    to another method, or a budget the method's options rule out, is an error naming the fix."""
-    if name not in METHODS:
-        raise PrunedroidError(f"unknown pruning method {name!r}; choose one of {', '.join(METHODS)}")
+                   default_budget: Budget | None = None) -> tuple[PruningMethod, Budget | None]:
+    """The method and the budget it prunes to, from option values (strings as typed, or values; None: not given).
+    An option that belongs to another method, or a budget the method's options rule out, is an error naming the
+    fix."""
+    cls = type(method_of(name))
     given = {key: value for key, value in options.items() if value is not None}
-    own = {field.name for field in dataclasses.fields(CONFIGS[name])} if name in CONFIGS else set()
+    own = {field.name for field in dataclasses.fields(cls)}
     foreign = [key for key in given if key not in own]
     if foreign:
-        owners = lambda key: "/".join(m for m, c in CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)})
-        raise PrunedroidError("; ".join(f"--{key.replace('_', '-')} applies to --method {owners(key) or 'none'} only"
-                                        for key in foreign) + f", not to --method {name}")
-    if name in SCORERS:
-        return name, required_budget(name, budget, default_budget)
-    config = with_options(CONFIGS[name](), given, name)
+        raise PrunedroidError("; ".join(f"--{key.replace('_', '-')} applies to --method "
+                                        f"{'/'.join(owners(key)) or 'none'} only" for key in foreign)
+                              + f", not to --method {name}")
+    config = with_options(cls(), given, name)
     return config, config.resolve_budget(budget, default_budget)
-
-
-def _inputs(calibration: Calibration | None, method: str) -> torch.Tensor:
-    """The calibration inputs as one tensor (n, ...)."""
-    batches = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in calibration or ()]
-    if not batches:
-        raise PrunedroidError(f"{method} compares feature maps: give calibration inputs (held-out data, as the model "
-                              f"takes it)")
-    return torch.cat(batches)
-
-
-def _labelled(calibration: Calibration | None, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The calibration set as (inputs, class indices) batches of `batch_size`."""
-    batches = list(calibration or ())
-    if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
-        return []
-    inputs, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    return [(inputs[start:start + batch_size], labels[start:start + batch_size])
-            for start in range(0, len(inputs), batch_size)]
 
 
 def channel_scores(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, method: Method,
                    seed: int = 0, calibration: Calibration | None = None) -> list[torch.Tensor]:
     """Per group, (C,) the method's own channel scores, higher means keep: what global allocation ranks across
-    groups. Scorers give theirs; SCP one minus a channel's highest similarity in its group; k-means a filter's
-    distance to its nearest neighbour; Torch-Pruning its criterion."""
-    if isinstance(method, SCPConfig):
-        return redundancy_scores(model, graph, method, _inputs(calibration, "SCP"))
-    if isinstance(method, KMeansConfig):
-        return distinct_scores(model, graph, method)
-    if isinstance(method, LibraryConfig):
-        return library_scores(model, graph, example_input, method, _labelled(calibration, method.batch_size))
-    return SCORERS[method](model, graph, seed)
+    groups (SCP: one minus a channel's highest similarity in its group; k-means: a filter's distance to its nearest
+    neighbour)."""
+    return method_of(method).scores(model, graph, example_input, seed, calibration)
 
 
 def cut(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, method: Method, budget: Budget | None,
         seed: int = 0, calibration: Calibration | None = None) -> tuple[nn.Module, list[dict]]:
     """The method choosing which channels go, `budget` saying how many per group; the pruned model and one report
     row per group."""
-    if isinstance(method, SCPConfig):
-        return prune_scp(model, graph, example_input, method, budget, _inputs(calibration, "SCP"))
-    if isinstance(method, KMeansConfig):
-        return prune_kmeans(model, graph, example_input, method, budget, seed)
-    if isinstance(method, LibraryConfig) or method in SCORERS:
-        budget = required_budget(method_name(method), budget)
-        keep = keep_top(channel_scores(model, graph, example_input, method, seed, calibration),
-                        kept_counts(graph, budget))
-        return prune_channels(model, example_input, keep), [
-            {"layer": group.index, "channels_before": group.channels, "channels_after": len(keep[group.index]),
-             "kept": keep[group.index]} for group in graph.groups]
-    raise PrunedroidError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    return method_of(method).cut(model, graph, example_input, budget, seed, calibration)
 
 
 @dataclass
@@ -160,18 +120,17 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
             raise PrunedroidError(f"give a Budget or its fields ({', '.join(budget_options)}), not both")
         budget = Budget(**{key: tuple(value) if isinstance(value, list) else value  # type: ignore[misc]
                            for key, value in budget_options.items()})
-    if isinstance(method, str) and method not in METHODS:
-        raise PrunedroidError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-    if isinstance(method, str) and method in CONFIGS:
-        known = {field.name for field in dataclasses.fields(CONFIGS[method])}
+    if isinstance(method, str):
+        known = {field.name for field in dataclasses.fields(type(method_of(method)))}
         if set(options) - known:
             raise PrunedroidError(f"unknown {method} options: {', '.join(sorted(set(options) - known))}; known: "
-                                  f"{', '.join(sorted(known))}")
-        method = CONFIGS[method](**options)  # type: ignore[arg-type]
+                                  f"{', '.join(sorted(known)) or 'none'}")
+        method, budget = resolve_method(method, options, budget)
         options = {}
-    if options:
-        raise PrunedroidError(f"unknown options for {method_name(method)}: {', '.join(options)}")
-    if not isinstance(method, str):
+    elif options:
+        raise PrunedroidError(f"unknown options for {method.name}: {', '.join(options)} (pass them in its "
+                              f"{type(method).__name__})")
+    else:
         budget = method.resolve_budget(budget, None)
     graph = channel_graph(model, example_input)
     if not graph.groups:
@@ -206,6 +165,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
     return PruneResult(pruned, report)
 
 
-__all__ = ["METHODS", "Budget", "Calibration", "ChannelGraph", "ChannelGroup", "KMeansConfig", "LibraryConfig",
-           "Method", "ModelCost", "PruneResult", "SCPConfig", "channel_graph", "channel_scores", "count_cost", "cut",
-           "kept_counts", "method_name", "method_options", "prune", "prune_channels", "resolve_method"]
+__all__ = ["REGISTRY", "Budget", "Calibration", "ChannelGraph", "ChannelGroup", "KMeansConfig", "L1Config",
+           "LibraryConfig", "Method", "ModelCost", "PruneResult", "PruningMethod", "RandomConfig", "SCPConfig",
+           "channel_graph", "channel_scores", "count_cost", "cut", "kept_counts", "method_name", "method_options",
+           "prune", "prune_channels", "resolve_method"]

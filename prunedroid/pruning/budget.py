@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.options import parse_option
+from prunedroid.options import option, parse_option
 from prunedroid.pruning.groups import ChannelGraph
 
 ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
@@ -17,28 +17,28 @@ ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
 
 @dataclass(frozen=True)
 class Budget:
-    """Exactly one of:
-    ratio: the fraction of every conv layer's channels to remove;
-    layer_ratios: that fraction per conv layer (0 leaves a layer whole: protect the first and last convs this way);
-    mac_reduction: the fraction of the model's MACs to remove, reached within `tolerance` (absolute);
-    latency_reduction: the fraction of the model's predicted latency to remove (allocation "latency" only: the
-    lookup table of prunedroid/latency.py predicts it), within `tolerance`;
-    layer_channels: the channels each conv layer keeps (what an allocation resolves a MAC target to);
-    and round_to: each layer's kept channels a multiple of it (SIMD kernels work on groups of 4, 8 or 16 channels);
-    allocation: how a MAC target is shared among layers (see prunedroid/pruning/allocation.py): "uniform" (one ratio for
-    every layer), "global" (the method's channel scores ranked across layers), "sensitivity" (measured per-layer
-    accuracy loss per MAC) or "latency" (the same loss per millisecond of measured latency); min_keep: with a
-    non-uniform allocation, the fraction of its channels no layer goes below."""
+    """How much to prune: exactly one of ratio, layer_ratios, mac_reduction, latency_reduction (each field's help
+    says what it is) and layer_channels (the channels each group keeps: what an allocation resolves a target to).
+    A MAC or latency target is reached within `tolerance` (absolute); round_to suits SIMD kernels, which work on 4,
+    8 or 16 channels at a time; allocations are in prunedroid/pruning/allocation.py."""
 
-    ratio: float | None = None
-    layer_ratios: tuple[float, ...] | None = None
-    mac_reduction: float | None = None
-    latency_reduction: float | None = None
+    ratio: float | None = option(None, "fraction of every channel group's channels to remove")
+    layer_ratios: tuple[float, ...] | None = option(None, "comma-separated fraction per channel group (13 values for "
+                                                          "VGG16, one per conv layer; 0 leaves a group whole)")
+    mac_reduction: float | None = option(None, "fraction of MACs to remove, e.g. 0.5 (reached within 1%)")
+    latency_reduction: float | None = option(None, "with --allocation latency: fraction of the predicted latency to "
+                                                   "remove (the per-layer lookup table is kept in latency-table.json "
+                                                   "beside the output folder)")
     layer_channels: tuple[int, ...] | None = None
     tolerance: float = 0.01
-    round_to: int = 1  # every layer keeps a multiple of this many channels (at least this many)
-    allocation: str = "uniform"
-    min_keep: float = 0.1
+    round_to: int = option(1, "every pruned group keeps a multiple of this many channels, at least this many")
+    allocation: str = option("uniform", "how --mac-reduction is shared among groups: uniform (one ratio), global "
+                                        "(the method's channel scores ranked across groups) or sensitivity (measured "
+                                        "accuracy loss per MAC); latency: accuracy loss per ms of measured layer "
+                                        "latency, to a --latency-reduction")
+    min_keep: float = option(0.1, "the fraction of a group's channels it never goes below with --allocation global/"
+                                  "sensitivity/latency; with --method kmeans and no allocation, the floor of its "
+                                  "automatic K (there 0.25 unless given)")
 
     def __post_init__(self) -> None:
         given = [name for name in ("ratio", "layer_ratios", "mac_reduction", "latency_reduction", "layer_channels")

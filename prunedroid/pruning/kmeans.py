@@ -23,25 +23,25 @@ by `min_keep`.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.options import check
+from prunedroid.options import check, option
 from prunedroid.pruning.budget import Budget, kept_counts
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
+from prunedroid.pruning.method import Calibration, PruningMethod
 from prunedroid.pruning.surgery import Merge, fold_channels, prune_channels
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans
 
 CLUSTERS = ("budget", "elbow", "silhouette")
 KEEP = ("centroid", "random")
@@ -50,21 +50,20 @@ SEARCH_GRID = 9  # K values tried per zoom step of the automatic search
 
 
 @dataclass(frozen=True)
-class KMeansConfig:
-    """clusters: "budget" (K per layer = the channels a Budget keeps; half the filters by default), "elbow" or
-    "silhouette" (K chosen per layer, no budget);
-    keep: the member nearest its cluster's centroid ("centroid") or a random member ("random", the blog);
-    combine: "sum" adds removed members' next-layer weights to their keeper's, "none" drops them (the blog);
-    normalize: cluster unit-length filters (direction only) rather than raw weights;
-    restarts: k-means++ initialisations per clustering, the best kept;
-    min_keep: the automatic search keeps at least this fraction of a layer's filters."""
+class KMeansConfig(PruningMethod):
+    """K-means' options (see the module docstring). min_keep: the automatic search keeps at least this fraction of
+    a group's filters (the command line's --min-keep reaches it when no allocation takes that flag)."""
 
     name: ClassVar[str] = "kmeans"
-    clusters: str = "budget"
-    keep: str = "centroid"
-    combine: str = "none"
-    normalize: bool = False
-    restarts: int = 4
+    summary: ClassVar[str] = "k-means filter clustering, the blog's method"
+    clusters: str = option("budget", "K per group from the budget (half the filters without one), or chosen per "
+                                     "group by elbow or silhouette")
+    keep: str = option("centroid", "the filter kept per cluster: the one nearest the centroid (centroid) or a "
+                                   "random member (random, the blog)")
+    combine: str = option("none", "weight combination: none (the blog) or sum (removed members' consumer weights "
+                                  "added to their keeper's)")
+    normalize: bool = option(False, "cluster unit-length filters (direction only)")
+    restarts: int = option(4, "k-means++ initialisations per clustering, the best kept")
     min_keep: float = 0.25
 
     def __post_init__(self) -> None:
@@ -78,13 +77,6 @@ class KMeansConfig:
                                                  f"{self.min_keep}")]
         check(checks, "k-means")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def data_images(self) -> int:
-        return 0  # weights only
-
     def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget | None:
         """The budget this configuration prunes to: none when K is chosen automatically (a budget is then an error),
         else the one given, the caller's default, or the blog's half the filters."""
@@ -94,6 +86,14 @@ class KMeansConfig:
                                       f"--ratio/--layer-ratios, or use --clusters budget")
             return None
         return budget or default or Budget(ratio=0.5)
+
+    def scores(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, seed: int,
+               calibration: Calibration | None) -> list[torch.Tensor]:
+        return distinct_scores(model, graph, self)
+
+    def cut(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, budget: Budget | None,
+            seed: int, calibration: Calibration | None) -> tuple[nn.Module, list[dict]]:
+        return prune_kmeans(model, graph, example_input, self, budget, seed)
 
 
 def filter_points(weight: torch.Tensor, normalize: bool) -> np.ndarray:
@@ -128,6 +128,9 @@ def distinct_scores(model: nn.Module, graph: ChannelGraph, config: KMeansConfig)
 
 
 def fit(points: np.ndarray, k: int, restarts: int, seed: int) -> KMeans:
+    from sklearn.cluster import KMeans  # imported when clustering: scikit-learn takes seconds to import
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         # More clusters than distinct filters (dead or copied filters) is expected; representatives() handles it.
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -162,6 +165,8 @@ def search_k(points: np.ndarray, choice: str, lowest: int, seed: int) -> tuple[i
         if low > high:  # two filters or fewer: no silhouette exists, keep them all
             return n, {}
         # Identical filters can leave a clustering with one label, where no silhouette exists: the worst score.
+        from sklearn.metrics import silhouette_score
+
         value = lambda k: (float(silhouette_score(points, clustering(k).labels_))
                            if 2 <= len(np.unique(clustering(k).labels_)) < n else -1.0)
         objective = value

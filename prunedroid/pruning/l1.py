@@ -3,10 +3,14 @@ sum to little in absolute value contributes little, so the smallest go first. A 
 producer of the group (a residual addition sums several), so its score is the sum of their filters' L1 norms."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
+from prunedroid.pruning.method import Calibration, PruningMethod
 
 
 def filter_l1(conv: nn.Conv2d) -> torch.Tensor:
@@ -24,7 +28,13 @@ def l1_scores(model: nn.Module, graph: ChannelGraph) -> list[torch.Tensor]:
     return [group_l1(model, group) for group in graph.groups]
 
 
-def random_scores(graph: ChannelGraph, seed: int = 0) -> list[torch.Tensor]:
-    """Per group, random scores: the baseline every criterion must beat."""
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.rand(channels, generator=generator) for channels in graph.channels]
+@dataclass(frozen=True)
+class L1Config(PruningMethod):
+    """No options: the smallest filters go."""
+
+    name: ClassVar[str] = "l1"
+    summary: ClassVar[str] = "the smallest filter L1 norms go first, Li et al. 2017"
+
+    def scores(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, seed: int,
+               calibration: Calibration | None) -> list[torch.Tensor]:
+        return l1_scores(model, graph)

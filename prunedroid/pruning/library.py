@@ -12,7 +12,6 @@ training images.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -22,21 +21,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.options import check
-from prunedroid.pruning.budget import Budget, required_budget
+from prunedroid.options import check, option
 from prunedroid.pruning.groups import ChannelGraph, dependency_graph
+from prunedroid.pruning.method import Calibration, PruningMethod, labelled_batches
 
 IMPORTANCES = ("magnitude", "taylor")
 
 
 @dataclass(frozen=True)
-class LibraryConfig:
-    """importance: magnitude or taylor; eval_images / batch_size: the labelled images Taylor's gradients come from."""
+class LibraryConfig(PruningMethod):
+    """Torch-Pruning's group criteria (see the module docstring)."""
 
     name: ClassVar[str] = "torch-pruning"
-    importance: str = "magnitude"
-    eval_images: int = 1024
-    batch_size: int = 256
+    summary: ClassVar[str] = "Torch-Pruning's group importance, Fang et al. 2023"
+    importance: str = option("magnitude", "the library's group criterion: magnitude (L2 norm) or taylor "
+                                          "(|w * grad|)")
+    eval_images: int = option(1024, "labelled held-out training images Taylor's gradients come from")
+    batch_size: int = option(256, "images per forward and backward pass")
 
     def __post_init__(self) -> None:
         check([(self.importance in IMPORTANCES, f"unknown importance {self.importance!r}; choose one of "
@@ -44,15 +45,13 @@ class LibraryConfig:
                (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
                (self.eval_images >= 1, f"evaluation images must be >= 1, got {self.eval_images}")], "torch-pruning")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @property
     def data_images(self) -> int:
         return self.eval_images if self.importance == "taylor" else 0
 
-    def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget:
-        return required_budget(self.name, budget, default)
+    def scores(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, seed: int,
+               calibration: Calibration | None) -> list[torch.Tensor]:
+        return library_scores(model, graph, example_input, self, labelled_batches(calibration, self.batch_size))
 
 
 def library_scores(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, config: LibraryConfig,

@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.options import check
+from prunedroid.options import check, option
 from prunedroid.pruning.budget import Budget, kept_counts
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
 from prunedroid.pruning.l1 import group_l1
+from prunedroid.pruning.method import Calibration, PruningMethod, inputs_of
 from prunedroid.pruning.similarity import CRITERIA, Pair, SimilarityAccumulator, channel_similarity, ranked_pairs
 from prunedroid.pruning.surgery import Merge, consumer_weight, fold_channels, prune_channels
 
@@ -59,29 +60,26 @@ LOSS_AT = ("conv", "bn")
 
 
 @dataclass(frozen=True)
-class SCPConfig:
-    """criterion: cosine, euclidean, manhattan or chebyshev (see prunedroid.pruning.similarity);
-    knn: nearest neighbours per channel in the KNN similarity matrix;
-    threshold: prune every KNN pair more similar than this (in [0, 1]); None: a Budget says how many go per layer;
-    combine: lstsq, sum or none;
-    rank: with a budget, which pairs go first: "similarity" (most similar, the paper) or "loss" (cheapest pruning loss);
-    loss_at: the pruning loss is the error of the consumer's conv output ("conv") or of its BatchNorm output ("bn");
-    keep: which of a pair stays: "loss" (the one whose removal costs more, the paper) or "norm" (the filter with the
-    larger L1 norm; the pruning loss then only chooses and orders the pairs);
-    recalibrate: re-estimate the next layer's BatchNorm statistics on the evaluation maps after each layer is cut;
-    eval_images: evaluation-set size; batch_size: images per forward pass."""
+class SCPConfig(PruningMethod):
+    """SCP's options (see the module docstring); prunes to exactly one of `threshold` and a budget."""
 
     name: ClassVar[str] = "scp"
-    criterion: str = "cosine"
-    knn: int = 3
-    threshold: float | None = None
-    combine: str = "lstsq"
-    rank: str = "loss"
-    loss_at: str = "conv"
-    keep: str = "loss"
-    recalibrate: bool = True
-    eval_images: int = 1024
-    batch_size: int = 256
+    summary: ClassVar[str] = "similarity-aware channel pruning, Zhang et al. 2020"
+    criterion: str = option("cosine", "feature-map similarity: cosine, euclidean, manhattan or chebyshev")
+    knn: int = option(3, "nearest neighbours per channel in the similarity matrix")
+    threshold: float | None = option(None, "prune every pair more similar than this, in [0, 1], instead of a "
+                                           "budget")
+    combine: str = option("lstsq", "weight combination: lstsq (the least-squares factor), sum (the paper) or none")
+    rank: str = option("loss", "with a budget, which pairs go first: loss (the cheapest estimated pruning loss) or "
+                               "similarity (the most similar, the paper)")
+    loss_at: str = option("conv", "measure the pruning loss at the consumers' output (conv) or after their "
+                                  "BatchNorm (bn)")
+    keep: str = option("loss", "which of a similar pair stays: the costlier to remove by pruning loss (loss) or "
+                               "the larger filter by L1 norm (norm)")
+    recalibrate: bool = option(True, "re-measure the BatchNorm after each consumer on the calibration maps once a "
+                                     "group is cut")
+    eval_images: int = option(1024, "held-out training images analysed")
+    batch_size: int = option(256, "images per forward pass")
 
     def __post_init__(self) -> None:
         checks = [(self.criterion in CRITERIA, f"unknown criterion {self.criterion!r}; choose one of "
@@ -101,12 +99,8 @@ class SCPConfig:
                    f"use more evaluation images or a smaller batch")]
         check(checks, "SCP")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @property
     def data_images(self) -> int:
-        """Held-out training images the method analyses."""
         return self.eval_images
 
     def resolve_budget(self, budget: Budget | None, default: Budget | None) -> Budget | None:
@@ -121,6 +115,14 @@ class SCPConfig:
             raise PrunedroidError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
                                   "(--mac-reduction, --ratio or --layer-ratios)")
         return budget or default
+
+    def scores(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, seed: int,
+               calibration: Calibration | None) -> list[torch.Tensor]:
+        return redundancy_scores(model, graph, self, inputs_of(calibration, self.name))
+
+    def cut(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, budget: Budget | None,
+            seed: int, calibration: Calibration | None) -> tuple[nn.Module, list[dict]]:
+        return prune_scp(model, graph, example_input, self, budget, inputs_of(calibration, self.name))
 
 
 @dataclass(frozen=True)
