@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prunedroid.errors import PrunedroidError
 
-Options = TypeVar("Options")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Options = TypeVar("Options", bound="DataclassInstance")
 
 
 def is_finite_number(value: object) -> bool:
@@ -40,12 +44,12 @@ def parse_option(value: str, annotation: str, name: str) -> str | int | float | 
         raise PrunedroidError(f"option --{name.replace('_', '-')} expects {wanted}, got {value!r}") from None
 
 
-def with_options(base: Options, overrides: dict[str, str | int | float | bool | None] | None, what: str) -> Options:
+def with_options(base: Options, overrides: Mapping[str, object] | None, what: str) -> Options:
     """`base` (a dataclass) with each override that is not None parsed and applied; the dataclass validates."""
     # Annotations as written ("float | None"); a class defined without `from __future__ import annotations` has types.
     hints = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
              for f in dataclasses.fields(base)}
-    changes = {}
+    changes: dict[str, Any] = {}
     for name, value in (overrides or {}).items():
         if name not in hints:
             raise PrunedroidError(f"unknown {what} option {name!r}; known: {', '.join(hints)}")

@@ -1,6 +1,8 @@
 """Imports point down: the pruning library never imports the layers above it (training, deployment, measurement,
 the app), so it prunes any model without knowing this project's data, files or runtimes."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,11 @@ def test_the_walk_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from prunedroid import train\n    import prunedroid.bench\n")
     assert project_imports(bad) == {"prunedroid.train", "prunedroid.bench"}
+
+
+def test_the_library_type_checks(tmp_path):
+    """mypy, configured in pyproject.toml ([tool.mypy]: the library and the two modules it imports), reports
+    nothing."""
+    result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path)], cwd=PACKAGE.parent,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ def owners(option: str) -> list[str]:
     return [name for name, cls in REGISTRY.items() if option in {f.name for f in dataclasses.fields(cls)}]
 
 
-def resolve_method(name: str, options: dict[str, str | int | float | bool | None], budget: Budget | None,
+def resolve_method(name: str, options: Mapping[str, object], budget: Budget | None,
                    default_budget: Budget | None = None) -> tuple[PruningMethod, Budget | None]:
     """The method and the budget it prunes to, from option values (strings as typed, or values; None: not given).
     An option that belongs to another method, or a budget the method's options rule out, is an error naming the
@@ -118,8 +119,9 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
     if budget_options:
         if budget is not None:
             raise PrunedroidError(f"give a Budget or its fields ({', '.join(budget_options)}), not both")
-        budget = Budget(**{key: tuple(value) if isinstance(value, list) else value  # type: ignore[misc]
-                           for key, value in budget_options.items()})
+        fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                                  for key, value in budget_options.items()}
+        budget = Budget(**fields)
     if isinstance(method, str):
         known = {field.name for field in dataclasses.fields(type(method_of(method)))}
         if set(options) - known:

@@ -80,21 +80,26 @@ class Budget:
         not need one, or has a default)."""
         if ratio is None and layer_ratios is None and mac_reduction is None and latency_reduction is None:
             return None
-        number = lambda text, option: parse_option(str(text), "float", option)
+        number = lambda text, option: float(parse_option(str(text), "float", option))  # type: ignore[arg-type]
         return cls(ratio=None if ratio is None else number(ratio, "ratio"),
                    layer_ratios=None if layer_ratios is None else tuple(
                        number(part, "layer_ratios") for part in str(layer_ratios).split(",")),
                    mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"),
                    latency_reduction=None if latency_reduction is None else number(latency_reduction,
                                                                                    "latency_reduction"),
-                   round_to=1 if round_to is None else parse_option(str(round_to), "int", "round_to"),
+                   round_to=1 if round_to is None else int(parse_option(str(round_to), "int",  # type: ignore[arg-type]
+                                                                        "round_to")),
                    allocation=allocation or "uniform",
                    min_keep=Budget.min_keep if min_keep is None else number(min_keep, "min_keep"))
 
     @property
-    def target(self) -> float | None:
-        """The fraction to remove of what the budget measures (MACs, or predicted latency)."""
-        return self.latency_reduction if self.latency_reduction is not None else self.mac_reduction
+    def target(self) -> float:
+        """The fraction to remove of what the budget measures (MACs, or predicted latency); only a MAC or latency
+        target has one."""
+        target = self.latency_reduction if self.latency_reduction is not None else self.mac_reduction
+        if target is None:
+            raise PrunedroidError("this budget sets channel counts, not a MAC or latency target to reach")
+        return target
 
     @property
     def measure(self) -> str:
@@ -107,9 +112,10 @@ class Budget:
 
 def required_budget(method: str, budget: Budget | None, default: Budget | None = None) -> Budget:
     """The budget a method that cannot choose counts itself prunes to: the one given, else the caller's default."""
-    if budget is None and default is None:
+    chosen = budget or default
+    if chosen is None:
         raise PrunedroidError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
-    return budget or default
+    return chosen
 
 
 def rounded(kept: int, channels: int, step: int) -> int:
@@ -139,7 +145,7 @@ def kept_counts(graph: ChannelGraph, budget: Budget) -> list[int]:
             raise PrunedroidError(f"layer channel counts {list(budget.layer_channels)} do not fit a model with "
                                   f"{list(original)} channels: one count per channel group, each in 1..its channels")
         return list(budget.layer_channels)
-    target = budget.mac_reduction
+    target = budget.target
     most = graph.mac_reduction([min(c, step) for c in original])
     if target > most:
         raise PrunedroidError(f"a {target:.0%} MAC reduction cannot be reached: keeping {step} channel(s) per layer "

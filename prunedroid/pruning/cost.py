@@ -31,7 +31,7 @@ def count_cost(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> 
         if isinstance(module, nn.Conv2d):
             kernel_h, kernel_w = module.kernel_size
             macs += output.numel() * (module.in_channels // module.groups) * kernel_h * kernel_w
-        else:
+        elif isinstance(module, nn.Linear):
             macs += output.numel() * module.in_features
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -12,8 +12,9 @@ channels cut at once, which no budget here counts in; both stay whole.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -133,6 +134,14 @@ class ChannelGraph:
         return [layer.shape_at(counts) for layer in self.layers]
 
 
+def conv_named(model: nn.Module, name: str) -> nn.Conv2d:
+    """The Conv2d at `name` (a group's producer)."""
+    module = model.get_submodule(name)
+    if not isinstance(module, nn.Conv2d):
+        raise PrunedroidError(f"{name} is a {type(module).__name__}, not the Conv2d the channel groups were traced on")
+    return module
+
+
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == \
         module.out_channels
@@ -142,7 +151,7 @@ def _is_grouped(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module)
 
 
-def dependency_graph(model: nn.Module, example_input: torch.Tensor):
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> Any:
     """Torch-Pruning's dependency graph of `model` traced on `example_input` (a batch of one is enough)."""
     import torch_pruning as tp
 
@@ -157,7 +166,7 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor):
         model.train(was_training)
 
 
-def _group_members(model: nn.Module, graph, conv: nn.Conv2d) -> tuple[list, list, list, set]:
+def _group_members(model: nn.Module, graph: Any, conv: nn.Conv2d) -> tuple[list, list, list, set]:
     """(producers, norms, consumers, other parameterised modules) of the group `conv`'s output channels start."""
     import torch_pruning as tp
 
@@ -188,7 +197,8 @@ def channel_graph(model: nn.Module, example_input: torch.Tensor) -> ChannelGraph
     place in model.modules(); a group that cannot be pruned (see the module docstring) is left out."""
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     graph = dependency_graph(model, example_input)
-    groups, seen = [], set()
+    groups: list[ChannelGroup] = []
+    seen: set[str] = set()
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d) or _is_depthwise(module) or name in seen:
             continue
@@ -208,12 +218,13 @@ def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[Chan
     in_group = {c.module: (group.index, c.repeat) for group in groups for c in group.consumers}
     seen: dict[str, tuple[int, int, int]] = {}  # module -> (input size, output positions, first call)
 
-    def record(name: str):
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if name not in seen:
-                conv = isinstance(module, nn.Conv2d)
-                size = inputs[0].shape[-1] if conv else 0
-                width = module.out_channels if conv else module.out_features
+                if isinstance(module, nn.Conv2d):
+                    size, width = inputs[0].shape[-1], module.out_channels
+                else:
+                    size, width = 0, cast(nn.Linear, module).out_features
                 seen[name] = (size, output.numel() // output.shape[0] // width, len(seen))
         return hook
 

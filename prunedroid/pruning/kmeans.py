@@ -36,7 +36,7 @@ from torch import nn
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import check, option
 from prunedroid.pruning.budget import Budget, kept_counts
-from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
+from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, conv_named
 from prunedroid.pruning.method import Calibration, PruningMethod
 from prunedroid.pruning.surgery import Merge, fold_channels, prune_channels
 
@@ -113,7 +113,7 @@ def spread(points: np.ndarray) -> float:
 
 def group_filters(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """(channels, ...) the group's producers' filters, flattened and side by side."""
-    return torch.cat([model.get_submodule(name).weight.detach().flatten(1) for name in group.producers], dim=1)
+    return torch.cat([conv_named(model, name).weight.detach().flatten(1) for name in group.producers], dim=1)
 
 
 def distinct_scores(model: nn.Module, graph: ChannelGraph, config: KMeansConfig) -> list[torch.Tensor]:
@@ -223,20 +223,21 @@ def prune_kmeans(model: nn.Module, graph: ChannelGraph, example_input: torch.Ten
             k = counts[layer]
         else:
             k, curve = search_k(points, config.clusters, math.ceil(config.min_keep * len(points)), seed)
-        whole = k >= len(points)  # a layer kept whole needs no clustering (sensitivity cuts one layer at a time)
-        clustering = None if whole else fit(points, k, config.restarts, seed)
-        kept, merges = (list(range(len(points))), []) if whole else representatives(points, clustering, k,
-                                                                                     config.keep, generator)
-        if not whole:
+        # A group kept whole needs no clustering (sensitivity cuts one group at a time).
+        kept, inertia, largest = list(range(len(points))), 0.0, 1
+        merges: list[Merge] = []
+        if k < len(points):
+            clustering = fit(points, k, config.restarts, seed)
+            kept, merges = representatives(points, clustering, k, config.keep, generator)
+            inertia, largest = float(clustering.inertia_), int(np.bincount(clustering.labels_).max())
             state = {key: value.clone() for key, value in current.state_dict().items()}
             if config.combine == "sum":
                 fold_channels(state, group, merges)
             current = prune_channels(current, example_input, {layer: kept}, state)
         total = spread(points)
         rows.append({"layer": layer, "channels_before": group.channels, "channels_after": len(kept), "kept": kept,
-                     "k": k, "clusters": config.clusters,
-                     "inertia_share": float(clustering.inertia_) / total if total > 0 and not whole else 0.0,
-                     "largest_cluster": 1 if whole else int(np.bincount(clustering.labels_).max()),
+                     "k": k, "clusters": config.clusters, "inertia_share": inertia / total if total > 0 else 0.0,
+                     "largest_cluster": largest,
                      "search": [[key, round(value, 6)] for key, value in sorted(curve.items())],
                      "merges": [[m.removed, m.kept] for m in merges] if config.combine == "sum" else []})
     return current.eval(), rows

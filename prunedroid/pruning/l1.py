@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
+from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, conv_named
 from prunedroid.pruning.method import Calibration, PruningMethod
 
 
@@ -20,7 +20,7 @@ def filter_l1(conv: nn.Conv2d) -> torch.Tensor:
 
 def group_l1(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """(channels,) the group's producers' filter_l1, summed."""
-    return sum(filter_l1(model.get_submodule(name)) for name in group.producers)
+    return torch.stack([filter_l1(conv_named(model, name)) for name in group.producers]).sum(0)
 
 
 def l1_scores(model: nn.Module, graph: ChannelGraph) -> list[torch.Tensor]:

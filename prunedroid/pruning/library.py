@@ -67,7 +67,7 @@ def library_scores(model: nn.Module, graph: ChannelGraph, example_input: torch.T
     if config.importance == "taylor":
         importance = tp.importance.GroupTaylorImportance()
         scored.zero_grad()
-        for inputs, labels in labelled:
+        for inputs, labels in labelled or ():
             # Summed, so every input weighs the same whatever the batch size.
             F.cross_entropy(scored(inputs), labels, reduction="sum").backward()
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -71,7 +71,8 @@ class PruningMethod:
 
 def inputs_of(calibration: Calibration | None, method: str) -> torch.Tensor:
     """The calibration inputs as one tensor (n, ...)."""
-    batches = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in calibration or ()]
+    batches = [batch[0] if isinstance(batch, (tuple, list)) else cast(torch.Tensor, batch)
+               for batch in calibration or ()]
     if not batches:
         raise PrunedroidError(f"{method} compares feature maps: give calibration inputs (held-out data, as the model "
                               f"takes it)")
@@ -80,8 +81,9 @@ def inputs_of(calibration: Calibration | None, method: str) -> torch.Tensor:
 
 def labelled_batches(calibration: Calibration | None, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The calibration set as (inputs, class indices) batches of `batch_size` (empty when it has no labels)."""
-    batches = list(calibration or ())
-    if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
+    given = list(calibration or ())  # read once: calibration may be a generator
+    batches = [batch for batch in given if isinstance(batch, (tuple, list)) and len(batch) == 2]
+    if not batches or len(batches) != len(given):
         return []
     inputs, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     return [(inputs[start:start + batch_size], labels[start:start + batch_size])

@@ -33,7 +33,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -174,13 +174,17 @@ def consumers_of(model: nn.Module, group: ChannelGroup, norms: dict[str, str], r
     consumers = []
     for reader, read in zip(group.consumers, reads):
         module = model.get_submodule(reader.module)
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise PrunedroidError(f"{reader.module}: a consumer must be a Conv2d or Linear, got "
+                                  f"{type(module).__name__}")
         weight = consumer_weight(module.weight.detach(), reader.repeat)
         if loss_at == "bn" and reader.module in norms:
-            norm = model.get_submodule(norms[reader.module])
-            gain = norm.weight.detach() / (norm.running_var + norm.eps).sqrt()
+            norm = _norm(model, norms[reader.module])
+            gain = cast(torch.Tensor, norm.weight).detach() / (cast(torch.Tensor, norm.running_var) + norm.eps).sqrt()
             weight = weight * gain.view(-1, *[1] * (weight.dim() - 1))
         if isinstance(module, nn.Conv2d):
-            consumers.append(Consumer(weight, tuple(module.padding), tuple(module.stride), tuple(module.dilation),
+            pair = lambda value: cast(tuple[int, int], tuple(value))
+            consumers.append(Consumer(weight, pair(module.padding), pair(module.stride), pair(module.dilation),
                                       read))
         else:
             consumers.append(Consumer(weight[..., None], (0, 0), maps=read))
@@ -243,12 +247,13 @@ def estimated_losses(maps: Sequence[torch.Tensor], consumers: Sequence[Consumer]
     """(C, C) estimate of removal_costs' loss for every (removed, kept) pair, up to a common factor, from one Gram
     matrix: it treats neighbouring positions of a map as uncorrelated, so A P collapses to |W_r|^2 times the error
     energy. Cheap enough to rank all KNN pairs; the exact loss then decides each pair."""
-    total = 0
+    channels = maps[0].shape[1]
+    total = torch.zeros(channels, channels, dtype=torch.float64)
     for index, read in enumerate(maps):
         readers = [consumer for consumer in consumers if consumer.maps == index]
         if readers:
-            weight_energy = sum(consumer.weight.double().pow(2).sum((0, 2, 3)) for consumer in readers)
-            total = total + weight_energy[:, None] * _error_energy(read, combine, centred, batch_size)
+            weight_energy = torch.stack([consumer.weight.double().pow(2).sum((0, 2, 3)) for consumer in readers])
+            total += weight_energy.sum(0)[:, None] * _error_energy(read, combine, centred, batch_size)
     return total
 
 
@@ -341,11 +346,18 @@ def select_layer(similarity: torch.Tensor, cost: CostFn, config: SCPConfig, want
     return removals, len(chosen)
 
 
-def _set_statistics(norm: nn.Module, outputs: torch.Tensor) -> None:
+def _norm(model: nn.Module, name: str) -> nn.modules.batchnorm._BatchNorm:
+    module = model.get_submodule(name)
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.running_var is None:
+        raise PrunedroidError(f"{name}: expected a BatchNorm with running statistics, got {type(module).__name__}")
+    return module
+
+
+def _set_statistics(norm: nn.modules.batchnorm._BatchNorm, outputs: torch.Tensor) -> None:
     """BatchNorm running mean and (unbiased) variance per channel of `outputs` (n, C, ...)."""
     dims = [0, *range(2, outputs.dim())]
-    norm.running_mean.copy_(outputs.mean(dims))
-    norm.running_var.copy_(outputs.var(dims))
+    cast(torch.Tensor, norm.running_mean).copy_(outputs.mean(dims))
+    cast(torch.Tensor, norm.running_var).copy_(outputs.var(dims))
 
 
 def _batches(tensor: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -486,7 +498,7 @@ def _recalibrate(model: nn.Module, group: ChannelGroup, norms: dict[str, str], m
         if isinstance(module, nn.Linear):
             kept = kept.flatten(1)
         outputs = torch.cat([module(batch) for batch in _batches(kept, batch_size)])
-        _set_statistics(model.get_submodule(norms[reader.module]), outputs)
+        _set_statistics(_norm(model, norms[reader.module]), outputs)
 
 
 def _layer_row(group: ChannelGroup, keep: list[int], removals: list[Removal], pairs: int) -> dict:

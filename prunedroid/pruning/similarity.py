@@ -117,7 +117,7 @@ def ranked_pairs(similarity: torch.Tensor, knn: int | None) -> list[Pair]:
         raise PrunedroidError(f"k (nearest neighbours) must be >= 1, got {knn}")
     neighbours = channels - 1 if knn is None else min(knn, channels - 1)
     scores = similarity.clone().fill_diagonal_(-1)
-    chosen = set()
+    chosen: set[tuple[int, int]] = set()
     for i in range(channels):
         # stable sort on -score: among equals, the lower index first
         order = torch.sort(-scores[i], stable=True).indices[:neighbours].tolist()
