@@ -12,35 +12,28 @@ from invoke import Exit, task
 from prunedroid.errors import PrunedroidError, os_error_message, unexpected_error_message
 from prunedroid.options import parse_option
 
-TRAIN_HELP = {
+DATA_DIR_HELP = ("folder with the CIFAR-10 python batches (default: $CIFAR10_DIR, then data/cifar-10-batches-py; "
+                 "downloaded there if missing)")
+RUN_HELP = {
     "preset": "smoke (seconds, for tests), quick (~10 min on 2 CPU cores) or paper (full VGG16-BN, for a GPU); "
-              "every option below overrides it",
+              "every recipe option overrides it",
     "out": "run folder for the checkpoint (default runs/<preset>)",
-    "data_dir": "folder with the CIFAR-10 python batches (default: $CIFAR10_DIR, then data/cifar-10-batches-py; "
-                "downloaded there if missing)",
+    "data_dir": DATA_DIR_HELP,
     "resume": "continue from the run folder's checkpoint (same options required)",
     "overwrite": "start over even if the run folder already has a checkpoint",
-    "width": "VGG16 width multiplier (1.0 = 64..512 channels)",
-    "epochs": "training epochs",
-    "batch_size": "images per optimiser step",
-    "lr": "peak learning rate (SGD)",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum: yes/no",
-    "weight_decay": "L2 weight decay",
-    "warmup_epochs": "epochs of linear learning-rate warm-up",
-    "schedule": "after warm-up: cosine or onecycle (linear decay to 0)",
-    "label_smoothing": "label smoothing in [0, 1)",
-    "distill_weight": "share of the loss distilled from --teacher, in [0, 1] (default 0: cross-entropy only)",
-    "distill_temperature": "softmax temperature of the distillation (default 4)",
     "teacher": "checkpoint to distil from with --distill-weight (e.g. the unpruned base)",
-    "seed": "random seed (initialisation, order, augmentation)",
-    "holdout": "training images held out for validation and pruning calibration (the split's tail)",
-    "train_limit": "train on the first N training images only",
-    "test_limit": "evaluate on the first N test images only (default: all 10,000)",
-    "channels_last": "NHWC memory format: yes/no",
-    "threads": "torch intra-op threads (default: torch's choice)",
-    "device": "auto (a CUDA GPU when present), cpu, cuda or cuda:N",
 }
+
+
+def _recipe_help() -> dict[str, str]:
+    """TrainConfig's options; their defaults are the preset's, so the help states none."""
+    from prunedroid.options import option_fields
+    from prunedroid.train import TrainConfig
+
+    return {field.name: field.metadata["help"] for field in option_fields(TrainConfig)}
+
+
+RECIPE_HELP = _recipe_help()
 
 
 def command(name: str | None = None, help: dict[str, str] | None = None, generated: dict[str, str] | None = None):
@@ -93,29 +86,21 @@ def whole(value: str | int, option: str) -> int:
     return parse_option(str(value), "int", option)
 
 
-@command(help=TRAIN_HELP)
-def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, width=None, epochs=None,
-          batch_size=None, lr=None, momentum=None, nesterov=None, weight_decay=None, warmup_epochs=None,
-          schedule=None, label_smoothing=None, seed=None, holdout=None, train_limit=None, test_limit=None,
-          channels_last=None, threads=None, device=None, distill_weight=None, distill_temperature=None, teacher=None):
+@command(help=RUN_HELP, generated=RECIPE_HELP)
+def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, teacher=None, **recipe):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
     from prunedroid.data import load_cifar10
     from prunedroid.train import make_config
     from prunedroid.train import train as run_training
 
-    overrides = dict(width=width, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
-                     weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
-                     label_smoothing=label_smoothing, seed=seed, holdout=holdout, train_limit=train_limit,
-                     test_limit=test_limit, channels_last=channels_last, threads=threads, device=device,
-                     distill_weight=distill_weight, distill_temperature=distill_temperature)
-    config = make_config(preset, overrides)
+    config = make_config(preset, recipe)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path("runs") / preset, resume=resume, overwrite=overwrite,
                  progress=sys.stderr.isatty(), teacher=teacher)
 
 
 @command(help={"checkpoint": "checkpoint to evaluate, required (e.g. runs/quick/checkpoint.pt)",
-            "data_dir": TRAIN_HELP["data_dir"], "test_limit": "evaluate on the first N test images only"})
+            "data_dir": DATA_DIR_HELP, "test_limit": "evaluate on the first N test images only"})
 def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
     """Top-1 on the CIFAR-10 test set (all 10,000 images), with MACs and parameters."""
     from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
@@ -219,7 +204,7 @@ def _method_and_budget(method, options, default_budget=None):
 
 @command(help={"checkpoint": "trained checkpoint to prune (required)", "method": METHOD_HELP,
                "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
-               "data_dir": TRAIN_HELP["data_dir"], "seed": "seed for methods that draw random numbers (default 0)",
+               "data_dir": DATA_DIR_HELP, "seed": "seed for methods that draw random numbers (default 0)",
                "overwrite": "replace an existing output folder"}, generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
 def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", overwrite=False, **options):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
@@ -241,26 +226,20 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
 NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
 
 
-@command(help={**{k: v for k, v in TRAIN_HELP.items() if k not in NOT_FOR_FINETUNING},
-            "checkpoint": "pruned checkpoint to fine-tune (required)",
-            "preset": "whose fine-tuning recipe to use: smoke, quick (3 epochs, lr 0.02) or paper (40 epochs)",
-            "out": "run folder (default: <checkpoint folder>-finetuned)"})
-def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, epochs=None,
-             batch_size=None, lr=None, weight_decay=None, warmup_epochs=None, schedule=None, label_smoothing=None,
-             seed=None, train_limit=None, test_limit=None, threads=None, device=None, distill_weight=None,
-             distill_temperature=None, teacher=None):
+@command(help={**RUN_HELP, "checkpoint": "pruned checkpoint to fine-tune (required)",
+               "preset": "whose fine-tuning recipe to use: smoke, quick (3 epochs, lr 0.02) or paper (40 epochs)",
+               "out": "run folder (default: <checkpoint folder>-finetuned)"},
+         generated={k: v for k, v in RECIPE_HELP.items() if k not in NOT_FOR_FINETUNING})
+def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, teacher=None,
+             **recipe):
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
     from prunedroid.checkpoint import load_checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.train import make_config
     from prunedroid.train import train as run_training
 
-    overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                     warmup_epochs=warmup_epochs, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
-                     train_limit=train_limit, test_limit=test_limit, threads=threads, device=device,
-                     distill_weight=distill_weight, distill_temperature=distill_temperature)
     required(checkpoint=checkpoint)
-    config = make_config(preset, overrides, finetune=True)
+    config = make_config(preset, recipe, finetune=True)
     init = load_checkpoint(checkpoint)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,
@@ -284,7 +263,7 @@ def _int8_options(quantize, calibration_images, max_drop):
 @command(help={"checkpoint": "checkpoint to export (required)",
                "out": "folder for <name>.ptl, <name>.onnx, <name>.pte, <name>.json",
                "name": "file name stem (default: model)", "static_batch": "ONNX with a fixed batch of 1",
-               "data_dir": TRAIN_HELP["data_dir"], **QUANTIZE_HELP})
+               "data_dir": DATA_DIR_HELP, **QUANTIZE_HELP})
 def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None, quantize=None,
            calibration_images=None, max_drop=None):
     """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
@@ -323,7 +302,7 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
             "threads": "threads for every runtime (default 1, as a phone's big core)",
             "runs": "timed runs per model/runtime (default 200)",
             "warmup": "untimed runs first (default 20)", "out": "results path without extension (writes .json and .md)",
-            "data_dir": TRAIN_HELP["data_dir"]})
+            "data_dir": DATA_DIR_HELP})
 def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", data_dir=None):
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
     from prunedroid.bench import ROUNDS, benchmark, check_timing, table_rows
@@ -346,7 +325,7 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", dat
                               "variant": "debug (default; what bench-device needs) or release (debug-signed)",
                               "runtime": "executorch (the .pte, default) or lite (the .ptl on PyTorch Mobile)",
                               "precision": "fp32 (default) or int8 (the -int8.pte of `invoke export --quantize int8`)",
-                              "data_dir": TRAIN_HELP["data_dir"]})
+                              "data_dir": DATA_DIR_HELP})
 def build_apk(c, model="export/model.json", variant="debug", runtime="executorch", precision="fp32", data_dir=None):
     """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build it with Gradle."""
     from prunedroid.android import build_apk as build
@@ -388,10 +367,10 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
             "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",
             "distill_weight": "fine-tune with this share of the loss distilled from the unpruned base (default 0)",
-            "distill_temperature": TRAIN_HELP["distill_temperature"],
+            "distill_temperature": RECIPE_HELP["distill_temperature"],
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
-            "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": TRAIN_HELP["data_dir"],
-            "device": TRAIN_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP},
+            "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": DATA_DIR_HELP,
+            "device": RECIPE_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP},
          generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
 def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epochs=None, resume=False,
              overwrite=False, bench_runs="200", data_dir=None, device=None, runs_dir="runs", quantize=None,

@@ -125,13 +125,6 @@ class VGG(nn.Module):
                        hidden=head[0].out_features if len(head) > 1 else 0, num_classes=head[-1].out_features,
                        in_channels=convs[0].in_channels, name=self.name)
 
-    def conv_blocks(self) -> list[nn.Sequential]:
-        """Per conv layer, its conv -> BN -> ReLU (-> max-pool), sharing this model's modules. Run in order on
-        (N, 3, 32, 32) images, block l outputs the maps that layer l + 1 (after the last, the classifier) consumes."""
-        starts = [i for i, module in enumerate(self.features) if isinstance(module, nn.Conv2d)]
-        ends = starts[1:] + [len(self.features)]
-        return [self.features[start:end] for start, end in zip(starts, ends)]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
 

@@ -18,7 +18,7 @@ from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_c
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256, folder_lock
 from prunedroid.models import build_model, vgg16_spec
-from prunedroid.options import with_options
+from prunedroid.options import option, with_options
 from prunedroid.pruning.cost import count_cost
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -27,27 +27,30 @@ SCHEDULES = ("cosine", "onecycle")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training recipe. Stored in every checkpoint; a resume must use the same one."""
+    """A training recipe. Stored in every checkpoint; a resume must use the same one. The defaults are the paper
+    preset's; the command line starts from a preset (PRESETS) and each option overrides it."""
 
-    width: float = 1.0  # VGG16 width multiplier
-    epochs: int = 160
-    batch_size: int = 128
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0  # linear ramp from 0 to lr
-    schedule: str = "cosine"  # after warm-up: "cosine" to 0, or "onecycle" (linear to 0)
-    label_smoothing: float = 0.0
-    distill_weight: float = 0.0  # share of the loss that is distillation from a teacher (0: cross-entropy only)
-    distill_temperature: float = 4.0  # softmax temperature of the distillation term (Hinton et al. 2015)
-    seed: int = 0
-    holdout: int = 5000  # tail of the training split kept out for validation and pruning calibration
-    train_limit: int | None = None  # use only the first N training images (smoke runs)
-    test_limit: int | None = None  # evaluate on the first N test images (smoke runs); None = all 10,000
-    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
-    threads: int | None = None  # torch intra-op threads; None = torch's default
-    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    width: float = option(1.0, "VGG16 width multiplier (1.0 = 64..512 channels)")
+    epochs: int = option(160, "training epochs")
+    batch_size: int = option(128, "images per optimiser step")
+    lr: float = option(0.1, "peak learning rate (SGD)")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum: yes/no")
+    weight_decay: float = option(5e-4, "L2 weight decay")
+    warmup_epochs: float = option(1.0, "epochs of linear learning-rate warm-up from 0")
+    schedule: str = option("cosine", "after warm-up: cosine or onecycle (linear decay to 0)")
+    label_smoothing: float = option(0.0, "label smoothing in [0, 1)")
+    distill_weight: float = option(0.0, "share of the loss distilled from --teacher, in [0, 1] (0: cross-entropy "
+                                        "only)")
+    distill_temperature: float = option(4.0, "softmax temperature of the distillation (Hinton et al. 2015)")
+    seed: int = option(0, "random seed (initialisation, order, augmentation)")
+    holdout: int = option(5000, "training images held out for validation and pruning calibration (the split's "
+                                "tail)")
+    train_limit: int | None = option(None, "train on the first N training images only")
+    test_limit: int | None = option(None, "evaluate on the first N test images only (default: all 10,000)")
+    channels_last: bool = option(True, "NHWC memory format: yes/no (faster convolutions on CPU and GPU)")
+    threads: int | None = option(None, "torch intra-op threads (default: torch's choice)")
+    device: str = option("auto", "auto (a CUDA GPU when present), cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
         checks = [(self.width > 0, "width must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),

@@ -12,7 +12,7 @@ from prunedroid.pruning import Budget, KMeansConfig, LibraryConfig, SCPConfig
 from prunedroid.pruning.allocation import floors, global_counts, predicted_loss, sensitivity_counts
 from prunedroid.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
-from tests.test_prune import SMALL, trained_like
+from tests.test_prune import SMALL, conv_blocks, trained_like
 
 TINY = vgg16_spec(0.125)  # 8..64 channels
 
@@ -93,7 +93,7 @@ def test_sensitivity_on_a_planted_model_prunes_the_redundant_layer_more(syntheti
     model = trained_like(TINY, seed=1)
     dead = list(range(16, 32))
     with torch.no_grad():
-        block = model.conv_blocks()[5]
+        block = conv_blocks(model)[5]
         block[0].weight[dead] = 0
         block[1].weight[dead] = 0
         block[1].bias[dead] = 0

@@ -30,6 +30,13 @@ def trained_like(spec: VGGSpec, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def conv_blocks(model: nn.Module) -> list[nn.Sequential]:
+    """Per conv layer of a VGG, its conv -> BN -> ReLU (-> max-pool), sharing the model's modules: run in order on
+    (N, 3, 32, 32) images, block l outputs the maps layer l + 1 (after the last, the classifier) reads."""
+    starts = [i for i, module in enumerate(model.features) if isinstance(module, nn.Conv2d)]
+    return [model.features[start:end] for start, end in zip(starts, starts[1:] + [len(model.features)])]
+
+
 def zeroed(model: nn.Module, keep: dict[int, list[int]]) -> nn.Module:
     """The same network with every channel not kept silenced (BN weight and bias 0, so its ReLU output is 0)."""
     copy = build_model(model.spec)

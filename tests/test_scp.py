@@ -14,7 +14,7 @@ from prunedroid.pruning.scp import Consumer, Cost, choose_removals, consumers_of
 from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from prunedroid.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
-from tests.test_prune import SMALL, trained_like
+from tests.test_prune import SMALL, conv_blocks, trained_like
 
 IMAGES = torch.Generator().manual_seed(0)
 EVAL = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=IMAGES)
@@ -156,7 +156,7 @@ def test_keep_score_decides_which_of_a_pair_goes_and_the_pairs_stay_the_same():
 
 def test_keep_norm_keeps_the_larger_filter_of_every_pair():
     model = trained_like(SMALL, 8)
-    norms = filter_l1(model.conv_blocks()[0][0])  # the first layer: no earlier fold edits its filters
+    norms = filter_l1(conv_blocks(model)[0][0])  # the first layer: no earlier fold edits its filters
     for keep in ("loss", "norm"):
         config = SCPConfig(keep=keep, eval_images=64, batch_size=16)
         report = prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)[1]
@@ -201,7 +201,7 @@ def test_pruning_loss_after_batchnorm_equals_the_normalised_output_error():
     group, norms = vgg_graph(SMALL).groups[0], following_norms(model, example_input())
     with torch.no_grad():
         model.features[4].weight.mul_(torch.linspace(0.2, 3.0, model.features[4].num_features))  # uneven gains
-        first, second = model.conv_blocks()[:2]
+        first, second = conv_blocks(model)[:2]
         maps = first(cifar.normalize(EVAL)).double()
         reference = second[:2].double()(maps)
     costs = removal_costs([maps], consumers_of(model, group, norms, [0], "bn"), 1, 3, "lstsq", False, 16)
@@ -237,7 +237,7 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
     config = SCPConfig(threshold=0.9999, eval_images=64, batch_size=16)
     pruned, report = prune_model(model, config, None, evaluation=EVAL_SET)
     assert [row["layer"] for row in report["layers"] if row["merges"]] == [3]
-    blocks, x = pruned.conv_blocks(), cifar.normalize(EVAL)
+    blocks, x = conv_blocks(pruned), cifar.normalize(EVAL)
     with torch.no_grad():
         for layer, block in enumerate(blocks):
             outputs = block[0](x)
@@ -248,7 +248,7 @@ def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_se
     untouched = prune_model(model, SCPConfig(threshold=0.9999, recalibrate=False, eval_images=64, batch_size=16), None,
                       evaluation=EVAL_SET)[0]
     for layer in (0, 1, 2, 5, 6):  # other layers keep their trained statistics
-        assert torch.equal(blocks[layer][1].running_var, untouched.conv_blocks()[layer][1].running_var)
+        assert torch.equal(blocks[layer][1].running_var, conv_blocks(untouched)[layer][1].running_var)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -23,7 +23,7 @@ from prunedroid.train import (
     train,
     training_loss,
 )
-from tests.test_prune import SMALL, trained_like
+from tests.test_prune import SMALL, conv_blocks, trained_like
 
 
 def test_schedules_warm_up_then_decay_to_zero():
@@ -119,16 +119,16 @@ def test_remeasured_batchnorm_holds_the_images_statistics_as_they_are_or_as_trai
     model = trained_like(SMALL, 2).eval()
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     as_they_are = remeasure_batchnorm(model, images, batch_size=32)
-    first_conv_outputs = model.conv_blocks()[0][0](cifar.normalize(images)).detach()
-    norm = as_they_are.conv_blocks()[0][1]
+    first_conv_outputs = conv_blocks(model)[0][0](cifar.normalize(images)).detach()
+    norm = conv_blocks(as_they_are)[0][1]
     assert torch.allclose(norm.running_mean, first_conv_outputs.mean((0, 2, 3)), atol=1e-5)
-    assert torch.equal(as_they_are.conv_blocks()[0][0].weight, model.conv_blocks()[0][0].weight)  # weights kept
+    assert torch.equal(conv_blocks(as_they_are)[0][0].weight, conv_blocks(model)[0][0].weight)  # weights kept
 
     augmented = remeasure_batchnorm(model, images, batch_size=32, augment_seed=3)
     by_hand = remeasure_batchnorm(model, cifar.augment(images, torch.Generator().manual_seed(3)), batch_size=32)
     for name, value in augmented.state_dict().items():
         assert torch.equal(value, by_hand.state_dict()[name]), name
-    assert not torch.allclose(augmented.conv_blocks()[0][1].running_var, norm.running_var)
+    assert not torch.allclose(conv_blocks(augmented)[0][1].running_var, norm.running_var)
 
 
 def test_diverging_training_stops_with_advice_and_keeps_no_nan_checkpoint(synthetic_data, tmp_path):
