@@ -193,23 +193,28 @@ def _group_members(model: nn.Module, graph: Any, conv: nn.Conv2d) -> tuple[list,
 
 def channel_graph(model: nn.Module, example_input: torch.Tensor) -> ChannelGraph:
     """The prunable groups of `model` (any nn.Module of Conv2d, Linear, BatchNorm and parameter-free operations) and
-    its layers' costs, traced on `example_input`, e.g. (1, 3, 32, 32). Groups are ordered by their first producer's
-    place in model.modules(); a group that cannot be pruned (see the module docstring) is left out."""
+    its layers' costs, traced on `example_input`, e.g. (1, 3, 32, 32)."""
+    groups = channel_groups(model, dependency_graph(model, example_input))
+    return ChannelGraph(tuple(groups), tuple(_layers(model, example_input, groups)))
+
+
+def channel_groups(model: nn.Module, dependencies: Any) -> list[ChannelGroup]:
+    """The prunable groups in `dependencies` (dependency_graph(model, ...)), ordered by their first producer's place
+    in model.modules(); a group that cannot be pruned (see the module docstring) is left out."""
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
-    graph = dependency_graph(model, example_input)
     groups: list[ChannelGroup] = []
     seen: set[str] = set()
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d) or _is_depthwise(module) or name in seen:
             continue
-        producers, norms, consumers, foreign = _group_members(model, graph, module)
+        producers, norms, consumers, foreign = _group_members(model, dependencies, module)
         seen.update(producers)
         if not consumers or foreign:
             continue
         producers.sort(key=order.__getitem__)
         groups.append(ChannelGroup(len(groups), module.out_channels, tuple(producers), tuple(sorted(norms)),
                                    tuple(sorted(set(consumers), key=lambda c: order[c.module]))))
-    return ChannelGraph(tuple(groups), tuple(_layers(model, example_input, groups)))
+    return groups
 
 
 def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[ChannelGroup]) -> list[Layer]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.pruning.groups import ChannelGroup, channel_graph, dependency_graph
+from prunedroid.pruning.groups import ChannelGroup, channel_groups, dependency_graph
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, keep: Mapping[
     pruned = copy.deepcopy(model)
     if state_dict is not None:
         pruned.load_state_dict(state_dict)
-    groups = channel_graph(pruned, example_input).groups
-    check_keep(groups, keep)
     graph = dependency_graph(pruned, example_input)
+    groups = channel_groups(pruned, graph)
+    check_keep(groups, keep)
     for index, kept in sorted(keep.items()):
         group = groups[index]
         removed = sorted(set(range(group.channels)) - set(kept))
