@@ -116,3 +116,14 @@ def test_a_model_with_nothing_to_prune_and_bad_options_are_clear_errors():
         prunedroid.prune(model, torch.zeros(1, 5, 32, 32), "l1", mac_reduction=0.5)
     with pytest.raises(PrunedroidError, match="measures accuracy: give `evaluate`"):
         prunedroid.prune(model, torch.zeros(1, 3, 32, 32), "l1", mac_reduction=0.5, allocation="sensitivity")
+
+
+def test_export_names_stay_in_their_folder(tmp_path):
+    from prunedroid.errors import PrunedroidError
+
+    model, _ = model_and_data()
+    (tmp_path / "out").mkdir()
+    for name in ("../escaped", "/etc/passwd", ".hidden", "a/b"):
+        with pytest.raises(PrunedroidError, match="plain name"):
+            prunedroid.export(model, torch.zeros(1, 3, 32, 32), tmp_path / "out", name)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "out"]
