@@ -262,7 +262,6 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     for bit, so its test top-1 on all of `test` must be within `max_drop` points of the fp32 model's.
     calibration: held-out *training* images (never test images) that set the int8 activation ranges.
     """
-    plain_name(name, "--name")
     if len(test) < verify_images:
         raise PrunedroidError(f"export verification needs {verify_images} test images, got {len(test)}")
     checkpoint = load_checkpoint(checkpoint_path)

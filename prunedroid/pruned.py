@@ -17,7 +17,7 @@ from prunedroid.checkpoint import model_from_checkpoint, tested_top1
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
 from prunedroid.latency import LatencyTable
-from prunedroid.pruning import Budget, Calibration, Method, channel_graph, prune
+from prunedroid.pruning import Budget, Calibration, Method, prune
 from prunedroid.pruning.allocation import Curve
 from prunedroid.train import evaluate, remeasure_batchnorm
 
@@ -83,12 +83,11 @@ def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: i
     if measures and holdout is None:
         raise PrunedroidError(f"--allocation {allocation} needs the base's held-out training images")
     table = LatencyTable.load(latency_table) if allocation == "latency" else None
-    graph = channel_graph(model, example) if table is not None else None
     count = 0 if holdout is None else len(holdout)
     try:
         result = prune(model, example, method, budget, calibration=calibration(evaluation), seed=seed,
                        evaluate=held_out_top1(holdout) if measures else None,
-                       predict_ms=None if table is None else lambda counts: table.model_ms(graph, counts),
+                       model_ms=None if table is None else table.model_ms,
                        remember_curves=lambda key, measure: cached_curves(sensitivity_cache,
                                                                           json.dumps([*json.loads(key), count]),
                                                                           measure))

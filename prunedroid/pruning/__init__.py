@@ -15,8 +15,9 @@ or its name ("l1", "random", "scp", "kmeans", "torch-pruning").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import with_options
-from prunedroid.pruning.allocation import Curve, PredictMs, allocate, layer_sensitivity
+from prunedroid.pruning.allocation import Curve, allocate, layer_sensitivity
 from prunedroid.pruning.budget import Budget, kept_counts
 from prunedroid.pruning.cost import ModelCost, count_cost
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, channel_graph
@@ -96,7 +97,8 @@ class PruneResult:
 
 def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", budget: Budget | None = None, *,
           calibration: Calibration | None = None, seed: int = 0,
-          evaluate: Callable[[nn.Module], float] | None = None, predict_ms: PredictMs | None = None,
+          evaluate: Callable[[nn.Module], float] | None = None,
+          model_ms: Callable[[ChannelGraph, Sequence[int]], float] | None = None,
           remember_curves: Callable[[str, Callable[[], list[Curve]]], list[Curve]] | None = None,
           **options: object) -> PruneResult:
     """Prunes whole channels of `model` (any nn.Module of Conv2d, Linear, BatchNorm and parameter-free operations;
@@ -110,7 +112,8 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
     calibration: batches of inputs, already normalised as the model takes them (SCP's feature maps), or of
     (inputs, class indices) (Torch-Pruning's Taylor criterion); weights-only methods need none.
     evaluate: model -> accuracy in percent on held-out data (allocation "sensitivity" and "latency").
-    predict_ms: channels per group -> predicted batch-1 latency in ms (allocation "latency").
+    model_ms: (the model's channel graph, channels per group) -> predicted batch-1 latency in ms (allocation
+    "latency"; e.g. a lookup table of layer_shapes).
     remember_curves: (key, measure) -> sensitivity curves, to keep measured curves between calls (a cache).
 
     The report: method, options, budget, seed, per group ("layers") channels before/after and the kept indices, the
@@ -151,7 +154,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
 
         counts, allocation = allocate(graph, budget,
                                       lambda: channel_scores(model, graph, example_input, method, seed, calibration),
-                                      curves, predict_ms)
+                                      curves, None if model_ms is None else functools.partial(model_ms, graph))
         per_group = Budget(layer_channels=tuple(counts))
     pruned, rows = cut(model, graph, example_input, method, per_group, seed, calibration)
     shape = tuple(example_input.shape[1:])

@@ -374,20 +374,31 @@ def _as_maps(inputs: torch.Tensor, channels: int) -> torch.Tensor:
     return inputs if inputs.dim() == 4 else inputs.reshape(inputs.shape[0], channels, -1, 1)
 
 
-def read_maps(model: nn.Module, groups: Sequence[ChannelGroup], batch: torch.Tensor) -> list[list[torch.Tensor]]:
-    """Per group, the distinct maps its consumers read on one batch of inputs (one forward pass, stopped once every
-    consumer has read), in order of first reading."""
+@dataclass
+class GroupMaps:
+    """What a group's consumers read on one batch: the distinct maps (in order of first reading, each (n, C, H, W))
+    and, per consumer of the group, the index of the map it reads."""
+
+    maps: list[torch.Tensor]
+    reads: list[int]
+
+
+def read_maps(model: nn.Module, groups: Sequence[ChannelGroup], batch: torch.Tensor) -> list[GroupMaps]:
+    """Per group, the maps its consumers read on one batch of inputs (one forward pass, stopped once every consumer
+    has read)."""
     wanted = {reader.module: group_at for group_at, group in enumerate(groups) for reader in group.consumers}
     seen: list[list[torch.Tensor]] = [[] for _ in groups]
-    pending = set(wanted)
+    reads: dict[str, int] = {}
 
     def hook(name: str) -> Callable:
         def capture(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             read = seen[wanted[name]]
-            if not any(inputs[0] is earlier for earlier in read):
+            at = next((i for i, earlier in enumerate(read) if inputs[0] is earlier), None)
+            if at is None:
                 read.append(inputs[0])
-            pending.discard(name)
-            if not pending:
+                at = len(read) - 1
+            reads.setdefault(name, at)
+            if len(reads) == len(wanted):
                 raise _Captured
         return capture
 
@@ -399,30 +410,8 @@ def read_maps(model: nn.Module, groups: Sequence[ChannelGroup], batch: torch.Ten
     finally:
         for handle in hooks:
             handle.remove()
-    return [[_as_maps(maps, group.channels) for maps in read] for read, group in zip(seen, groups)]
-
-
-def _reads(model: nn.Module, group: ChannelGroup, example_input: torch.Tensor) -> list[int]:
-    """Per consumer of `group`, the index of the map it reads among read_maps' distinct maps."""
-    indices: dict[str, int] = {}
-    distinct: list[torch.Tensor] = []
-
-    def hook(name: str) -> Callable:
-        def capture(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            at = next((i for i, earlier in enumerate(distinct) if inputs[0] is earlier), None)
-            if at is None:
-                distinct.append(inputs[0])
-                at = len(distinct) - 1
-            indices.setdefault(name, at)
-        return capture
-
-    hooks = [model.get_submodule(c.module).register_forward_pre_hook(hook(c.module)) for c in group.consumers]
-    try:
-        model(example_input[:1])
-    finally:
-        for handle in hooks:
-            handle.remove()
-    return [indices[c.module] for c in group.consumers]
+    return [GroupMaps([_as_maps(maps, group.channels) for maps in read], [reads[c.module] for c in group.consumers])
+            for read, group in zip(seen, groups)]
 
 
 @torch.no_grad()
@@ -435,7 +424,7 @@ def redundancy_scores(model: nn.Module, graph: ChannelGraph, config: SCPConfig,
     model = model.eval()
     for batch in _batches(inputs, config.batch_size):
         for accumulator, read in zip(accumulators, read_maps(model, graph.groups, batch)):
-            for maps in read:
+            for maps in read.maps:
                 accumulator.add(maps)
     scores = []
     for accumulator in accumulators:
@@ -464,11 +453,11 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
     rows = []
     for group in graph.groups:
         batches = [read_maps(current, [group], batch)[0] for batch in _batches(inputs, config.batch_size)]
-        maps = [torch.cat(parts) for parts in zip(*batches)]
+        maps, reads = [torch.cat(parts) for parts in zip(*(read.maps for read in batches))], batches[0].reads
         del batches
         similarity = channel_similarity((part for read in maps for part in _batches(read, config.batch_size)),
                                         config.criterion)
-        consumers = consumers_of(current, group, norms, _reads(current, group, example_input), config.loss_at)
+        consumers = consumers_of(current, group, norms, reads, config.loss_at)
         cost = functools.cache(lambda i, j: removal_costs(maps, consumers, i, j, config.combine,  # noqa: B023
                                                           config.recalibrate, config.batch_size))
         wanted = None if counts is None else group.channels - counts[group.index]
