@@ -54,7 +54,7 @@ def command(name: str | None = None, help: dict[str, str] | None = None, generat
             except Exit:  # a task's own exit code (`invoke test`) is its answer, not a failure to explain
                 raise
             except PrunedroidError as err:
-                raise Exit(f"error: {err}", code=2) from None
+                raise Exit(f"error: {err.worded(flag)}", code=2) from None
             except OSError as err:
                 raise Exit(f"error: {os_error_message(err)}", code=2) from None
             except Exception as err:  # a defect, or input no check foresaw: one line, and the trace on request
@@ -78,7 +78,7 @@ def required(**options: str | None) -> None:
     """Refuses a task call missing a required option (all options are flags, so invoke cannot say it)."""
     missing = [name for name, value in options.items() if value in (None, "")]
     if missing:
-        raise PrunedroidError(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)}; see the "
+        raise PrunedroidError(f"missing {', '.join(map(flag, missing))}; see the "
                               "task's --help")
 
 
@@ -120,23 +120,39 @@ def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
           f"{cost.macs / 1e6:.1f}M MACs, {cost.params / 1e6:.3f}M params")
 
 
-def _budget_help() -> dict[str, str]:
-    from prunedroid.options import described, option_fields
-    from prunedroid.pruning import Budget
+def flag(option: str) -> str:
+    """The command line's flag for an option field: mac_reduction -> --mac-reduction."""
+    return "--" + option.replace("_", "-")
 
-    return {field.name: described(field) for field in option_fields(Budget)}
+
+def flagged(text: str) -> str:
+    """Help or an error message with each `field` the library names as this command line's flag."""
+    from prunedroid.errors import OPTION
+
+    return OPTION.sub(lambda match: flag(match.group(1)), text)
+
+
+def _budget_help() -> dict[str, str]:
+    """The budget's options: its amounts (exact per-group channel counts come from an allocation, not a flag) and
+    its settings."""
+    from prunedroid.options import described, option_fields
+    from prunedroid.pruning.budget import AMOUNTS, Budget, LayerChannels
+
+    amounts = {cls.option: cls.help for cls in AMOUNTS if cls is not LayerChannels}
+    settings = {field.name: described(field) for field in option_fields(Budget)}
+    return {name: flagged(text) for name, text in {**amounts, **settings}.items()}
 
 
 def _method_help() -> tuple[str, dict[str, str]]:
     """--method's help, and every registered method's options (an option several methods share lists each one's)."""
     from prunedroid.options import described, option_fields
-    from prunedroid.pruning import BUDGET_FIELDS, REGISTRY
+    from prunedroid.pruning import BUDGET_OPTIONS, REGISTRY
 
     options: dict[str, list[str]] = {}
     for name, method in REGISTRY.items():
         for field in option_fields(method):
-            if field.name not in BUDGET_FIELDS:
-                options.setdefault(field.name, []).append(f"{name}: {described(field)}")
+            if field.name not in BUDGET_OPTIONS:
+                options.setdefault(field.name, []).append(f"{name}: {flagged(described(field))}")
     methods = "; ".join(f"{name}: {REGISTRY[name].summary}" for name in sorted(REGISTRY))
     return methods, {option: "; ".join(helps) for option, helps in options.items()}
 
@@ -171,34 +187,30 @@ def _check_budget_fits(arch: dict, budget) -> None:
 
 
 def _method_and_budget(method, options, default_budget=None):
-    """The method and its budget from the task's generated options. --min-keep is the floor of a non-uniform
+    """The method and its budget from the task's generated options; default_budget: the fraction of MACs (or, with
+    --allocation latency, of latency) removed when no amount is given. --min-keep is the floor of a non-uniform
     allocation, or else k-means' own floor for its automatic K."""
     from prunedroid.pruning import Budget, resolve_method
+    from prunedroid.pruning.budget import BUDGET_SETTINGS
 
     budget_options, method_options = _split_options(options)
-    round_to, allocation, min_keep = (budget_options[k] for k in ("round_to", "allocation", "min_keep"))
-    ratio, layer_ratios, mac_reduction, latency_reduction = (
-        budget_options[k] for k in ("ratio", "layer_ratios", "mac_reduction", "latency_reduction"))
-    per_layer = allocation not in (None, "uniform")
-    budget = Budget.from_options(ratio, layer_ratios, mac_reduction, round_to, allocation,
-                                 min_keep if per_layer else None, latency_reduction)
-    if min_keep is not None and not per_layer:
+    allocation = budget_options["allocation"]
+    if budget_options["min_keep"] is not None and allocation in (None, "uniform"):
         if method != "kmeans":
             raise PrunedroidError("--min-keep is the per-layer floor of --allocation global, sensitivity or latency "
                                   "(or of kmeans' automatic K); add --allocation global, sensitivity or latency")
-        method_options = {**method_options, "min_keep": min_keep}
-    step = 1 if round_to is None else whole(round_to, "round_to")
-    target = "latency_reduction" if allocation == "latency" else "mac_reduction"  # half of what the budget measures
-    default = (Budget.from_options(round_to=round_to, allocation=allocation, min_keep=min_keep if per_layer else None,
-                                   **{target: default_budget})
-               if default_budget is not None else None)
+        method_options = {**method_options, "min_keep": budget_options.pop("min_keep")}
+    budget = Budget.from_options(budget_options)
+    target = "latency_reduction" if allocation == "latency" else "mac_reduction"
+    default = (Budget.from_options({**budget_options, target: default_budget})
+               if budget is None and default_budget is not None else None)
     pruning, resolved = resolve_method(method, method_options, budget, default)
-    for given, option, field in ((round_to, "--round-to rounds", "round_to"),
-                                 (allocation, "--allocation shares out", "allocation")):
-        wanted = step if field == "round_to" else allocation
-        if given is not None and (resolved is None or getattr(resolved, field) != wanted):
-            raise PrunedroidError(f"{option} a budget's channel counts; give --mac-reduction with it (a threshold or "
-                                  f"an automatic K sets no budget)")
+    for setting, does in (("round_to", "rounds"), ("allocation", "shares out")):
+        given = budget_options[setting]
+        if given is not None and (resolved is None or getattr(resolved, setting) != parse_option(
+                str(given), BUDGET_SETTINGS[setting], setting)):
+            raise PrunedroidError(f"{flag(setting)} {does} a budget's channel counts; give --mac-reduction with it (a "
+                                  f"threshold or an automatic K sets no budget)")
     return pruning, resolved
 
 

@@ -51,7 +51,7 @@ def main() -> None:
         scores = channel_scores(base, graph, example, method, 0, calibration(evaluation))
         for target in (float(t) for t in args.targets.split(",")):
             for allocation in ("uniform", "sensitivity"):
-                pruned, report = prune_model(base, method, Budget(mac_reduction=target, allocation=allocation), 0,
+                pruned, report = prune_model(base, method, Budget.of(mac_reduction=target, allocation=allocation), 0,
                                              evaluation, data.holdout, Path(args.cache))
                 rows.append({"method": name, "MAC target": f"{target:.0%}", "allocation": allocation,
                              "MACs removed": f"{report['mac_reduction']:.1%}",
@@ -59,9 +59,9 @@ def main() -> None:
                              "held-out top-1 (BN re-measured)": f"{100 * top1(pruned):.2f}%"})
                 print(rows[-1], flush=True)
             for normalization, per_mac in VARIANTS:
-                budget = Budget(mac_reduction=target, allocation="global")
+                budget = Budget.of(mac_reduction=target, allocation="global")
                 counts = global_counts(graph, budget, scores, normalization, per_mac)
-                pruned, _ = cut(base, graph, example, method, Budget(layer_channels=tuple(counts)), 0,
+                pruned, _ = cut(base, graph, example, method, Budget.of(layer_channels=tuple(counts)), 0,
                                 calibration(evaluation))
                 rows.append({"method": name, "MAC target": f"{target:.0%}",
                              "allocation": f"global, {normalization}" + (", per MAC" if per_mac else ""),

@@ -41,7 +41,7 @@ def main() -> None:
     rows = []
     for target in (float(t) for t in args.targets.split(",")):
         for name, method in METHODS.items() if target else [("none", None)]:
-            model = base if method is None else prune_model(base, method, Budget(mac_reduction=target),
+            model = base if method is None else prune_model(base, method, Budget.of(mac_reduction=target),
                                                       evaluation=evaluation_set(method, data.holdout))[0]
             row = {"target": target, "method": name, "trained": top1(model)}
             for count in (int(c) for c in args.images.split(",")):

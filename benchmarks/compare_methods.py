@@ -63,7 +63,7 @@ def main() -> None:
         parser.error(f"unknown or unselected methods {', '.join(unknown)}; --methods takes "
                      f"{', '.join([*methods(), *FREE])} and --finetune those of --methods")
     bench = Bench.from_arguments(args)
-    cells = [(f"{float(t):.2f}/{name}", method, Budget(mac_reduction=float(t)), float(t))
+    cells = [(f"{float(t):.2f}/{name}", method, Budget.of(mac_reduction=float(t)), float(t))
              for t in args.targets.split(",") for name, method in methods().items() if name in wanted]
     cells += [(f"free/{name}", method, None, None) for name, method in FREE.items() if name in wanted]
 

@@ -38,7 +38,7 @@ def main() -> None:
                                           "distill_temperature": args.distill_temperature}}
     rows, payload = [], {"base": args.base, "target": args.target, "cells": {}, "paired": {}}
     for method in ("l1", SCPConfig()):
-        pruned = prune_checkpoint(base, method, Budget(mac_reduction=args.target), 0,
+        pruned = prune_checkpoint(base, method, Budget.of(mac_reduction=args.target), 0,
                                   evaluation_set(method, data.holdout))
         correct = {}
         for recipe, overrides in recipes.items():

@@ -48,7 +48,7 @@ def run_cells(bench: Bench, methods: list[str], allocations: list[str], targets:
                 # the latency allocation's target is a share of predicted latency; the others' a share of MACs
                 measure = "latency_reduction" if allocation == "latency" else "mac_reduction"
                 key = key_of(target, name, allocation)
-                budget = Budget(round_to=round_to, allocation=allocation, **{measure: target})
+                budget = Budget.of(round_to=round_to, allocation=allocation, **{measure: target})
                 bench.measure(key, METHODS[name], budget, target=target, allocation=allocation)
                 bench.save("frontier (in progress)", "")
                 if target in finetuned:

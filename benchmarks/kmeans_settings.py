@@ -18,12 +18,12 @@ from prunedroid.pruning import Budget, KMeansConfig, SCPConfig
 from prunedroid.pruning.kmeans import filter_points, fit, spread
 from prunedroid.report import markdown_table
 
-HALF = Budget(ratio=0.5)  # the blog's K = N/2 in every layer
+HALF = Budget.of(ratio=0.5)  # the blog's K = N/2 in every layer
 
 
 def settings(target: float) -> dict[str, tuple[object, Budget | None, bool]]:
     """name -> (method, budget, fine-tune it)."""
-    equal = Budget(mac_reduction=target)
+    equal = Budget.of(mac_reduction=target)
     return {
         "kmeans-blog": (KMeansConfig(keep="random"), HALF, True),
         "kmeans-half-centroid": (KMeansConfig(), HALF, True),

@@ -34,7 +34,7 @@ def measure(base: str, setting: str, target: float, eval_images: int, data_dir: 
     given = dict(option.split("=", 1) for option in options.split("+") if option)
     if name == "scp":
         given.setdefault("eval_images", str(eval_images))
-    method, budget = resolve_method(name, given, None, default_budget=Budget(mac_reduction=target))
+    method, budget = resolve_method(name, given, None, default_budget=Budget.of(mac_reduction=target))
     checkpoint = load_checkpoint(base)
     holdout = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"]).holdout
     evaluation = evaluation_set(method, holdout)

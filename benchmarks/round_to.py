@@ -35,7 +35,7 @@ def timed_architectures(width: float, targets: list[float], steps: list[int], ru
     specs = {(0.0, 1): base}
     for target in targets:
         for step in steps:
-            counts = kept_counts(graph, Budget(mac_reduction=target, round_to=step))
+            counts = kept_counts(graph, Budget.of(mac_reduction=target, round_to=step))
             specs[target, step] = dataclasses.replace(base, conv_channels=tuple(counts))
     latencies = architecture_latencies(specs, runs)
     base_ms = latencies[0.0, 1]["median"]
@@ -79,7 +79,7 @@ def accuracy(args, steps: list[int]) -> dict:
     for name, method in ACCURACY_METHODS.items():
         for step in (1, *steps):
             key = f"{target:.2f}/{name}-r{step}"
-            budget = Budget(mac_reduction=target, round_to=step)
+            budget = Budget.of(mac_reduction=target, round_to=step)
             bench.measure(key, method, budget, target=target, round_to=step)
             bench.finetune(key, method, budget)
             bench.save("round_to accuracy (in progress)", "")

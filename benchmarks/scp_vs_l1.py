@@ -36,7 +36,7 @@ def main() -> None:
     bench = Bench.from_arguments(args)
     save = lambda: bench.save(title(bench.payload), table(bench.payload), NOTES)
     for target in (float(t) for t in args.targets.split(",")):
-        budget = Budget(mac_reduction=target)
+        budget = Budget.of(mac_reduction=target)
         for name, method in methods().items():
             bench.measure(f"{target:.2f}/{name}", method, budget, target=target)
             save()

@@ -1,10 +1,20 @@
 """The one exception the pipeline raises for bad input, and the one-line wording of the OS's own refusals."""
 import errno
+import re
 import traceback
+from collections.abc import Callable
+
+OPTION = re.compile(r"`([a-z][a-z0-9_]*)`")  # an option named in a message: `mac_reduction`
 
 
 class PrunedroidError(Exception):
-    """A problem the user can fix: the message names it and says how."""
+    """A problem the user can fix: the message names it and says how. Options are named by their field, in
+    backquotes (`mac_reduction`), as a Python caller passes them; a command line names its own flag for each
+    (`worded`)."""
+
+    def worded(self, option_name: Callable[[str], str]) -> str:
+        """The message with each option named by option_name(field), e.g. "mac_reduction" -> "--mac-reduction"."""
+        return OPTION.sub(lambda match: option_name(match.group(1)), super().__str__())
 
 
 # What to do about the OS errors a user meets when writing results: the message says which path and what to do.

@@ -41,7 +41,7 @@ def parse_option(value: str, annotation: str, name: str) -> str | int | float | 
         return parsed
     except ValueError:
         wanted = "a finite number" if kind == "float" else annotation
-        raise PrunedroidError(f"option --{name.replace('_', '-')} expects {wanted}, got {value!r}") from None
+        raise PrunedroidError(f"option `{name}` expects {wanted}, got {value!r}") from None
 
 
 def with_options(base: Options, overrides: Mapping[str, object] | None, what: str) -> Options:

@@ -29,7 +29,7 @@ def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, alloc
     model = trained_like(SMALL)
     holdout = synthetic_data.holdout.head(48)
     evaluation = holdout.head(32)
-    budget = Budget(mac_reduction=0.5, allocation=allocation, min_keep=0.3)
+    budget = Budget.of(mac_reduction=0.5, allocation=allocation, min_keep=0.3)
     lowest = floors(vgg_graph(SMALL), budget)
     for method in ("l1", "random", SCPConfig(eval_images=32, batch_size=32), KMeansConfig(restarts=1),
                    LibraryConfig(), LibraryConfig(importance="taylor", eval_images=32, batch_size=32)):
@@ -44,19 +44,19 @@ def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, alloc
 @pytest.mark.parametrize("allocation", ["global", "sensitivity"])
 def test_rounded_allocations_keep_multiples_of_the_step(synthetic_data, allocation):
     model = trained_like(TINY)
-    budget = Budget(mac_reduction=0.6, allocation=allocation, round_to=8)
+    budget = Budget.of(mac_reduction=0.6, allocation=allocation, round_to=8)
     pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64))
     assert all(c % 8 == 0 for c in pruned.spec.conv_channels), pruned.spec.conv_channels
     assert abs(report["mac_reduction"] - 0.6) <= 0.01
 
 
 def test_floors_are_the_min_keep_share_rounded_up_to_the_step():
-    assert floors(vgg_graph(TINY), Budget(mac_reduction=0.5, allocation="global", min_keep=0.1)) == [
+    assert floors(vgg_graph(TINY), Budget.of(mac_reduction=0.5, allocation="global", min_keep=0.1)) == [
         1, 1, 2, 2, 4, 4, 4, 7, 7, 7, 7, 7, 7]
-    assert floors(vgg_graph(TINY), Budget(mac_reduction=0.5, allocation="global", min_keep=0.1, round_to=8)) == [
+    assert floors(vgg_graph(TINY), Budget.of(mac_reduction=0.5, allocation="global", min_keep=0.1, round_to=8)) == [
         8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]
-    with pytest.raises(PrunedroidError, match="lower --min-keep"):
-        global_counts(vgg_graph(TINY), Budget(mac_reduction=0.8, allocation="global", min_keep=0.6),
+    with pytest.raises(PrunedroidError, match="lower `min_keep`"):
+        global_counts(vgg_graph(TINY), Budget.of(mac_reduction=0.8, allocation="global", min_keep=0.6),
                       [torch.ones(c) for c in TINY.conv_channels])
 
 
@@ -66,7 +66,7 @@ def test_global_ranks_channels_across_layers_after_normalising_each_layer():
     scores = [torch.ones(c) for c in TINY.conv_channels]
     scores[4] = torch.cat([torch.full((16,), 10.0), torch.full((16,), 0.01)])
     scores[5] = torch.full((32,), 1000.0)  # a layer's scale alone decides nothing
-    counts = global_counts(vgg_graph(TINY), Budget(mac_reduction=0.15, allocation="global"), scores)
+    counts = global_counts(vgg_graph(TINY), Budget.of(mac_reduction=0.15, allocation="global"), scores)
     assert counts[4] <= 16 < counts[5]
     assert abs(vgg_graph(TINY).mac_reduction(counts) - 0.15) <= 0.01
 
@@ -82,7 +82,7 @@ def test_sensitivity_prunes_the_layer_whose_measured_loss_is_flat_first():
     steep = lambda c: [(c, 0.0), (c - 1, 20.0), (c // 4, 60.0)]
     curves = [steep(c) for c in TINY.conv_channels]
     curves[2] = flat(TINY.conv_channels[2])
-    budget = Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
+    budget = Budget.of(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
     counts = sensitivity_counts(vgg_graph(TINY), budget, curves)
     assert counts[2] < TINY.conv_channels[2] and counts[3] == TINY.conv_channels[3]
 
@@ -103,7 +103,7 @@ def test_sensitivity_on_a_planted_model_prunes_the_redundant_layer_more(syntheti
     images = synthetic_data.holdout.images[:384]
     model = remeasure_batchnorm(model, images[:128])
     holdout = self_labelled(model, images)
-    budget = Budget(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
+    budget = Budget.of(mac_reduction=0.1, allocation="sensitivity", min_keep=0.25)
     pruned, report = prune_model(model, "l1", budget, holdout=holdout)
     curves = report["curves"]
     assert curves[5][1][1] == 0.0 and curves[5][2][1] == 0.0  # 25% and 50% of layer 5 cost nothing: they were dead
@@ -114,7 +114,7 @@ def test_sensitivity_on_a_planted_model_prunes_the_redundant_layer_more(syntheti
 
 def test_sensitivity_needs_held_out_images():
     with pytest.raises(PrunedroidError, match="held-out training images"):
-        prune_model(trained_like(SMALL), "l1", Budget(mac_reduction=0.5, allocation="sensitivity"))
+        prune_model(trained_like(SMALL), "l1", Budget.of(mac_reduction=0.5, allocation="sensitivity"))
 
 
 def test_sensitivity_curves_are_cached_per_key(tmp_path):
@@ -127,13 +127,13 @@ def test_sensitivity_curves_are_cached_per_key(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(ratio=0.5, allocation="global"), "give --mac-reduction"),
-    (dict(mac_reduction=0.5, allocation="best"), "unknown --allocation"),
+    (dict(ratio=0.5, allocation="global"), "give `mac_reduction`"),
+    (dict(mac_reduction=0.5, allocation="best"), "unknown `allocation`"),
     (dict(mac_reduction=0.5, allocation="global", min_keep=1.5), r"in \(0, 1\]"),
 ])
 def test_bad_allocation_budgets_are_clear_errors(options, message):
     with pytest.raises(PrunedroidError, match=message):
-        Budget(**options)
+        Budget.of(**options)
 
 
 def test_prune_from_the_command_line_with_an_allocation(tmp_path, cifar_dir):

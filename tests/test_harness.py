@@ -18,7 +18,7 @@ def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_d
     bench = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
                        data_dir=str(cifar_dir), threads=1)
     bench.finetune_config = dataclasses.replace(bench.finetune_config, train_limit=256)
-    budget = Budget(mac_reduction=0.5)
+    budget = Budget.of(mac_reduction=0.5)
     for name in ("l1", "random"):
         bench.measure(f"0.50/{name}", name, budget, target=0.5)
     bench.pair("0.50/l1", "0.50/random")
@@ -48,7 +48,7 @@ def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_d
 
 def test_a_finetune_finished_under_work_is_recorded_not_redone(tmp_path, cifar_dir):
     base = save_untrained_base(tmp_path / "base.pt", holdout=1100)
-    budget = Budget(mac_reduction=0.5)
+    budget = Budget.of(mac_reduction=0.5)
 
     def bench_for(out: str) -> Bench:
         bench = Bench.open(str(base), str(tmp_path / out), str(tmp_path / "work"), finetune_preset="smoke",

@@ -86,7 +86,7 @@ def refresh(sidecar: Path, kind: str) -> None:
 
 def _pipeline(name: str, runs: Path, **options):
     config = make_config("smoke", {})
-    method, budget = resolve_method("l1", {}, Budget(mac_reduction=0.5))
+    method, budget = resolve_method("l1", {}, Budget.of(mac_reduction=0.5))
     return run_pipeline(name, config, make_config("smoke", {}, finetune=True), method, budget, None,
                         runs_dir=runs, progress=False, **options)
 
@@ -238,11 +238,11 @@ def test_resuming_a_run_with_other_options_names_them(tmp_path):
     runs = tmp_path / "runs"
     (runs / "r").mkdir(parents=True)
     config, finetune = make_config("smoke", {}), make_config("smoke", {}, finetune=True)
-    method, budget = resolve_method("l1", {}, Budget(mac_reduction=0.5))
+    method, budget = resolve_method("l1", {}, Budget.of(mac_reduction=0.5))
     (runs / "r" / RUN_RECORD).write_text(json.dumps(
         {"kind": RUN_KIND, "options": run_options(config, finetune, method, budget, None, None)}))
     before = tree(tmp_path)
-    scp, _ = resolve_method("scp", {}, Budget(mac_reduction=0.5))
+    scp, _ = resolve_method("scp", {}, Budget.of(mac_reduction=0.5))
     with pytest.raises(PrunedroidError, match=r"cannot resume .* other options \(method: the run has \"l1\", now "
                                             r"\"scp\"; options: .*"):
         run_pipeline("r", config, finetune, scp, budget, None, runs_dir=runs, resume=True, progress=False)
@@ -251,7 +251,7 @@ def test_resuming_a_run_with_other_options_names_them(tmp_path):
         run_pipeline("r", config, finetune, method, budget, None, base=base, runs_dir=runs, resume=True,
                      progress=False)
     with pytest.raises(PrunedroidError, match=r"budget: the run has .*0\.5.*, now .*0\.6"):
-        run_pipeline("r", config, finetune, method, Budget(mac_reduction=0.6), None, runs_dir=runs, resume=True,
+        run_pipeline("r", config, finetune, method, Budget.of(mac_reduction=0.6), None, runs_dir=runs, resume=True,
                      progress=False)
     assert tree(tmp_path) == {**before, "base.pt": base.read_bytes()}
     elsewhere = [make_config("smoke", {"device": "cpu", "threads": "1"}, finetune=flag) for flag in (False, True)]
@@ -361,7 +361,7 @@ def test_a_zero_or_nan_measurement_stops_the_search():
         with pytest.raises(PrunedroidError, match="not a latency"):
             LatencyTable(measure=lambda shape, ms=measured: ms).model_ms(graph, graph.channels)
     with pytest.raises(PrunedroidError, match="could not reach a 50.0%"):
-        trim_to_target(graph, list(graph.channels), Budget(mac_reduction=0.5), [1] * 13, lambda i, c: 0,
+        trim_to_target(graph, list(graph.channels), Budget.of(mac_reduction=0.5), [1] * 13, lambda i, c: 0,
                        reduction=lambda counts: math.nan)
 
 
@@ -420,13 +420,13 @@ def test_pruning_a_pruned_checkpoint_keeps_the_first_record(synthetic_data):
     model = trained_like(vgg16_spec(0.125))
     base = {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {}, "data": {},
             "metrics": {"test": {"top1": 0.5}}}
-    once = prune_checkpoint(base, "l1", Budget(mac_reduction=0.5))
-    twice = prune_checkpoint(once, "l1", Budget(mac_reduction=0.5))
+    once = prune_checkpoint(base, "l1", Budget.of(mac_reduction=0.5))
+    twice = prune_checkpoint(once, "l1", Budget.of(mac_reduction=0.5))
     report = twice["pruning"]
     assert report["previous"] == once["pruning"]
     assert report["original"] == {"macs": once["pruning"]["macs_before"], "params": once["pruning"]["params_before"]}
     assert abs(report["mac_reduction"] - 0.5) < 0.02 and abs(report["mac_reduction_from_original"] - 0.75) < 0.02
-    thrice = prune_checkpoint(twice, "l1", Budget(ratio=0.1))
+    thrice = prune_checkpoint(twice, "l1", Budget.of(ratio=0.1))
     assert thrice["pruning"]["original"] == report["original"]
 
 
@@ -498,11 +498,11 @@ def test_checkpoints_with_odd_records_are_pruned_or_refused_in_one_line(tmp_path
     unfinished = save_untrained_base(tmp_path / "unfinished.pt")
     checkpoint = torch.load(unfinished, weights_only=True)
     torch.save({**checkpoint, "metrics": {}}, unfinished)
-    report = prune_stage(unfinished, tmp_path / "p1", "l1", Budget(mac_reduction=0.5), synthetic_data, 0)
+    report = prune_stage(unfinished, tmp_path / "p1", "l1", Budget.of(mac_reduction=0.5), synthetic_data, 0)
     assert report["parent_test_top1"] is None and "(base not evaluated)" in capsys.readouterr().out
     bare = tmp_path / "bare.pt"
     torch.save({key: value for key, value in checkpoint.items() if key not in ("recipe", "data")}, bare)
-    pruned = prune_checkpoint(load_checkpoint(bare), "l1", Budget(mac_reduction=0.5))
+    pruned = prune_checkpoint(load_checkpoint(bare), "l1", Budget.of(mac_reduction=0.5))
     assert pruned["recipe"] == {} and pruned["data"] == {}
     for changes, problem in (({"metrics": None}, "metrics: an object"),
                              ({"data": {"holdout_images": "abc"}}, "data.holdout_images"),

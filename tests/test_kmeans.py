@@ -75,7 +75,7 @@ def test_folding_exact_copies_rebuilds_the_output_and_dropping_them_does_not():
 
 def test_clustering_is_deterministic_for_a_seed():
     model = trained_like(SMALL, 5)
-    for config, budget in [(KMeansConfig(clusters="elbow"), None), (KMeansConfig(keep="random"), Budget(ratio=0.5))]:
+    for config, budget in [(KMeansConfig(clusters="elbow"), None), (KMeansConfig(keep="random"), Budget.of(ratio=0.5))]:
         first, first_report = prune_model(model, config, budget, seed=3)
         second, second_report = prune_model(model, config, budget, seed=3)
         assert first_report["layers"] == second_report["layers"]
@@ -86,7 +86,7 @@ def test_budget_mode_keeps_exactly_the_budgeted_channels_even_with_identical_fil
     model = trained_like(SMALL, 6)
     with torch.no_grad():
         model.features[0].weight[:4] = 0  # four identical filters: fewer distinct points than some K
-    for budget in (Budget(ratio=0.5), Budget(mac_reduction=0.6)):
+    for budget in (Budget.of(ratio=0.5), Budget.of(mac_reduction=0.6)):
         pruned, report = prune_model(model, KMeansConfig(), budget)
         assert [row["channels_after"] for row in report["layers"]] == kept_counts(vgg_graph(SMALL), budget)
         assert pruned.spec.conv_channels == tuple(kept_counts(vgg_graph(SMALL), budget))
@@ -104,17 +104,17 @@ def test_filter_points_keep_every_distance():
 
 def test_options_and_budgets_resolve_or_explain():
     config, budget = resolve_method("kmeans", {"clusters": None, "keep": "random"}, None)
-    assert config == KMeansConfig(keep="random") and budget == Budget(ratio=0.5)  # the blog's K = N/2
+    assert config == KMeansConfig(keep="random") and budget == Budget.of(ratio=0.5)  # the blog's K = N/2
     assert resolve_method("kmeans", {"clusters": "silhouette"}, None) == (KMeansConfig(clusters="silhouette"), None)
     for name, options, budget, message in [
-        ("kmeans", {"clusters": "gap"}, None, "unknown --clusters 'gap'"),
+        ("kmeans", {"clusters": "gap"}, None, "unknown `clusters` 'gap'"),
         ("kmeans", {"keep": "first"}, None, "unknown kept-filter rule"),
         ("kmeans", {"combine": "lstsq"}, None, "must be one of none, sum"),
         ("kmeans", {"restarts": "0"}, None, "restarts must be >= 1"),
         ("kmeans", {"min_keep": "1.5"}, None, "min-keep is a fraction"),
-        ("kmeans", {"clusters": "elbow"}, Budget(ratio=0.5), "chooses K per layer itself"),
-        ("kmeans", {"criterion": "cosine"}, None, "--criterion applies to --method scp only"),
-        ("l1", {"clusters": "elbow"}, Budget(ratio=0.5), "--clusters applies to --method kmeans only"),
+        ("kmeans", {"clusters": "elbow"}, Budget.of(ratio=0.5), "chooses K per layer itself"),
+        ("kmeans", {"criterion": "cosine"}, None, "`criterion` applies to `method` scp only"),
+        ("l1", {"clusters": "elbow"}, Budget.of(ratio=0.5), "`clusters` applies to `method` kmeans only"),
         ("kmedoids", {}, None, "unknown pruning method 'kmedoids'"),
     ]:
         with pytest.raises(PrunedroidError, match=message):
@@ -127,6 +127,8 @@ def test_kmeans_from_the_command_line(tmp_path, cifar_dir):
     common = ("prune", "--checkpoint", str(base), "--method", "kmeans", "--data-dir", str(cifar_dir), "--out", str(out))
     refused = run_invoke(*common, "--clusters", "elbow", "--mac-reduction", "0.5")
     assert refused.returncode == 2 and "chooses K per layer itself" in refused.stderr and not out.exists()
+    # the library names its fields (`mac_reduction`); the command line names them as its flags
+    assert "drop --mac-reduction/--ratio/--layer-ratios" in refused.stderr and "`" not in refused.stderr
     done = run_invoke(*common, "--keep", "random", "--combine", "sum")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())

@@ -51,9 +51,9 @@ def test_a_runtime_slow_on_some_layers_gets_those_layers_pruned_more():
     than the MAC-cost sensitivity allocation does, and meets its latency target above the floor."""
     slow = lambda shape: macs_ms(shape) * (20 if shape.size == 4 else 1)
     table = LatencyTable(measure=slow)
-    budget = Budget(latency_reduction=0.5, allocation="latency", min_keep=0.2)
+    budget = Budget.of(latency_reduction=0.5, allocation="latency", min_keep=0.2)
     counts = latency_counts(TINY, budget, even_curves(TINY), predict(table, TINY))
-    by_macs = sensitivity_counts(TINY, Budget(mac_reduction=TINY.mac_reduction(counts), allocation="sensitivity",
+    by_macs = sensitivity_counts(TINY, Budget.of(mac_reduction=TINY.mac_reduction(counts), allocation="sensitivity",
                                               min_keep=0.2), even_curves(TINY))
     assert abs(predicted_reduction(table, TINY, counts) - 0.5) <= 0.01
     assert all(low <= c for low, c in zip(floors(TINY, budget), counts))
@@ -67,7 +67,7 @@ def test_steps_that_save_nothing_are_walked_through_to_the_next_faster_count():
     blocks = lambda shape: macs_ms(shape) if shape.size == 0 else macs_ms(
         LayerShape(block(shape.inputs), block(shape.outputs), shape.size, shape.kernel, shape.stride, shape.padding))
     table = LatencyTable(measure=blocks)
-    counts = latency_counts(TINY, Budget(latency_reduction=0.4, allocation="latency", round_to=4), even_curves(TINY),
+    counts = latency_counts(TINY, Budget.of(latency_reduction=0.4, allocation="latency", round_to=4), even_curves(TINY),
                             predict(table, TINY))
     assert abs(predicted_reduction(table, TINY, counts) - 0.4) <= 0.01
     assert counts != list(TINY.channels) and all(c % 8 == 0 for c in counts), counts
@@ -102,12 +102,12 @@ def test_a_layer_is_measured_in_onnxruntime():
 ])
 def test_latency_budgets_are_checked(options, message):
     with pytest.raises(PrunedroidError, match=message):
-        Budget(**options)
+        Budget.of(**options)
 
 
 def test_an_unreachable_latency_target_names_the_fix():
-    with pytest.raises(PrunedroidError, match="latency reduction cannot be reached.*lower --min-keep"):
-        latency_counts(TINY, Budget(latency_reduction=0.9, allocation="latency", min_keep=0.6), even_curves(TINY),
+    with pytest.raises(PrunedroidError, match="latency reduction cannot be reached.*lower `min_keep`"):
+        latency_counts(TINY, Budget.of(latency_reduction=0.9, allocation="latency", min_keep=0.6), even_curves(TINY),
                        predict(LatencyTable(measure=macs_ms), TINY))
 
 
@@ -115,7 +115,7 @@ def test_prune_reports_the_predicted_latency_and_saves_the_table(synthetic_data,
     model = trained_like(vgg16_spec(0.125))
     table = tmp_path / "table.json"
     # A model this small is mostly per-layer overhead in onnxruntime (its floors save only ~25%): a modest target
-    budget = Budget(latency_reduction=0.1, allocation="latency", round_to=4)
+    budget = Budget.of(latency_reduction=0.1, allocation="latency", round_to=4)
     pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64), latency_table=table)
     predicted = report["predicted_ms"]
     assert report["allocation"] == "latency" and len(report["curves"]) == 13

@@ -42,8 +42,8 @@ def test_a_channel_nothing_uses_scores_lowest_and_goes(importance):
     assert scores[3].argmin().item() == 5
     if importance == "taylor":
         assert scores[3][5].item() == 0  # no gradient reaches it
-    pruned, report = prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
-    assert [row["channels_after"] for row in report["layers"]] == kept_counts(vgg_graph(SMALL), Budget(ratio=0.5))
+    pruned, report = prune_model(model, config, Budget.of(ratio=0.5), evaluation=EVAL_SET)
+    assert [row["channels_after"] for row in report["layers"]] == kept_counts(vgg_graph(SMALL), Budget.of(ratio=0.5))
     assert 5 not in report["layers"][3]["kept"] and report["method"] == "torch-pruning"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
     assert all(p.grad is None for p in model.parameters())
@@ -54,14 +54,14 @@ def test_taylor_needs_labelled_images_and_magnitude_needs_none():
     assert len(evaluation_set(LibraryConfig(importance="taylor"), holdout)) == 1024
     assert evaluation_set(LibraryConfig(), holdout) is None
     with pytest.raises(PrunedroidError, match="Taylor importance needs labelled calibration batches"):
-        prune_model(trained_like(SMALL), LibraryConfig(importance="taylor"), Budget(ratio=0.5))
+        prune_model(trained_like(SMALL), LibraryConfig(importance="taylor"), Budget.of(ratio=0.5))
 
 
 def test_library_options_resolve_or_explain():
-    assert resolve_method("torch-pruning", {"importance": "taylor", "eval_images": "512"}, Budget(ratio=0.3)) == (
-        LibraryConfig(importance="taylor", eval_images=512), Budget(ratio=0.3))
-    for options, budget, message in [({"importance": "hessian"}, Budget(ratio=0.5), "unknown importance 'hessian'"),
+    assert resolve_method("torch-pruning", {"importance": "taylor", "eval_images": "512"}, Budget.of(ratio=0.3)) == (
+        LibraryConfig(importance="taylor", eval_images=512), Budget.of(ratio=0.3))
+    for options, budget, message in [({"importance": "hessian"}, Budget.of(ratio=0.5), "unknown importance 'hessian'"),
                                      ({}, None, "torch-pruning needs a budget"),
-                                     ({"knn": "3"}, Budget(ratio=0.5), "--knn applies to --method scp only")]:
+                                     ({"knn": "3"}, Budget.of(ratio=0.5), "`knn` applies to `method` scp only")]:
         with pytest.raises(PrunedroidError, match=message):
             resolve_method("torch-pruning", options, budget)

@@ -43,7 +43,7 @@ def base(synthetic_data) -> torch.nn.Module:
 def test_vgg_cuts_are_unchanged(case, base, synthetic_data):
     method, budget = CASES[case]
     holdout = synthetic_data.holdout
-    pruned, report = prune_model(base, method, None if budget is None else Budget(**budget), seed=1,
+    pruned, report = prune_model(base, method, None if budget is None else Budget.of(**budget), seed=1,
                                  evaluation=cifar.Split(holdout.images[:256], holdout.labels[:256]), holdout=holdout)
     assert [row["kept"] for row in report["layers"]] == PINNED[case]["kept"]
     assert report["macs_after"] == PINNED[case]["macs_after"]

@@ -69,7 +69,7 @@ def test_surgery_equals_zeroing_the_removed_channels(seed):
 
 def test_l1_removes_the_smallest_filters_and_matches_zeroing_them():
     model = trained_like(SMALL, 7)
-    pruned, report = prune_model(model, "l1", Budget(ratio=0.5))
+    pruned, report = prune_model(model, "l1", Budget.of(ratio=0.5))
     scores = l1_scores(model, vgg_graph(SMALL))
     keep = {}
     for row in report["layers"]:
@@ -88,12 +88,12 @@ def test_pruned_checkpoint_rebuilds_from_itself(tmp_path):
     model = trained_like(SMALL)
     base = {"arch": SMALL.to_dict(), "state_dict": model.state_dict(), "recipe": {"seed": 0}, "data": {},
             "metrics": {"test": {"top1": 0.5}}}
-    pruned = prune_checkpoint(base, "l1", Budget(mac_reduction=0.5))
+    pruned = prune_checkpoint(base, "l1", Budget.of(mac_reduction=0.5))
     save_checkpoint(tmp_path / "p.pt", pruned)
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "p.pt")).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x), prune_model(model, "l1", Budget(mac_reduction=0.5))[0].eval()(x))
+        assert torch.equal(rebuilt(x), prune_model(model, "l1", Budget.of(mac_reduction=0.5))[0].eval()(x))
     assert pruned["pruning"]["parent_test_top1"] == 0.5 and pruned["cost"]["macs"] == count_cost(rebuilt).macs
 
 
@@ -101,7 +101,7 @@ def test_pruned_checkpoint_rebuilds_from_itself(tmp_path):
                          ids=["full", "quick", "smoke"])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
 def test_mac_targets_are_reached_within_one_percent(spec, target):
-    counts = kept_counts(vgg_graph(spec), Budget(mac_reduction=target))
+    counts = kept_counts(vgg_graph(spec), Budget.of(mac_reduction=target))
     assert abs(vgg_graph(spec).mac_reduction(counts) - target) <= 0.01
     assert all(1 <= c <= o for c, o in zip(counts, spec.conv_channels))
 
@@ -123,21 +123,21 @@ def test_channel_graph_macs_equal_the_hook_count():
 ])
 def test_bad_budgets_are_clear_errors(budget, message):
     with pytest.raises(PrunedroidError, match=message):
-        Budget(**budget)
+        Budget.of(**budget)
 
 
 def test_unreachable_targets_and_bad_choices_are_errors():
     with pytest.raises(PrunedroidError, match="cannot be reached.*ask for less"):
-        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget(mac_reduction=0.999))
+        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget.of(mac_reduction=0.999))
     with pytest.raises(PrunedroidError, match="13 values"):
-        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget(layer_ratios=(0.5, 0.5)))
+        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget.of(layer_ratios=(0.5, 0.5)))
     model = trained_like(SMALL)
     with pytest.raises(PrunedroidError, match="keep no channels"):
         prune_channels(model, example_input(), {0: []})
     with pytest.raises(PrunedroidError, match="distinct indices in 0..5"):
         prune_channels(model, example_input(), {0: [0, 6]})
     with pytest.raises(PrunedroidError, match="unknown pruning method"):
-        prune_model(model, "magic", Budget(ratio=0.5))
+        prune_model(model, "magic", Budget.of(ratio=0.5))
 
 
 def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_data):
@@ -145,7 +145,7 @@ def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_d
     from prunedroid.pruning import KMeansConfig, LibraryConfig, SCPConfig
 
     ratios = (0.0,) + (0.5,) * 11 + (0.0,)
-    budget = Budget.from_options(layer_ratios=",".join(map(str, ratios)))
+    budget = Budget.of(layer_ratios=",".join(map(str, ratios)))
     model = trained_like(SMALL)
     evaluation = synthetic_data.holdout.head(128)
     for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(),
@@ -159,19 +159,19 @@ def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_d
 @pytest.mark.parametrize("options, message", [
     (dict(layer_ratios="0,0,0,0,0,0,0,0,0,0,0,0,0"), "nothing would be pruned"),
     (dict(layer_ratios="0.5,-0.1"), r"must be in \[0, 1\)"), (dict(ratio="nan"), "expects a finite number"),
-    (dict(mac_reduction="inf"), "expects a finite number"), (dict(ratio="half"), "--ratio expects a finite number"),
+    (dict(mac_reduction="inf"), "expects a finite number"), (dict(ratio="half"), "`ratio` expects a finite number"),
     (dict(ratio="0"), r"must be in \(0, 1\)"), (dict(mac_reduction="-0.5"), r"must be in \(0, 1\)"),
 ])
 def test_bad_budget_options_are_clear_errors(options, message):
     with pytest.raises(PrunedroidError, match=message):
-        Budget.from_options(**options)
+        Budget.of(**options)
 
 
 @pytest.mark.parametrize("spec", [vgg16_spec(1.0), vgg16_spec(0.5), vgg16_spec(0.25)], ids=["full", "wide", "quick"])
 @pytest.mark.parametrize("step", [4, 8, 16])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
 def test_rounded_counts_are_multiples_and_still_meet_the_mac_target(spec, step, target):
-    counts = kept_counts(vgg_graph(spec), Budget(mac_reduction=target, round_to=step))
+    counts = kept_counts(vgg_graph(spec), Budget.of(mac_reduction=target, round_to=step))
     assert abs(vgg_graph(spec).mac_reduction(counts) - target) <= 0.01
     assert all(c % step == 0 and step <= c <= o for c, o in zip(counts, spec.conv_channels)), counts
 
@@ -184,10 +184,10 @@ def test_rounding_applies_to_every_budget_and_method(synthetic_data):
     spec = vgg16_spec(0.125)  # 8..64 channels
     model = trained_like(spec)
     evaluation = synthetic_data.holdout.head(128)
-    assert kept_counts(vgg_graph(spec), Budget(ratio=0.5, round_to=16))[:4] == [8, 8, 16, 16]
-    assert kept_counts(vgg_graph(spec), Budget(layer_ratios=(0.5,) * 12 + (0.0,), round_to=8))[-1] == 64
+    assert kept_counts(vgg_graph(spec), Budget.of(ratio=0.5, round_to=16))[:4] == [8, 8, 16, 16]
+    assert kept_counts(vgg_graph(spec), Budget.of(layer_ratios=(0.5,) * 12 + (0.0,), round_to=8))[-1] == 64
     for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(), LibraryConfig()):
-        pruned, report = prune_model(model, method, Budget(mac_reduction=0.5, round_to=8), evaluation=evaluation)
+        pruned, report = prune_model(model, method, Budget.of(mac_reduction=0.5, round_to=8), evaluation=evaluation)
         assert all(c % 8 == 0 for c in pruned.spec.conv_channels), (method, pruned.spec.conv_channels)
         assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["budget"]["round_to"] == 8
 
@@ -195,6 +195,6 @@ def test_rounding_applies_to_every_budget_and_method(synthetic_data):
 @pytest.mark.parametrize("round_to, message", [("0", "in 1..256"), ("300", "in 1..256"), ("8.5", "expects int")])
 def test_bad_rounding_is_a_clear_error(round_to, message):
     with pytest.raises(PrunedroidError, match=message):
-        Budget.from_options(mac_reduction="0.5", round_to=round_to)
-    with pytest.raises(PrunedroidError, match="smaller --round-to"):
-        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget(mac_reduction=0.95, round_to=16))
+        Budget.of(mac_reduction="0.5", round_to=round_to)
+    with pytest.raises(PrunedroidError, match="smaller `round_to`"):
+        kept_counts(vgg_graph(vgg16_spec(0.25)), Budget.of(mac_reduction=0.95, round_to=16))

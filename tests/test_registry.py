@@ -32,11 +32,11 @@ def test_a_method_defined_in_one_class_prunes_and_parses(lp_method):
     assert lp.report["method"] == "lp" and lp.report["options"] == {"p": 1.0}
     assert abs(prunedroid.prune(model, example, "lp", mac_reduction=0.5, allocation="global").report[
         "mac_reduction"] - 0.5) <= 0.01
-    assert resolve_method("lp", {"p": "3"}, None, prunedroid.pruning.Budget(ratio=0.5))[0] == lp_method(p=3.0)
-    with pytest.raises(PrunedroidError, match="--p expects a finite number"):
-        resolve_method("lp", {"p": "x"}, None, prunedroid.pruning.Budget(ratio=0.5))
-    with pytest.raises(PrunedroidError, match="--knn applies to --method scp only, not to --method lp"):
-        resolve_method("lp", {"knn": "3"}, prunedroid.pruning.Budget(ratio=0.5))
+    assert resolve_method("lp", {"p": "3"}, None, prunedroid.pruning.Budget.of(ratio=0.5))[0] == lp_method(p=3.0)
+    with pytest.raises(PrunedroidError, match="`p` expects a finite number"):
+        resolve_method("lp", {"p": "x"}, None, prunedroid.pruning.Budget.of(ratio=0.5))
+    with pytest.raises(PrunedroidError, match="`knn` applies to `method` scp only, not to `method` lp"):
+        resolve_method("lp", {"knn": "3"}, prunedroid.pruning.Budget.of(ratio=0.5))
 
 
 def test_the_command_line_help_is_generated_from_the_fields(lp_method):

@@ -159,7 +159,7 @@ def test_keep_norm_keeps_the_larger_filter_of_every_pair():
     norms = filter_l1(conv_blocks(model)[0][0])  # the first layer: no earlier fold edits its filters
     for keep in ("loss", "norm"):
         config = SCPConfig(keep=keep, eval_images=64, batch_size=16)
-        report = prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)[1]
+        report = prune_model(model, config, Budget.of(ratio=0.5), evaluation=EVAL_SET)[1]
         larger_kept = [bool(norms[kept] >= norms[removed]) for removed, kept, _ in report["layers"][0]["merges"]]
         assert all(larger_kept) if keep == "norm" else not all(larger_kept)
 
@@ -219,7 +219,7 @@ def test_pruning_loss_after_batchnorm_equals_the_normalised_output_error():
 
 def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     model = trained_like(SMALL, 8)
-    budget = Budget(mac_reduction=0.5)
+    budget = Budget.of(mac_reduction=0.5)
     scp, scp_report = prune_model(model, SCPConfig(eval_images=64, batch_size=16), budget, evaluation=EVAL_SET)
     l1, _ = prune_model(model, "l1", budget)
     assert scp.spec.conv_channels == l1.spec.conv_channels
@@ -228,8 +228,8 @@ def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     with torch.no_grad():
         assert scp(x).shape == (2, 10)
     # Removing 80% of every layer needs more than pairs of free channels allow: kept channels merge too.
-    deep = prune_model(model, SCPConfig(eval_images=64, batch_size=16), Budget(ratio=0.8), evaluation=EVAL_SET)[0]
-    assert list(deep.spec.conv_channels) == kept_counts(vgg_graph(SMALL), Budget(ratio=0.8))
+    deep = prune_model(model, SCPConfig(eval_images=64, batch_size=16), Budget.of(ratio=0.8), evaluation=EVAL_SET)[0]
+    assert list(deep.spec.conv_channels) == kept_counts(vgg_graph(SMALL), Budget.of(ratio=0.8))
 
 
 def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_set():
@@ -268,7 +268,7 @@ def test_bad_inputs_are_clear_errors():
     config = SCPConfig(threshold=0.9, eval_images=64, batch_size=64)
     few = prune_model(model, config, None, evaluation=EVAL_SET.head(10))[1]  # fewer than a batch: one batch
     assert few["method"] == "scp" and len(few["layers"]) == 13
-    with pytest.raises(PrunedroidError, match="either --threshold or a budget"):
-        prune_model(model, config, Budget(ratio=0.5), evaluation=EVAL_SET)
+    with pytest.raises(PrunedroidError, match="either `threshold` or a budget"):
+        prune_model(model, config, Budget.of(ratio=0.5), evaluation=EVAL_SET)
     with pytest.raises(PrunedroidError, match="give calibration inputs"):
         prune_model(model, config, None)

@@ -47,8 +47,8 @@ def test_presets_and_overrides():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"epochs": "ten"}, "--epochs expects int"), ({"lr": "-1"}, "lr must be > 0"),
-    ({"schedule": "step"}, "schedule must be one of"), ({"nesterov": "maybe"}, "--nesterov expects bool"),
+    ({"epochs": "ten"}, "`epochs` expects int"), ({"lr": "-1"}, "lr must be > 0"),
+    ({"schedule": "step"}, "schedule must be one of"), ({"nesterov": "maybe"}, "`nesterov` expects bool"),
     ({"bogus": "1"}, "unknown training option"),
 ])
 def test_bad_options_are_clear_errors(overrides, message):
@@ -139,9 +139,9 @@ def test_diverging_training_stops_with_advice_and_keeps_no_nan_checkpoint(synthe
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"lr": "nan"}, "--lr expects a finite number"), ({"lr": "inf"}, "--lr expects a finite number"),
+    ({"lr": "nan"}, "`lr` expects a finite number"), ({"lr": "inf"}, "`lr` expects a finite number"),
     ({"epochs": "-1"}, "epochs must be >= 1"), ({"batch_size": "0"}, "batch_size must be >= 2"),
-    ({"momentum": "nan"}, "--momentum expects a finite number"), ({"holdout": "-5"}, "holdout must be >= 0"),
+    ({"momentum": "nan"}, "`momentum` expects a finite number"), ({"holdout": "-5"}, "holdout must be >= 0"),
 ])
 def test_hostile_training_options_are_refused(overrides, message):
     with pytest.raises(PrunedroidError, match=message):

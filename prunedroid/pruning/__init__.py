@@ -19,7 +19,6 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +26,17 @@ from torch import nn
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import with_options
 from prunedroid.pruning.allocation import Curve, allocate, layer_sensitivity
-from prunedroid.pruning.budget import Budget, kept_counts
+from prunedroid.pruning.budget import (
+    BUDGET_OPTIONS,
+    Amount,
+    Budget,
+    LatencyReduction,
+    LayerChannels,
+    LayerRatios,
+    MacReduction,
+    Ratio,
+    kept_counts,
+)
 from prunedroid.pruning.cost import ModelCost, count_cost
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, channel_graph
 from prunedroid.pruning.kmeans import KMeansConfig
@@ -39,7 +48,6 @@ from prunedroid.pruning.scp import SCPConfig
 from prunedroid.pruning.surgery import prune_channels
 
 Method = str | PruningMethod  # a registered method's name (its default options) or its options
-BUDGET_FIELDS = tuple(field.name for field in dataclasses.fields(Budget))
 
 
 def method_name(method: Method) -> str:
@@ -65,9 +73,9 @@ def resolve_method(name: str, options: Mapping[str, object], budget: Budget | No
     own = {field.name for field in dataclasses.fields(cls)}
     foreign = [key for key in given if key not in own]
     if foreign:
-        raise PrunedroidError("; ".join(f"--{key.replace('_', '-')} applies to --method "
-                                        f"{'/'.join(owners(key)) or 'none'} only" for key in foreign)
-                              + f", not to --method {name}")
+        raise PrunedroidError("; ".join(f"`{key}` applies to `method` {'/'.join(owners(key)) or 'none'} only"
+                                        for key in foreign)
+                              + f", not to `method` {name}")
     config = with_options(cls(), given, name)
     return config, config.resolve_budget(budget, default_budget)
 
@@ -118,13 +126,11 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
 
     The report: method, options, budget, seed, per group ("layers") channels before/after and the kept indices, the
     allocation's measurements, MACs and parameters before/after and their reductions, the groups' producers."""
-    budget_options = {key: options.pop(key) for key in list(options) if key in BUDGET_FIELDS}
+    budget_options = {key: options.pop(key) for key in list(options) if key in BUDGET_OPTIONS}
     if budget_options:
         if budget is not None:
             raise PrunedroidError(f"give a Budget or its fields ({', '.join(budget_options)}), not both")
-        fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
-                                  for key, value in budget_options.items()}
-        budget = Budget(**fields)
+        budget = Budget.of(**budget_options)
     if isinstance(method, str):
         known = {field.name for field in dataclasses.fields(type(method_of(method)))}
         if set(options) - known:
@@ -155,7 +161,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
         counts, allocation = allocate(graph, budget,
                                       lambda: channel_scores(model, graph, example_input, method, seed, calibration),
                                       curves, None if model_ms is None else functools.partial(model_ms, graph))
-        per_group = Budget(layer_channels=tuple(counts))
+        per_group = Budget(LayerChannels(tuple(counts)))
     pruned, rows = cut(model, graph, example_input, method, per_group, seed, calibration)
     shape = tuple(example_input.shape[1:])
     before, after = count_cost(model, shape), count_cost(pruned, shape)
@@ -170,7 +176,8 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
     return PruneResult(pruned, report)
 
 
-__all__ = ["REGISTRY", "Budget", "Calibration", "ChannelGraph", "ChannelGroup", "KMeansConfig", "L1Config",
+__all__ = ["BUDGET_OPTIONS", "REGISTRY", "Amount", "Budget", "LatencyReduction", "LayerChannels", "LayerRatios",
+           "MacReduction", "Ratio", "Calibration", "ChannelGraph", "ChannelGroup", "KMeansConfig", "L1Config",
            "LibraryConfig", "Method", "ModelCost", "PruneResult", "PruningMethod", "RandomConfig", "SCPConfig",
            "channel_graph", "channel_scores", "count_cost", "cut", "kept_counts", "method_name", "method_options",
            "prune", "prune_channels", "resolve_method"]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.pruning.budget import Budget, step_down, trim_to_target
+from prunedroid.pruning.budget import Budget, LayerChannels, step_down, trim_to_target
 from prunedroid.pruning.groups import ChannelGraph
 
 SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)  # fractions of one group's channels removed while measuring it
@@ -47,7 +47,7 @@ def check_reachable(graph: ChannelGraph, budget: Budget,
     if budget.target > most + budget.tolerance:
         raise PrunedroidError(f"a {budget.target:.0%} {budget.measure} reduction cannot be reached with every layer "
                               f"keeping at least {budget.min_keep:.0%} of its channels (at most {most:.1%}); lower "
-                              f"--min-keep or ask for less")
+                              f"`min_keep` or ask for less")
     return lowest
 
 
@@ -106,7 +106,7 @@ def latency_saved(graph: ChannelGraph, predict_ms: PredictMs) -> Callable[[list[
 
 
 def latency_counts(graph: ChannelGraph, budget: Budget, curves: Sequence[Curve], predict_ms: PredictMs) -> list[int]:
-    """Kept channels per group meeting budget.latency_reduction of the predicted latency: the next step goes from
+    """Kept channels per group meeting the budget's latency target: the next step goes from
     the group whose predicted extra loss per ms saved is smallest. A step that saves nothing (a count off the
     runtime's SIMD width can be slower) is judged by the best rate within LOOKAHEAD steps, so the search walks
     through it to the next faster count."""
@@ -141,7 +141,7 @@ def layer_sensitivity(graph: ChannelGraph, model: nn.Module, cut: Callable[[Budg
         curve, worst = [(width, 0.0)], 0.0
         for kept in sorted({max(1, width - round(width * r)) for r in SENSITIVITY_RATIOS} - {width}, reverse=True):
             layer_counts = tuple(kept if i == layer else c for i, c in enumerate(channels))
-            worst = max(worst, reference - evaluate(cut(Budget(layer_channels=layer_counts))))
+            worst = max(worst, reference - evaluate(cut(Budget(LayerChannels(layer_counts)))))
             curve.append((kept, worst))
         curves.append(curve)
     return curves

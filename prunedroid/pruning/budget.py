@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -15,106 +16,194 @@ from prunedroid.pruning.groups import ChannelGraph
 ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
 
 
-@dataclass(frozen=True)
-class Budget:
-    """How much to prune: exactly one of ratio, layer_ratios, mac_reduction, latency_reduction (each field's help
-    says what it is) and layer_channels (the channels each group keeps: what an allocation resolves a target to).
-    A MAC or latency target is reached within `tolerance` (absolute); round_to suits SIMD kernels, which work on 4,
-    8 or 16 channels at a time; allocations are in prunedroid/pruning/allocation.py."""
+def _fraction(value: float, option: str) -> None:
+    if not 0 < value < 1:
+        raise PrunedroidError(f"`{option}` must be in (0, 1), got {value}; e.g. 0.5 removes half")
 
-    ratio: float | None = option(None, "fraction of every channel group's channels to remove")
-    layer_ratios: tuple[float, ...] | None = option(None, "comma-separated fraction per channel group (13 values for "
-                                                          "VGG16, one per conv layer; 0 leaves a group whole)")
-    mac_reduction: float | None = option(None, "fraction of MACs to remove, e.g. 0.5 (reached within 1%)")
-    latency_reduction: float | None = option(None, "with --allocation latency: fraction of the predicted latency to "
-                                                   "remove (the per-layer lookup table is kept in latency-table.json "
-                                                   "beside the output folder)")
-    layer_channels: tuple[int, ...] | None = None
-    tolerance: float = 0.01
-    round_to: int = option(1, "every pruned group keeps a multiple of this many channels, at least this many")
-    allocation: str = option("uniform", "how --mac-reduction is shared among groups: uniform (one ratio), global "
-                                        "(the method's channel scores ranked across groups) or sensitivity (measured "
-                                        "accuracy loss per MAC); latency: accuracy loss per ms of measured layer "
-                                        "latency, to a --latency-reduction")
-    min_keep: float = option(0.1, "the fraction of a group's channels it never goes below with --allocation global/"
-                                  "sensitivity/latency; with --method kmeans and no allocation, the floor of its "
-                                  "automatic K (there 0.25 unless given)")
+
+@dataclass(frozen=True)
+class Ratio:
+    """The same fraction of every group's channels removed."""
+
+    fraction: float
+    option: ClassVar[str] = "ratio"
+    help: ClassVar[str] = "fraction of every channel group's channels to remove"
 
     def __post_init__(self) -> None:
-        given = [name for name in ("ratio", "layer_ratios", "mac_reduction", "latency_reduction", "layer_channels")
-                 if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise PrunedroidError("give exactly one budget: --ratio, --layer-ratios, --mac-reduction or "
-                                  "--latency-reduction" + (f" (got {', '.join(given)})" if given else ""))
-        for value in tuple(v for v in (self.ratio, self.mac_reduction, self.latency_reduction) if v is not None):
-            if not 0 < value < 1:
-                raise PrunedroidError(f"--ratio, --mac-reduction and --latency-reduction must be in (0, 1), got "
-                                      f"{value}; e.g. 0.5 removes half")
-        for value in self.layer_ratios or ():
+        _fraction(self.fraction, self.option)
+
+
+@dataclass(frozen=True)
+class LayerRatios:
+    """A fraction of each group's channels removed, one per group in the graph's order (0 leaves a group whole)."""
+
+    fractions: tuple[float, ...]
+    option: ClassVar[str] = "layer_ratios"
+    help: ClassVar[str] = ("comma-separated fraction per channel group (13 values for VGG16, one per conv layer; 0 "
+                           "leaves a group whole)")
+
+    def __post_init__(self) -> None:
+        for value in self.fractions:
             if not 0 <= value < 1:
-                raise PrunedroidError(f"each --layer-ratios value must be in [0, 1), got {value}; 0 leaves a layer "
-                                    f"whole, 0.5 removes half its channels")
-        if type(self.round_to) is not int or not 1 <= self.round_to <= 256:
-            raise PrunedroidError(f"--round-to must be a whole number of channels in 1..256, got {self.round_to}")
-        if self.allocation not in ALLOCATIONS:
-            raise PrunedroidError(f"unknown --allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
-        if (self.allocation == "latency") != (self.latency_reduction is not None):
-            raise PrunedroidError("--latency-reduction and --allocation latency go together: the latency allocation "
-                                  "trims to a latency target, and only it measures latency")
-        if self.allocation not in ("uniform", "latency") and self.mac_reduction is None:
-            raise PrunedroidError(f"--allocation {self.allocation} shares a MAC target among layers: give "
-                                  f"--mac-reduction, not --ratio/--layer-ratios (those fix each layer's share)")
-        if not 0 < self.min_keep <= 1:
-            raise PrunedroidError(f"--min-keep is a fraction of a layer's channels in (0, 1], got {self.min_keep}")
-        if self.layer_ratios is not None and not any(self.layer_ratios):
-            raise PrunedroidError("every --layer-ratios value is 0, so nothing would be pruned; give a layer a ratio "
+                raise PrunedroidError(f"each `layer_ratios` value must be in [0, 1), got {value}; 0 leaves a layer "
+                                      f"whole, 0.5 removes half its channels")
+        if not any(self.fractions):
+            raise PrunedroidError("every `layer_ratios` value is 0, so nothing would be pruned; give a layer a ratio "
                                   "above 0")
 
+
+@dataclass(frozen=True)
+class MacReduction:
+    """A fraction of the model's multiply-accumulates removed (within the budget's tolerance)."""
+
+    fraction: float
+    option: ClassVar[str] = "mac_reduction"
+    help: ClassVar[str] = "fraction of MACs to remove, e.g. 0.5 (reached within 1%)"
+
+    def __post_init__(self) -> None:
+        _fraction(self.fraction, self.option)
+
+
+@dataclass(frozen=True)
+class LatencyReduction:
+    """A fraction of the model's predicted batch-1 latency removed (allocation "latency" only)."""
+
+    fraction: float
+    option: ClassVar[str] = "latency_reduction"
+    help: ClassVar[str] = ("with `allocation` latency: fraction of the predicted latency to remove (the per-layer "
+                           "lookup table is kept in latency-table.json beside the output folder)")
+
+    def __post_init__(self) -> None:
+        _fraction(self.fraction, self.option)
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    """The channels each group keeps, in the graph's order: what an allocation resolves a target to."""
+
+    counts: tuple[int, ...]
+    option: ClassVar[str] = "layer_channels"
+    help: ClassVar[str] = "channels each group keeps, one count per channel group"
+
+
+Amount = Ratio | LayerRatios | MacReduction | LatencyReduction | LayerChannels
+AMOUNTS: tuple[type[Amount], ...] = (Ratio, LayerRatios, MacReduction, LatencyReduction, LayerChannels)
+AMOUNT_OPTIONS = {cls.option: cls for cls in AMOUNTS}
+
+
+def amount_value(amount: Amount) -> float | tuple[float, ...] | tuple[int, ...]:
+    """The one number (or per-group numbers) an amount holds."""
+    return getattr(amount, dataclasses.fields(amount)[0].name)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to prune (`amount`: one of the AMOUNTS) and how: a MAC or latency target is shared among groups by
+    `allocation` and reached within `tolerance` (absolute); round_to suits SIMD kernels, which work on 4, 8 or 16
+    channels at a time; allocations are in prunedroid/pruning/allocation.py."""
+
+    amount: Amount
+    allocation: str = option("uniform", "how `mac_reduction` is shared among groups: uniform (one ratio), global "
+                                        "(the method's channel scores ranked across groups) or sensitivity (measured "
+                                        "accuracy loss per MAC); latency: accuracy loss per ms of measured layer "
+                                        "latency, to a `latency_reduction`")
+    round_to: int = option(1, "every pruned group keeps a multiple of this many channels, at least this many")
+    min_keep: float = option(0.1, "the fraction of a group's channels it never goes below with `allocation` global/"
+                                  "sensitivity/latency; with `method` kmeans and no allocation, the floor of its "
+                                  "automatic K (there 0.25 unless given)")
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount, AMOUNTS):
+            raise PrunedroidError(f"a budget's amount is one of {', '.join(c.__name__ for c in AMOUNTS)}, got "
+                                  f"{type(self.amount).__name__}")
+        if type(self.round_to) is not int or not 1 <= self.round_to <= 256:
+            raise PrunedroidError(f"`round_to` must be a whole number of channels in 1..256, got {self.round_to}")
+        if self.allocation not in ALLOCATIONS:
+            raise PrunedroidError(f"unknown `allocation` {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+        if (self.allocation == "latency") != isinstance(self.amount, LatencyReduction):
+            raise PrunedroidError("`latency_reduction` and `allocation` latency go together: the latency allocation "
+                                  "trims to a latency target, and only it measures latency")
+        if self.allocation in ("global", "sensitivity") and not isinstance(self.amount, MacReduction):
+            raise PrunedroidError(f"`allocation` {self.allocation} shares a MAC target among layers: give "
+                                  f"`mac_reduction`, not `{self.amount.option}` (that fixes each layer's share)")
+        if not 0 < self.min_keep <= 1:
+            raise PrunedroidError(f"`min_keep` is a fraction of a layer's channels in (0, 1], got {self.min_keep}")
+        if not 0 < self.tolerance < 1:
+            raise PrunedroidError(f"`tolerance` is a fraction in (0, 1), got {self.tolerance}")
+
     @classmethod
-    def from_options(cls, ratio: str | float | None = None, layer_ratios: str | None = None,
-                     mac_reduction: str | float | None = None, round_to: str | int | None = None,
-                     allocation: str | None = None, min_keep: str | float | None = None,
-                     latency_reduction: str | float | None = None) -> Budget | None:
-        """From command-line strings: --ratio 0.5, --layer-ratios 0.1,0.2,..., --mac-reduction 0.5, --round-to 8,
-        --allocation global, --min-keep 0.1, --latency-reduction 0.5; None when no budget is given (the method may
-        not need one, or has a default)."""
-        if ratio is None and layer_ratios is None and mac_reduction is None and latency_reduction is None:
+    def from_options(cls, options: Mapping[str, object]) -> Budget | None:
+        """From keywords, as values or as typed on a command line ("0.5"; "0.1,0.2,..." per group): exactly one
+        amount (`ratio`, `layer_ratios`, `mac_reduction`, `latency_reduction`, `layer_channels`) and any of
+        `allocation`, `round_to`, `min_keep`, `tolerance`; an option given as None is not given. None when no
+        amount is given (the method may not need one, or has a default)."""
+        given = {name: value for name, value in options.items() if value is not None}
+        unknown = sorted(set(given) - set(AMOUNT_OPTIONS) - set(BUDGET_SETTINGS))
+        if unknown:
+            raise PrunedroidError(f"unknown budget option {unknown[0]!r}; known: "
+                                  f"{', '.join([*AMOUNT_OPTIONS, *BUDGET_SETTINGS])}")
+        amounts = [name for name in AMOUNT_OPTIONS if name in given]
+        if not amounts:
             return None
-        number = lambda text, option: float(parse_option(str(text), "float", option))  # type: ignore[arg-type]
-        return cls(ratio=None if ratio is None else number(ratio, "ratio"),
-                   layer_ratios=None if layer_ratios is None else tuple(
-                       number(part, "layer_ratios") for part in str(layer_ratios).split(",")),
-                   mac_reduction=None if mac_reduction is None else number(mac_reduction, "mac_reduction"),
-                   latency_reduction=None if latency_reduction is None else number(latency_reduction,
-                                                                                   "latency_reduction"),
-                   round_to=1 if round_to is None else int(parse_option(str(round_to), "int",  # type: ignore[arg-type]
-                                                                        "round_to")),
-                   allocation=allocation or "uniform",
-                   min_keep=Budget.min_keep if min_keep is None else number(min_keep, "min_keep"))
+        if len(amounts) > 1:
+            raise PrunedroidError("give exactly one budget: `ratio`, `layer_ratios`, `mac_reduction` or "
+                                  f"`latency_reduction` (got {', '.join(amounts)})")
+        kind = AMOUNT_OPTIONS[amounts[0]]
+        value: object = given[amounts[0]]
+        element = dataclasses.fields(kind)[0].type
+        if "tuple" in str(element):
+            parts = value.split(",") if isinstance(value, str) else value
+            if not isinstance(parts, (list, tuple)):
+                raise PrunedroidError(f"`{kind.option}` takes one value per channel group, got {value!r}")
+            each = "int" if "int" in str(element) else "float"
+            value = tuple(parse_option(str(part), each, kind.option) for part in parts)
+        else:
+            value = parse_option(str(value), "float", kind.option)
+        settings = {name: parse_option(str(given[name]), BUDGET_SETTINGS[name], name)
+                    for name in BUDGET_SETTINGS if name in given}
+        return cls(kind(value), **settings)  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls, **options: object) -> Budget:
+        """Budget.of(mac_reduction=0.5, round_to=8): from_options, with an amount required."""
+        budget = cls.from_options(options)
+        if budget is None:
+            raise PrunedroidError("give exactly one budget: `ratio`, `layer_ratios`, `mac_reduction` or "
+                                  "`latency_reduction`")
+        return budget
 
     @property
     def target(self) -> float:
         """The fraction to remove of what the budget measures (MACs, or predicted latency); only a MAC or latency
         target has one."""
-        target = self.latency_reduction if self.latency_reduction is not None else self.mac_reduction
-        if target is None:
-            raise PrunedroidError("this budget sets channel counts, not a MAC or latency target to reach")
-        return target
+        if isinstance(self.amount, (MacReduction, LatencyReduction)):
+            return self.amount.fraction
+        raise PrunedroidError("this budget sets channel counts, not a MAC or latency target to reach")
 
     @property
     def measure(self) -> str:
-        return "latency" if self.latency_reduction is not None else "MAC"
+        return "latency" if isinstance(self.amount, LatencyReduction) else "MAC"
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if v is not None and not (k == "min_keep" and self.allocation == "uniform")}
+        """The budget as reports record it: {"mac_reduction": 0.5, "tolerance": 0.01, "round_to": 1,
+        "allocation": "uniform"}, with min_keep where an allocation uses it."""
+        value = amount_value(self.amount)
+        record = {self.amount.option: list(value) if isinstance(value, tuple) else value,
+                  "tolerance": self.tolerance, "round_to": self.round_to, "allocation": self.allocation}
+        return record if self.allocation == "uniform" else {**record, "min_keep": self.min_keep}
+
+
+# The budget's settings besides its amount, as typed: what Budget.from_options parses them as.
+BUDGET_SETTINGS = {field.name: str(field.type) for field in dataclasses.fields(Budget) if field.name != "amount"}
+BUDGET_OPTIONS = (*AMOUNT_OPTIONS, *BUDGET_SETTINGS)  # every keyword a budget is given by
 
 
 def required_budget(method: str, budget: Budget | None, default: Budget | None = None) -> Budget:
     """The budget a method that cannot choose counts itself prunes to: the one given, else the caller's default."""
     chosen = budget or default
     if chosen is None:
-        raise PrunedroidError(f"{method} needs a budget: --mac-reduction, --ratio or --layer-ratios")
+        raise PrunedroidError(f"{method} needs a budget: `mac_reduction`, `ratio` or `layer_ratios`")
     return chosen
 
 
@@ -132,24 +221,25 @@ def kept_counts(graph: ChannelGraph, budget: Budget) -> list[int]:
     with the most channels left until the target is met."""
     original, step = graph.channels, budget.round_to
     count = lambda c, r: rounded(max(1, c - math.floor(c * r + 0.5)), c, step)
-    if budget.ratio is not None:
-        return [count(c, budget.ratio) for c in original]
-    if budget.layer_ratios is not None:
-        if len(budget.layer_ratios) != len(original):
-            raise PrunedroidError(f"--layer-ratios needs {len(original)} values (one per channel group), "
-                                  f"got {len(budget.layer_ratios)}")
-        return [c if r == 0 else count(c, r) for c, r in zip(original, budget.layer_ratios)]
-    if budget.layer_channels is not None:
-        if len(budget.layer_channels) != len(original) or not all(
-                type(k) is int and 1 <= k <= c for k, c in zip(budget.layer_channels, original)):
-            raise PrunedroidError(f"layer channel counts {list(budget.layer_channels)} do not fit a model with "
-                                  f"{list(original)} channels: one count per channel group, each in 1..its channels")
-        return list(budget.layer_channels)
+    match budget.amount:
+        case Ratio(fraction):
+            return [count(c, fraction) for c in original]
+        case LayerRatios(fractions):
+            if len(fractions) != len(original):
+                raise PrunedroidError(f"`layer_ratios` needs {len(original)} values (one per channel group), "
+                                      f"got {len(fractions)}")
+            return [c if r == 0 else count(c, r) for c, r in zip(original, fractions)]
+        case LayerChannels(counts):
+            if len(counts) != len(original) or not all(type(k) is int and 1 <= k <= c
+                                                       for k, c in zip(counts, original)):
+                raise PrunedroidError(f"layer channel counts {list(counts)} do not fit a model with {list(original)} "
+                                      f"channels: one count per channel group, each in 1..its channels")
+            return list(counts)
     target = budget.target
     most = graph.mac_reduction([min(c, step) for c in original])
     if target > most:
         raise PrunedroidError(f"a {target:.0%} MAC reduction cannot be reached: keeping {step} channel(s) per layer "
-                            f"removes only {most:.1%}; ask for less" + (" or a smaller --round-to" if step > 1 else ""))
+                            f"removes only {most:.1%}; ask for less" + (" or a smaller `round_to`" if step > 1 else ""))
     low, high = 0.0, 1.0
     for _ in range(40):
         middle = (low + high) / 2
@@ -188,9 +278,9 @@ def trim_to_target(graph: ChannelGraph, counts: Sequence[int], budget: Budget, f
     if not abs(reached - target) <= tolerance:  # written so that a NaN reduction fails too
         raise PrunedroidError(f"could not reach a {target:.1%} {budget.measure} reduction within {tolerance:.1%} (got "
                             f"{reached:.1%})"
-                            + (f"; channel steps of {step} are too coarse for this model: try a smaller --round-to"
+                            + (f"; channel steps of {step} are too coarse for this model: try a smaller `round_to`"
                                if step > 1 else "")
-                            + ("" if budget.allocation == "uniform" else "; or lower --min-keep"))
+                            + ("" if budget.allocation == "uniform" else "; or lower `min_keep`"))
     return counts
 
 

@@ -2,7 +2,7 @@
 filters are clustered with k-means and one filter per cluster stays.
 
 The blog fixes K at half the filters and keeps a random member; here K comes from a budget (half the filters is
-`Budget(ratio=0.5)`, the default) or is chosen per layer by the elbow of the inertia curve or by the best silhouette,
+`Budget(Ratio(0.5))`, the default) or is chosen per layer by the elbow of the inertia curve or by the best silhouette,
 and the kept filter is the member nearest its centroid (or a random one, to reproduce the blog). Optionally the removed
 members' next-layer weights are added to the kept filter's (weight combination, shared with SCP), as if each removed
 filter's map were its keeper's.
@@ -35,7 +35,7 @@ from torch import nn
 
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import check, option
-from prunedroid.pruning.budget import Budget, kept_counts
+from prunedroid.pruning.budget import Budget, Ratio, kept_counts
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, conv_named
 from prunedroid.pruning.method import Calibration, PruningMethod
 from prunedroid.pruning.surgery import Merge, fold_channels, prune_channels
@@ -52,7 +52,7 @@ SEARCH_GRID = 9  # K values tried per zoom step of the automatic search
 @dataclass(frozen=True)
 class KMeansConfig(PruningMethod):
     """K-means' options (see the module docstring). min_keep: the automatic search keeps at least this fraction of
-    a group's filters (the command line's --min-keep reaches it when no allocation takes that flag)."""
+    a group's filters (the command line's `min_keep` reaches it when no allocation takes that flag)."""
 
     name: ClassVar[str] = "kmeans"
     summary: ClassVar[str] = "k-means filter clustering, the blog's method"
@@ -67,7 +67,7 @@ class KMeansConfig(PruningMethod):
     min_keep: float = 0.25
 
     def __post_init__(self) -> None:
-        checks = [(self.clusters in CLUSTERS, f"unknown --clusters {self.clusters!r}; choose one of "
+        checks = [(self.clusters in CLUSTERS, f"unknown `clusters` {self.clusters!r}; choose one of "
                                                 f"{', '.join(CLUSTERS)}"),
                   (self.keep in KEEP, f"unknown kept-filter rule {self.keep!r}; choose one of {', '.join(KEEP)}"),
                   (self.combine in COMBINE, f"k-means weight combination must be one of {', '.join(COMBINE)}, "
@@ -82,10 +82,10 @@ class KMeansConfig(PruningMethod):
         else the one given, the caller's default, or the blog's half the filters."""
         if self.clusters != "budget":
             if budget is not None:
-                raise PrunedroidError(f"--clusters {self.clusters} chooses K per layer itself; drop --mac-reduction/"
-                                      f"--ratio/--layer-ratios, or use --clusters budget")
+                raise PrunedroidError(f"`clusters` {self.clusters} chooses K per layer itself; drop `mac_reduction`/"
+                                      f"`ratio`/`layer_ratios`, or use `clusters` budget")
             return None
-        return budget or default or Budget(ratio=0.5)
+        return budget or default or Budget(Ratio(0.5))
 
     def scores(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, seed: int,
                calibration: Calibration | None) -> list[torch.Tensor]:
@@ -209,7 +209,7 @@ def prune_kmeans(model: nn.Module, graph: ChannelGraph, example_input: torch.Ten
     """K-means filter clustering of every group; returns the pruned model (eval mode) and one report row per
     group. Deterministic for a fixed seed."""
     if (config.clusters == "budget") == (budget is None):
-        raise PrunedroidError("k-means needs a budget with --clusters budget, and none with --clusters "
+        raise PrunedroidError("k-means needs a budget with `clusters` budget, and none with `clusters` "
                               "elbow/silhouette")
     counts = kept_counts(graph, budget) if budget is not None else None
     current = copy.deepcopy(model).eval()  # cut group by group; the caller's model stays as it is

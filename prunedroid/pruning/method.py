@@ -30,7 +30,7 @@ REGISTRY: dict[str, type[PruningMethod]] = {}
 
 @dataclass(frozen=True)
 class PruningMethod:
-    """name: how the method is asked for (`--method NAME`); summary: what it is, for the help."""
+    """name: how the method is asked for (``method` NAME`); summary: what it is, for the help."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""

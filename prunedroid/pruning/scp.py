@@ -108,12 +108,12 @@ class SCPConfig(PruningMethod):
         caller's default; one of the two must decide how many channels go."""
         if self.threshold is not None:
             if budget is not None:
-                raise PrunedroidError("give either --threshold or a budget (--mac-reduction, --ratio, --layer-ratios), "
+                raise PrunedroidError("give either `threshold` or a budget (`mac_reduction`, `ratio`, `layer_ratios`), "
                                       "not both")
             return None
         if budget is None and default is None:
-            raise PrunedroidError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
-                                  "(--mac-reduction, --ratio or --layer-ratios)")
+            raise PrunedroidError("SCP needs exactly one of `threshold` (prune pairs above it) or a budget "
+                                  "(`mac_reduction`, `ratio` or `layer_ratios`)")
         return budget or default
 
     def scores(self, model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, seed: int,
@@ -441,8 +441,8 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
     one of config.threshold and `budget` decides how many channels go. Returns the pruned model (eval mode) and one
     report row per group."""
     if (config.threshold is None) == (budget is None):
-        raise PrunedroidError("SCP needs exactly one of --threshold (prune pairs above it) or a budget "
-                              "(--mac-reduction, --ratio or --layer-ratios)")
+        raise PrunedroidError("SCP needs exactly one of `threshold` (prune pairs above it) or a budget "
+                              "(`mac_reduction`, `ratio` or `layer_ratios`)")
     if not len(inputs):
         raise PrunedroidError("SCP compares feature maps: give calibration inputs (held-out data)")
     if len(inputs) < config.batch_size:  # a small calibration set is one batch
