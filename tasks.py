@@ -103,7 +103,7 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
             "data_dir": DATA_DIR_HELP, "test_limit": "evaluate on the first N test images only"})
 def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
     """Top-1 on the CIFAR-10 test set (all 10,000 images), with MACs and parameters."""
-    from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_test
     from prunedroid.pruning.cost import count_cost
     from prunedroid.train import evaluate as run_evaluation
@@ -112,7 +112,7 @@ def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
     limit = None if test_limit is None else whole(test_limit, "test_limit")
     if limit is not None and limit < 1:
         raise PrunedroidError(f"--test-limit must be >= 1 image, got {limit}")
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    model = Checkpoint.load(checkpoint).model()
     test = load_test(data_dir).head(limit)
     result = run_evaluation(model, test)
     cost = count_cost(model)
@@ -220,7 +220,7 @@ def _method_and_budget(method, options, default_budget=None):
                "overwrite": "replace an existing output folder"}, generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
 def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", overwrite=False, **options):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
-    from prunedroid.checkpoint import held_out_images, load_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.flow import prune_stage
 
@@ -230,9 +230,9 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PrunedroidError(f"{out} already exists; pass --overwrite or another --out")
-    base = load_checkpoint(checkpoint)
-    _check_budget_fits(base["arch"], budget)
-    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=held_out_images(base)), seed)
+    base = Checkpoint.load(checkpoint)
+    _check_budget_fits(base.arch, budget)
+    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=base.held_out_images), seed)
 
 
 NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
@@ -245,14 +245,14 @@ NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last
 def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, teacher=None,
              **recipe):
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
-    from prunedroid.checkpoint import load_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.train import make_config
     from prunedroid.train import train as run_training
 
     required(checkpoint=checkpoint)
     config = make_config(preset, recipe, finetune=True)
-    init = load_checkpoint(checkpoint)
+    init = Checkpoint.load(checkpoint)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,
                  overwrite=overwrite, progress=sys.stderr.isatty(), init=init, teacher=teacher)
@@ -279,7 +279,7 @@ def _int8_options(quantize, calibration_images, max_drop):
 def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None, quantize=None,
            calibration_images=None, max_drop=None):
     """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
-    from prunedroid.checkpoint import existing_checkpoint, held_out_images, load_checkpoint
+    from prunedroid.checkpoint import Checkpoint, existing_checkpoint
     from prunedroid.data import load_cifar10, load_test
     from prunedroid.deploy import export_checkpoint
     from prunedroid.files import plain_name
@@ -289,7 +289,7 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
     int8 = _int8_options(quantize, calibration_images, max_drop)
     existing_checkpoint(checkpoint)  # a wrong path fails before the data is looked for (or downloaded)
     if int8:  # calibrated on the base's held-out training images, never on test images
-        data = load_cifar10(data_dir, holdout=held_out_images(load_checkpoint(checkpoint)))
+        data = load_cifar10(data_dir, holdout=Checkpoint.load(checkpoint).held_out_images)
         test, calibration = data.test, data.holdout.head(int8.calibration_images)
     else:
         test, calibration = load_test(data_dir), None
@@ -389,7 +389,7 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epoc
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from prunedroid.bench import ROUNDS, check_timing
-    from prunedroid.checkpoint import held_out_images, load_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.files import plain_name
     from prunedroid.flow import run_pipeline
@@ -405,9 +405,9 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epoc
     finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device,
                                            "distill_weight": distill_weight,
                                            "distill_temperature": distill_temperature}, finetune=True)
-    base_checkpoint = load_checkpoint(base) if base else None
-    _check_budget_fits(base_checkpoint["arch"] if base else vgg16_spec(train_config.width).to_dict(), budget)
-    held_out = held_out_images(base_checkpoint) if base_checkpoint else train_config.holdout
+    base_checkpoint = Checkpoint.load(base) if base else None
+    _check_budget_fits(base_checkpoint.arch if base_checkpoint else vgg16_spec(train_config.width).to_dict(), budget)
+    held_out = base_checkpoint.held_out_images if base_checkpoint else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs,

@@ -14,7 +14,7 @@ import torch
 from harness import arguments, base_title
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.flow import evaluation_set
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, calibration, example_input, prune_model
 from prunedroid.pruning import Budget, SCPConfig, channel_graph, channel_scores, cut
@@ -35,9 +35,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint = load_checkpoint(args.base)
-    base = model_from_checkpoint(checkpoint)
-    data = cifar.load_cifar10(args.data_dir, holdout=checkpoint["data"]["holdout_images"])
+    checkpoint = Checkpoint.load(args.base)
+    base = checkpoint.model()
+    data = cifar.load_cifar10(args.data_dir, holdout=checkpoint.held_out_images)
     # The images sensitivity scores on: past SCP's evaluation set and the BatchNorm images.
     bn_images = data.holdout.images[:BATCHNORM_IMAGES]
     scored = cifar.Split(data.holdout.images[BATCHNORM_IMAGES:BATCHNORM_IMAGES + SCORED_IMAGES],
@@ -70,8 +70,8 @@ def main() -> None:
                              "held-out top-1 (BN re-measured)": f"{100 * top1(pruned):.2f}%"})
                 print(rows[-1], flush=True)
     payload = {"command": command_line(), "base": {"checkpoint": args.base, "title": base_title({"base": {
-        "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
-        "test_top1": checkpoint["metrics"]["test"]["top1"]}})}, "rows": rows}
+        "width": checkpoint.recipe["width"], "epochs": checkpoint.epoch,
+        "test_top1": checkpoint.metrics["test"]["top1"]}})}, "rows": rows}
     write_results(args.out, payload, title=f"Global allocation's choices: {payload['base']['title']}",
                   table=markdown_table(rows, list(rows[0])), notes=NOTES)
 

@@ -14,7 +14,7 @@ import torch
 from harness import arguments, percent
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
 from prunedroid.pruned import prune_model
@@ -33,9 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint = load_checkpoint(args.base)
-    data = cifar.load_cifar10(args.data_dir, holdout=checkpoint["data"]["holdout_images"])
-    base = model_from_checkpoint(checkpoint)
+    checkpoint = Checkpoint.load(args.base)
+    data = cifar.load_cifar10(args.data_dir, holdout=checkpoint.held_out_images)
+    base = checkpoint.model()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     top1 = lambda model: evaluate(model, data.test)["top1"]
     rows = []
@@ -51,7 +51,7 @@ def main() -> None:
                 row[f"augmented_{count}"] = augmented
             rows.append(row)
             print(row, flush=True)
-    width, epochs = checkpoint["recipe"]["width"], checkpoint["epoch"]
+    width, epochs = checkpoint.recipe["width"], checkpoint.epoch
     payload = {"base": {"checkpoint": args.base, "sha256": file_sha256(args.base), "width": width, "epochs": epochs},
                "seeds": seeds, "rows": rows}
     write_results(args.out, payload, title=f"BatchNorm re-measured after pruning: VGG16-BN width {width}, {epochs} "

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from prunedroid import data as cifar  # noqa: E402
 from prunedroid.bench import benchmark  # noqa: E402
-from prunedroid.checkpoint import load_checkpoint  # noqa: E402
+from prunedroid.checkpoint import Checkpoint  # noqa: E402
 from prunedroid.deploy import MAX_INT8_DROP, export_checkpoint  # noqa: E402
 from prunedroid.report import markdown_table, write_results  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
     models = dict(pair.split("=", 1) for pair in args.models.split(","))
     sidecars = []
     for name, checkpoint in models.items():
-        held_out = load_checkpoint(checkpoint)["data"]["holdout_images"]
+        held_out = Checkpoint.load(checkpoint).held_out_images
         data = cifar.load_cifar10(args.data_dir, holdout=held_out)
         sidecars.append(export_checkpoint(checkpoint, data.test, Path(args.work), name,
                                           calibration=data.holdout.head(args.calibration_images),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prunedroid import data as cifar
 from prunedroid.bench import paired_difference
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.flow import evaluation_set
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, SCPConfig, method_name
@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--distill-temperature", default="4")
     parser.add_argument("--finetune-preset", default="quick")
     args = parser.parse_args()
-    base = load_checkpoint(args.base)
-    data = cifar.load_cifar10(args.data_dir, holdout=base["data"]["holdout_images"])
+    base = Checkpoint.load(args.base)
+    data = cifar.load_cifar10(args.data_dir, holdout=base.held_out_images)
     recipes = {"plain": {}, "distilled": {"distill_weight": args.distill_weight,
                                           "distill_temperature": args.distill_temperature}}
     rows, payload = [], {"base": args.base, "target": args.target, "cells": {}, "paired": {}}
@@ -42,18 +42,18 @@ def main() -> None:
                                   evaluation_set(method, data.holdout))
         correct = {}
         for recipe, overrides in recipes.items():
-            config = make_config(args.finetune_preset, {"width": base["recipe"]["width"], **overrides}, finetune=True)
+            config = make_config(args.finetune_preset, {"width": base.recipe["width"], **overrides}, finetune=True)
             folder = Path(args.work) / f"{method_name(method)}-{recipe}"
             finetuned = train(config, data, folder, resume=True, progress=False, init=pruned,
                               teacher=args.base if config.distill_weight else None)
-            scored = evaluate(model_from_checkpoint(finetuned), data.test, per_image=True)
+            scored = evaluate(finetuned.model(), data.test, per_image=True)
             correct[recipe] = scored["correct"]
             key = f"{method_name(method)}/{recipe}"
-            payload["cells"][key] = {"top1": scored["top1"], "recipe": {k: finetuned["recipe"][k] for k in (
+            payload["cells"][key] = {"top1": scored["top1"], "recipe": {k: finetuned.recipe[k] for k in (
                 "epochs", "lr", "distill_weight", "distill_temperature")},
-                "seconds": round(sum(epoch["seconds"] for epoch in finetuned["history"]), 1)}
+                "seconds": round(sum(epoch["seconds"] for epoch in finetuned.history), 1)}
             rows.append({"method": method_name(method), "fine-tune": recipe,
-                         "test top-1": f"{100 * scored['top1']:.2f}%", "epochs": finetuned["recipe"]["epochs"],
+                         "test top-1": f"{100 * scored['top1']:.2f}%", "epochs": finetuned.recipe["epochs"],
                          "distill weight": config.distill_weight, "seconds": payload["cells"][key]["seconds"]})
         gap = paired_difference(correct["distilled"][None], correct["plain"][None])
         payload["paired"][f"{method_name(method)}: distilled vs plain"] = gap

@@ -18,7 +18,7 @@ import torch
 
 from prunedroid import data as cifar
 from prunedroid.bench import onnx_latencies_ms, paired_difference
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
@@ -50,7 +50,7 @@ def arguments(description: str, out: str, work: str | None = None) -> argparse.A
 @dataclass
 class Bench:
     base_path: Path
-    base_checkpoint: dict
+    base_checkpoint: Checkpoint
     base: VGG
     data: cifar.Cifar10
     finetune_config: TrainConfig
@@ -66,11 +66,11 @@ class Bench:
         in <out>.json."""
         if threads:
             torch.set_num_threads(threads)
-        checkpoint = load_checkpoint(base)
-        data = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"])
-        model = model_from_checkpoint(checkpoint)
+        checkpoint = Checkpoint.load(base)
+        data = cifar.load_cifar10(data_dir, holdout=checkpoint.held_out_images)
+        model = checkpoint.model()
         # The recipe's width is the base's: a fine-tune trains the model it is given, whatever the preset's width.
-        finetune_config = make_config(finetune_preset, {"threads": threads, "width": checkpoint["recipe"]["width"],
+        finetune_config = make_config(finetune_preset, {"threads": threads, "width": checkpoint.recipe["width"],
                                                         "distill_weight": distill_weight}, finetune=True)
         results = Path(out).with_suffix(".json")
         previous = json.loads(results.read_text()) if results.exists() else {}
@@ -83,7 +83,7 @@ class Bench:
             commands.append(command_line())
         payload = {"commands": commands,
                    "base": {"checkpoint": base, "sha256": sha256,
-                            "width": checkpoint["recipe"]["width"], "epochs": checkpoint["epoch"],
+                            "width": checkpoint.recipe["width"], "epochs": checkpoint.epoch,
                             "channels": list(model.spec.conv_channels),
                             "test_top1": evaluate(model, data.test)["top1"]},
                    "finetune": dataclasses.asdict(finetune_config), "cells": previous.get("cells", {}),
@@ -141,12 +141,12 @@ class Bench:
         folder = self.finetuned_folder(key, None if recipe else config.seed)
         finetuned = train(config, self.data, folder, resume=True, progress=False, init=pruned,
                           teacher=self.base_path if config.distill_weight else None)
-        top1 = evaluate(model_from_checkpoint(finetuned), self.data.test)["top1"]
+        top1 = evaluate(finetuned.model(), self.data.test)["top1"]
         if recipe:
             cell["top1_finetuned"] = top1
             # Summed from the epochs' own times: true of a fine-tune resumed here, or finished by another process
             # sharing `work`, where the wall time of this call is not.
-            cell["finetune_seconds"] = round(sum(epoch["seconds"] for epoch in finetuned["history"]), 1)
+            cell["finetune_seconds"] = round(sum(epoch["seconds"] for epoch in finetuned.history), 1)
         else:
             cell.setdefault("top1_finetuned_seeds", {})[str(config.seed)] = top1
         print(key, f"fine-tuned (seed {config.seed})", top1, flush=True)
@@ -184,7 +184,7 @@ class Bench:
     def _correct(self, key: str, seed: int, split_name: str, split: cifar.Split) -> torch.Tensor:
         if (key, seed, split_name) not in self.correct:
             folder = self.finetuned_folder(key, None if seed == self.finetune_config.seed else seed)
-            model = model_from_checkpoint(load_checkpoint(folder / CHECKPOINT_NAME))
+            model = Checkpoint.load(folder / CHECKPOINT_NAME).model()
             self.correct[key, seed, split_name] = evaluate(model, split, per_image=True)["correct"]
         return self.correct[key, seed, split_name]
 
@@ -198,8 +198,8 @@ class Bench:
             checkpoint = folder / CHECKPOINT_NAME
             if source == "pruned":
                 checkpoint = folder / "pruned.pt"
-                save_checkpoint(checkpoint, prune_checkpoint(self.base_checkpoint, method, budget, seed,
-                                                             **self.pruning_data(method)))
+                pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.pruning_data(method))
+                pruned.save(checkpoint)
             exported = export_checkpoint(checkpoint, self.data.test, folder / "export", "model")
             cell.update(exported=source, ptl_bytes=exported.report["ptl_bytes"],
                         onnx_bytes=exported.report["onnx_bytes"])

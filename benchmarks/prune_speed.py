@@ -25,7 +25,7 @@ import torch
 def measure(base: str, setting: str, target: float, eval_images: int, data_dir: str | None) -> dict:
     """Runs in the child: load, prune once, report seconds and peak resident memory (bytes)."""
     from prunedroid import data as cifar
-    from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.flow import evaluation_set
     from prunedroid.pruned import prune_model
     from prunedroid.pruning import Budget, resolve_method
@@ -35,10 +35,10 @@ def measure(base: str, setting: str, target: float, eval_images: int, data_dir: 
     if name == "scp":
         given.setdefault("eval_images", str(eval_images))
     method, budget = resolve_method(name, given, None, default_budget=Budget.of(mac_reduction=target))
-    checkpoint = load_checkpoint(base)
-    holdout = cifar.load_cifar10(data_dir, holdout=checkpoint["data"]["holdout_images"]).holdout
+    checkpoint = Checkpoint.load(base)
+    holdout = cifar.load_cifar10(data_dir, holdout=checkpoint.held_out_images).holdout
     evaluation = evaluation_set(method, holdout)
-    model = model_from_checkpoint(checkpoint).eval()
+    model = checkpoint.model().eval()
     resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
     _, report = prune_model(model, method, budget, evaluation=evaluation)
@@ -63,10 +63,10 @@ def main() -> None:
         print(json.dumps(measure(args.base, args.child, args.mac_reduction, args.eval_images, args.data_dir)))
         return
 
-    from prunedroid.checkpoint import load_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.report import markdown_table, write_results
 
-    recipe = load_checkpoint(args.base)["recipe"]
+    recipe = Checkpoint.load(args.base).recipe
     rows = []
     for setting in args.settings.split(","):
         command = [sys.executable, __file__, "--base", args.base, "--child", setting, "--mac-reduction",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.pruning.cost import count_cost
 from prunedroid.report import markdown_table, write_results
 from prunedroid.train import PRESETS, evaluate
@@ -36,15 +36,15 @@ def main() -> None:
     test = cifar.load_test(args.data_dir)
     runs = []
     for path in args.checkpoints:
-        checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint)
-        recipe, history = checkpoint["recipe"], checkpoint["history"]
+        checkpoint = Checkpoint.load(path)
+        model = checkpoint.model()
+        recipe, history = checkpoint.recipe, checkpoint.history
         cost = count_cost(model)
         runs.append({
             "checkpoint": str(path), "command": preset_command(recipe), "recipe": recipe,
-            "trained_on": checkpoint.get("device", "?"), "versions": checkpoint["versions"],
-            "epochs": checkpoint["epoch"], "train_seconds": round(sum(h["seconds"] for h in history), 1),
-            "test_top1_at_training": checkpoint["metrics"]["test"]["top1"],
+            "trained_on": checkpoint.device or "?", "versions": checkpoint.versions,
+            "epochs": checkpoint.epoch, "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "test_top1_at_training": checkpoint.metrics["test"]["top1"],
             "test_top1_here": evaluate(model, test)["top1"], "macs": cost.macs, "params": cost.params,
             "history": history,
         })

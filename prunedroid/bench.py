@@ -17,7 +17,7 @@ from torch import nn
 
 from prunedroid import data as cifar
 from prunedroid import pte
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import fold_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import read_json
@@ -135,11 +135,11 @@ def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> dict[
 def _exported_model(sidecar_path: Path, sidecar: dict) -> nn.Module:
     """The model of the checkpoint the sidecar was exported from, once that checkpoint still has the recorded hash
     and the sidecar's architecture (so one benchmark row never mixes two models)."""
-    checkpoint = load_checkpoint(sidecar_checkpoint(sidecar_path, sidecar))
-    if checkpoint["arch"] != sidecar["arch"]:
+    checkpoint = Checkpoint.load(sidecar_checkpoint(sidecar_path, sidecar))
+    if checkpoint.arch != sidecar["arch"]:
         raise PrunedroidError(f"{sidecar_path} describes another architecture than its checkpoint "
                               f"{sidecar['checkpoint']}: the sidecar was edited; export again")
-    return model_from_checkpoint(checkpoint)
+    return checkpoint.model()
 
 
 def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,

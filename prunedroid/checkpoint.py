@@ -1,10 +1,13 @@
-"""Checkpoints as plain data (loadable with weights_only=True), checked before any weight is trusted."""
+"""Checkpoints: one typed record, kept on disk as plain data (loadable with weights_only=True) and checked before
+any weight is trusted."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import platform
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +23,81 @@ from prunedroid.options import is_finite_number
 KIND = "prunedroid/checkpoint"
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 4 << 30  # full-width VGG16 with its optimiser state is about 120 MB
-# Every key a checkpoint of this format may hold: anything else was added by hand or by another program.
-KEYS = frozenset({"kind", "format_version", "versions", "arch", "state_dict", "epoch", "history", "cost", "optimizer",
-                  "recipe", "seed", "metrics", "data", "device", "pruning", "teacher", "init"})
 
 
 def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__}
 
 
-def checkpoint_bytes(checkpoint: dict) -> bytes:
-    """`checkpoint` (arch, state_dict, recipe, metrics, ... - plain data only) with its kind and versions, as the
-    bytes of a checkpoint file. Serialised in memory so that the write itself is Python's: a full disk is then an
-    OSError like any other (torch's own writer fails with a RuntimeError that names no path)."""
-    unknown = set(checkpoint) - KEYS
-    if unknown:  # load_checkpoint would refuse the file: fail before writing it
-        raise ValueError(f"checkpoint keys {sorted(unknown)} are not part of format {FORMAT_VERSION}")
-    serialised = io.BytesIO()
-    torch.save({"kind": KIND, "format_version": FORMAT_VERSION, "versions": library_versions(), **checkpoint},
-               serialised)
-    return serialised.getvalue()
+@dataclass
+class Checkpoint:
+    """One model's record: `arch` is its constructor's arguments (VGGSpec.to_dict()), `state_dict` its weights, and
+    the rest how it came to be. On disk it is plain data (loadable with weights_only=True) with a kind and format
+    version; `load` checks every record before any weight is trusted, `model()` checks the weights against `arch`.
+
+    epoch: epochs trained (0: just built or pruned); history: one record per epoch (train_loss, train_top1, seconds,
+    images_per_s, holdout_top1); cost: {"macs", "params"}; optimizer: the SGD state a resume continues from;
+    recipe: the TrainConfig as a dict; metrics: {"test": {"top1" (a fraction), "images", "loss"}} once evaluated;
+    data: {"mean", "std", "classes", "train_images", "holdout_images"}; pruning: the prune report of a pruned model;
+    teacher: {"checkpoint", "sha256"} distilled from; init: {"weights_sha256"} of the weights training started
+    from; versions: python, torch and numpy of the run that wrote it."""
+
+    arch: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, int] | None = None
+    optimizer: dict[str, Any] | None = None
+    seed: int | None = None
+    device: str | None = None
+    pruning: dict[str, Any] | None = None
+    teacher: dict[str, Any] | None = None
+    init: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    @property
+    def held_out_images(self) -> int:
+        """How many training images the run held out (the tail of the training split; 0 when none)."""
+        return int(self.data.get("holdout_images", 0))
+
+    @property
+    def test_top1(self) -> float | None:
+        """The test top-1 (a fraction), or None where it was not evaluated (an unfinished training)."""
+        return (self.metrics.get("test") or {}).get("top1")
+
+    def model(self) -> VGG:
+        """The model this checkpoint describes, with its weights (in training mode, as built)."""
+        model = build_model(checked_spec(self))
+        model.load_state_dict(self.state_dict)
+        return model
+
+    def to_bytes(self) -> bytes:
+        """The bytes of the checkpoint file, with the versions of this run. Serialised in memory so that the write
+        itself is Python's: a full disk is then an OSError like any other (torch's own writer fails with a
+        RuntimeError that names no path)."""
+        record = {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+        serialised = io.BytesIO()
+        torch.save({"kind": KIND, "format_version": FORMAT_VERSION, **record, "versions": library_versions()},
+                   serialised)
+        return serialised.getvalue()
+
+    def save(self, path: str | Path) -> None:
+        """Writes the checkpoint to `path` atomically."""
+        data = self.to_bytes()
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """The checkpoint `save` wrote at `path`, refusing anything else with a message that says why."""
+        return cls(**_checked_record(path))
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Writes `checkpoint` to `path` atomically (checkpoint_bytes)."""
-    data = checkpoint_bytes(checkpoint)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+# Every key a checkpoint file of this format may hold: anything else was added by hand or by another program.
+KEYS = frozenset({"kind", "format_version", *(field.name for field in dataclasses.fields(Checkpoint))})
 
 
 def existing_checkpoint(path: str | Path) -> Path:
@@ -83,14 +134,22 @@ def _is_fraction(value: Any) -> bool:
 def record_problems(checkpoint: dict) -> list[str]:
     """What is wrong with a checkpoint's records (everything but its weights, which checked_spec checks)."""
     problems = [f"{key}: not part of this format" for key in sorted(set(checkpoint) - KEYS)]
+    if not isinstance(checkpoint.get("arch"), dict):
+        problems.append("arch: the architecture (an object)")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        problems.append("state_dict: the weights (tensors by name)")
     for key, kind in (("recipe", dict), ("data", dict), ("metrics", dict), ("history", list), ("cost", dict)):
         if key in checkpoint and not isinstance(checkpoint[key], kind):
             problems.append(f"{key}: {'an object' if kind is dict else 'a list'}")
     if "epoch" in checkpoint and not (type(checkpoint["epoch"]) is int and checkpoint["epoch"] >= 0):
         problems.append("epoch: a whole number >= 0")
-    for key in ("pruning", "teacher", "init"):
+    for key in ("pruning", "teacher", "init", "optimizer", "versions"):
         if checkpoint.get(key) is not None and not isinstance(checkpoint[key], dict):
             problems.append(f"{key}: null or an object")
+    for key, kind in (("seed", int), ("device", str)):
+        if checkpoint.get(key) is not None and type(checkpoint[key]) is not kind:
+            problems.append(f"{key}: null or {'a whole number' if kind is int else 'text'}")
     held_out = checkpoint.get("data", {}).get("holdout_images", 0) if isinstance(checkpoint.get("data"), dict) else 0
     if not (type(held_out) is int and held_out >= 0):
         problems.append("data.holdout_images: a whole number >= 0")
@@ -110,18 +169,9 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def held_out_images(checkpoint: dict) -> int:
-    """How many training images the checkpoint's run held out (the tail of the training split; 0 when none)."""
-    return checkpoint.get("data", {}).get("holdout_images", 0)
-
-
-def tested_top1(checkpoint: dict) -> float | None:
-    """The checkpoint's test top-1 (a fraction), or None where it was not evaluated (an unfinished training)."""
-    return (checkpoint.get("metrics", {}).get("test") or {}).get("top1")
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint written by save_checkpoint, refusing anything else with a message that says why."""
+def _checked_record(path: str | Path) -> dict[str, Any]:
+    """The fields of the checkpoint file at `path` (as Checkpoint takes them), once its kind, format and every
+    record are sound."""
     path = existing_checkpoint(path)
     _check_archive(path)
     try:
@@ -139,19 +189,15 @@ def load_checkpoint(path: str | Path) -> dict:
     if problems:
         raise PrunedroidError(f"{path} is damaged or was edited ({'; '.join(problems[:3])}); use the checkpoint "
                               f"`invoke train` wrote, or train again")
-    return checkpoint
+    return {key: value for key, value in checkpoint.items() if key not in ("kind", "format_version")}
 
 
-def checked_spec(checkpoint: dict) -> VGGSpec:
+def checked_spec(checkpoint: Checkpoint) -> VGGSpec:
     """The checkpoint's architecture, checked against its own weights before anything real is allocated: the
     network is built on the meta device (shapes only, no memory), its tensor shapes compared with the state dict's,
     and a 32x32 image traced through it, so a tampered description fails here instead of asking for terabytes.
     Weights that are NaN or infinite are refused too: no stage can make a working model of them."""
-    spec = VGGSpec.from_dict(checkpoint.get("arch") if isinstance(checkpoint.get("arch"), dict) else {})
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PrunedroidError("checkpoint has no state dict of tensors: it was not written by prunedroid, or is "
-                              "damaged")
+    spec, state = VGGSpec.from_dict(checkpoint.arch), checkpoint.state_dict
     with torch.device("meta"):
         skeleton = VGG(spec)
         try:
@@ -172,10 +218,3 @@ def checked_spec(checkpoint: dict) -> VGGSpec:
                               f"(first: {broken[0]!r}): the training that wrote it diverged or the file is damaged; "
                               f"retrain (a lower --lr) or use an earlier checkpoint")
     return spec
-
-
-def model_from_checkpoint(checkpoint: dict) -> VGG:
-    """The model a checkpoint describes, with its weights (in training mode, as built)."""
-    model = build_model(checked_spec(checkpoint))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model

@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from prunedroid import data as cifar
 from prunedroid import pte
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_paths, file_sha256, folder_lock, plain_name
 from prunedroid.options import check, with_options
@@ -264,18 +264,18 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     """
     if len(test) < verify_images:
         raise PrunedroidError(f"export verification needs {verify_images} test images, got {len(test)}")
-    checkpoint = load_checkpoint(checkpoint_path)
-    test_metrics = checkpoint.get("metrics", {}).get("test") or {}
+    checkpoint = Checkpoint.load(checkpoint_path)
+    test_metrics = checkpoint.metrics.get("test") or {}
     record = {
         "checkpoint": str(Path(checkpoint_path).resolve()), "checkpoint_sha256": file_sha256(checkpoint_path),
         "classes": list(cifar.CLASSES), "input_layout": "NCHW, RGB, float32",
-        "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255, "arch": checkpoint["arch"],
+        "mean": list(cifar.MEAN), "std": list(cifar.STD), "pixel_scale": 1 / 255, "arch": checkpoint.arch,
         "test_top1": test_metrics.get("top1"), "test_images": test_metrics.get("images"),
-        "pruning": {k: v for k, v in (checkpoint.get("pruning") or {}).items() if k != "layers"} or None,
+        "pruning": {k: v for k, v in (checkpoint.pruning or {}).items() if k != "layers"} or None,
     }
     int8 = None if calibration is None else (
         lambda deploy, eager, tmp, paths: _export_int8(deploy, eager, test, calibration, tmp, paths, max_drop))
-    return export_model(model_from_checkpoint(checkpoint), cifar.normalize(test.images[:verify_images]), out_dir,
+    return export_model(checkpoint.model(), cifar.normalize(test.images[:verify_images]), out_dir,
                         name, dynamic_batch, record, int8)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prunedroid import data as cifar
 from prunedroid.bench import benchmark, table_rows
-from prunedroid.checkpoint import checkpoint_bytes, load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
@@ -53,18 +53,19 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
     machine."""
     with folder_lock(out_dir):
         started = time.perf_counter()
-        pruned = prune_checkpoint(load_checkpoint(base_path), method, budget, seed,
+        pruned = prune_checkpoint(Checkpoint.load(base_path), method, budget, seed,
                                   evaluation_set(method, data.holdout), data.holdout,
                                   latency_table=out_dir.parent / LATENCY_TABLE)
         seconds = time.perf_counter() - started
-        result = evaluate(model_from_checkpoint(pruned), data.test)
-        pruned["metrics"] = {"test": result}
-        report = {**pruned["pruning"], "base_checkpoint": str(base_path), "test_top1_after_pruning": result["top1"],
+        result = evaluate(pruned.model(), data.test)
+        pruned.metrics = {"test": result}
+        report = {**(pruned.pruning or {}), "base_checkpoint": str(base_path),
+                  "test_top1_after_pruning": result["top1"],
                   "prune_seconds": round(seconds, 2)}
         # One unit, the checkpoint last: a resumed pipeline takes a pruned/checkpoint.pt as a finished stage.
         with atomic_paths([out_dir / "report.json", out_dir / CHECKPOINT_NAME]) as (report_tmp, checkpoint_tmp):
             report_tmp.write_text(json.dumps(report, indent=2) + "\n")
-            checkpoint_tmp.write_bytes(checkpoint_bytes(pruned))
+            checkpoint_tmp.write_bytes(pruned.to_bytes())
     parent = report["parent_test_top1"]
     print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
           f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
@@ -158,7 +159,7 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
         started = time.perf_counter()
 
     if base:
-        base_checkpoint = load_checkpoint(base_path)  # fail now, not after training, if it is not a checkpoint
+        base_checkpoint = Checkpoint.load(base_path)  # fail now, not after training, if it is not a checkpoint
     else:
         # The folder is new or --resume was given, so resuming is always what is wanted here.
         base_checkpoint = train(train_config, data, run / "base", resume=True, progress=progress)
@@ -167,7 +168,7 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
         prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed)
     lap("prune")
     finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
-                      init=load_checkpoint(run / "pruned" / CHECKPOINT_NAME),
+                      init=Checkpoint.load(run / "pruned" / CHECKPOINT_NAME),
                       teacher=base_path if finetune_config.distill_weight else None)
     lap("finetune")
     calibration = data.holdout.head(int8.calibration_images) if int8 else None
@@ -181,7 +182,7 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
     result["config"] = {"name": run.name, "method": method_name(method), "options": method_options(method),
                         "budget": budget.to_dict() if budget else None, "base": str(base_path),
                         # a --base was trained by its own recipe, not this preset's: report the one it records
-                        "train": base_checkpoint.get("recipe", {}) if base else dataclasses.asdict(train_config),
+                        "train": base_checkpoint.recipe if base else dataclasses.asdict(train_config),
                         "finetune": dataclasses.asdict(finetune_config)}
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
@@ -191,7 +192,7 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
                   table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
                                      f"runs in {result['rounds']} interleaved rounds. Stages: {stages}.")
     pruning = json.loads((run / "pruned" / "report.json").read_text())
-    report = run_report(run, result, table, pruning, {"training": base_checkpoint.get("history", []),
-                                                      "fine-tuning": finetuned["history"]})
+    report = run_report(run, result, table, pruning, {"training": base_checkpoint.history,
+                                                      "fine-tuning": finetuned.history})
     print(f"{table}\nreport: {report}")
     return result

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import model_from_checkpoint, tested_top1
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
 from prunedroid.latency import LatencyTable
@@ -99,16 +99,16 @@ def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: i
     return result.model, result.report
 
 
-def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, seed: int = 0,
+def prune_checkpoint(checkpoint: Checkpoint, method: Method, budget: Budget | None, seed: int = 0,
                      evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
-                     sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> dict:
+                     sensitivity_cache: Path | None = None, latency_table: Path | None = None) -> Checkpoint:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report. Pruning a pruned checkpoint again keeps the earlier report
     (`previous`) and states the reductions against the unpruned model the chain started from (`original`)."""
-    pruned, report = prune_model(model_from_checkpoint(checkpoint), method, budget, seed, evaluation, holdout,
+    pruned, report = prune_model(checkpoint.model(), method, budget, seed, evaluation, holdout,
                                  sensitivity_cache, latency_table)
-    report["parent_test_top1"] = tested_top1(checkpoint)
-    previous = checkpoint.get("pruning")
+    report["parent_test_top1"] = checkpoint.test_top1
+    previous = checkpoint.pruning
     if previous:
         original = previous.get("original") or {"macs": previous.get("macs_before"),
                                                 "params": previous.get("params_before")}
@@ -118,6 +118,6 @@ def prune_checkpoint(checkpoint: dict, method: Method, budget: Budget | None, se
         report.update(previous=previous, original=original,
                       mac_reduction_from_original=1 - report["macs_after"] / original["macs"],
                       param_reduction_from_original=1 - report["params_after"] / original["params"])
-    return {"arch": pruned.spec.to_dict(), "state_dict": pruned.state_dict(), "epoch": 0, "history": [],
-            "recipe": checkpoint.get("recipe", {}), "data": checkpoint.get("data", {}), "seed": seed, "metrics": {},
-            "cost": {"macs": report["macs_after"], "params": report["params_after"]}, "pruning": report}
+    return Checkpoint(arch=pruned.spec.to_dict(), state_dict=pruned.state_dict(), recipe=checkpoint.recipe,
+                      data=checkpoint.data, seed=seed, pruning=report,
+                      cost={"macs": report["macs_after"], "params": report["params_after"]})

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, weights_sha256
+from prunedroid.checkpoint import Checkpoint, weights_sha256
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256, folder_lock
 from prunedroid.models import build_model, vgg16_spec
@@ -179,7 +179,7 @@ def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     with - instead of the images as they are (benchmarks/results/bn_calibration.md compares the two)."""
     if augment_seed is not None:
         images = cifar.augment(images, torch.Generator().manual_seed(augment_seed))
-    measured = copy.deepcopy(model)  # not model_from_checkpoint: its shape checks cost more than a small model's pass
+    measured = copy.deepcopy(model)  # not Checkpoint.model: its shape checks cost more than a small model's pass
     for module in measured.modules():
         if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
             module.reset_running_stats()
@@ -190,17 +190,17 @@ def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     return measured.eval()
 
 
-def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path, init: dict | None,
+def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, path: Path, init: dict | None,
                      teacher: dict | None) -> None:
     """Refuses to resume `path` with another recipe, another model to start from (init: the weights' fingerprint)
     or another teacher (its file's SHA-256), naming each difference."""
-    saved = checkpoint.get("recipe", {})
+    saved = checkpoint.recipe
     differing = [f"{name}: checkpoint {saved.get(name)!r} vs now {value!r}"
                  for name, value in recipe_of(config).items() if saved.get(name) != value]
-    if (checkpoint.get("init") or {}).get("weights_sha256") != (init or {}).get("weights_sha256"):
+    if (checkpoint.init or {}).get("weights_sha256") != (init or {}).get("weights_sha256"):
         differing.append("--checkpoint: the run fine-tunes other weights than the checkpoint given now")
-    if (checkpoint.get("teacher") or {}).get("sha256") != (teacher or {}).get("sha256"):
-        differing.append(f"--teacher: the run distils from {(checkpoint.get('teacher') or {}).get('checkpoint')!r}, "
+    if (checkpoint.teacher or {}).get("sha256") != (teacher or {}).get("sha256"):
+        differing.append(f"--teacher: the run distils from {(checkpoint.teacher or {}).get('checkpoint')!r}, "
                          f"now {(teacher or {}).get('checkpoint')!r}")
     if differing:
         raise PrunedroidError(f"cannot resume {path} with different options ({', '.join(differing)}); "
@@ -208,8 +208,8 @@ def _check_resumable(checkpoint: dict, config: TrainConfig, path: Path, init: di
 
 
 def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, init: dict | None = None,
-          teacher: str | Path | None = None) -> dict:
+          overwrite: bool = False, progress: bool = True, init: Checkpoint | None = None,
+          teacher: str | Path | None = None) -> Checkpoint:
     """Trains VGG16 per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final checkpoint.
 
     init: a checkpoint to start from (fine-tuning a pruned model): its architecture and weights replace the fresh
@@ -229,14 +229,14 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
 
 
 def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, overwrite: bool, progress: bool,
-           init: dict | None, teacher_path: str | Path | None) -> dict:
+           init: Checkpoint | None, teacher_path: str | Path | None) -> Checkpoint:
     device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     teacher, teacher_record = None, None
     if teacher_path is not None:
-        teacher = model_from_checkpoint(load_checkpoint(teacher_path)).to(device, memory_format=memory_format).eval()
+        teacher = Checkpoint.load(teacher_path).model().to(device, memory_format=memory_format).eval()
         teacher_record = {"checkpoint": str(teacher_path), "sha256": file_sha256(teacher_path)}
-    init_record = None if init is None else {"weights_sha256": weights_sha256(init["state_dict"])}
+    init_record = None if init is None else {"weights_sha256": weights_sha256(init.state_dict)}
     if config.threads:
         torch.set_num_threads(config.threads)
     train_split = data.train.head(config.train_limit).to(device)
@@ -244,37 +244,35 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
     steps_per_epoch = len(train_split) // config.batch_size
     total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
 
-    init_width = (init or {}).get("recipe", {}).get("width")
+    init_width = None if init is None else init.recipe.get("width")
     if init_width is not None:  # the recorded recipe names the width actually trained
         config = dataclasses.replace(config, width=init_width)
     torch.manual_seed(config.seed)
-    if init is not None:
-        checkpoint = {"arch": init["arch"], "state_dict": init["state_dict"], "pruning": init.get("pruning"),
-                      "epoch": 0, "history": []}
-    else:
-        checkpoint = {"arch": vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict(), "epoch": 0,
-                      "history": []}
+    # What training starts from: the weights given (fine-tuning), a checkpoint to resume, or None (a fresh model).
+    checkpoint = None if init is None else Checkpoint(arch=init.arch, state_dict=init.state_dict, pruning=init.pruning)
     if path.exists() and resume:
-        checkpoint = load_checkpoint(path)
+        checkpoint = Checkpoint.load(path)
         _check_resumable(checkpoint, config, path, init_record, teacher_record)
-        print(f"resuming {path} after epoch {checkpoint['epoch']}/{config.epochs}")
-        if checkpoint["epoch"] >= config.epochs:
+        print(f"resuming {path} after epoch {checkpoint.epoch}/{config.epochs}")
+        if checkpoint.epoch >= config.epochs:
             return checkpoint
     elif path.exists() and not overwrite:
         raise PrunedroidError(f"{path} already exists; pass --resume to continue it, --overwrite to start over, "
                               f"or --out to train into another folder.")
     elif resume:
         print(f"nothing to resume at {path}; starting from scratch")
-    model = model_from_checkpoint(checkpoint) if "state_dict" in checkpoint else build_model(checkpoint["arch"])
+    arch = checkpoint.arch if checkpoint else vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict()
+    model = checkpoint.model() if checkpoint else build_model(arch)
     cost = count_cost(model)
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
-    if "optimizer" in checkpoint:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    history = list(checkpoint["history"])
+    if checkpoint and checkpoint.optimizer:
+        optimizer.load_state_dict(checkpoint.optimizer)
+    history = list(checkpoint.history) if checkpoint else []
+    pruning = checkpoint.pruning if checkpoint else None
 
-    for epoch in range(checkpoint["epoch"], config.epochs):
+    for epoch in range(checkpoint.epoch if checkpoint else 0, config.epochs):
         model.train()
         generator = epoch_generator(config.seed, epoch)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -303,7 +301,8 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
         seconds = time.perf_counter() - started
         if not math.isfinite(loss_sum.item()):  # checked once an epoch: a per-step .item() would stall a GPU
-            kept = f"{path} still holds epoch {checkpoint['epoch']}" if path.exists() else "nothing was saved"
+            kept = (f"{path} still holds epoch {checkpoint.epoch}" if checkpoint and path.exists()
+                    else "nothing was saved")
             raise PrunedroidError(f"training diverged in epoch {epoch + 1} (the loss became NaN or infinite); {kept}. "
                                   f"Lower --lr (now {config.lr}) or lengthen --warmup-epochs and start again.")
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
@@ -315,18 +314,19 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
               + (f", holdout {record['holdout_top1']:.2%}" if "holdout_top1" in record else "")
               + f", {record['images_per_s']:.0f} img/s, {seconds:.1f} s", flush=True)
         final = epoch + 1 == config.epochs
-        checkpoint = {
-            "arch": checkpoint["arch"], "epoch": epoch + 1, "history": history, "cost": cost.to_dict(),
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "recipe": dataclasses.asdict(config), "seed": config.seed,
-            "metrics": {"test": evaluate(model, test_split, channels_last=config.channels_last)} if final else {},
-            "data": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
-                     "train_images": len(train_split), "holdout_images": len(holdout)},
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-            "pruning": checkpoint.get("pruning"), "teacher": teacher_record, "init": init_record,
-        }
-        save_checkpoint(path, checkpoint)
-    test = checkpoint["metrics"]["test"]
+        checkpoint = Checkpoint(
+            arch=arch, epoch=epoch + 1, history=history, cost=cost.to_dict(),
+            state_dict={k: v.cpu() for k, v in model.state_dict().items()},
+            optimizer=optimizer.state_dict(), recipe=dataclasses.asdict(config), seed=config.seed,
+            metrics={"test": evaluate(model, test_split, channels_last=config.channels_last)} if final else {},
+            data={"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
+                  "train_images": len(train_split), "holdout_images": len(holdout)},
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+            pruning=pruning, teacher=teacher_record, init=init_record,
+        )
+        checkpoint.save(path)
+    assert checkpoint is not None, "config.epochs >= 1 is checked by TrainConfig"
+    test = checkpoint.metrics["test"]
     print(f"test top-1 {test['top1']:.2%} on {test['images']} images; {cost.macs / 1e6:.1f}M MACs, "
           f"{cost.params / 1e6:.2f}M params; checkpoint {path}")
     return checkpoint

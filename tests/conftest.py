@@ -70,13 +70,12 @@ def synthetic_data(cifar_dir) -> cifar.Cifar10:
 
 def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -> Path:
     """An untrained VGG16-BN checkpoint shaped like a trained base's (recipe, held-out count, test top-1)."""
-    from prunedroid.checkpoint import save_checkpoint
+    from prunedroid.checkpoint import Checkpoint
     from prunedroid.models import build_model, vgg16_spec
 
     model = build_model(vgg16_spec(width))
-    save_checkpoint(path, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "epoch": 0,
-                           "recipe": {"width": width}, "data": {"holdout_images": holdout},
-                           "metrics": {"test": {"top1": 0.1}}})
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(), recipe={"width": width},
+               data={"holdout_images": holdout}, metrics={"test": {"top1": 0.1}}).save(path)
     return path
 
 

@@ -17,7 +17,7 @@ import torch.jit.mobile
 
 import prunedroid.android as android
 from prunedroid import data as cifar
-from prunedroid.checkpoint import save_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import TARGET_BYTECODE_VERSION, export_checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import vgg16_spec
@@ -137,8 +137,8 @@ def test_the_pinned_runtime_reads_what_export_writes():
 def exported(tmp_path_factory, synthetic_data) -> Path:
     folder = tmp_path_factory.mktemp("android-export")
     model = trained_like(vgg16_spec(0.0625))
-    save_checkpoint(folder / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict(),
-                                      "metrics": {"test": {"top1": 0.1, "images": 10}}})
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(),
+               metrics={"test": {"top1": 0.1, "images": 10}}).save(folder / "m.pt")
     return export_checkpoint(folder / "m.pt", synthetic_data.test, folder / "out", "pruned").sidecar
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import run_invoke
 
-from prunedroid.checkpoint import KIND, load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.checkpoint import KIND, Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path
 from prunedroid.models import build_model, vgg16_spec
@@ -14,11 +14,11 @@ def test_round_trip_is_plain_data(tmp_path):
     spec = vgg16_spec(0.0625)
     model = build_model(spec)
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"arch": spec.to_dict(), "state_dict": model.state_dict(), "recipe": {"lr": 0.1},
-                           "metrics": {"test": {"top1": 0.5}}, "seed": 3})
+    Checkpoint(arch=spec.to_dict(), state_dict=model.state_dict(), recipe={"lr": 0.1},
+               metrics={"test": {"top1": 0.5}}, seed=3).save(path)
     raw = torch.load(path, weights_only=True)  # no pickled classes: loads under the safe loader
     assert raw["kind"] == KIND and raw["versions"]["torch"] == torch.__version__
-    restored = model_from_checkpoint(load_checkpoint(path))
+    restored = Checkpoint.load(path).model()
     x = torch.randn(2, 3, 32, 32)
     model.eval(), restored.eval()
     assert torch.equal(model(x), restored(x))
@@ -26,28 +26,28 @@ def test_round_trip_is_plain_data(tmp_path):
 
 def test_missing_corrupt_and_foreign_files_are_clear_errors(tmp_path):
     with pytest.raises(PrunedroidError, match="checkpoint not found.*invoke train"):
-        load_checkpoint(tmp_path / "nope.pt")
+        Checkpoint.load(tmp_path / "nope.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(PrunedroidError, match="corrupt.pt is not a readable checkpoint"):
-        load_checkpoint(corrupt)
+        Checkpoint.load(corrupt)
     truncated = tmp_path / "truncated.pt"
-    save_checkpoint(truncated, {"state_dict": build_model(vgg16_spec(0.0625)).state_dict()})
+    Checkpoint(arch=vgg16_spec(0.0625).to_dict(),
+               state_dict=build_model(vgg16_spec(0.0625)).state_dict()).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     with pytest.raises(PrunedroidError, match="not a readable checkpoint"):
-        load_checkpoint(truncated)
+        Checkpoint.load(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": torch.zeros(3)}, foreign)
     with pytest.raises(PrunedroidError, match="not a prunedroid checkpoint"):
-        load_checkpoint(foreign)
+        Checkpoint.load(foreign)
 
 
 def test_mismatched_weights_are_a_clear_error(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"arch": vgg16_spec(0.125).to_dict(),
-                           "state_dict": build_model(vgg16_spec(0.0625)).state_dict()})
+    Checkpoint(arch=vgg16_spec(0.125).to_dict(), state_dict=build_model(vgg16_spec(0.0625)).state_dict()).save(path)
     with pytest.raises(PrunedroidError, match="do not match its architecture"):
-        model_from_checkpoint(load_checkpoint(path))
+        Checkpoint.load(path).model()
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -65,7 +65,7 @@ def _tampered(tmp_path, **arch_changes) -> Path:
     """A real small checkpoint whose architecture description was edited afterwards."""
     spec = vgg16_spec(0.0625)
     path = tmp_path / "tampered.pt"
-    save_checkpoint(path, {"arch": {**spec.to_dict(), **arch_changes}, "state_dict": build_model(spec).state_dict()})
+    Checkpoint(arch={**spec.to_dict(), **arch_changes}, state_dict=build_model(spec).state_dict()).save(path)
     return path
 
 
@@ -88,7 +88,7 @@ def test_tampered_architecture_fails_before_allocating(tmp_path, monkeypatch, ch
 
     monkeypatch.setattr(checkpoint_module, "build_model", no_real_build)
     with pytest.raises(PrunedroidError, match=message):
-        model_from_checkpoint(load_checkpoint(_tampered(tmp_path, **changes)))
+        Checkpoint.load(_tampered(tmp_path, **changes)).model()
 
 
 def test_tampered_checkpoint_is_one_line_from_evaluate(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from prunedroid.bench import add_device_rows, table_rows
-from prunedroid.checkpoint import save_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint
 from prunedroid.device import Device, bench_device, find_adb, parse_devices, pick_device
 from prunedroid.errors import PrunedroidError
@@ -43,7 +43,7 @@ def models(tmp_path_factory, synthetic_data) -> list[Path]:
     sidecars = []
     for name, width in (("base", 0.0625), ("pruned", 0.03125)):
         model = trained_like(vgg16_spec(width))
-        save_checkpoint(folder / f"{name}.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+        Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(folder / f"{name}.pt")
         sidecars.append(export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name).sidecar)
     return sidecars
 

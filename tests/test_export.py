@@ -16,7 +16,7 @@ from prunedroid.bench import (
     speed_for_macs,
     table_rows,
 )
-from prunedroid.checkpoint import save_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.data import normalize
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import build_model, vgg16_spec
@@ -28,8 +28,8 @@ def exported(tmp_path_factory, synthetic_data):
     folder = tmp_path_factory.mktemp("export")
     for name, width in (("base", 0.0625), ("narrow", 0.03125)):
         model = trained_like(vgg16_spec(width))
-        save_checkpoint(folder / f"{name}.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict(),
-                                                 "metrics": {"test": {"top1": 0.1, "images": 10}}})
+        Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(),
+                   metrics={"test": {"top1": 0.1, "images": 10}}).save(folder / f"{name}.pt")
         export.export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name)
     return folder
 
@@ -71,7 +71,7 @@ def test_files_load_back_and_match_pytorch(exported, synthetic_data):
 @pytest.mark.parametrize("module, runner, runtime", [(export, "run_onnx", "ONNX"), (pte, "run_pte", "ExecuTorch")])
 def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypatch, module, runner, runtime):
     model = trained_like(vgg16_spec(0.0625))
-    save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(tmp_path / "m.pt")
     real_run = getattr(module, runner)
     monkeypatch.setattr(module, runner, lambda *a, **k: real_run(*a, **k) + 1e-3)  # a broken runtime
     with pytest.raises(PrunedroidError, match=f"{runtime} export disagrees with PyTorch.*max \\|diff\\|"):
@@ -136,12 +136,12 @@ def test_non_finite_models_are_refused_and_nothing_is_written(tmp_path, syntheti
     any limit, so it must never pass as agreement."""
     nan_model = trained_like(vgg16_spec(0.0625))
     nan_model.classifier[-1].weight.data[0, 0] = float("nan")
-    save_checkpoint(tmp_path / "nan.pt", {"arch": nan_model.spec.to_dict(), "state_dict": nan_model.state_dict()})
+    Checkpoint(arch=nan_model.spec.to_dict(), state_dict=nan_model.state_dict()).save(tmp_path / "nan.pt")
     with pytest.raises(PrunedroidError, match="NaN or infinite values in 1 tensors.*classifier.3.weight"):
         export.export_checkpoint(tmp_path / "nan.pt", synthetic_data.test, tmp_path / "out")
     overflow = trained_like(vgg16_spec(0.0625))
     overflow.classifier[-1].weight.data.fill_(3e38)
-    save_checkpoint(tmp_path / "inf.pt", {"arch": overflow.spec.to_dict(), "state_dict": overflow.state_dict()})
+    Checkpoint(arch=overflow.spec.to_dict(), state_dict=overflow.state_dict()).save(tmp_path / "inf.pt")
     with pytest.raises(PrunedroidError, match="PyTorch gives NaN or infinite outputs"):
         export.export_checkpoint(tmp_path / "inf.pt", synthetic_data.test, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -178,7 +178,7 @@ def _self_labelled(model, split: cifar.Split) -> cifar.Split:
 
 def test_int8_files_are_written_checked_by_accuracy_and_much_smaller(tmp_path, synthetic_data):
     model = trained_like(vgg16_spec(0.125))
-    save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(tmp_path / "m.pt")
     test = _self_labelled(model, synthetic_data.test.head(2000))
     result = export.export_checkpoint(tmp_path / "m.pt", test, tmp_path / "out", "m",
                                       calibration=synthetic_data.holdout.head(64), max_drop=5.0)
@@ -201,7 +201,7 @@ def test_an_int8_file_past_max_drop_is_refused_and_nothing_is_written(tmp_path, 
     """A quantizer that damages the model (here: one that flips the classifier's sign) makes the int8 top-1 fall far
     below fp32: export refuses, naming the drop, and no file at all is left."""
     model = trained_like(vgg16_spec(0.125))
-    save_checkpoint(tmp_path / "m.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(tmp_path / "m.pt")
     real_quantize = pte.quantize_int8
 
     def damaging_quantize(deploy, calibration):

@@ -3,7 +3,7 @@ import json
 
 from conftest import run_invoke, save_untrained_base
 
-from prunedroid.checkpoint import load_checkpoint, save_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.models import build_model, vgg16_spec
 
 
@@ -16,8 +16,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     run = runs / "e2e"
     report = json.loads((run / "pruned" / "report.json").read_text())
     assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["method"] == "l1"
-    finetuned = load_checkpoint(run / "finetuned" / "checkpoint.pt")
-    assert finetuned["pruning"]["macs_after"] == finetuned["cost"]["macs"] < report["macs_before"]
+    finetuned = Checkpoint.load(run / "finetuned" / "checkpoint.pt")
+    assert finetuned.pruning["macs_after"] == finetuned.cost["macs"] < report["macs_before"]
     for name in ("base", "pruned"):
         for suffix in (".ptl", ".onnx", ".pte", "-int8.pte", "-int8.onnx", ".json"):
             assert (run / "export" / f"{name}{suffix}").stat().st_size > 0
@@ -49,8 +49,7 @@ def test_prune_errors_stop_and_write_nothing(tmp_path, cifar_dir):
     assert garbage.returncode == 2 and "not a readable checkpoint" in garbage.stderr
     model = build_model(vgg16_spec(0.0625))
     good = tmp_path / "good.pt"
-    save_checkpoint(good, {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {},
-                           "data": {}})
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(), recipe={}, data={}).save(good)
     bad_ratio = run_invoke("prune", "--checkpoint", str(good), "--ratio", "1.5", *common)
     assert bad_ratio.returncode == 2 and "must be in (0, 1)" in bad_ratio.stderr
     unreachable = run_invoke("prune", "--checkpoint", str(good), "--mac-reduction", "0.995", *common)
@@ -84,4 +83,4 @@ def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
     assert report["method"] == "scp" and report["options"]["criterion"] == "euclidean"
     assert abs(report["mac_reduction"] - 0.5) <= 0.01 and len(report["layers"]) == 13
     assert {"knn_pairs", "removed_similarity_mean", "pruning_loss", "merges"} <= set(report["layers"][0])
-    assert load_checkpoint(out / "checkpoint.pt")["cost"]["macs"] == report["macs_after"]
+    assert Checkpoint.load(out / "checkpoint.pt").cost["macs"] == report["macs_after"]

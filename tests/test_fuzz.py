@@ -20,7 +20,7 @@ import torch
 from conftest import save_untrained_base
 
 from prunedroid.bench import read_report
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.device import read_result
 from prunedroid.errors import PrunedroidError
 from prunedroid.latency import LatencyTable, is_latency
@@ -141,7 +141,7 @@ def test_checkpoints(tmp_path):
             record = {key: value for key, value in original.items() if key != "state_dict"}
             mutated = mutate_json(json.loads(json.dumps(record)), rng)
             torch.save({**(mutated if isinstance(mutated, dict) else {}), "state_dict": original["state_dict"]}, path)
-        model_from_checkpoint(load_checkpoint(path))
+        Checkpoint.load(path).model()
 
     run_cases("checkpoint", folder, case)
 

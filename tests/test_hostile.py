@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, run_invoke, save_untrained_base
 
 from prunedroid.bench import benchmark, read_report
-from prunedroid.checkpoint import KIND, load_checkpoint, save_checkpoint
+from prunedroid.checkpoint import KIND, Checkpoint
 from prunedroid.deploy import export_checkpoint
 from prunedroid.device import PACKAGE, Adb, bench_device
 from prunedroid.errors import PrunedroidError
@@ -52,7 +52,7 @@ def exported(tmp_path_factory, synthetic_data) -> dict[str, Path]:
     sidecars = {}
     for name, width in (("base", 0.0625), ("small", 0.03125)):
         model = trained_like(vgg16_spec(width))
-        save_checkpoint(folder / f"{name}.pt", {"arch": model.spec.to_dict(), "state_dict": model.state_dict()})
+        Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(folder / f"{name}.pt")
         sidecars[name] = export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name).sidecar
     return sidecars
 
@@ -206,12 +206,12 @@ def test_a_checkpoint_with_a_compressed_or_unknown_entry_is_refused(tmp_path):
         archive.writestr("bomb/data/99", bytes(64 << 20))  # 64 MiB of zeros in about 64 KB
     assert bomb.stat().st_size < 2 << 20
     with pytest.raises(PrunedroidError, match="compressed or oversized entries"):
-        load_checkpoint(bomb)
+        Checkpoint.load(bomb)
     extra = tmp_path / "extra.pt"
     model_state = torch.load(save_untrained_base(tmp_path / "base.pt"), weights_only=True)
     torch.save({**model_state, "payload": torch.zeros(10)}, extra)
     with pytest.raises(PrunedroidError, match="payload: not part of this format"):
-        load_checkpoint(extra)
+        Checkpoint.load(extra)
     one_line_exit_2(run_invoke("evaluate", "--checkpoint", str(bomb), cwd=tmp_path), "compressed")
 
 
@@ -229,7 +229,7 @@ def test_huge_json_files_are_refused_without_being_read(tmp_path, exported):
     with open(tmp_path / "huge.pt", "wb") as handle:
         handle.truncate(5 << 30)
     with pytest.raises(PrunedroidError, match="larger than 4 GiB"):
-        load_checkpoint(tmp_path / "huge.pt")
+        Checkpoint.load(tmp_path / "huge.pt")
 
 
 # --- 5. resume with other options --------------------------------------------------------------------------------
@@ -260,11 +260,11 @@ def test_resuming_a_run_with_other_options_names_them(tmp_path):
 
 def test_finetune_resume_with_another_checkpoint_is_refused(tmp_path, synthetic_data):
     config = make_config("smoke", {"epochs": "1", "train_limit": "128", "test_limit": "100"}, finetune=True)
-    first = {"arch": vgg16_spec(0.0625).to_dict(), "state_dict": trained_like(vgg16_spec(0.0625), 0).state_dict()}
-    other = {"arch": first["arch"], "state_dict": trained_like(vgg16_spec(0.0625), 1).state_dict()}
+    first = Checkpoint(arch=vgg16_spec(0.0625).to_dict(), state_dict=trained_like(vgg16_spec(0.0625), 0).state_dict())
+    other = Checkpoint(arch=first.arch, state_dict=trained_like(vgg16_spec(0.0625), 1).state_dict())
     train(config, synthetic_data, tmp_path / "ft", progress=False, init=first)
     again = train(config, synthetic_data, tmp_path / "ft", resume=True, progress=False, init=first)
-    assert again["epoch"] == 1
+    assert again.epoch == 1
     with pytest.raises(PrunedroidError, match="--checkpoint: the run fine-tunes other weights"):
         train(config, synthetic_data, tmp_path / "ft", resume=True, progress=False, init=other)
 
@@ -273,7 +273,7 @@ def test_a_pipeline_on_a_given_base_reports_the_bases_recipe_and_refuses_another
                                                                                          synthetic_data):
     base = tmp_path / "base"
     trained = train(make_config("smoke", {"epochs": "1", "lr": "0.02"}), synthetic_data, base, progress=False)
-    assert trained["recipe"]["lr"] == 0.02
+    assert trained.recipe["lr"] == 0.02
     runs = tmp_path / "runs"
     args = ("pipeline", "--preset", "smoke", "--name", "on-base", "--base", str(base / "checkpoint.pt"),
             "--data-dir", str(cifar_dir), "--bench-runs", "10", "--runs-dir", str(runs))
@@ -418,16 +418,15 @@ def test_a_bare_number_or_list_is_not_a_sidecar(tmp_path):
 
 def test_pruning_a_pruned_checkpoint_keeps_the_first_record(synthetic_data):
     model = trained_like(vgg16_spec(0.125))
-    base = {"arch": model.spec.to_dict(), "state_dict": model.state_dict(), "recipe": {}, "data": {},
-            "metrics": {"test": {"top1": 0.5}}}
+    base = Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(), metrics={"test": {"top1": 0.5}})
     once = prune_checkpoint(base, "l1", Budget.of(mac_reduction=0.5))
     twice = prune_checkpoint(once, "l1", Budget.of(mac_reduction=0.5))
-    report = twice["pruning"]
-    assert report["previous"] == once["pruning"]
-    assert report["original"] == {"macs": once["pruning"]["macs_before"], "params": once["pruning"]["params_before"]}
+    report = twice.pruning
+    assert report["previous"] == once.pruning
+    assert report["original"] == {"macs": once.pruning["macs_before"], "params": once.pruning["params_before"]}
     assert abs(report["mac_reduction"] - 0.5) < 0.02 and abs(report["mac_reduction_from_original"] - 0.75) < 0.02
     thrice = prune_checkpoint(twice, "l1", Budget.of(ratio=0.1))
-    assert thrice["pruning"]["original"] == report["original"]
+    assert thrice.pruning["original"] == report["original"]
 
 
 # --- 11. files that would crash a runtime --------------------------------------------------------------------------
@@ -502,8 +501,8 @@ def test_checkpoints_with_odd_records_are_pruned_or_refused_in_one_line(tmp_path
     assert report["parent_test_top1"] is None and "(base not evaluated)" in capsys.readouterr().out
     bare = tmp_path / "bare.pt"
     torch.save({key: value for key, value in checkpoint.items() if key not in ("recipe", "data")}, bare)
-    pruned = prune_checkpoint(load_checkpoint(bare), "l1", Budget.of(mac_reduction=0.5))
-    assert pruned["recipe"] == {} and pruned["data"] == {}
+    pruned = prune_checkpoint(Checkpoint.load(bare), "l1", Budget.of(mac_reduction=0.5))
+    assert pruned.recipe == {} and pruned.data == {}
     for changes, problem in (({"metrics": None}, "metrics: an object"),
                              ({"data": {"holdout_images": "abc"}}, "data.holdout_images"),
                              ({"metrics": {"test": {"top1": float("nan")}}}, "metrics.test.top1"),
@@ -511,7 +510,7 @@ def test_checkpoints_with_odd_records_are_pruned_or_refused_in_one_line(tmp_path
         odd = tmp_path / "odd.pt"
         torch.save({**checkpoint, **changes}, odd)
         with pytest.raises(PrunedroidError, match=re.escape(problem)):
-            load_checkpoint(odd)
+            Checkpoint.load(odd)
     one_line_exit_2(run_invoke("prune", "--checkpoint", str(odd), "--ratio", "0.5", cwd=tmp_path), "recipe")
 
 

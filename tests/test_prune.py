@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import VGGSpec, build_model, vgg16_spec
 from prunedroid.pruned import example_input, prune_checkpoint, prune_model
@@ -86,15 +86,15 @@ def test_l1_removes_the_smallest_filters_and_matches_zeroing_them():
 
 def test_pruned_checkpoint_rebuilds_from_itself(tmp_path):
     model = trained_like(SMALL)
-    base = {"arch": SMALL.to_dict(), "state_dict": model.state_dict(), "recipe": {"seed": 0}, "data": {},
-            "metrics": {"test": {"top1": 0.5}}}
+    base = Checkpoint(arch=SMALL.to_dict(), state_dict=model.state_dict(), recipe={"seed": 0},
+                      metrics={"test": {"top1": 0.5}})
     pruned = prune_checkpoint(base, "l1", Budget.of(mac_reduction=0.5))
-    save_checkpoint(tmp_path / "p.pt", pruned)
-    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "p.pt")).eval()
+    pruned.save(tmp_path / "p.pt")
+    rebuilt = Checkpoint.load(tmp_path / "p.pt").model().eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), prune_model(model, "l1", Budget.of(mac_reduction=0.5))[0].eval()(x))
-    assert pruned["pruning"]["parent_test_top1"] == 0.5 and pruned["cost"]["macs"] == count_cost(rebuilt).macs
+    assert pruned.pruning["parent_test_top1"] == 0.5 and pruned.cost["macs"] == count_cost(rebuilt).macs
 
 
 @pytest.mark.parametrize("spec", [vgg16_spec(1.0), vgg16_spec(0.25), vgg16_spec(0.0625)],

@@ -107,7 +107,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     import invoke
 
     import tasks
-    from prunedroid.checkpoint import load_checkpoint
+    from prunedroid.checkpoint import Checkpoint
 
     base = save_untrained_base(tmp_path / "run" / "checkpoint.pt")
     before = base.read_bytes()
@@ -124,7 +124,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
                          data_dir=str(cifar_dir))
     assert stopped.value.code == 2 and fix in stopped.value.message and "pruned" in stopped.value.message
     assert "\n" not in stopped.value.message
-    assert base.read_bytes() == before and load_checkpoint(base)["epoch"] == 0
+    assert base.read_bytes() == before and Checkpoint.load(base).epoch == 0
     assert not (tmp_path / "pruned").exists()  # no temp file, no half checkpoint, no folder
 
 

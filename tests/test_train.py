@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import load_checkpoint, model_from_checkpoint
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.train import (
     CHECKPOINT_NAME,
@@ -61,15 +61,15 @@ def test_bad_options_are_clear_errors(overrides, message):
 def test_smoke_training_writes_a_complete_checkpoint(synthetic_data, tmp_path):
     config = make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1"})
     result = train(config, synthetic_data, tmp_path, progress=False)
-    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert checkpoint["epoch"] == 1 and checkpoint["recipe"]["train_limit"] == 256
-    assert checkpoint["metrics"]["test"]["images"] == 200
-    assert checkpoint["metrics"]["test"]["top1"] == result["metrics"]["test"]["top1"]
-    assert checkpoint["cost"]["macs"] > 0 and checkpoint["data"]["classes"][0] == "airplane"
-    assert checkpoint["history"][0]["holdout_top1"] >= 0
-    scored = evaluate(model_from_checkpoint(checkpoint), synthetic_data.test.head(200), per_image=True)
+    checkpoint = Checkpoint.load(tmp_path / CHECKPOINT_NAME)
+    assert checkpoint.epoch == 1 and checkpoint.recipe["train_limit"] == 256
+    assert checkpoint.metrics["test"]["images"] == 200
+    assert checkpoint.metrics == result.metrics
+    assert checkpoint.cost["macs"] > 0 and checkpoint.data["classes"][0] == "airplane"
+    assert checkpoint.history[0]["holdout_top1"] >= 0
+    scored = evaluate(checkpoint.model(), synthetic_data.test.head(200), per_image=True)
     assert scored["correct"].shape == (200,) and scored["correct"].float().mean().item() == pytest.approx(
-        checkpoint["metrics"]["test"]["top1"])
+        checkpoint.metrics["test"]["top1"])
     with pytest.raises(PrunedroidError, match="already exists; pass --resume"):
         train(config, synthetic_data, tmp_path, progress=False)
     with pytest.raises(PrunedroidError, match=r"cannot resume .*lr: checkpoint 0.05 vs now 0.1"):
@@ -78,8 +78,8 @@ def test_smoke_training_writes_a_complete_checkpoint(synthetic_data, tmp_path):
     # a fine-tune trains the model it starts from, and its recipe says so, whatever the preset's width
     wider = make_config("smoke", {"train_limit": "256", "test_limit": "200", "epochs": "1", "width": "0.5"})
     finetuned = train(wider, synthetic_data, tmp_path / "finetuned", progress=False, init=checkpoint)
-    assert finetuned["recipe"]["width"] == config.width != wider.width
-    assert finetuned["arch"] == checkpoint["arch"]
+    assert finetuned.recipe["width"] == config.width != wider.width
+    assert finetuned.arch == checkpoint.arch
 
 
 def _invoke_train(out: Path, cifar_dir: Path, *extra: str) -> list[str]:
@@ -101,18 +101,18 @@ def test_killed_training_resumes_to_the_same_result(cifar_dir, tmp_path):
     time.sleep(0.1)  # into the next epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = load_checkpoint(killed / CHECKPOINT_NAME)["epoch"]
+    interrupted_at = Checkpoint.load(killed / CHECKPOINT_NAME).epoch
     assert process.returncode == -signal.SIGKILL and 1 <= interrupted_at < 4, "the kill did not land mid-run"
 
     resumed = subprocess.run(_invoke_train(killed, cifar_dir, "--resume"), cwd=ROOT, env=env, check=True,
                              capture_output=True, text=True)
     assert f"resuming {killed / CHECKPOINT_NAME} after epoch {interrupted_at}/4" in resumed.stdout
-    whole, again = load_checkpoint(tmp_path / "whole" / CHECKPOINT_NAME), load_checkpoint(killed / CHECKPOINT_NAME)
-    assert again["epoch"] == 4
-    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in whole["history"]]
-    for name, tensor in whole["state_dict"].items():
-        assert torch.equal(tensor, again["state_dict"][name]), name
-    assert again["metrics"] == whole["metrics"]
+    whole, again = Checkpoint.load(tmp_path / "whole" / CHECKPOINT_NAME), Checkpoint.load(killed / CHECKPOINT_NAME)
+    assert again.epoch == 4
+    assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in whole.history]
+    for name, tensor in whole.state_dict.items():
+        assert torch.equal(tensor, again.state_dict[name]), name
+    assert again.metrics == whole.metrics
 
 
 def test_remeasured_batchnorm_holds_the_images_statistics_as_they_are_or_as_training_saw_them():
@@ -174,7 +174,7 @@ def test_distilled_fine_tune_records_its_teacher_and_recipe(synthetic_data, tmp_
         train(config, synthetic_data, tmp_path / "student", progress=False, init=base)
     student = train(config, synthetic_data, tmp_path / "student", progress=False, init=base,
                     teacher=tmp_path / "base" / CHECKPOINT_NAME)
-    assert student["teacher"]["checkpoint"] == str(tmp_path / "base" / CHECKPOINT_NAME)
-    assert student["recipe"]["distill_weight"] == 0.7 and student["recipe"]["distill_temperature"] == 3.0
+    assert student.teacher["checkpoint"] == str(tmp_path / "base" / CHECKPOINT_NAME)
+    assert student.recipe["distill_weight"] == 0.7 and student.recipe["distill_temperature"] == 3.0
     with pytest.raises(PrunedroidError, match="teacher was given but --distill-weight is 0"):
         train(make_config("smoke"), synthetic_data, tmp_path / "x", teacher=tmp_path / "base" / CHECKPOINT_NAME)
