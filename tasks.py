@@ -359,7 +359,7 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
     from prunedroid.bench import add_device_rows, read_report, table_rows
     from prunedroid.device import bench_device as run_on_device
     from prunedroid.report import markdown_table, write_results
-    from prunedroid.sidecar import read_sidecar
+    from prunedroid.sidecar import Sidecar
 
     required(models=models)
     sidecars = [Path(m) for m in models.split(",")]
@@ -368,7 +368,7 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
     device = run_on_device(sidecars, Path(apk), serial, whole(warmup, "warmup"), whole(runs, "runs"),
                            whole(threads, "threads"))
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
-    result = add_device_rows(host, device, {p.stem: read_sidecar(p) for p in sidecars})
+    result = add_device_rows(host, device, {p.stem: Sidecar.read(p) for p in sidecars})
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     write_results(stem, result, title="Host and device benchmark", table=table)

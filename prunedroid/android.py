@@ -23,7 +23,7 @@ import torch.jit.mobile
 from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
 from prunedroid.probe import probe
-from prunedroid.sidecar import model_file, read_sidecar
+from prunedroid.sidecar import Sidecar
 
 APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
 PACKAGE = "org.prunedroid.demo"
@@ -69,37 +69,37 @@ class AppModel:
     sha256: str
 
 
-def app_model(sidecar_path: Path, sidecar: dict, runtime: str, precision: str) -> AppModel:
+def app_model(sidecar: Sidecar, runtime: str, precision: str) -> AppModel:
     """The exported file the sidecar names for `runtime` and `precision`, checked against the sidecar (beside it,
-    its size, format and hash: prunedroid/sidecar.model_file), or an error saying how to get it."""
+    its size, format and hash: Sidecar.model_file), or an error saying how to get it."""
     if runtime not in RUNTIMES or precision not in PRECISIONS:
         raise PrunedroidError(f"--runtime must be one of {', '.join(RUNTIMES)} and --precision one of "
                               f"{', '.join(PRECISIONS)}, got {runtime!r} and {precision!r}")
     if runtime == "lite" and precision != "fp32":
         raise PrunedroidError("int8 models run on ExecuTorch only: use --runtime executorch --precision int8")
     kind, int8 = ("ptl", False) if runtime == "lite" else ("pte", precision == "int8")
-    source = model_file(sidecar_path, sidecar, kind, int8=int8)
-    sha256 = (sidecar["int8"] if int8 else sidecar)[f"{kind}_sha256"]
+    source = sidecar.model_file(kind, int8=int8)
+    sha256 = (sidecar.int8 if int8 else sidecar.files)[kind].sha256
     return AppModel(source, f"model.{kind}", runtime, precision, sha256)
 
 
 def check_model(sidecar_path: Path, runtime: str = "executorch", precision: str = "fp32",
-                app_dir: Path = APP_DIR) -> tuple[dict, AppModel]:
+                app_dir: Path = APP_DIR) -> tuple[Sidecar, AppModel]:
     """The sidecar and the file the app will run, once that file matches the sidecar and loads in the runtime the
     phone uses: a .ptl with a bytecode version the pinned pytorch_android_lite reads, in PyTorch's lite
     interpreter; a .pte written by an ExecuTorch no newer than the pinned executorch-android (ExecuTorch guarantees
     only that a runtime reads files from its own and earlier releases), in ExecuTorch's runtime. The file is first
     run in a child process (probe), so a crafted one cannot abort this one."""
-    sidecar = read_sidecar(sidecar_path)
-    model = app_model(sidecar_path, sidecar, runtime, precision)
+    sidecar = Sidecar.read(sidecar_path)
+    model = app_model(sidecar, runtime, precision)
     if runtime == "executorch":
-        exporter, pinned = sidecar["executorch"]["version"], pinned_version("executorchVersion", app_dir)
+        exporter, pinned = sidecar.executorch_version, pinned_version("executorchVersion", app_dir)
         if _minor(exporter) > _minor(pinned):
             raise PrunedroidError(f"{model.source} was written by ExecuTorch {exporter}, newer than the app's "
                                   f"executorch-android {pinned}, which is only guaranteed to read files from its own "
                                   f"and earlier releases; raise executorchVersion in app/build.gradle to "
                                   f"{exporter.split('+')[0]}")
-    probe({model.source: sidecar["input_shape"]})
+    probe({model.source: list(sidecar.input_shape)})
     if runtime == "lite":
         version, pinned = torch.jit.mobile._get_model_bytecode_version(str(model.source)), runtime_version(app_dir)
         if version not in READABLE_BYTECODE.get(pinned, ()):
@@ -135,10 +135,10 @@ def stage_assets(sidecar_path: Path, test: cifar.Split, runtime: str = "executor
     try:
         shutil.copyfile(model.source, building / model.asset)
         staged = {"file": model.asset, "runtime": model.runtime, "precision": model.precision, "sha256": model.sha256}
-        (building / "model.json").write_text(json.dumps({**sidecar, "app_model": staged}, indent=2) + "\n")
-        (building / "labels.txt").write_text("\n".join(sidecar["classes"]) + "\n")
+        (building / "model.json").write_text(json.dumps({**sidecar.record, "app_model": staged}, indent=2) + "\n")
+        (building / "labels.txt").write_text("\n".join(sidecar.classes) + "\n")
         for index in range(min(samples, len(test))):
-            label = sidecar["classes"][int(test.labels[index])]
+            label = sidecar.classes[int(test.labels[index])]
             image = test.images[index].permute(1, 2, 0).numpy()
             (building / "samples" / f"{index:03d}_{label}.png").write_bytes(png_bytes(image))
         shutil.rmtree(target, ignore_errors=True)

@@ -24,7 +24,7 @@ from prunedroid.files import read_json
 from prunedroid.options import is_finite_number
 from prunedroid.probe import probe
 from prunedroid.pruning.cost import count_cost
-from prunedroid.sidecar import model_file, read_sidecar, sidecar_checkpoint, unique_names
+from prunedroid.sidecar import Sidecar, unique_names
 
 ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
@@ -97,15 +97,14 @@ def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples:
     return {"difference": gap.mean().item(), "low": low, "high": high, "images": len(gap), "runs": len(correct)}
 
 
-def _model_files(sidecar_path: Path, sidecar: dict) -> dict[str, Path]:
-    """runtime -> the exported file it runs, each checked against the sidecar (model_file)."""
-    files = {"torchscript-lite": model_file(sidecar_path, sidecar, "ptl"),
-             "onnxruntime": model_file(sidecar_path, sidecar, "onnx")}
-    if "pte" in sidecar:  # exports before ExecuTorch support have none
-        files["executorch"] = model_file(sidecar_path, sidecar, "pte")
-    if sidecar.get("int8"):
-        files["executorch-int8"] = model_file(sidecar_path, sidecar, "pte", int8=True)
-        files["onnxruntime-int8"] = model_file(sidecar_path, sidecar, "onnx", int8=True)
+def _model_files(sidecar: Sidecar) -> dict[str, Path]:
+    """runtime -> the exported file it runs, each checked against the sidecar (Sidecar.model_file)."""
+    files = {"torchscript-lite": sidecar.model_file("ptl"), "onnxruntime": sidecar.model_file("onnx")}
+    if "pte" in sidecar.files:  # exports before ExecuTorch support have none
+        files["executorch"] = sidecar.model_file("pte")
+    if sidecar.int8:
+        files["executorch-int8"] = sidecar.model_file("pte", int8=True)
+        files["onnxruntime-int8"] = sidecar.model_file("onnx", int8=True)
     return files
 
 
@@ -132,13 +131,13 @@ def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> dict[
             **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
 
 
-def _exported_model(sidecar_path: Path, sidecar: dict) -> nn.Module:
+def _exported_model(sidecar: Sidecar) -> nn.Module:
     """The model of the checkpoint the sidecar was exported from, once that checkpoint still has the recorded hash
     and the sidecar's architecture (so one benchmark row never mixes two models)."""
-    checkpoint = Checkpoint.load(sidecar_checkpoint(sidecar_path, sidecar))
-    if checkpoint.arch != sidecar["arch"]:
-        raise PrunedroidError(f"{sidecar_path} describes another architecture than its checkpoint "
-                              f"{sidecar['checkpoint']}: the sidecar was edited; export again")
+    checkpoint = Checkpoint.load(sidecar.exported_checkpoint())
+    if checkpoint.arch != sidecar.arch:
+        raise PrunedroidError(f"{sidecar.path} describes another architecture than its checkpoint "
+                              f"{sidecar.checkpoint}: the sidecar was edited; export again")
     return checkpoint.model()
 
 
@@ -150,13 +149,12 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
     paths = [Path(p) for p in sidecars]
     unique_names(paths)
     torch.set_num_threads(threads)
-    described = {path: read_sidecar(path) for path in paths}
-    exported = {path: (_exported_model(path, sidecar), _model_files(path, sidecar)) for path, sidecar in
-                described.items()}
+    described = [Sidecar.read(path) for path in paths]
+    exported = [(sidecar, _exported_model(sidecar), _model_files(sidecar)) for sidecar in described]
     # Every file is run once in a child process first, so no damaged or crafted file reaches a runtime here.
-    probe({file: described[path]["input_shape"] for path, (_, files) in exported.items() for file in files.values()})
-    models = {path.stem: (described[path], _predictors(model, files, threads), count_cost(model))
-              for path, (model, files) in exported.items()}
+    probe({file: list(sidecar.input_shape) for sidecar, _, files in exported for file in files.values()})
+    models = {sidecar.name: (sidecar, _predictors(model, files, threads), count_cost(model))
+              for sidecar, model, files in exported}
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()
     latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)
@@ -165,7 +163,7 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
     rows = []
     for model_name, (sidecar, predictors, cost) in models.items():
         for runtime, (predict, size) in predictors.items():
-            batch = 100 if runtime != "onnxruntime" or sidecar["onnx_export"]["dynamic_batch"] else 1
+            batch = 100 if runtime != "onnxruntime" or sidecar.dynamic_batch else 1
             predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
             rows.append({"model": model_name, "runtime": runtime,
                          "test_top1": (predictions == test.labels).float().mean().item(),
@@ -200,7 +198,7 @@ def read_report(path: Path) -> dict:
     return report
 
 
-def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> dict:
+def add_device_rows(result: dict, device: dict, sidecars: dict[str, Sidecar]) -> dict:
     """`result` (from benchmark(), or empty) with one row per model and runtime measured on a phone (bench_device()'s
     result), runtime "android-lite (<phone>)" or "android-executorch (<phone>)", ratios against the first model on
     the same runtime and phone. Top-1 is not measured there: the same file gives the host's top-1 (TorchScript Lite,
@@ -210,7 +208,7 @@ def add_device_rows(result: dict, device: dict, sidecars: dict[str, dict]) -> di
     rows = [r for r in result.get("rows", []) if r["runtime"] not in measured_runtimes]
     for runtime, runs in device["models"].items():
         measured = [{"model": name, "runtime": f"android-{runtime} ({phone})", "test_top1": None,
-                     "macs": sidecars[name]["macs"], "params": sidecars[name]["params"],
+                     "macs": sidecars[name].macs, "params": sidecars[name].params,
                      "file_bytes": run["model_bytes"], "latency_median_ms": run["latency_ms"]["median"],
                      "latency_p90_ms": run["latency_ms"]["p90"], "threads": run["threads"]}
                     for name, run in runs.items()]

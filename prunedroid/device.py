@@ -23,7 +23,7 @@ from pathlib import Path
 from prunedroid.android import PACKAGE
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import is_finite_number
-from prunedroid.sidecar import model_file, read_sidecar, unique_names
+from prunedroid.sidecar import Sidecar, unique_names
 
 ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
 STAGING = "/data/local/tmp/prunedroid"  # adb may write here; the app copies from it with run-as
@@ -218,10 +218,10 @@ def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None,
     unique_names(paths)
     models: dict[str, dict[str, tuple[Path, Path]]] = {}  # runtime -> model name -> (model file, sidecar)
     for sidecar_path in paths:
-        name, sidecar = device_name(sidecar_path), read_sidecar(sidecar_path)
+        name, sidecar = device_name(sidecar_path), Sidecar.read(sidecar_path)
         for runtime, kind in (("lite", "ptl"), ("executorch", "pte")):
-            if kind in sidecar:  # a sidecar from before ExecuTorch support names no .pte
-                models.setdefault(runtime, {})[name] = (model_file(sidecar_path, sidecar, kind), sidecar_path)
+            if kind in sidecar.files:  # a sidecar from before ExecuTorch support names no .pte
+                models.setdefault(runtime, {})[name] = (sidecar.model_file(kind), sidecar_path)
     adb_path = find_adb(env)
     listed = Adb(adb_path, env=env).run("devices", "-l").stdout
     device = pick_device(parse_devices(listed), serial)

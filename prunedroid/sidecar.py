@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,54 +104,105 @@ def schema_problems(sidecar: Any) -> list[str]:
     return problems
 
 
-def read_sidecar(path: str | Path) -> dict:
-    """The sidecar JSON `invoke export` wrote at `path`, its schema checked, or an error naming what is wrong."""
-    path = existing_sidecar(path)
-    sidecar = read_json(path, "a sidecar written by `invoke export`")
-    problems = schema_problems(sidecar)
-    if problems:
-        raise PrunedroidError(f"{path} is not a sound sidecar of `invoke export` (wanted: {'; '.join(problems[:6])}"
-                              f"{'; ...' if len(problems) > 6 else ''}); export the model again")
-    return sidecar
+@dataclass(frozen=True)
+class ModelFile:
+    """A file a sidecar names: a plain name beside the sidecar, and its size (bytes) and SHA-256 as exported."""
+
+    name: str
+    size: int
+    sha256: str
 
 
-def model_file(sidecar_path: Path, sidecar: dict, kind: str, int8: bool = False) -> Path:
-    """The `kind` file ("ptl", "onnx", "pte"; with int8, the int8 entry's) that the sidecar at `sidecar_path` names,
-    once it is a plain name beside the sidecar with the recorded size, format magic and SHA-256: the only way a
-    reader gets a model file, so no runtime, push or build sees a file the export did not write."""
-    entry = sidecar["int8"] if int8 else sidecar
-    if int8 and not entry:
-        raise PrunedroidError(f"{sidecar_path} has no int8 model; export again with --quantize int8")
-    if kind not in entry:
-        raise PrunedroidError(f"{sidecar_path} names no .{kind} (exported by an older version); export again")
-    label = f"{sidecar_path.name}'s {'int8.' if int8 else ''}{kind}"
-    path = beside(sidecar_path.parent, entry[kind], label)
-    if path.suffix != f".{kind}":
-        raise PrunedroidError(f"{label} names {path.name}, not a .{kind} file; export again")
-    stale = f"{path} is not the file {sidecar_path.name} describes (changed, replaced or half-written since the export)"
-    if not path.is_file() or path.is_symlink():
-        raise PrunedroidError(f"{path} is missing (or not a plain file); export again")
-    if path.stat().st_size != entry[f"{kind}_bytes"]:
-        raise PrunedroidError(f"{stale}: {path.stat().st_size} bytes, the sidecar says {entry[f'{kind}_bytes']}; "
-                              f"export again")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if path.suffix in MAGIC and not MAGIC[path.suffix](head):
-        raise PrunedroidError(f"{path} is not a {path.suffix} file (its first bytes are not the format's); export "
-                              "again")
-    if file_sha256(path) != entry[f"{kind}_sha256"]:
-        raise PrunedroidError(f"{stale}: its SHA-256 differs; export again")
-    return path
+def _model_files(entry: dict[str, Any], kinds: Sequence[str]) -> dict[str, ModelFile]:
+    return {kind: ModelFile(entry[kind], entry[f"{kind}_bytes"], entry[f"{kind}_sha256"]) for kind in kinds
+            if kind in entry}
 
 
-def sidecar_checkpoint(sidecar_path: Path, sidecar: dict) -> Path:
-    """The checkpoint the sidecar was exported from, once it still has the recorded SHA-256: a sidecar whose
-    checkpoint moved or changed would mix two models in one benchmark row."""
-    path = Path(sidecar["checkpoint"])
-    if not path.is_file() or file_sha256(path) != sidecar["checkpoint_sha256"]:
-        raise PrunedroidError(f"{path}, the checkpoint {sidecar_path} was exported from, is missing or has changed "
-                              f"since the export; export the checkpoint again")
-    return path
+@dataclass(frozen=True)
+class Sidecar:
+    """The sidecar `invoke export` writes beside its files (<name>.json), its schema checked: what its readers use,
+    typed. `record` is the whole JSON as written (the app's model.json and the reports carry its other entries).
+
+    files: "ptl", "onnx", "pte" (an export from before ExecuTorch support has no "pte"); int8: "pte" and "onnx" of
+    `invoke export --quantize int8`, empty otherwise; input_shape: (1, channels, height, width); dynamic_batch: the
+    ONNX file takes any batch size; executorch_version: the ExecuTorch that wrote the .pte."""
+
+    path: Path
+    files: dict[str, ModelFile]
+    int8: dict[str, ModelFile]
+    checkpoint: Path
+    checkpoint_sha256: str
+    arch: dict[str, Any]
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    macs: int
+    params: int
+    dynamic_batch: bool
+    executorch_version: str | None
+    record: dict[str, Any]
+
+    @classmethod
+    def from_record(cls, path: str | Path, record: Any) -> Sidecar:
+        """The sidecar at `path` holding `record` (parsed JSON), or an error naming what is wrong with it."""
+        problems = schema_problems(record)
+        if problems:
+            raise PrunedroidError(f"{path} is not a sound sidecar of `invoke export` (wanted: "
+                                  f"{'; '.join(problems[:6])}{'; ...' if len(problems) > 6 else ''}); export the "
+                                  f"model again")
+        return cls(path=Path(path), files=_model_files(record, FILE_KINDS),
+                   int8=_model_files(record.get("int8") or {}, ("pte", "onnx")), checkpoint=Path(record["checkpoint"]),
+                   checkpoint_sha256=record["checkpoint_sha256"], arch=record["arch"],
+                   classes=tuple(record["classes"]), input_shape=tuple(record["input_shape"]), macs=record["macs"],
+                   params=record["params"], dynamic_batch=record["onnx_export"]["dynamic_batch"],
+                   executorch_version=(record.get("executorch") or {}).get("version"), record=record)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Sidecar:
+        """The sidecar `invoke export` wrote at `path`, its schema checked."""
+        path = existing_sidecar(path)
+        return cls.from_record(path, read_json(path, "a sidecar written by `invoke export`"))
+
+    @property
+    def name(self) -> str:
+        """The export's name: the sidecar's file name without .json (results are keyed by it)."""
+        return self.path.stem
+
+    def model_file(self, kind: str, int8: bool = False) -> Path:
+        """The `kind` file ("ptl", "onnx", "pte"; with int8, the int8 entry's) this sidecar names, once it is a
+        plain name beside the sidecar with the recorded size, format magic and SHA-256: the only way a reader gets
+        a model file, so no runtime, push or build sees a file the export did not write."""
+        entries = self.int8 if int8 else self.files
+        if int8 and not entries:
+            raise PrunedroidError(f"{self.path} has no int8 model; export again with --quantize int8")
+        if kind not in entries:
+            raise PrunedroidError(f"{self.path} names no .{kind} (exported by an older version); export again")
+        entry = entries[kind]
+        label = f"{self.path.name}'s {'int8.' if int8 else ''}{kind}"
+        path = beside(self.path.parent, entry.name, label)
+        if path.suffix != f".{kind}":
+            raise PrunedroidError(f"{label} names {path.name}, not a .{kind} file; export again")
+        stale = (f"{path} is not the file {self.path.name} describes (changed, replaced or half-written since the "
+                 f"export)")
+        if not path.is_file() or path.is_symlink():
+            raise PrunedroidError(f"{path} is missing (or not a plain file); export again")
+        if path.stat().st_size != entry.size:
+            raise PrunedroidError(f"{stale}: {path.stat().st_size} bytes, the sidecar says {entry.size}; export again")
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if path.suffix in MAGIC and not MAGIC[path.suffix](head):
+            raise PrunedroidError(f"{path} is not a {path.suffix} file (its first bytes are not the format's); "
+                                  "export again")
+        if file_sha256(path) != entry.sha256:
+            raise PrunedroidError(f"{stale}: its SHA-256 differs; export again")
+        return path
+
+    def exported_checkpoint(self) -> Path:
+        """The checkpoint this was exported from, once it still has the recorded SHA-256: a sidecar whose checkpoint
+        moved or changed would mix two models in one benchmark row."""
+        if not self.checkpoint.is_file() or file_sha256(self.checkpoint) != self.checkpoint_sha256:
+            raise PrunedroidError(f"{self.checkpoint}, the checkpoint {self.path} was exported from, is missing or "
+                                  f"has changed since the export; export the checkpoint again")
+        return self.checkpoint
 
 
 def unique_names(paths: Sequence[Path], what: str = "--models") -> None:

@@ -10,6 +10,7 @@ from prunedroid.deploy import export_checkpoint
 from prunedroid.device import Device, bench_device, find_adb, parse_devices, pick_device
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import vgg16_spec
+from prunedroid.sidecar import Sidecar
 from tests.conftest import PHONE, run_invoke
 from tests.test_prune import trained_like
 
@@ -73,7 +74,7 @@ def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apk, 
     host = {"rows": [{"model": "base", "runtime": "onnxruntime", "test_top1": 0.5, "macs": 1, "params": 1,
                       "file_bytes": 1, "latency_median_ms": 1.0, "latency_p90_ms": 1.0, "mac_ratio": 1.0,
                       "latency_ratio": 1.0, "threads": 1}]}
-    merged = add_device_rows(host, result, {p.stem: json.loads(p.read_text()) for p in models})
+    merged = add_device_rows(host, result, {p.stem: Sidecar.read(p) for p in models})
     assert len(merged["rows"]) == 5
     for runtime in ("android-lite (Google Pixel 7)", "android-executorch (Google Pixel 7)"):
         phone_rows = [r for r in table_rows(merged) if r["runtime"] == runtime]

@@ -24,7 +24,7 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.device import read_result
 from prunedroid.errors import PrunedroidError
 from prunedroid.latency import LatencyTable, is_latency
-from prunedroid.sidecar import model_file, read_sidecar, sidecar_checkpoint
+from prunedroid.sidecar import Sidecar
 from tests.test_hostile import copy_export, exported, tree  # noqa: F401 (exported is a fixture)
 
 FUZZ_CASES = int(os.environ.get("PRUNEDROID_FUZZ_CASES", "500"))
@@ -116,11 +116,11 @@ def test_sidecars(tmp_path, exported):  # noqa: F811
     def case(rng: random.Random, work: Path) -> None:
         path = work / "model.json"
         path.write_bytes(hostile_text(original, rng))
-        loaded = read_sidecar(path)
+        loaded = Sidecar.read(path)
         for kind in ("ptl", "onnx", "pte"):
-            file = model_file(path, loaded, kind)
-            assert file.parent == work and file.stat().st_size == loaded[f"{kind}_bytes"]
-        sidecar_checkpoint(path, loaded)
+            file = loaded.model_file(kind)
+            assert file.parent == work and file.stat().st_size == loaded.files[kind].size
+        loaded.exported_checkpoint()
 
     counts = run_cases("sidecar", folder, case)
     assert counts["refused"] >= FUZZ_CASES // 2

@@ -28,7 +28,7 @@ from prunedroid.models import vgg16_spec
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, resolve_method
 from prunedroid.pruning.budget import trim_to_target
-from prunedroid.sidecar import read_sidecar
+from prunedroid.sidecar import Sidecar
 from prunedroid.train import make_config, train
 from tests.conftest import vgg_graph
 from tests.test_prune import trained_like
@@ -221,7 +221,7 @@ def test_huge_json_files_are_refused_without_being_read(tmp_path, exported):
     with open(huge, "wb") as handle:
         handle.truncate(8 << 30)
     with pytest.raises(PrunedroidError, match="larger than 16 MiB"):
-        read_sidecar(huge)
+        Sidecar.read(huge)
     with pytest.raises(PrunedroidError, match="larger than 16 MiB"):
         LatencyTable.load(huge, measure=lambda shape: 1.0)
     with pytest.raises(PrunedroidError, match="larger than 16 MiB"):
@@ -404,14 +404,14 @@ def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, exported, re
 def test_a_sidecar_with_absurd_values_is_refused(tmp_path, exported, changes, problem):
     sidecar = edit_sidecar(copy_export(exported["base"], tmp_path), **changes)
     with pytest.raises(PrunedroidError, match=re.escape(problem)):
-        read_sidecar(sidecar)
+        Sidecar.read(sidecar)
 
 
 def test_a_bare_number_or_list_is_not_a_sidecar(tmp_path):
     for text in ("12", "[1]", "null", '"model.ptl"'):
         (tmp_path / "m.json").write_text(text)
         with pytest.raises(PrunedroidError, match="the whole file: a JSON object"):
-            read_sidecar(tmp_path / "m.json")
+            Sidecar.read(tmp_path / "m.json")
 
 
 # --- 10. pruning a pruned model ----------------------------------------------------------------------------------
