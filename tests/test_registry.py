@@ -50,3 +50,6 @@ def test_the_command_line_help_is_generated_from_the_fields(lp_method):
     assert options["keep"].startswith("kmeans: ") and "; scp: " in options["keep"]  # a name two methods share
     prune_task = tasks.prune
     assert {"knn", "mac_reduction", "round_to", "importance"} <= {arg.name for arg in prune_task.get_arguments()}
+    # the library's help names options by field (`allocation`); the command line's names its flags
+    assert "--latency-reduction" in tasks.BUDGET_HELP["allocation"] and "`" not in str(tasks.BUDGET_HELP)
+    assert tasks.BUDGET_HELP["mac_reduction"] == "fraction of MACs to remove, e.g. 0.5 (reached within 1%)"

@@ -16,21 +16,42 @@ from prunedroid.pruning.groups import ChannelGraph
 ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
 
 
-def _fraction(value: float, option: str) -> None:
-    if not 0 < value < 1:
-        raise PrunedroidError(f"`{option}` must be in (0, 1), got {value}; e.g. 0.5 removes half")
+@dataclass(frozen=True)
+class _Fraction:
+    """An amount that is one fraction in (0, 1) of something: every group's channels, the MACs, the latency."""
+
+    fraction: float
+    option: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise PrunedroidError(f"`{self.option}` must be in (0, 1), got {self.fraction}; e.g. 0.5 removes half")
 
 
 @dataclass(frozen=True)
-class Ratio:
+class Ratio(_Fraction):
     """The same fraction of every group's channels removed."""
 
-    fraction: float
     option: ClassVar[str] = "ratio"
     help: ClassVar[str] = "fraction of every channel group's channels to remove"
 
-    def __post_init__(self) -> None:
-        _fraction(self.fraction, self.option)
+
+@dataclass(frozen=True)
+class MacReduction(_Fraction):
+    """A fraction of the model's multiply-accumulates removed (within the budget's tolerance)."""
+
+    option: ClassVar[str] = "mac_reduction"
+    help: ClassVar[str] = "fraction of MACs to remove, e.g. 0.5 (reached within 1%)"
+
+
+@dataclass(frozen=True)
+class LatencyReduction(_Fraction):
+    """A fraction of the model's predicted batch-1 latency removed (allocation "latency" only)."""
+
+    option: ClassVar[str] = "latency_reduction"
+    help: ClassVar[str] = ("with `allocation` latency: fraction of the predicted latency to remove (the per-layer "
+                           "lookup table is kept in latency-table.json beside the output folder)")
 
 
 @dataclass(frozen=True)
@@ -50,31 +71,6 @@ class LayerRatios:
         if not any(self.fractions):
             raise PrunedroidError("every `layer_ratios` value is 0, so nothing would be pruned; give a layer a ratio "
                                   "above 0")
-
-
-@dataclass(frozen=True)
-class MacReduction:
-    """A fraction of the model's multiply-accumulates removed (within the budget's tolerance)."""
-
-    fraction: float
-    option: ClassVar[str] = "mac_reduction"
-    help: ClassVar[str] = "fraction of MACs to remove, e.g. 0.5 (reached within 1%)"
-
-    def __post_init__(self) -> None:
-        _fraction(self.fraction, self.option)
-
-
-@dataclass(frozen=True)
-class LatencyReduction:
-    """A fraction of the model's predicted batch-1 latency removed (allocation "latency" only)."""
-
-    fraction: float
-    option: ClassVar[str] = "latency_reduction"
-    help: ClassVar[str] = ("with `allocation` latency: fraction of the predicted latency to remove (the per-layer "
-                           "lookup table is kept in latency-table.json beside the output folder)")
-
-    def __post_init__(self) -> None:
-        _fraction(self.fraction, self.option)
 
 
 @dataclass(frozen=True)
