@@ -235,7 +235,8 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
     prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=base.held_out_images), seed)
 
 
-NOT_FOR_FINETUNING = ("width", "momentum", "nesterov", "holdout", "channels_last")  # fixed by the base model's run
+# Fixed by the base model's run.
+NOT_FOR_FINETUNING = ("model", "width", "momentum", "nesterov", "holdout", "channels_last")
 
 
 @command(help={**RUN_HELP, "checkpoint": "pruned checkpoint to fine-tune (required)",
@@ -377,14 +378,14 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
 
 @command(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "
             "under runs/ (default: the preset)", "base": "reuse this trained checkpoint instead of training",
-            "method": METHOD_HELP, "finetune_epochs": "override the fine-tuning epochs",
+            "method": METHOD_HELP, "model": RECIPE_HELP["model"], "finetune_epochs": "override the fine-tuning epochs",
             "distill_weight": "fine-tune with this share of the loss distilled from the unpruned base (default 0)",
             "distill_temperature": RECIPE_HELP["distill_temperature"],
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": DATA_DIR_HELP,
             "device": RECIPE_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP},
          generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
-def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epochs=None, resume=False,
+def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", finetune_epochs=None, resume=False,
              overwrite=False, bench_runs="200", data_dir=None, device=None, runs_dir="runs", quantize=None,
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
@@ -393,7 +394,7 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epoc
     from prunedroid.data import load_cifar10
     from prunedroid.files import plain_name
     from prunedroid.flow import run_pipeline
-    from prunedroid.models import vgg16_spec
+    from prunedroid.models import fresh_arch
     from prunedroid.train import make_config
 
     run_name = plain_name(name or preset, "--name")
@@ -401,12 +402,13 @@ def pipeline(c, preset="quick", name=None, base=None, method="l1", finetune_epoc
     timed_runs = whole(bench_runs, "bench_runs")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
-    train_config = make_config(preset, {"device": device})
-    finetune_config = make_config(preset, {"epochs": finetune_epochs, "device": device,
+    train_config = make_config(preset, {"model": model, "device": device})
+    finetune_config = make_config(preset, {"model": model, "epochs": finetune_epochs, "device": device,
                                            "distill_weight": distill_weight,
                                            "distill_temperature": distill_temperature}, finetune=True)
     base_checkpoint = Checkpoint.load(base) if base else None
-    _check_budget_fits(base_checkpoint.arch if base_checkpoint else vgg16_spec(train_config.width).to_dict(), budget)
+    _check_budget_fits(base_checkpoint.arch if base_checkpoint else fresh_arch(train_config.model, train_config.width),
+                       budget)
     held_out = base_checkpoint.held_out_images if base_checkpoint else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,

@@ -7,17 +7,19 @@ import hashlib
 import io
 import platform
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from prunedroid.data import IMAGE_SHAPE
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path
-from prunedroid.models import VGG, VGGSpec, build_model
+from prunedroid.models import VGG, VGGSpec, build_model, is_vgg
 from prunedroid.options import is_finite_number
 
 KIND = "prunedroid/checkpoint"
@@ -31,9 +33,10 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class Checkpoint:
-    """One model's record: `arch` is its constructor's arguments (VGGSpec.to_dict()), `state_dict` its weights, and
-    the rest how it came to be. On disk it is plain data (loadable with weights_only=True) with a kind and format
-    version; `load` checks every record before any weight is trusted, `model()` checks the weights against `arch`.
+    """One model's record: `arch` is its constructor's arguments (prunedroid.models.arch_of), `state_dict` its
+    weights, and the rest how it came to be. On disk it is plain data (loadable with weights_only=True) with a kind
+    and format version; `load` checks every record before any weight is trusted, `model()` checks the weights
+    against `arch`.
 
     epoch: epochs trained (0: just built or pruned); history: one record per epoch (train_loss, train_top1, seconds,
     images_per_s, holdout_top1); cost: {"macs", "params"}; optimizer: the SGD state a resume continues from;
@@ -68,9 +71,9 @@ class Checkpoint:
         """The test top-1 (a fraction), or None where it was not evaluated (an unfinished training)."""
         return (self.metrics.get("test") or {}).get("top1")
 
-    def model(self) -> VGG:
+    def model(self) -> nn.Module:
         """The model this checkpoint describes, with its weights (in training mode, as built)."""
-        model = build_model(checked_spec(self))
+        model = checked_model(self)
         model.load_state_dict(self.state_dict)
         return model
 
@@ -192,19 +195,26 @@ def _checked_record(path: str | Path) -> dict[str, Any]:
     return {key: value for key, value in checkpoint.items() if key not in ("kind", "format_version")}
 
 
-def checked_spec(checkpoint: Checkpoint) -> VGGSpec:
-    """The checkpoint's architecture, checked against its own weights before anything real is allocated: the
-    network is built on the meta device (shapes only, no memory), its tensor shapes compared with the state dict's,
-    and a 32x32 image traced through it, so a tampered description fails here instead of asking for terabytes.
+def checked_model(checkpoint: Checkpoint) -> nn.Module:
+    """The checkpoint's model (fresh weights), its architecture checked against the checkpoint's weights before
+    anything large is allocated. A VGG is built on the meta device first (shapes only, no memory) and a 32x32 image
+    traced through it, so a tampered layer list fails here instead of asking for terabytes; a registered model's
+    description is bounded (models.ModelConfig: its width, classes and per-group channels) before it is built.
     Weights that are NaN or infinite are refused too: no stage can make a working model of them."""
-    spec, state = VGGSpec.from_dict(checkpoint.arch), checkpoint.state_dict
-    with torch.device("meta"):
-        skeleton = VGG(spec)
-        try:
-            skeleton.eval()(torch.empty(1, spec.in_channels, *IMAGE_SHAPE[1:]))
-        except RuntimeError as err:
-            raise PrunedroidError(f"checkpoint architecture cannot classify {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} images: "
-                                  f"{str(err).splitlines()[0]}") from err
+    state = checkpoint.state_dict
+    if is_vgg(checkpoint.arch):
+        spec = VGGSpec.from_dict(checkpoint.arch)
+        with torch.device("meta"):
+            skeleton: nn.Module = VGG(spec)
+            try:
+                skeleton.eval()(torch.empty(1, spec.in_channels, *IMAGE_SHAPE[1:]))
+            except RuntimeError as err:
+                raise PrunedroidError(f"checkpoint architecture cannot classify {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} "
+                                      f"images: {str(err).splitlines()[0]}") from err
+        build: Callable[[], nn.Module] = lambda: build_model(spec)
+    else:
+        skeleton = build_model(checkpoint.arch)
+        build = lambda: skeleton
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in state.items()}
     wrong = [f"{name}: {found.get(name, 'missing')} vs {shape}" for name, shape in expected.items()
@@ -217,4 +227,4 @@ def checked_spec(checkpoint: Checkpoint) -> VGGSpec:
         raise PrunedroidError(f"checkpoint holds NaN or infinite values in {len(broken)} tensors "
                               f"(first: {broken[0]!r}): the training that wrote it diverged or the file is damaged; "
                               f"retrain (a lower --lr) or use an earlier checkpoint")
-    return spec
+    return build()

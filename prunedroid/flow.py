@@ -19,7 +19,7 @@ from pathlib import Path
 from prunedroid import data as cifar
 from prunedroid.bench import benchmark, table_rows
 from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import Int8Options, export_checkpoint
+from prunedroid.deploy import VERIFY_IMAGES, Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
 from prunedroid.pruned import prune_checkpoint
@@ -172,11 +172,12 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
                       teacher=base_path if finetune_config.distill_weight else None)
     lap("finetune")
     calibration = data.holdout.head(int8.calibration_images) if int8 else None
-    sidecars = [export_checkpoint(path, data.test, run / "export", label, calibration=calibration,
-                                  max_drop=int8.max_drop if int8 else 0.0).sidecar
+    test = data.test.head(train_config.test_limit)  # the preset's test images (smoke: 500), as training scored
+    sidecars = [export_checkpoint(path, test, run / "export", label, verify_images=min(VERIFY_IMAGES, len(test)),
+                                  calibration=calibration, max_drop=int8.max_drop if int8 else 0.0).sidecar
                 for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
     lap("export")
-    result = benchmark(sidecars, data.test, runs=bench_runs)
+    result = benchmark(sidecars, test, runs=bench_runs)
     lap("bench")
     result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
     result["config"] = {"name": run.name, "method": method_name(method), "options": method_options(method),

@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from prunedroid import data as cifar
@@ -17,17 +16,13 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
 from prunedroid.latency import LatencyTable
+from prunedroid.models import arch_of, example_input
 from prunedroid.pruning import Budget, Calibration, Method, prune
 from prunedroid.pruning.allocation import Curve
 from prunedroid.train import evaluate, remeasure_batchnorm
 
 BATCHNORM_IMAGES = 1024  # held-out images a pruned model's BatchNorm statistics are re-measured on
 SCORED_IMAGES = 2048  # the held-out images after those, whose top-1 is the sensitivity measure
-
-
-def example_input() -> torch.Tensor:
-    """One zero CIFAR-10 image, (1, 3, 32, 32): what the channel groups are traced on."""
-    return torch.zeros(1, *cifar.IMAGE_SHAPE)
 
 
 def calibration(evaluation: cifar.Split | None) -> Calibration | None:
@@ -118,6 +113,6 @@ def prune_checkpoint(checkpoint: Checkpoint, method: Method, budget: Budget | No
         report.update(previous=previous, original=original,
                       mac_reduction_from_original=1 - report["macs_after"] / original["macs"],
                       param_reduction_from_original=1 - report["params_after"] / original["params"])
-    return Checkpoint(arch=pruned.spec.to_dict(), state_dict=pruned.state_dict(), recipe=checkpoint.recipe,
+    return Checkpoint(arch=arch_of(pruned), state_dict=pruned.state_dict(), recipe=checkpoint.recipe,
                       data=checkpoint.data, seed=seed, pruning=report,
                       cost={"macs": report["macs_after"], "params": report["params_after"]})

@@ -17,7 +17,7 @@ from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint, weights_sha256
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256, folder_lock
-from prunedroid.models import build_model, vgg16_spec
+from prunedroid.models import MODELS, build_model, fresh_arch
 from prunedroid.options import option, with_options
 from prunedroid.pruning.cost import count_cost
 
@@ -30,7 +30,9 @@ class TrainConfig:
     """A training recipe. Stored in every checkpoint; a resume must use the same one. The defaults are the paper
     preset's; the command line starts from a preset (PRESETS) and each option overrides it."""
 
-    width: float = option(1.0, "VGG16 width multiplier (1.0 = 64..512 channels)")
+    model: str = option("vgg16", f"architecture: {', '.join(MODELS)} (CIFAR variants)")
+    width: float = option(1.0, "width multiplier of every layer (1.0: VGG16's 64..512 channels, ResNet-56's 16..64, "
+                               "MobileNetV2's 32..320)")
     epochs: int = option(160, "training epochs")
     batch_size: int = option(128, "images per optimiser step")
     lr: float = option(0.1, "peak learning rate (SGD)")
@@ -53,7 +55,8 @@ class TrainConfig:
     device: str = option("auto", "auto (a CUDA GPU when present), cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
-        checks = [(self.width > 0, "width must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
+        checks = [(self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
+                  (self.width > 0, "width must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
                   (self.batch_size >= 2, "batch_size must be >= 2 (BatchNorm needs two samples)"),
                   (self.lr > 0, "lr must be > 0"), (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
                   (self.weight_decay >= 0, "weight_decay must be >= 0"),
@@ -194,7 +197,7 @@ def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, path: Path, in
                      teacher: dict | None) -> None:
     """Refuses to resume `path` with another recipe, another model to start from (init: the weights' fingerprint)
     or another teacher (its file's SHA-256), naming each difference."""
-    saved = checkpoint.recipe
+    saved = {"model": "vgg16", **checkpoint.recipe}  # checkpoints from before --model were all VGG16
     differing = [f"{name}: checkpoint {saved.get(name)!r} vs now {value!r}"
                  for name, value in recipe_of(config).items() if saved.get(name) != value]
     if (checkpoint.init or {}).get("weights_sha256") != (init or {}).get("weights_sha256"):
@@ -244,9 +247,9 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
     steps_per_epoch = len(train_split) // config.batch_size
     total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
 
-    init_width = None if init is None else init.recipe.get("width")
-    if init_width is not None:  # the recorded recipe names the width actually trained
-        config = dataclasses.replace(config, width=init_width)
+    if init is not None:  # the recorded recipe names the model and width actually trained
+        config = dataclasses.replace(config, **{key: init.recipe[key] for key in ("model", "width")
+                                                if key in init.recipe})
     torch.manual_seed(config.seed)
     # What training starts from: the weights given (fine-tuning), a checkpoint to resume, or None (a fresh model).
     checkpoint = None if init is None else Checkpoint(arch=init.arch, state_dict=init.state_dict, pruning=init.pruning)
@@ -261,7 +264,7 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
                               f"or --out to train into another folder.")
     elif resume:
         print(f"nothing to resume at {path}; starting from scratch")
-    arch = checkpoint.arch if checkpoint else vgg16_spec(config.width, num_classes=len(cifar.CLASSES)).to_dict()
+    arch = checkpoint.arch if checkpoint else fresh_arch(config.model, config.width, len(cifar.CLASSES))
     model = checkpoint.model() if checkpoint else build_model(arch)
     cost = count_cost(model)
     model = model.to(device, memory_format=memory_format)

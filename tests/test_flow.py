@@ -84,3 +84,4 @@ def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
     assert abs(report["mac_reduction"] - 0.5) <= 0.01 and len(report["layers"]) == 13
     assert {"knn_pairs", "removed_similarity_mean", "pruning_loss", "merges"} <= set(report["layers"][0])
     assert Checkpoint.load(out / "checkpoint.pt").cost["macs"] == report["macs_after"]
+

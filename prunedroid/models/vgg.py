@@ -127,7 +127,3 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def build_model(spec: VGGSpec | dict) -> VGG:
-    return VGG(spec if isinstance(spec, VGGSpec) else VGGSpec.from_dict(spec))
