@@ -62,18 +62,18 @@ def test_weights_that_do_not_fit_the_record_are_refused(tmp_path):
     assert ModelConfig.from_dict(arch_of(small)).width == 0.125
 
 
-@pytest.mark.parametrize("model", ["resnet56", "mobilenetv2"])
-def test_residual_and_depthwise_models_run_the_whole_pipeline(tmp_path, cifar_dir, model):
-    """ResNet-56's residual additions and MobileNetV2's depthwise convs go through every stage: the pruned
-    checkpoint rebuilds from its record, every export format passes its check and is benchmarked."""
+
+def run_the_pipeline(tmp_path, cifar_dir, model, method, *method_options):
+    """`invoke pipeline --preset smoke --model <model>`: the pruned checkpoint rebuilds from its record, every export
+    format passes its check and is benchmarked."""
     runs = tmp_path / "runs"
     result = run_invoke("pipeline", "--preset", "smoke", "--model", model, "--name", model, "--data-dir",
-                        str(cifar_dir), "--bench-runs", "10", "--runs-dir", str(runs), "--method", "scp",
-                        "--eval-images", "128", "--batch-size", "64")
+                        str(cifar_dir), "--bench-runs", "10", "--runs-dir", str(runs), "--method", method,
+                        *method_options)
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs / model
     report = json.loads((run / "pruned" / "report.json").read_text())
-    assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["method"] == "scp"
+    assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["method"] == method
     assert any(len(producers) > 1 for producers in report["groups"])  # channels a residual addition ties together
     base, finetuned = (Checkpoint.load(run / stage / "checkpoint.pt") for stage in ("base", "finetuned"))
     assert base.arch == {"name": model, "width": 0.0625, "num_classes": 10, "channels": None}
@@ -83,3 +83,8 @@ def test_residual_and_depthwise_models_run_the_whole_pipeline(tmp_path, cifar_di
     bench = json.loads((run / "bench.json").read_text())
     assert {(r["model"], r["runtime"]) for r in bench["rows"]} == {
         (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime", "executorch")}
+
+
+def test_resnet56_runs_the_whole_pipeline(tmp_path, cifar_dir):
+    """SCP on residual groups: a removed channel is folded into its twin in every block of the stage."""
+    run_the_pipeline(tmp_path, cifar_dir, "resnet56", "scp", "--eval-images", "128", "--batch-size", "64")
