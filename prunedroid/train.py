@@ -88,6 +88,8 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(width=1.0, epochs=160, batch_size=128, lr=0.1, warmup_epochs=1.0, schedule="cosine"),
 }
 
+# Per model, what its presets change in the VGG16 recipes above.
+MODEL_PRESETS: dict[str, dict[str, dict[str, object]]] = {}
 
 # Fine-tuning a pruned model: the training preset's recipe with a short, gentle schedule.
 FINETUNE_OVERRIDES: dict[str, dict] = {
@@ -99,11 +101,15 @@ FINETUNE_OVERRIDES: dict[str, dict] = {
 
 def make_config(preset: str, overrides: dict[str, str | int | float | bool | None] | None = None,
                 finetune: bool = False) -> TrainConfig:
-    """A preset (its fine-tuning variant with finetune=True) with command-line overrides applied; an override of
-    None leaves the preset's value."""
+    """A preset for the model the overrides name (VGG16 unless they name one; MODEL_PRESETS), its fine-tuning
+    variant with finetune=True, with command-line overrides applied; an override of None leaves the preset's
+    value."""
     if preset not in PRESETS:
         raise PrunedroidError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = dataclasses.replace(PRESETS[preset], **FINETUNE_OVERRIDES[preset]) if finetune else PRESETS[preset]
+    model = str((overrides or {}).get("model") or PRESETS[preset].model)
+    base = dataclasses.replace(PRESETS[preset], **MODEL_PRESETS.get(model, {}).get(preset, {}))
+    if finetune:
+        base = dataclasses.replace(base, **FINETUNE_OVERRIDES[preset])
     return with_options(base, overrides, "training")
 
 
