@@ -13,17 +13,21 @@ from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.pruning.cost import count_cost
 from prunedroid.report import markdown_table, write_results
-from prunedroid.train import PRESETS, evaluate
+from prunedroid.train import PRESETS, evaluate, make_config
 
 
 def preset_command(recipe: dict) -> str:
-    """The shortest `invoke train` command that reproduces `recipe`: its preset plus the options that differ."""
+    """The shortest `invoke train` command that reproduces `recipe`: its model's preset plus the options that
+    differ."""
+    model = recipe.get("model", "vgg16")
+    presets = {name: vars(make_config(name, {"model": model})) for name in PRESETS}
+
     def distance(name: str) -> int:
-        return sum(recipe.get(k) != v for k, v in vars(PRESETS[name]).items() if k not in ("threads", "device"))
-    preset = min(PRESETS, key=distance)
-    extra = [f"--{k.replace('_', '-')} {recipe[k]}" for k, v in vars(PRESETS[preset]).items()
-             if k not in ("threads", "device") and recipe.get(k) != v]
-    return " ".join(["invoke train --preset", preset, *extra])
+        return sum(recipe.get(k) != v for k, v in presets[name].items() if k not in ("threads", "device", "model"))
+    preset = min(presets, key=distance)
+    extra = [f"--{k.replace('_', '-')} {recipe[k]}" for k, v in presets[preset].items()
+             if k not in ("threads", "device", "model") and recipe.get(k) != v]
+    return " ".join(["invoke train --preset", preset, *([f"--model {model}"] if model != "vgg16" else []), *extra])
 
 
 def main() -> None:

@@ -88,8 +88,13 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(width=1.0, epochs=160, batch_size=128, lr=0.1, warmup_epochs=1.0, schedule="cosine"),
 }
 
-# Per model, what its presets change in the VGG16 recipes above.
-MODEL_PRESETS: dict[str, dict[str, dict[str, object]]] = {}
+# Per model, what its presets change in the VGG16 recipes above. quick: about 30 minutes on 2 CPU cores, from the
+# training throughput measured here (one process, batch 128, channels-last: ResNet-56 179 img/s at width 1, 382 at
+# 0.5; MobileNetV2 105 at width 1, 187 at 0.5): 2 and 4 minutes per epoch of 45,000 images.
+MODEL_PRESETS: dict[str, dict[str, dict[str, object]]] = {
+    "resnet56": {"quick": {"width": 0.5, "epochs": 12}},
+    "mobilenetv2": {"quick": {"width": 0.5, "epochs": 7}},
+}
 
 # Fine-tuning a pruned model: the training preset's recipe with a short, gentle schedule.
 FINETUNE_OVERRIDES: dict[str, dict] = {

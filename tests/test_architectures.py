@@ -54,6 +54,16 @@ def test_hostile_records_are_refused_before_building(arch, message):
         build_model(arch)
 
 
+def test_each_model_has_its_own_quick_preset():
+    from prunedroid.train import make_config
+
+    resnet, mobilenet, vgg = (make_config("quick", {"model": name}) for name in ("resnet56", "mobilenetv2", None))
+    assert (resnet.model, resnet.width, resnet.epochs) == ("resnet56", 0.5, 12)
+    assert (mobilenet.width, mobilenet.epochs, vgg.model, vgg.width) == (0.5, 7, "vgg16", 0.25)
+    assert make_config("quick", {"model": "resnet56", "width": "1"}).width == 1.0  # an option still overrides it
+    assert make_config("quick", {"model": "resnet56"}, finetune=True).epochs == 3  # the fine-tune's own schedule
+
+
 def test_weights_that_do_not_fit_the_record_are_refused(tmp_path):
     small, large = new_model("resnet56", 0.125), new_model("resnet56", 0.25)
     Checkpoint(arch=arch_of(large), state_dict=small.state_dict()).save(tmp_path / "c.pt")
