@@ -70,6 +70,7 @@ def test_weights_that_do_not_fit_the_record_are_refused(tmp_path):
     with pytest.raises(PrunedroidError, match="do not match its architecture"):
         Checkpoint.load(tmp_path / "c.pt").model()
     assert ModelConfig.from_dict(arch_of(small)).width == 0.125
+    assert count_cost(build_model(ModelConfig("resnet56", 0.125))).macs == count_cost(small).macs
 
 
 

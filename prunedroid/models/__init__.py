@@ -93,12 +93,13 @@ def fresh_arch(name: str, width: float = 1.0, num_classes: int = 10) -> dict[str
     return ModelConfig(name, width, num_classes).to_dict()
 
 
-def is_vgg(arch: dict[str, Any] | VGGSpec) -> bool:
-    return isinstance(arch, VGGSpec) or "conv_channels" in arch
+def is_vgg(arch: dict[str, Any] | VGGSpec | ModelConfig) -> bool:
+    """Whether `arch` describes a VGG (its layer list) rather than a registered model's ModelConfig."""
+    return isinstance(arch, VGGSpec) or (isinstance(arch, dict) and "conv_channels" in arch)
 
 
-def build_model(arch: dict[str, Any] | VGGSpec) -> nn.Module:
-    """The model `arch` (a checkpoint's record, or a VGGSpec) describes, freshly initialised."""
+def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
+    """The model `arch` (a checkpoint's record, a VGGSpec or a ModelConfig) describes, freshly initialised."""
     if is_vgg(arch):
         return VGG(arch if isinstance(arch, VGGSpec) else VGGSpec.from_dict(arch))
     config = ModelConfig.from_dict(arch) if isinstance(arch, dict) else arch
