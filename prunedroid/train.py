@@ -88,9 +88,9 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(width=1.0, epochs=160, batch_size=128, lr=0.1, warmup_epochs=1.0, schedule="cosine"),
 }
 
-# Per model, what its presets change in the VGG16 recipes above. quick: about 30 minutes on 2 CPU cores, from the
-# training throughput measured here (one process, batch 128, channels-last: ResNet-56 179 img/s at width 1, 382 at
-# 0.5; MobileNetV2 105 at width 1, 187 at 0.5): 2 and 4 minutes per epoch of 45,000 images.
+# Per model, what its presets change in the VGG16 recipes above. quick: about 30 minutes on 2 CPU cores. ResNet-56's
+# ran 12 epochs of ~113 s (benchmarks/results/training_resnet56_quick.md); MobileNetV2's 7 epochs are an estimate
+# (about half ResNet-56's speed at width 0.5 in a short probe), not yet a measured run.
 MODEL_PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "resnet56": {"quick": {"width": 0.5, "epochs": 12}},
     "mobilenetv2": {"quick": {"width": 0.5, "epochs": 7}},
