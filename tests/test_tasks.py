@@ -153,6 +153,8 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("train", "--batch-size", "0"), "batch_size must be >= 2"),
     (("train", "--lr", "nan"), "--lr expects a finite number"),
     (("train", "--epochs", "ten"), "--epochs expects int"),
+    (("train", "--model", "resnet1000"), "model must be one of vgg16, resnet56, mobilenetv2"),
+    (("pipeline", "--model", "../x"), "model must be one of"),
     (("finetune", "--lr", "inf"), "--lr expects a finite number"),
     (("pipeline", "--method", "scp", "--knn", "0"), r"k \(nearest neighbours\) must be >= 1"),
     (("pipeline", "--bench-runs", "many"), "--bench-runs expects int"),
