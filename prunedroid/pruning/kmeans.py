@@ -52,7 +52,7 @@ SEARCH_GRID = 9  # K values tried per zoom step of the automatic search
 @dataclass(frozen=True)
 class KMeansConfig(PruningMethod):
     """K-means' options (see the module docstring). min_keep: the automatic search keeps at least this fraction of
-    a group's filters (the command line's `min_keep` reaches it when no allocation takes that flag)."""
+    a group's filters (a `min_keep` given without a non-uniform allocation is this one)."""
 
     name: ClassVar[str] = "kmeans"
     summary: ClassVar[str] = "k-means filter clustering, the blog's method"

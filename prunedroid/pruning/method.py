@@ -30,7 +30,8 @@ REGISTRY: dict[str, type[PruningMethod]] = {}
 
 @dataclass(frozen=True)
 class PruningMethod:
-    """name: how the method is asked for (``method` NAME`); summary: what it is, for the help."""
+    """name: how the method is asked for (method="NAME"; `--method NAME` on the command line); summary: what it
+    is, for the help."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
