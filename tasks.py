@@ -9,7 +9,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from prunedroid.errors import PrunedroidError, os_error_message, unexpected_error_message
+from prunedroid.errors import PrunedroidError, ReportedByRankZero, os_error_message, unexpected_error_message
 from prunedroid.options import parse_option
 
 DATA_DIR_HELP = ("folder with the CIFAR-10 python batches (default: $CIFAR10_DIR, then data/cifar-10-batches-py; "
@@ -53,6 +53,8 @@ def command(name: str | None = None, help: dict[str, str] | None = None, generat
                 return function(*args, **kwargs)
             except Exit:  # a task's own exit code (`invoke test`) is its answer, not a failure to explain
                 raise
+            except ReportedByRankZero:  # under torchrun: process 0 says it, once
+                raise Exit(code=2) from None
             except PrunedroidError as err:
                 raise Exit(f"error: {err.worded(flag)}", code=2) from None
             except OSError as err:
@@ -86,6 +88,25 @@ def whole(value: str | int, option: str) -> int:
     return parse_option(str(value), "int", option)
 
 
+def _launched(config, data_dir) -> bool:
+    """With `nproc` above 1, runs this command line in that many processes under torchrun and says so (True);
+    False where this process is to train: a plain run, or one of the processes torchrun started."""
+    from prunedroid.data import locate_cifar10
+    from prunedroid.distributed import World, launch
+
+    world = World.from_environment()
+    if world.distributed or config.nproc == 1:
+        if world.distributed and config.nproc not in (1, world.local_size):
+            raise PrunedroidError(f"--nproc {config.nproc} under torchrun, which started {world.local_size} processes "
+                                  "on this machine: leave --nproc out when torchrun launches")
+        return False
+    locate_cifar10(data_dir)  # downloaded once here, not by every process at the same time
+    code = launch(config.nproc, sys.argv[1:])
+    if code:
+        raise Exit(code=code)
+    return True
+
+
 @command(help=RUN_HELP, generated=RECIPE_HELP)
 def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, teacher=None, **recipe):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
@@ -94,6 +115,8 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
     from prunedroid.train import train as run_training
 
     config = make_config(preset, recipe)
+    if _launched(config, data_dir):
+        return
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path("runs") / preset, resume=resume, overwrite=overwrite,
                  progress=sys.stderr.isatty(), teacher=teacher)
@@ -253,6 +276,8 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
 
     required(checkpoint=checkpoint)
     config = make_config(preset, recipe, finetune=True)
+    if _launched(config, data_dir):
+        return
     init = Checkpoint.load(checkpoint)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,

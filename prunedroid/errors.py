@@ -17,6 +17,11 @@ class PrunedroidError(Exception):
         return OPTION.sub(lambda match: option_name(match.group(1)), super().__str__())
 
 
+class ReportedByRankZero(PrunedroidError):
+    """A failure every process of a data-parallel run shares, which process 0 reports: the others exit without
+    repeating it."""
+
+
 # What to do about the OS errors a user meets when writing results: the message says which path and what to do.
 _FIXES = {
     errno.ENOSPC: "the disk is full: free space or write to another disk (--out)",

@@ -1,8 +1,10 @@
 """Train and evaluate: SGD + warm-up/cosine or one-cycle, a checkpoint every epoch, exact resume."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -11,10 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint, weights_sha256
+from prunedroid.distributed import World, joined, with_global_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256, folder_lock
 from prunedroid.models import MODELS, build_model, fresh_arch
@@ -53,6 +57,8 @@ class TrainConfig:
     channels_last: bool = option(True, "NHWC memory format: yes/no (faster convolutions on CPU and GPU)")
     threads: int | None = option(None, "torch intra-op threads (default: torch's choice)")
     device: str = option("auto", "auto (a CUDA GPU when present), cpu, cuda or cuda:N")
+    nproc: int = option(1, "processes to train in on this machine, data-parallel under torchrun (gloo on the CPU, "
+                           "NCCL with one GPU each); `batch_size` stays the global batch, so the recipe is the same")
 
     def __post_init__(self) -> None:
         checks = [(self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
@@ -70,6 +76,7 @@ class TrainConfig:
                    "train_limit must be at least one batch"),
                   (self.test_limit is None or self.test_limit >= 1, "test_limit must be >= 1"),
                   (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+                  (self.nproc >= 1, "nproc must be >= 1"),
                   (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                    "device must be auto, cpu, cuda[:N] or mps")]
         problems = [message for ok, message in checks if not ok]
@@ -143,7 +150,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule:
 
 
 # Options that change where and how fast a run goes, not what it computes: a resume may change them.
-NON_RECIPE_OPTIONS = ("threads", "device")
+NON_RECIPE_OPTIONS = ("threads", "device", "nproc")
 
 
 def recipe_of(config: TrainConfig) -> dict:
@@ -224,7 +231,8 @@ def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, path: Path, in
 def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume: bool = False,
           overwrite: bool = False, progress: bool = True, init: Checkpoint | None = None,
           teacher: str | Path | None = None) -> Checkpoint:
-    """Trains VGG16 per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final checkpoint.
+    """Trains the recipe's model per `config`, writing `out_dir/checkpoint.pt` after every epoch; returns the final
+    checkpoint.
 
     init: a checkpoint to start from (fine-tuning a pruned model): its architecture and weights replace the fresh
     `config.width` model, and its `pruning` record is carried into the new checkpoint.
@@ -233,52 +241,88 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
 
     resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
     run (on a GPU, cuDNN's kernel choice may differ in the last bits). `out_dir` is locked while training runs.
+
+    Under torchrun (prunedroid.distributed.World) each process trains on its slice of every global batch; process 0
+    alone prints, evaluates and writes, and every process returns the same checkpoint.
     """
-    if bool(config.distill_weight) != (teacher is not None):
+    world = World.from_environment()
+    with joined(world), contextlib.ExitStack() as held:
+        device = world.agree(lambda: world.device(resolve_device(config.device)))
+        world.led(lambda: held.enter_context(folder_lock(out_dir)))
+        return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress and world.leads,
+                      init, teacher, world, device)
+
+
+@dataclass
+class _Start:
+    """What a run starts from: the teacher (distillation), the checkpoint to continue or fine-tune (None: a fresh
+    model) and the records that identify both."""
+
+    teacher: nn.Module | None
+    teacher_record: dict | None
+    init_record: dict | None
+    checkpoint: Checkpoint | None
+
+
+def _start(config: TrainConfig, path: Path, resume: bool, overwrite: bool, init: Checkpoint | None,
+           teacher_path: str | Path | None, world: World, device: torch.device) -> _Start:
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    if bool(config.distill_weight) != (teacher_path is not None):
         raise PrunedroidError("distillation needs both a --distill-weight above 0 and a teacher checkpoint (--teacher; "
                               "`invoke pipeline` uses the base)" if config.distill_weight else
                               "a teacher was given but --distill-weight is 0: pass --distill-weight (e.g. 0.5)")
-    with folder_lock(out_dir):
-        return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress, init, teacher)
-
-
-def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, overwrite: bool, progress: bool,
-           init: Checkpoint | None, teacher_path: str | Path | None) -> Checkpoint:
-    device = resolve_device(config.device)
-    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    if config.batch_size % world.size:
+        raise PrunedroidError(f"`batch_size` {config.batch_size} does not split evenly over {world.size} processes: "
+                              f"pass a multiple of {world.size}")
     teacher, teacher_record = None, None
     if teacher_path is not None:
         teacher = Checkpoint.load(teacher_path).model().to(device, memory_format=memory_format).eval()
         teacher_record = {"checkpoint": str(teacher_path), "sha256": file_sha256(teacher_path)}
     init_record = None if init is None else {"weights_sha256": weights_sha256(init.state_dict)}
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    train_split = data.train.head(config.train_limit).to(device)
-    holdout, test_split = data.holdout.to(device), data.test.head(config.test_limit).to(device)
-    steps_per_epoch = len(train_split) // config.batch_size
-    total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
-
-    if init is not None:  # the recorded recipe names the model and width actually trained
-        config = dataclasses.replace(config, **{key: init.recipe[key] for key in ("model", "width")
-                                                if key in init.recipe})
-    torch.manual_seed(config.seed)
     # What training starts from: the weights given (fine-tuning), a checkpoint to resume, or None (a fresh model).
     checkpoint = None if init is None else Checkpoint(arch=init.arch, state_dict=init.state_dict, pruning=init.pruning)
     if path.exists() and resume:
         checkpoint = Checkpoint.load(path)
         _check_resumable(checkpoint, config, path, init_record, teacher_record)
-        print(f"resuming {path} after epoch {checkpoint.epoch}/{config.epochs}")
-        if checkpoint.epoch >= config.epochs:
-            return checkpoint
+        if world.leads:
+            print(f"resuming {path} after epoch {checkpoint.epoch}/{config.epochs}")
     elif path.exists() and not overwrite:
         raise PrunedroidError(f"{path} already exists; pass --resume to continue it, --overwrite to start over, "
                               f"or --out to train into another folder.")
-    elif resume:
+    elif resume and world.leads:
         print(f"nothing to resume at {path}; starting from scratch")
+    return _Start(teacher, teacher_record, init_record, checkpoint)
+
+
+def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, overwrite: bool, progress: bool,
+           init: Checkpoint | None, teacher_path: str | Path | None, world: World,
+           device: torch.device) -> Checkpoint:
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif world.local_size > 1 and device.type == "cpu":  # the machine's cores shared, not each process taking all
+        torch.set_num_threads(max(1, torch.get_num_threads() // world.local_size))
+    if init is not None:  # the recorded recipe names the model and width actually trained
+        config = dataclasses.replace(config, **{key: init.recipe[key] for key in ("model", "width")
+                                                if key in init.recipe})
+    start = world.agree(lambda: _start(config, path, resume, overwrite, init, teacher_path, world, device))
+    checkpoint, teacher = start.checkpoint, start.teacher
+    if resume and checkpoint is not None and checkpoint.epoch >= config.epochs:
+        return checkpoint
+    train_split = data.train.head(config.train_limit).to(device)
+    holdout, test_split = data.holdout.to(device), data.test.head(config.test_limit).to(device)
+    steps_per_epoch = len(train_split) // config.batch_size
+    total_steps, warmup_steps = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
+
+    torch.manual_seed(config.seed)
     arch = checkpoint.arch if checkpoint else fresh_arch(config.model, config.width, len(cifar.CLASSES))
     model = checkpoint.model() if checkpoint else build_model(arch)
     cost = count_cost(model)
     model = model.to(device, memory_format=memory_format)
+    stepped: nn.Module = model  # what the optimiser's steps run: the model, or its data-parallel wrapper
+    if world.distributed:
+        stepped = DistributedDataParallel(with_global_batchnorm(model), forward_sync_buffers=False,
+                                          device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     if checkpoint and checkpoint.optimizer:
@@ -295,10 +339,11 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
                                  channels_last=config.channels_last),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    leave=False, unit="batch")
-        for step, (images, labels) in enumerate(bar, start=epoch * steps_per_epoch):
+        for step, (batch_images, batch_labels) in enumerate(bar, start=epoch * steps_per_epoch):
+            images, labels = world.shard(batch_images), world.shard(batch_labels)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr, config.schedule)
-            logits = model(images)
+            logits = stepped(images)
             teacher_logits = None
             if teacher is not None:
                 with torch.no_grad():
@@ -312,35 +357,43 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
             seen += len(labels)
             if progress and step % 10 == 0:  # .item() waits for the GPU: not every step
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - started):.0f}")
+                                img_s=f"{seen * world.size / (time.perf_counter() - started):.0f}")
         seconds = time.perf_counter() - started
-        if not math.isfinite(loss_sum.item()):  # checked once an epoch: a per-step .item() would stall a GPU
+        loss_total, correct_total, seen_total = world.total(
+            torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)])).tolist()
+        if not math.isfinite(loss_total):  # checked once an epoch: a per-step .item() would stall a GPU
             kept = (f"{path} still holds epoch {checkpoint.epoch}" if checkpoint and path.exists()
                     else "nothing was saved")
             raise PrunedroidError(f"training diverged in epoch {epoch + 1} (the loss became NaN or infinite); {kept}. "
                                   f"Lower --lr (now {config.lr}) or lengthen --warmup-epochs and start again.")
-        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_top1": correct.item() / seen,
-                  "seconds": seconds, "images_per_s": seen / seconds}
+        record = {"epoch": epoch + 1, "train_loss": loss_total / seen_total, "train_top1": correct_total / seen_total,
+                  "seconds": seconds, "images_per_s": seen_total / seconds}
         if len(holdout):
-            record["holdout_top1"] = evaluate(model, holdout, channels_last=config.channels_last)["top1"]
+            record["holdout_top1"] = world.from_leader(
+                functools.partial(evaluate, model, holdout, channels_last=config.channels_last))["top1"]
         history.append(record)
-        print(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, train {record['train_top1']:.2%}"
-              + (f", holdout {record['holdout_top1']:.2%}" if "holdout_top1" in record else "")
-              + f", {record['images_per_s']:.0f} img/s, {seconds:.1f} s", flush=True)
+        if world.leads:
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, "
+                  f"train {record['train_top1']:.2%}"
+                  + (f", holdout {record['holdout_top1']:.2%}" if "holdout_top1" in record else "")
+                  + f", {record['images_per_s']:.0f} img/s, {seconds:.1f} s", flush=True)
         final = epoch + 1 == config.epochs
+        metrics = {"test": world.from_leader(functools.partial(evaluate, model, test_split,
+                                                               channels_last=config.channels_last))} if final else {}
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
         checkpoint = Checkpoint(
             arch=arch, epoch=epoch + 1, history=history, cost=cost.to_dict(),
             state_dict={k: v.cpu() for k, v in model.state_dict().items()},
-            optimizer=optimizer.state_dict(), recipe=dataclasses.asdict(config), seed=config.seed,
-            metrics={"test": evaluate(model, test_split, channels_last=config.channels_last)} if final else {},
+            optimizer=optimizer.state_dict(), recipe=dataclasses.asdict(config), seed=config.seed, metrics=metrics,
             data={"mean": list(cifar.MEAN), "std": list(cifar.STD), "classes": list(cifar.CLASSES),
                   "train_images": len(train_split), "holdout_images": len(holdout)},
-            device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-            pruning=pruning, teacher=teacher_record, init=init_record,
+            device=where if world.size == 1 else f"{world.size} processes, {where} each",
+            pruning=pruning, teacher=start.teacher_record, init=start.init_record,
         )
-        checkpoint.save(path)
+        world.led(functools.partial(checkpoint.save, path))
     assert checkpoint is not None, "config.epochs >= 1 is checked by TrainConfig"
     test = checkpoint.metrics["test"]
-    print(f"test top-1 {test['top1']:.2%} on {test['images']} images; {cost.macs / 1e6:.1f}M MACs, "
-          f"{cost.params / 1e6:.2f}M params; checkpoint {path}")
+    if world.leads:
+        print(f"test top-1 {test['top1']:.2%} on {test['images']} images; {cost.macs / 1e6:.1f}M MACs, "
+              f"{cost.params / 1e6:.2f}M params; checkpoint {path}")
     return checkpoint

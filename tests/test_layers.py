@@ -45,8 +45,8 @@ def test_the_walk_sees_an_upward_import(tmp_path):
 
 
 def test_the_library_type_checks(tmp_path):
-    """mypy, configured in pyproject.toml ([tool.mypy]: the library and the two modules it imports), reports
-    nothing."""
+    """mypy, configured in pyproject.toml ([tool.mypy]: the library, the two modules it imports and the
+    data-parallel module), reports nothing."""
     result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path)], cwd=PACKAGE.parent,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
