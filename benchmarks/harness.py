@@ -9,21 +9,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid.bench import onnx_latencies_ms, paired_difference
+from prunedroid.bench import benchmark, onnx_latencies_ms, paired_difference
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
 from prunedroid.flow import LATENCY_TABLE, evaluation_set
-from prunedroid.models import VGG, build_model
+from prunedroid.models import MODELS, build_model
 from prunedroid.pruned import prune_checkpoint, prune_model
 from prunedroid.pruning import Budget, Method, SCPConfig, method_name
 from prunedroid.report import command_line, markdown_table, write_results
@@ -51,7 +55,7 @@ def arguments(description: str, out: str, work: str | None = None) -> argparse.A
 class Bench:
     base_path: Path
     base_checkpoint: Checkpoint
-    base: VGG
+    base: nn.Module
     data: cifar.Cifar10
     finetune_config: TrainConfig
     out: Path
@@ -84,7 +88,7 @@ class Bench:
         payload = {"commands": commands,
                    "base": {"checkpoint": base, "sha256": sha256,
                             "width": checkpoint.recipe["width"], "epochs": checkpoint.epoch,
-                            "channels": list(model.spec.conv_channels),
+                            "arch": checkpoint.arch,
                             "test_top1": evaluate(model, data.test)["top1"]},
                    "finetune": dataclasses.asdict(finetune_config), "cells": previous.get("cells", {}),
                    "paired": previous.get("paired", {})}
@@ -171,7 +175,8 @@ class Bench:
         for name, split in (("test", self.data.test), ("unused_holdout", unused)):
             if not len(split):  # a base that held out no more than SCP's evaluation set
                 continue
-            tables = [torch.stack([self._correct(k, seed, name, split) for seed in seeds]) for k in (key, reference)]
+            tables = [torch.stack([self.per_image_correct(k, seed, name, split) for seed in seeds])
+                      for k in (key, reference)]
             result[name] = paired_difference(*tables)
         self.payload["paired"][f"{key} vs {reference}"] = result
 
@@ -181,28 +186,31 @@ class Bench:
         recipe = [self.finetune_config.seed] if "top1_finetuned" in cell else []
         return recipe + [int(seed) for seed in cell.get("top1_finetuned_seeds", {})]
 
-    def _correct(self, key: str, seed: int, split_name: str, split: cifar.Split) -> torch.Tensor:
+    def per_image_correct(self, key: str, seed: int, split_name: str, split: cifar.Split) -> torch.Tensor:
+        """Which images of `split` the fine-tuned model of `key` (under `seed`) gets right: bool (N,), evaluated
+        once."""
         if (key, seed, split_name) not in self.correct:
             folder = self.finetuned_folder(key, None if seed == self.finetune_config.seed else seed)
             model = Checkpoint.load(folder / CHECKPOINT_NAME).model()
             self.correct[key, seed, split_name] = evaluate(model, split, per_image=True)["correct"]
         return self.correct[key, seed, split_name]
 
-    def deploy(self, key: str, method: Method, budget: Budget | None, seed: int = 0) -> dict:
-        """Exports the cell's model (fine-tuned when it was, else as pruned) to .ptl and .onnx, each verified against
-        PyTorch, and adds their sizes (bytes) to the cell."""
+    def deploy(self, key: str, method: Method, budget: Budget | None, seed: int = 0, name: str = "model") -> dict:
+        """Exports the cell's model (fine-tuned when it was, else as pruned) to .ptl, .onnx and .pte under `name`,
+        each verified against PyTorch in its runtime, and adds their sizes (bytes) and the sidecar's path to the
+        cell."""
         cell = self.cells[key]
         folder = self.finetuned_folder(key)
         source = "fine-tuned" if "top1_finetuned" in cell else "pruned"
-        if cell.get("exported") != source or not (folder / "export" / "model.onnx").is_file():
+        if cell.get("exported") != source or not (folder / "export" / f"{name}.onnx").is_file():
             checkpoint = folder / CHECKPOINT_NAME
             if source == "pruned":
                 checkpoint = folder / "pruned.pt"
                 pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.pruning_data(method))
                 pruned.save(checkpoint)
-            exported = export_checkpoint(checkpoint, self.data.test, folder / "export", "model")
-            cell.update(exported=source, ptl_bytes=exported.report["ptl_bytes"],
-                        onnx_bytes=exported.report["onnx_bytes"])
+            exported = export_checkpoint(checkpoint, self.data.test, folder / "export", name)
+            cell.update(exported=source, sidecar=str(exported.sidecar),
+                        **{f"{kind}_bytes": exported.report[f"{kind}_bytes"] for kind in ("ptl", "onnx", "pte")})
         return cell
 
     def time_onnx(self, keys: list[str]) -> None:
@@ -211,8 +219,8 @@ class Bench:
         architecture's median and p90 - timing cell by cell on a shared machine drifted by up to 1.7x."""
         by_channels = {}
         for key in keys:
-            by_channels.setdefault(tuple(self.cells[key]["channels"]),
-                                   self.finetuned_folder(key) / "export" / "model.onnx")
+            sidecar = self.cells[key].get("sidecar", self.finetuned_folder(key) / "export" / "model.json")
+            by_channels.setdefault(tuple(self.cells[key]["channels"]), Path(sidecar).with_suffix(".onnx"))
         latencies = onnx_latencies_ms(by_channels)
         for key in keys:
             latency = latencies[tuple(self.cells[key]["channels"])]
@@ -235,14 +243,46 @@ def architecture_latencies(specs: dict, runs: int = 300) -> dict:
         return onnx_latencies_ms(paths, threads=1, runs=runs)
 
 
+LATENCY_IMAGES = 100  # top-1 in each timing process: a check that the runtime runs the model, not a result
+
+
+def repeated_latencies(sidecars: list[Path], data_dir: str | None, processes: int = 5, runs: int = 200) -> dict:
+    """Batch-1 latency of each exported model in each runtime (eager PyTorch, TorchScript Lite, onnxruntime,
+    ExecuTorch/XNNPACK; 1 thread) from `processes` separate Python processes, each running prunedroid.bench.benchmark
+    (every model and runtime interleaved): per "model/runtime", the median over the processes of the median latency
+    (ms) and of the ratio to the first model in the same runtime, with the ratios' min and max - one process on this
+    shared host has moved a ratio by up to 1.7x."""
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index in range(processes):
+            out = Path(scratch) / f"{index}.json"
+            subprocess.run([sys.executable, __file__, str(out), data_dir or "", *map(str, sidecars)], check=True)
+            results.append(json.loads(out.read_text()))
+    per_row: dict[str, list[dict]] = {}
+    for result in results:
+        for row in result["rows"]:
+            per_row.setdefault(f"{row['model']}/{row['runtime']}", []).append(row)
+    return {key: {"processes": len(rows), "median_ms": statistics.median(r["latency_median_ms"] for r in rows),
+                  "latency_ratio": statistics.median(r["latency_ratio"] for r in rows),
+                  "latency_ratio_min": min(r["latency_ratio"] for r in rows),
+                  "latency_ratio_max": max(r["latency_ratio"] for r in rows),
+                  "mac_ratio": rows[0]["mac_ratio"], "file_bytes": rows[0]["file_bytes"]}
+            for key, rows in per_row.items()}
+
+
 def chosen(option: str, every: list[str]) -> list[str]:
     """A --finetune style option: "all" of `every`, "none", or a comma list."""
     return {"all": every, "none": []}.get(option, option.split(","))
 
 
+MODEL_TITLES = {"vgg16": "VGG16-BN", "resnet56": "ResNet-56", "mobilenetv2": "MobileNetV2"}
+
+
 def base_title(payload: dict) -> str:
     base = payload["base"]
-    return (f"VGG16-BN width {base['width']}, {base['epochs']} epochs, test top-1 {100 * base['test_top1']:.2f}% "
+    name = (base.get("arch") or {}).get("name", "vgg16")
+    title = MODEL_TITLES.get(name if name in MODELS else "vgg16", name)
+    return (f"{title} width {base['width']}, {base['epochs']} epochs, test top-1 {100 * base['test_top1']:.2f}% "
             f"(real CIFAR-10 test set, 10,000 images)")
 
 
@@ -276,3 +316,9 @@ independent second sample. An interval that spans 0 means the two are not told a
 
 def percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}%"
+
+
+if __name__ == "__main__":  # one process of repeated_latencies: <out.json> <data dir or ""> <sidecar>...
+    result_path, folder, *models = sys.argv[1:]
+    timed = benchmark(models, cifar.load_test(folder or None).head(LATENCY_IMAGES))
+    Path(result_path).write_text(json.dumps(timed))

@@ -13,7 +13,7 @@ from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.pruning.cost import count_cost
 from prunedroid.report import markdown_table, write_results
-from prunedroid.train import PRESETS, evaluate, make_config
+from prunedroid.train import NON_RECIPE_OPTIONS, PRESETS, evaluate, make_config
 
 
 def preset_command(recipe: dict) -> str:
@@ -21,12 +21,13 @@ def preset_command(recipe: dict) -> str:
     differ."""
     model = recipe.get("model", "vgg16")
     presets = {name: vars(make_config(name, {"model": model})) for name in PRESETS}
+    not_compared = {*NON_RECIPE_OPTIONS, "model"}
 
     def distance(name: str) -> int:
-        return sum(recipe.get(k) != v for k, v in presets[name].items() if k not in ("threads", "device", "model"))
+        return sum(recipe.get(k) != v for k, v in presets[name].items() if k not in not_compared)
     preset = min(presets, key=distance)
     extra = [f"--{k.replace('_', '-')} {recipe[k]}" for k, v in presets[preset].items()
-             if k not in ("threads", "device", "model") and recipe.get(k) != v]
+             if k not in not_compared and recipe.get(k) != v]
     return " ".join(["invoke train --preset", preset, *([f"--model {model}"] if model != "vgg16" else []), *extra])
 
 
