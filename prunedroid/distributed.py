@@ -208,6 +208,10 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    cores, gpus = os.cpu_count() or 1, torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nproc > max(cores, gpus):  # each process needs a core or a GPU of its own; more only thrash (or fork-bomb)
+        raise PrunedroidError(f"`nproc` {nproc} is more processes than this machine has CPU cores ({cores}) or GPUs "
+                              f"({gpus}): pass at most {max(cores, gpus)}")
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)

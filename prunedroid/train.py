@@ -96,7 +96,8 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 # Per model, what its presets change in the VGG16 recipes above. quick: about 30 minutes on 2 CPU cores. ResNet-56's
-# ran 12 epochs of ~113 s, MobileNetV2's 7 of ~210-230 s where nothing else ran (benchmarks/results/training_*_quick.md).
+# ran 12 epochs of ~113 s, MobileNetV2's 7 of ~210-230 s where nothing else ran
+# (benchmarks/results/training_*_quick.md).
 MODEL_PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "resnet56": {"quick": {"width": 0.5, "epochs": 12}},
     "mobilenetv2": {"quick": {"width": 0.5, "epochs": 7}},

@@ -97,6 +97,11 @@ def test_a_failure_every_process_meets_is_said_once(cifar_dir, tmp_path):
     assert none.returncode == 2 and none.stderr.strip().splitlines() == [
         "error: bad training options: nproc must be >= 1"]
 
+    swarm = _train(tmp_path / "swarm", cifar_dir, "--nproc", "100000")  # refused before any process starts
+    assert swarm.returncode == 2 and len(swarm.stderr.strip().splitlines()) == 1
+    assert swarm.stderr.startswith("error: --nproc 100000 is more processes than this machine has CPU cores")
+    assert not (tmp_path / "swarm").exists()
+
 
 def test_the_world_is_read_from_torchruns_environment():
     assert World.from_environment({}) == World(0, 1, 0, 1)
