@@ -8,6 +8,7 @@ against the base and against each other; every export format's size and its batc
         --out benchmarks/results/architectures_resnet56_quick --work runs/bench-arch-resnet56
 
 Cells already in <out>.json are kept and fine-tunes under --work resume, so an interrupted run continues.
+Run with --no-timing while other jobs load the machine, then once more without it on an idle machine.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def key_of(method: str, allocation: str) -> str:
     return f"{method}/{allocation}"
 
 
-def run_cells(bench: Bench, target: float) -> None:
-    for method, config in METHODS.items():
+def run_cells(bench: Bench, target: float, methods: list[str]) -> None:
+    for method in methods:
+        config = METHODS[method]
         for allocation in ALLOCATIONS:
             key, budget = key_of(method, allocation), Budget.of(mac_reduction=target, allocation=allocation)
             bench.measure(key, config, budget, target=target, allocation=allocation)
@@ -46,11 +48,12 @@ def run_cells(bench: Bench, target: float) -> None:
 def pair_all(bench: Bench) -> None:
     """Sensitivity against uniform for each method; SCP and group-norm against L1 for each allocation; every cell
     against the base (its fine-tuned top-1 minus the base's on the same test images)."""
-    for method in METHODS:
-        bench.pair(key_of(method, "sensitivity"), key_of(method, "uniform"))
-    for allocation in ALLOCATIONS:
-        for method in ("scp", "tp-group-norm"):
-            bench.pair(key_of(method, allocation), key_of("l1", allocation))
+    pairs = [(key_of(method, "sensitivity"), key_of(method, "uniform")) for method in METHODS]
+    pairs += [(key_of(method, allocation), key_of("l1", allocation))
+              for allocation in ALLOCATIONS for method in ("scp", "tp-group-norm")]
+    for key, reference in pairs:
+        if key in bench.cells and reference in bench.cells:  # a run of some --methods only
+            bench.pair(key, reference)
     base_correct = evaluate(bench.base, bench.data.test, per_image=True)["correct"]
     seed = bench.finetune_config.seed
     for key in bench.cells:
@@ -121,11 +124,14 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.5, help="share of MACs removed")
     parser.add_argument("--processes", type=int, default=5, help="separate timing processes")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model and runtime in each process")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="which methods (a second process given its own --out, the same --work and other methods "
+                             "fine-tunes side by side; the main run then picks its fine-tunes up)")
     parser.add_argument("--no-timing", action="store_true", help="skip export and timing")
     args = parser.parse_args()
     bench = Bench.from_arguments(args)
     torch.manual_seed(0)
-    run_cells(bench, args.target)
+    run_cells(bench, args.target, args.methods.split(","))
     pair_all(bench)
     if not args.no_timing:
         deploy_and_time(bench, args.data_dir, args.processes, args.runs)
