@@ -101,10 +101,7 @@ class World:
 
     def total(self, values: torch.Tensor) -> torch.Tensor:
         """`values` summed over the processes (every process gets the sum)."""
-        if self.distributed:
-            values = values.clone()
-            dist.all_reduce(values)
-        return values
+        return _all_summed(values) if self.distributed else values
 
 
 
@@ -124,21 +121,24 @@ def joined(world: World) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def _all_summed(values: torch.Tensor) -> torch.Tensor:
+    """A copy of `values` summed over every process."""
+    summed = values.clone()
+    dist.all_reduce(summed)
+    return summed
+
+
 class _SumOverProcesses(torch.autograd.Function):
     """x summed over every process; in backward the gradient is summed likewise, since each process's loss depends
     on every process's x through the sum."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, values: torch.Tensor) -> torch.Tensor:
-        summed = values.clone()
-        dist.all_reduce(summed)
-        return summed
+        return _all_summed(values)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        summed = grad.clone()
-        dist.all_reduce(summed)
-        return summed
+        return _all_summed(grad)
 
 
 def summed_over_processes(values: torch.Tensor) -> torch.Tensor:
