@@ -8,7 +8,7 @@ from torch import nn
 from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
 from prunedroid.pruned import example_input, prune_model
-from prunedroid.pruning import Budget, SCPConfig, kept_counts
+from prunedroid.pruning import Budget, LayerChannels, SCPConfig, kept_counts, scp
 from prunedroid.pruning.l1 import filter_l1
 from prunedroid.pruning.scp import Consumer, Cost, choose_removals, consumers_of, following_norms, removal_costs
 from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
@@ -230,6 +230,24 @@ def test_budget_mode_reaches_the_same_channel_counts_as_l1():
     # Removing 80% of every layer needs more than pairs of free channels allow: kept channels merge too.
     deep = prune_model(model, SCPConfig(eval_images=64, batch_size=16), Budget.of(ratio=0.8), evaluation=EVAL_SET)[0]
     assert list(deep.spec.conv_channels) == kept_counts(vgg_graph(SMALL), Budget.of(ratio=0.8))
+
+
+def test_a_group_the_budget_leaves_whole_is_not_read_and_keeps_its_weights(monkeypatch):
+    # Sensitivity allocation cuts one group at a time: the other groups must cost nothing.
+    model = trained_like(SMALL, 8)
+    widths = list(vgg_graph(SMALL).channels)
+    counts = tuple(width // 2 if layer == 4 else width for layer, width in enumerate(widths))
+    read_groups = []
+    real_read_maps = scp.read_maps
+    monkeypatch.setattr(scp, "read_maps", lambda model, groups, batch: read_groups.extend(g.index for g in groups)
+                        or real_read_maps(model, groups, batch))
+    pruned, report = prune_model(model, SCPConfig(eval_images=64, batch_size=16), Budget(LayerChannels(counts)),
+                                 evaluation=EVAL_SET)
+    assert set(read_groups) == {4}
+    assert [row["channels_after"] for row in report["layers"]] == list(counts)
+    assert all(row["kept"] == list(range(widths[row["layer"]])) and row["knn_pairs"] == 0
+               for row in report["layers"] if row["layer"] != 4)
+    assert torch.equal(pruned.features[0].weight, model.features[0].weight)
 
 
 def test_recalibration_measures_the_edited_layers_batchnorm_on_the_evaluation_set():

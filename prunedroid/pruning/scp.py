@@ -326,8 +326,6 @@ def select_layer(similarity: torch.Tensor, cost: CostFn, config: SCPConfig, want
     go in `config.rank` order (`losses()`: estimated (C, C) losses, for rank "loss"); if they cannot supply enough
     removals, the other pairs follow (most similar first), and as a last resort kept channels merge.
     norms: (C,) filter L1 norms, which decide who stays under config.keep "norm"."""
-    if wanted == 0:  # a layer the budget leaves whole
-        return [], 0
     knn_pairs = ranked_pairs(similarity, config.knn)
     keep_score = norms if config.keep == "norm" else None
     if wanted is None:
@@ -452,6 +450,10 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
     norms = following_norms(current, example_input)
     rows = []
     for group in graph.groups:
+        wanted = None if counts is None else group.channels - counts[group.index]
+        if wanted == 0:  # a group the budget leaves whole needs no maps (sensitivity cuts one group at a time)
+            rows.append(_layer_row(group, list(range(group.channels)), [], 0))
+            continue
         batches = [read_maps(current, [group], batch)[0] for batch in _batches(inputs, config.batch_size)]
         maps, reads = [torch.cat(parts) for parts in zip(*(read.maps for read in batches))], batches[0].reads
         del batches
@@ -460,7 +462,6 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
         consumers = consumers_of(current, group, norms, reads, config.loss_at)
         cost = functools.cache(lambda i, j: removal_costs(maps, consumers, i, j, config.combine,  # noqa: B023
                                                           config.recalibrate, config.batch_size))
-        wanted = None if counts is None else group.channels - counts[group.index]
         losses = lambda: estimated_losses(maps, consumers, config.combine, config.recalibrate,  # noqa: B023
                                           config.batch_size)
         removals, pairs = select_layer(similarity, cost, config, wanted, losses, group_l1(current, group))
