@@ -180,13 +180,34 @@ def _method_help() -> tuple[str, dict[str, str]]:
     return methods, {option: "; ".join(helps) for option, helps in options.items()}
 
 
+def _latency_help() -> dict[str, str]:
+    from prunedroid.latency import LatencyOptions
+    from prunedroid.options import described, option_fields
+
+    return {field.name: flagged(described(field)) for field in option_fields(LatencyOptions)}
+
+
 BUDGET_HELP = _budget_help()
 METHOD_HELP, METHOD_OPTIONS_HELP = _method_help()
+LATENCY_HELP = _latency_help()
+PRUNE_OPTIONS = {**BUDGET_HELP, **METHOD_OPTIONS_HELP, **LATENCY_HELP}
 
 
 def _split_options(options: dict) -> tuple[dict, dict]:
     """A task's generated options as (budget options, method options); one not given is None."""
     return {k: options.get(k) for k in BUDGET_HELP}, {k: options.get(k) for k in METHOD_OPTIONS_HELP}
+
+
+def _latency_options(options: dict, budget):
+    """The latency runtime option, refused where no latency budget would use it."""
+    from prunedroid.latency import LatencyOptions
+    from prunedroid.options import with_options
+
+    given = {k: options.get(k) for k in LATENCY_HELP}
+    if any(value is not None for value in given.values()) and (budget is None or budget.allocation != "latency"):
+        raise PrunedroidError("--latency-runtime chooses the runtime --allocation latency times layers in; add "
+                              "--allocation latency --latency-reduction F, or leave it out")
+    return with_options(LatencyOptions(), given, "latency")
 
 
 def _check_budget_fits(arch: dict, budget) -> None:
@@ -240,7 +261,7 @@ def _method_and_budget(method, options, default_budget=None):
 @command(help={"checkpoint": "trained checkpoint to prune (required)", "method": METHOD_HELP,
                "out": "folder for checkpoint.pt and report.json (default: <checkpoint folder>-<method>)",
                "data_dir": DATA_DIR_HELP, "seed": "seed for methods that draw random numbers (default 0)",
-               "overwrite": "replace an existing output folder"}, generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
+               "overwrite": "replace an existing output folder"}, generated=PRUNE_OPTIONS)
 def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", overwrite=False, **options):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
     from prunedroid.checkpoint import Checkpoint
@@ -254,8 +275,10 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
     if out.exists() and not overwrite:
         raise PrunedroidError(f"{out} already exists; pass --overwrite or another --out")
     base = Checkpoint.load(checkpoint)
+    latency = _latency_options(options, budget)
     _check_budget_fits(base.arch, budget)
-    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=base.held_out_images), seed)
+    prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=base.held_out_images), seed,
+                latency)
 
 
 # Fixed by the base model's run.
@@ -409,7 +432,7 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
             "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": DATA_DIR_HELP,
             "device": RECIPE_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP},
-         generated={**BUDGET_HELP, **METHOD_OPTIONS_HELP})
+         generated=PRUNE_OPTIONS)
 def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", finetune_epochs=None, resume=False,
              overwrite=False, bench_runs="200", data_dir=None, device=None, runs_dir="runs", quantize=None,
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
@@ -424,6 +447,7 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
 
     run_name = plain_name(name or preset, "--name")
     pruning, budget = _method_and_budget(method, options, default_budget=0.5)
+    latency = _latency_options(options, budget)
     timed_runs = whole(bench_runs, "bench_runs")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
@@ -438,7 +462,7 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs,
-                 int8=int8)
+                 int8=int8, latency=latency)
 
 
 def _run_script(c, script, args):

@@ -26,7 +26,8 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
-from prunedroid.flow import LATENCY_TABLE, evaluation_set
+from prunedroid.flow import evaluation_set
+from prunedroid.latency import RUNTIMES, LatencyOptions
 from prunedroid.models import MODELS, build_model
 from prunedroid.pruned import prune_checkpoint, prune_model
 from prunedroid.pruning import Budget, Method, SCPConfig, method_name
@@ -45,6 +46,9 @@ def arguments(description: str, out: str, work: str | None = None) -> argparse.A
         parser.add_argument("--finetune-preset", default="quick", help="whose fine-tuning recipe every cell gets")
         parser.add_argument("--work", default=work, help="fine-tuned checkpoints")
         parser.add_argument("--distill-weight", default=None, help="fine-tune distilling from the base (0..1)")
+    parser.add_argument("--latency-runtime", default="onnxruntime", choices=list(RUNTIMES),
+                        help="the runtime --allocation latency cells time layers in (default onnxruntime: the one the "
+                             "committed frontier results were measured with)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for pruning, evaluation and fine-tuning (default: torch's choice); 1 lets "
                              "two jobs share 2 cores without oversubscribing them")
@@ -62,10 +66,12 @@ class Bench:
     work: Path
     payload: dict
     correct: dict = dataclasses.field(default_factory=dict)  # (key, seed, split) -> bool (N,): models evaluated once
+    latency_runtime: str = "onnxruntime"
 
     @classmethod
     def open(cls, base: str, out: str, work: str, finetune_preset: str = "quick", data_dir: str | None = None,
-             threads: int | None = None, distill_weight: str | None = None) -> Bench:
+             threads: int | None = None, distill_weight: str | None = None,
+             latency_runtime: str = "onnxruntime") -> Bench:
         """The base, CIFAR-10 (holding out the images the base held out) and any cells and paired differences already
         in <out>.json."""
         if threads:
@@ -92,12 +98,13 @@ class Bench:
                             "test_top1": evaluate(model, data.test)["top1"]},
                    "finetune": dataclasses.asdict(finetune_config), "cells": previous.get("cells", {}),
                    "paired": previous.get("paired", {})}
-        return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload)
+        return cls(Path(base), checkpoint, model, data, finetune_config, Path(out), Path(work), payload,
+                   latency_runtime=latency_runtime)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Bench:
         return cls.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir, args.threads,
-                        args.distill_weight)
+                        args.distill_weight, args.latency_runtime)
 
     @property
     def cells(self) -> dict[str, dict]:
@@ -106,10 +113,11 @@ class Bench:
     def pruning_data(self, method: Method) -> dict:
         """prune_model()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
         measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
-        target), and the latency allocation's lookup table there (one per machine)."""
+        target), and the latency allocation's lookup table there (one per machine and runtime)."""
         return {"evaluation": evaluation_set(method, self.data.holdout), "holdout": self.data.holdout,
                 "sensitivity_cache": self.work / f"sensitivity-{self.payload['base']['sha256'][:12]}.json",
-                "latency_table": self.work / LATENCY_TABLE}
+                "latency_table": LatencyOptions(self.latency_runtime).table_path(self.work),
+                "latency_runtime": self.latency_runtime}
 
     def measure(self, key: str, method: Method, budget: Budget | None, seed: int = 0, **extra: object) -> dict:
         """Prunes the base (unless `key` is done): MACs, params, seconds, top-1 pruned and with BatchNorm

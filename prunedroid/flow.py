@@ -22,6 +22,7 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import VERIFY_IMAGES, Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
+from prunedroid.latency import APP_LATENCY, LatencyOptions
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, Method, method_name, method_options
 from prunedroid.pruning.method import method_of
@@ -42,20 +43,18 @@ def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
     return holdout.head(count)
 
 
-LATENCY_TABLE = "latency-table.json"
-
-
 def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget | None, data: cifar.Cifar10,
-                seed: int) -> dict:
+                seed: int, latency: LatencyOptions = APP_LATENCY) -> dict:
     """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
     `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count). --allocation
-    latency keeps its lookup table of layer latencies in LATENCY_TABLE beside `out_dir`, for every run on this
+    latency keeps its lookup table of layer latencies in `latency`'s runtime beside `out_dir`, for every run on this
     machine."""
     with folder_lock(out_dir):
         started = time.perf_counter()
         pruned = prune_checkpoint(Checkpoint.load(base_path), method, budget, seed,
                                   evaluation_set(method, data.holdout), data.holdout,
-                                  latency_table=out_dir.parent / LATENCY_TABLE)
+                                  latency_table=latency.table_path(out_dir.parent),
+                                  latency_runtime=latency.latency_runtime)
         seconds = time.perf_counter() - started
         result = evaluate(pruned.model(), data.test)
         pruned.metrics = {"test": result}
@@ -83,7 +82,8 @@ RUN_KIND = "prunedroid/run"
 
 
 def run_options(train_config: TrainConfig, finetune_config: TrainConfig, method: Method, budget: Budget | None,
-                base: str | Path | None, int8: Int8Options | None) -> dict:
+                base: str | Path | None, int8: Int8Options | None,
+                latency: LatencyOptions = APP_LATENCY) -> dict:
     """What decides a run's models - the options a resumed run must share (threads and device may change) - as plain
     JSON data. A --base is named by its path and SHA-256, so a checkpoint replaced at the same path is a different
     base."""
@@ -91,7 +91,8 @@ def run_options(train_config: TrainConfig, finetune_config: TrainConfig, method:
               "budget": budget.to_dict() if budget else None,
               "base": {"checkpoint": str(Path(base).resolve()), "sha256": file_sha256(base)} if base else None,
               "train": None if base else recipe_of(train_config), "finetune": recipe_of(finetune_config),
-              "int8": dataclasses.asdict(int8) if int8 else None}
+              "int8": dataclasses.asdict(int8) if int8 else None,
+              "latency": dataclasses.asdict(latency) if budget and budget.allocation == "latency" else None}
     return json.loads(json.dumps(record))
 
 
@@ -118,13 +119,14 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
                  budget: Budget | None,
                  data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
                  resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200,
-                 int8: Int8Options | None = None) -> dict:
+                 int8: Int8Options | None = None, latency: LatencyOptions = APP_LATENCY) -> dict:
     """Runs every stage into runs_dir/name (`name` a plain folder name), locked against a second process; with
     resume=True, finished stages are kept and an interrupted training or fine-tuning continues from its last epoch,
     provided the options are the run's own; overwrite=True empties a folder this function made (never another).
-    int8: also export int8 files, calibrated on the base's held-out training images."""
+    int8: also export int8 files, calibrated on the base's held-out training images; latency: the runtime an
+    --allocation latency budget is timed in."""
     run = Path(runs_dir) / plain_name(name, "--name")
-    options = run_options(train_config, finetune_config, method, budget, base, int8)
+    options = run_options(train_config, finetune_config, method, budget, base, int8, latency)
     if run.exists() or run.is_symlink():
         if not (resume or overwrite):
             raise PrunedroidError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
@@ -140,7 +142,7 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
                 tmp.write_text(json.dumps({"kind": RUN_KIND, "options": options}, indent=2) + "\n")
         try:
             return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs,
-                           int8)
+                           int8, latency)
         except BaseException:
             if fresh and [child.name for child in run.iterdir()] == [RUN_RECORD]:
                 (run / RUN_RECORD).unlink()  # nothing else was written: leave no run behind
@@ -149,7 +151,7 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
 
 def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
             budget: Budget | None, data: cifar.Cifar10, base: str | Path | None, progress: bool,
-            bench_runs: int, int8: Int8Options | None) -> dict:
+            bench_runs: int, int8: Int8Options | None, latency: LatencyOptions) -> dict:
     base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
     seconds, started = {}, time.perf_counter()
 
@@ -165,7 +167,7 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
         base_checkpoint = train(train_config, data, run / "base", resume=True, progress=progress)
     lap("train")
     if not (run / "pruned" / CHECKPOINT_NAME).exists():
-        prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed)
+        prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed, latency)
     lap("prune")
     finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
                       init=Checkpoint.load(run / "pruned" / CHECKPOINT_NAME),

@@ -90,12 +90,20 @@ def load_pte(path: Path):  # -> executorch.runtime.Method (imported lazily)
         return Runtime.get().load_program(str(path)).load_method("forward")
 
 
+_pool_threads: list[int] = []  # the size the pool was last reset to in this process
+
+
 def set_threads(threads: int) -> None:
-    """Threads of the runtime's XNNPACK thread pool (process-wide), as on a phone's core(s)."""
+    """Threads of the runtime's XNNPACK thread pool (process-wide), as on a phone's core(s). Call it before loading
+    programs: resetting the pool under a loaded XNNPACK program corrupts the heap (seen as an abort), so a size
+    already set is left alone."""
+    if _pool_threads == [threads]:
+        return
     with _quiet():
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
         _unsafe_reset_threadpool(threads)
+    _pool_threads[:] = [threads]
 
 
 def predictor(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:

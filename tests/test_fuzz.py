@@ -23,7 +23,7 @@ from prunedroid.bench import read_report
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.device import read_result
 from prunedroid.errors import PrunedroidError
-from prunedroid.latency import LatencyTable, is_latency
+from prunedroid.latency import LatencyTable, is_latency, where_measured
 from prunedroid.sidecar import Sidecar
 from tests.test_hostile import copy_export, exported, tree  # noqa: F401 (exported is a fixture)
 
@@ -147,11 +147,9 @@ def test_checkpoints(tmp_path):
 
 
 def test_latency_tables(tmp_path):
-    from prunedroid.latency import _where
-
     folder = tmp_path / "tables"
     folder.mkdir()
-    original = {"where": _where(), "ms": {"conv 3x32x32->4": 0.01, "conv 4x32x32->4 pool": 0.02,
+    original = {"where": where_measured("onnxruntime"), "ms": {"conv 3x32x32->4": 0.01, "conv 4x32x32->4 pool": 0.02,
                                           "classifier 4->32->10": 0.003}}
 
     def case(rng: random.Random, work: Path) -> None:

@@ -23,7 +23,7 @@ from prunedroid.device import PACKAGE, Adb, bench_device
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_paths, file_sha256
 from prunedroid.flow import RUN_KIND, RUN_RECORD, _check_run_folder, prune_stage, run_options, run_pipeline
-from prunedroid.latency import LatencyTable
+from prunedroid.latency import LatencyTable, where_measured
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, resolve_method
@@ -347,10 +347,8 @@ def test_two_sidecars_with_one_name_are_refused(phone, tmp_path, exported, synth
 
 @pytest.mark.parametrize("value", ["NaN", "1e308", "-1", "0", "Infinity", "\"fast\""])
 def test_a_tampered_latency_table_is_refused(tmp_path, value):
-    from prunedroid.latency import _where
-
     table = tmp_path / "latency-table.json"
-    table.write_text(f'{{"where": {json.dumps(_where())}, "ms": {{"conv 3x32x32->4": {value}}}}}')
+    table.write_text(f'{{"where": {json.dumps(where_measured("onnxruntime"))}, "ms": {{"conv 3x32x32->4": {value}}}}}')
     with pytest.raises(PrunedroidError, match="is not a latency table"):
         LatencyTable.load(table, measure=lambda shape: 1.0)
 
@@ -367,7 +365,7 @@ def test_a_zero_or_nan_measurement_stops_the_search():
 
 def test_prune_with_a_tampered_latency_table_is_one_line(tmp_path, cifar_dir):
     base = save_untrained_base(tmp_path / "base.pt")
-    (tmp_path / "latency-table.json").write_text('{"where": {}, "ms": {"conv 3x32x32->4": NaN}}')
+    (tmp_path / "latency-table-executorch.json").write_text('{"where": {}, "ms": {"conv 3x32x32->4": NaN}}')
     one_line_exit_2(run_invoke("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction",
                                "0.5", "--data-dir", str(cifar_dir), "--out", str(tmp_path / "pruned"), cwd=tmp_path),
                     "is not a latency table")

@@ -4,14 +4,16 @@ import math
 
 import pytest
 
+from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
-from prunedroid.latency import LatencyTable, measure_ms
+from prunedroid.flow import prune_stage
+from prunedroid.latency import APP_RUNTIME, RUNTIMES, LatencyOptions, LatencyTable, Runtime, where_measured
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import prune_model
 from prunedroid.pruning import Budget
 from prunedroid.pruning.allocation import floors, latency_counts, sensitivity_counts
 from prunedroid.pruning.groups import LayerShape
-from tests.conftest import vgg_graph
+from tests.conftest import save_untrained_base, vgg_graph
 from tests.test_prune import trained_like
 
 TINY = vgg_graph(vgg16_spec(0.125))  # 8..64 channels
@@ -90,9 +92,21 @@ def test_the_table_is_kept_and_reused_on_the_same_machine(tmp_path):
         LatencyTable.load(path)
 
 
-def test_a_layer_is_measured_in_onnxruntime():
-    small, large = measure_ms(LayerShape(8, 8, 8, 3, 1, 1)), measure_ms(LayerShape(64, 64, 32, 3, 1, 1))
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_layer_is_measured_in_each_runtime(runtime):
+    measure = RUNTIMES[runtime].layer_ms
+    small, large = measure(LayerShape(8, 8, 8, 3, 1, 1)), measure(LayerShape(64, 64, 32, 3, 1, 1))
     assert 0 < small < large
+
+
+def test_a_table_of_another_runtime_is_refused(tmp_path):
+    path = tmp_path / "table.json"
+    table = LatencyTable.load(path, "onnxruntime", measure=macs_ms)
+    table.model_ms(TINY, TINY.channels)
+    table.save()
+    assert json.loads(path.read_text())["where"] == where_measured("onnxruntime")
+    with pytest.raises(PrunedroidError, match=r"measured with .*onnxruntime.*executorch .*\(XNNPACK, int8\)"):
+        LatencyTable.load(path, "executorch-int8", measure=macs_ms)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -116,10 +130,31 @@ def test_prune_reports_the_predicted_latency_and_saves_the_table(synthetic_data,
     table = tmp_path / "table.json"
     # A model this small is mostly per-layer overhead in onnxruntime (its floors save only ~25%): a modest target
     budget = Budget.of(latency_reduction=0.1, allocation="latency", round_to=4)
-    pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64), latency_table=table)
+    pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64), latency_table=table,
+                                 latency_runtime="onnxruntime")
     predicted = report["predicted_ms"]
     assert report["allocation"] == "latency" and len(report["curves"]) == 13
     assert abs(1 - predicted["after"] / predicted["before"] - 0.1) <= 0.01
     assert all(c % 4 == 0 for c in pruned.spec.conv_channels)
     assert report["latency_runtime"]["runtime"].startswith("onnxruntime")
     assert len(json.loads(table.read_text())["ms"]) >= 14
+
+
+def test_a_prune_times_layers_in_the_runtime_asked_for_and_keeps_its_table_by_name(synthetic_data, tmp_path,
+                                                                                     monkeypatch):
+    # The runtime's own timing is swapped for MACs (a real ExecuTorch table would take minutes); what is checked is
+    # which runtime's table a prune reads, writes and records.
+    for runtime in RUNTIMES:
+        monkeypatch.setitem(RUNTIMES, runtime, Runtime(macs_ms, RUNTIMES[runtime].version))
+    base = save_untrained_base(tmp_path / "base.pt")
+    data = cifar.Cifar10(synthetic_data.train, synthetic_data.holdout.head(64), synthetic_data.test.head(32))
+    budget = Budget.of(latency_reduction=0.3, allocation="latency", round_to=4)
+    default = prune_stage(base, tmp_path / "pruned", "l1", budget, data, 0)
+    assert default["latency_runtime"] == where_measured(APP_RUNTIME)
+    assert default["latency_table"] == str(tmp_path / "latency-table-executorch.json")
+    int8 = prune_stage(base, tmp_path / "pruned-int8", "l1", budget, data, 0, LatencyOptions("executorch-int8"))
+    assert "XNNPACK, int8" in int8["latency_runtime"]["runtime"]
+    assert json.loads((tmp_path / "latency-table-executorch-int8.json").read_text())["where"] == \
+        int8["latency_runtime"]
+    with pytest.raises(PrunedroidError, match="--latency-runtime is one of onnxruntime, executorch"):
+        LatencyOptions("tflite")

@@ -51,7 +51,7 @@ class LatencyReduction(_Fraction):
 
     option: ClassVar[str] = "latency_reduction"
     help: ClassVar[str] = ("with `allocation` latency: fraction of the predicted latency to remove (the per-layer "
-                           "lookup table is kept in latency-table.json beside the output folder)")
+                           "lookup table is kept in latency-table-<runtime>.json beside the output folder)")
 
 
 @dataclass(frozen=True)
