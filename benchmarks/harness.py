@@ -110,21 +110,29 @@ class Bench:
     def cells(self) -> dict[str, dict]:
         return self.payload["cells"]
 
-    def pruning_data(self, method: Method) -> dict:
+    def pruning_data(self, method: Method, latency_runtime: str | None = None) -> dict:
         """prune_model()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
         measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
-        target), and the latency allocation's lookup table there (one per machine and runtime)."""
+        target), and the latency allocation's lookup table there (one per machine and runtime: `latency_runtime`,
+        else the bench's)."""
+        runtime = latency_runtime or self.latency_runtime
         return {"evaluation": evaluation_set(method, self.data.holdout), "holdout": self.data.holdout,
                 "sensitivity_cache": self.work / f"sensitivity-{self.payload['base']['sha256'][:12]}.json",
-                "latency_table": LatencyOptions(self.latency_runtime).table_path(self.work),
-                "latency_runtime": self.latency_runtime}
+                "latency_table": LatencyOptions(runtime).table_path(self.work), "latency_runtime": runtime}
+
+    def cell_pruning_data(self, key: str, method: Method) -> dict:
+        """pruning_data for a measured cell, in the latency runtime it was pruned with."""
+        return self.pruning_data(method, self.cells[key].get("latency_runtime"))
 
     def measure(self, key: str, method: Method, budget: Budget | None, seed: int = 0, **extra: object) -> dict:
         """Prunes the base (unless `key` is done): MACs, params, seconds, top-1 pruned and with BatchNorm
-        re-measured on the first SCPConfig().eval_images held-out images (what SCP itself sees)."""
+        re-measured on the first SCPConfig().eval_images held-out images (what SCP itself sees). A `latency_runtime`
+        among `extra` is the runtime a latency budget is timed in for this cell."""
         if key not in self.cells:
             started = time.perf_counter()
-            pruned, report = prune_model(self.base, method, budget, seed, **self.pruning_data(method))
+            runtime = extra.get("latency_runtime")
+            pruned, report = prune_model(self.base, method, budget, seed,
+                                         **self.pruning_data(method, runtime if isinstance(runtime, str) else None))
             seconds = time.perf_counter() - started
             calibration = self.data.holdout.head(SCPConfig().eval_images).images  # what SCP itself sees
             self.cells[key] = {**extra, "method": method_name(method), "options": report["options"],
@@ -149,7 +157,7 @@ class Bench:
         config = self.finetune_config if recipe else dataclasses.replace(self.finetune_config, seed=finetune_seed)
         if (recipe and "top1_finetuned" in cell) or str(config.seed) in cell.get("top1_finetuned_seeds", {}):
             return cell
-        pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.pruning_data(method))
+        pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.cell_pruning_data(key, method))
         folder = self.finetuned_folder(key, None if recipe else config.seed)
         finetuned = train(config, self.data, folder, resume=True, progress=False, init=pruned,
                           teacher=self.base_path if config.distill_weight else None)
@@ -168,11 +176,12 @@ class Bench:
         """Where `key`'s fine-tune (and its export) lives: the recipe's seed (None), or another seed's."""
         return self.work / (key.replace("/", "-") + ("" if seed is None else f"-seed{seed}"))
 
-    def pair(self, key: str, reference: str) -> None:
+    def pair(self, key: str, reference: str, over_runs: bool = False) -> None:
         """`key`'s fine-tuned top-1 minus `reference`'s on the same images, averaged over the fine-tune seeds both
         cells have (prunedroid.bench.paired_difference): on the test set, and on the held-out training images that no
         method analysed (those past SCP's evaluation set) - a second, independent sample. Kept in the payload's
-        "paired"; skipped unless both cells are fine-tuned, and not redone for the same seeds."""
+        "paired"; skipped unless both cells are fine-tuned, and not redone for the same seeds. over_runs: the interval
+        also resamples the seeds (it then includes seed variance)."""
         seeds = sorted(set(self.finetune_seeds(key)) & set(self.finetune_seeds(reference)))
         done = self.payload.setdefault("paired", {}).get(f"{key} vs {reference}")
         if not seeds or (done and done["seeds"] == seeds):
@@ -185,7 +194,7 @@ class Bench:
                 continue
             tables = [torch.stack([self.per_image_correct(k, seed, name, split) for seed in seeds])
                       for k in (key, reference)]
-            result[name] = paired_difference(*tables)
+            result[name] = paired_difference(*tables, over_runs=over_runs)
         self.payload["paired"][f"{key} vs {reference}"] = result
 
     def finetune_seeds(self, key: str) -> list[int]:
@@ -214,7 +223,8 @@ class Bench:
             checkpoint = folder / CHECKPOINT_NAME
             if source == "pruned":
                 checkpoint = folder / "pruned.pt"
-                pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.pruning_data(method))
+                pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed,
+                                          **self.cell_pruning_data(key, method))
                 pruned.save(checkpoint)
             exported = export_checkpoint(checkpoint, self.data.test, folder / "export", name)
             cell.update(exported=source, sidecar=str(exported.sidecar),

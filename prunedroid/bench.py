@@ -79,22 +79,34 @@ def onnx_latencies_ms(paths: dict[Hashable, Path], threads: int = 1, warmup: int
 
 
 def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples: int = 2000,
-                      seed: int = 0) -> dict[str, float]:
+                      seed: int = 0, over_runs: bool = False) -> dict[str, float]:
     """Top-1 of one method minus another's on the same images, with a 95% bootstrap interval (fractions).
 
     correct, reference: bool (runs, N) - which of N images each run (e.g. each fine-tune seed) got right. Runs are
     averaged per image first, so the interval is over images: how far the gap could move on another N images drawn
     like these. Two models' errors on one image are correlated, so the paired interval is much narrower than the
-    two accuracies' separate ones."""
+    two accuracies' separate ones. over_runs: each resample also draws each side's runs with replacement, so the
+    interval includes how far the gap moves with the fine-tune seed (with a single run per side it cannot)."""
     if correct.shape[1:] != reference.shape[1:] or correct.dim() != 2 or reference.dim() != 2:
         raise PrunedroidError(f"paired comparison needs two (runs, images) tables over the same images, got "
                               f"{tuple(correct.shape)} and {tuple(reference.shape)}")
-    gap = correct.double().mean(0) - reference.double().mean(0)  # (N,) per-image difference
     generator = torch.Generator().manual_seed(seed)
-    means = torch.cat([gap[torch.randint(len(gap), (min(200, resamples - start), len(gap)), generator=generator)]
-                       .mean(1) for start in range(0, resamples, 200)])  # 200 resamples at a time: bounded memory
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"difference": gap.mean().item(), "low": low, "high": high, "images": len(gap), "runs": len(correct)}
+    images = correct.shape[1]
+    correct, reference = correct.double(), reference.double()
+    gap = correct.mean(0) - reference.mean(0)  # (N,) per-image difference
+    means = []
+    for start in range(0, resamples, 200):  # 200 resamples at a time: bounded memory
+        count = min(200, resamples - start)
+        drawn = torch.randint(images, (count, images), generator=generator)
+        if over_runs:
+            per_image = [table[torch.randint(len(table), (count, len(table)), generator=generator)].mean(1)
+                         for table in (correct, reference)]  # (count, N) each: a redrawn set of runs per side
+            means.append((per_image[0] - per_image[1]).gather(1, drawn).mean(1))
+        else:
+            means.append(gap[drawn].mean(1))
+    low, high = torch.quantile(torch.cat(means), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"difference": gap.mean().item(), "low": low, "high": high, "images": images, "runs": len(correct),
+            **({"over_runs": True} if over_runs else {})}
 
 
 def _model_files(sidecar: Sidecar) -> dict[str, Path]:

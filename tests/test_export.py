@@ -131,6 +131,20 @@ def test_paired_difference_is_the_mean_gap_with_an_interval_over_images():
         paired_difference(better[:, :10], reference)
 
 
+def test_an_interval_over_runs_includes_how_far_the_seed_moves_the_gap():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(1, 4000, generator=generator) < 0.8
+    seeds = reference.repeat(3, 1)
+    seeds[0, :200] = True  # one seed gains 200 images, another loses 200: the mean gap is 0, the seed spread is not
+    seeds[2, :200] = False
+    over_images = paired_difference(seeds, reference)
+    over_runs = paired_difference(seeds, reference, over_runs=True)
+    assert over_runs["difference"] == over_images["difference"] and over_runs["over_runs"]
+    assert over_runs["high"] - over_runs["low"] > 3 * (over_images["high"] - over_images["low"])
+    same_runs = paired_difference(reference.repeat(3, 1), reference, over_runs=True)
+    assert same_runs["low"] == same_runs["high"] == 0  # identical seeds add no width
+
+
 def test_non_finite_models_are_refused_and_nothing_is_written(tmp_path, synthetic_data):
     """NaN weights, and finite weights whose logits overflow, both fail export: a NaN max |diff| compares false with
     any limit, so it must never pass as agreement."""
