@@ -164,7 +164,7 @@ NOTES = """
 Methods: l1 (each channel's filter L1 norm), scp (similarity-aware channel pruning, cosine criterion, the
 project's defaults) and tp-group-norm (Torch-Pruning's group L2-norm importance over everything a channel group
 couples). In a residual network the channels added together form one group and are cut together, so a stage's
-residual stream is pruned as one (prunedroid/pruning/graph.py). Allocation: uniform removes one share of every
+residual stream is pruned as one (prunedroid/pruning/groups.py). Allocation: uniform removes one share of every
 group; sensitivity prunes each group alone at 25/50/75/90%, measures top-1 on held-out training images and removes
 channels where the predicted loss per MAC saved is smallest (10% floor per group). Test images choose nothing.
 Paired intervals: 95% bootstrap over the test images of one fine-tune seed each; they carry no seed variance.
