@@ -199,14 +199,17 @@ def _split_options(options: dict) -> tuple[dict, dict]:
 
 
 def _latency_options(options: dict, budget):
-    """The latency runtime option, refused where no latency budget would use it."""
+    """The latency options, refused where no latency budget would use them."""
     from prunedroid.latency import LatencyOptions
     from prunedroid.options import with_options
 
     given = {k: options.get(k) for k in LATENCY_HELP}
     if any(value is not None for value in given.values()) and (budget is None or budget.allocation != "latency"):
-        raise PrunedroidError("--latency-runtime chooses the runtime --allocation latency times layers in; add "
-                              "--allocation latency --latency-reduction F, or leave it out")
+        raise PrunedroidError("--latency-runtime and --latency-table say where --allocation latency takes its layer "
+                              "timings from; add --allocation latency --latency-reduction F, or leave them out")
+    if given["latency_runtime"] is not None and given["latency_table"] is not None:
+        raise PrunedroidError("--latency-table is a phone's table, measured in the runtime it names: give it or "
+                              "--latency-runtime, not both")
     return with_options(LatencyOptions(), given, "latency")
 
 
@@ -422,6 +425,55 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
     table = markdown_table(rows, list(rows[0]))
     write_results(stem, result, title="Host and device benchmark", table=table)
     print(table)
+
+
+@command(name="latency-table", help={
+    "checkpoint": "the model a latency prune will cut (required): the table holds every layer shape its search can "
+                  "reach", "device": "time the shapes on an Android phone over adb, with the app's benchmark",
+    "out": "the table (JSON); required with --device; default: latency-table-<runtime>.json where `invoke prune "
+           "--checkpoint` looks (beside the checkpoint's folder)",
+    "round_to": BUDGET_HELP["round_to"], "min_keep": BUDGET_HELP["min_keep"],
+    "latency_runtime": LATENCY_HELP["latency_runtime"],
+    "apk": "with --device: the debug APK `invoke build-apk` built", "serial": "with --device: which device",
+    "runs": "with --device: timed runs per shape (default 50)", "warmup": "with --device: untimed runs first "
+    "(default 10)", "threads": "with --device: runtime threads on the phone (default 1)"})
+def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min_keep=None, latency_runtime=None,
+                  apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None,
+                  runs="50", warmup="10", threads="1"):
+    """Time every layer shape a --allocation latency prune of a checkpoint can reach, here or on a phone (resumable)."""
+    from prunedroid.checkpoint import Checkpoint
+    from prunedroid.latency import LatencyOptions, LatencyTable, reachable_shapes
+    from prunedroid.models import build_model
+    from prunedroid.options import with_options
+    from prunedroid.pruned import example_input
+    from prunedroid.pruning import Budget, channel_graph
+
+    required(checkpoint=checkpoint)
+    options = with_options(LatencyOptions(), {"latency_runtime": latency_runtime}, "latency")
+    # The target does not change the grid: only the step and the floor do.
+    budget = Budget.from_options({"latency_reduction": 0.5, "allocation": "latency", "round_to": round_to,
+                                  "min_keep": min_keep})
+    model = build_model(Checkpoint.load(checkpoint).arch)
+    shapes = reachable_shapes(channel_graph(model, example_input()), budget)
+    print(f"{len(shapes)} layer shapes at --round-to {budget.round_to}, --min-keep {budget.min_keep}", flush=True)
+    if device:
+        from prunedroid.device import device_latency_table
+
+        required(out=out)
+        table = device_latency_table(shapes, Path(out), Path(apk), options.latency_runtime, serial,
+                                     whole(warmup, "warmup"), whole(runs, "runs"), whole(threads, "threads"),
+                                     progress=print)
+        print(f"{out}: {len(table['ms'])} shapes timed on {table['where']['device']['model']}; use it with `invoke "
+              f"prune --allocation latency --latency-table {out}`")
+        return
+    path = Path(out) if out else options.table_path(Path(checkpoint).resolve().parent.parent)
+    table = LatencyTable.load(path, options.latency_runtime)
+    try:
+        for shape in shapes:
+            table.layer_ms(shape)
+    finally:
+        table.save()  # every shape timed so far is kept: a rerun resumes
+    print(f"{path}: {len(table.ms)} shapes ({table.measured} timed now) in {table.where['runtime']}")
 
 
 @command(help={"preset": "smoke, quick or paper: the training and fine-tuning recipe", "name": "run folder name "

@@ -118,7 +118,7 @@ class Bench:
         runtime = latency_runtime or self.latency_runtime
         return {"evaluation": evaluation_set(method, self.data.holdout), "holdout": self.data.holdout,
                 "sensitivity_cache": self.work / f"sensitivity-{self.payload['base']['sha256'][:12]}.json",
-                "latency_table": LatencyOptions(runtime).table_path(self.work), "latency_runtime": runtime}
+                "latency": LatencyOptions(runtime), "latency_folder": self.work}
 
     def cell_pruning_data(self, key: str, method: Method) -> dict:
         """pruning_data for a measured cell, in the latency runtime it was pruned with."""

@@ -15,14 +15,17 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prunedroid.android import PACKAGE
 from prunedroid.errors import PrunedroidError
+from prunedroid.latency import RUNTIMES, read_table, write_layer_pte, write_table
 from prunedroid.options import is_finite_number
+from prunedroid.pruning.groups import LayerShape
 from prunedroid.sidecar import Sidecar, unique_names
 
 ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
@@ -222,12 +225,60 @@ def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None,
         for runtime, kind in (("lite", "ptl"), ("executorch", "pte")):
             if kind in sidecar.files:  # a sidecar from before ExecuTorch support names no .pte
                 models.setdefault(runtime, {})[name] = (sidecar.model_file(kind), sidecar_path)
-    adb_path = find_adb(env)
-    listed = Adb(adb_path, env=env).run("devices", "-l").stdout
-    device = pick_device(parse_devices(listed), serial)
-    adb = Adb(adb_path, device.serial, env)
+    adb = connect(serial, env)
     install(adb, apk)
     results = {runtime: {name: benchmark_model(adb, model, sidecar, name, warmup, runs, threads, timeout)
                          for name, (model, sidecar) in named.items()} for runtime, named in models.items()}
-    return {"serial": device.serial, "device": device_info(adb), "warmup": warmup, "runs": runs, "threads": threads,
+    return {"serial": adb.serial, "device": device_info(adb), "warmup": warmup, "runs": runs, "threads": threads,
             "models": results}
+
+
+def connect(serial: str | None, env: Mapping[str, str] | None) -> Adb:
+    """adb on the one device to use (named by `serial`, or the only one attached)."""
+    adb_path = find_adb(env)
+    listed = Adb(adb_path, env=env).run("devices", "-l").stdout
+    return Adb(adb_path, pick_device(parse_devices(listed), serial).serial, env)
+
+
+DEVICE_RUNTIMES = ("executorch", "executorch-int8")  # the .pte programs the app's benchmark runs
+
+
+def device_latency_table(shapes: Sequence[LayerShape], out: Path, apk: Path, runtime: str = "executorch",
+                         serial: str | None = None, warmup: int = 10, runs: int = 50, threads: int = 1,
+                         env: Mapping[str, str] | None = None, timeout: float = 300,
+                         progress: Callable[[str], None] | None = None) -> dict:
+    """Times each layer shape on the phone - an ExecuTorch program per shape (`runtime`: XNNPACK fp32 or int8, as
+    latency.write_layer_pte writes it), run by the app's BenchmarkActivity (`warmup` untimed runs, the median of
+    `runs`, `threads` threads) - into the latency table at `out`, saved after every shape. A table already at `out`
+    is resumed when it was measured on this device with this runtime and threads (a dropped connection loses one
+    shape at most); otherwise refused. Returns the table as written: {"where", "ms"}."""
+    if runtime not in DEVICE_RUNTIMES:
+        raise PrunedroidError(f"the app times .pte programs: --latency-runtime is one of {', '.join(DEVICE_RUNTIMES)} "
+                              f"with --device, not {runtime!r}")
+    if warmup < 0 or runs < 1 or threads < 1:
+        raise PrunedroidError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
+    adb = connect(serial, env)
+    where = {"runtime": f"{RUNTIMES[runtime].version()} on Android", "threads": threads, "warmup": warmup,
+             "runs": runs, "device": {"serial": adb.serial, **device_info(adb)}}
+    ms: dict[str, float] = {}
+    if out.exists():
+        ms, stored = read_table(out)
+        if stored != where:
+            raise PrunedroidError(f"{out} holds timings from {json.dumps(stored)[:300]}, not from {json.dumps(where)}; "
+                                  f"give another --out to measure this device and runtime")
+    install(adb, apk)
+    missing = [shape for shape in shapes if shape.key not in ms]
+    total = len(ms) + len(missing)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, sidecar = Path(scratch) / "layer.pte", Path(scratch) / "layer.json"
+        for shape in missing:
+            example = write_layer_pte(shape, model, int8=runtime == "executorch-int8")
+            sidecar.write_text(json.dumps({"input_shape": list(example.shape)}))
+            result = benchmark_model(adb, model, sidecar, "prunedroid-layer", warmup, runs, threads, timeout)
+            ms[shape.key] = float(result["latency_ms"]["median"])
+            write_table(out, where, ms)
+            if progress:
+                progress(f"{len(ms)}/{total} shapes: {shape.key} {ms[shape.key]:.4f} ms")
+    if not out.exists():  # every shape was already there: nothing new, but the table is the answer
+        write_table(out, where, ms)
+    return {"where": where, "ms": ms}

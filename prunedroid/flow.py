@@ -53,8 +53,7 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
         started = time.perf_counter()
         pruned = prune_checkpoint(Checkpoint.load(base_path), method, budget, seed,
                                   evaluation_set(method, data.holdout), data.holdout,
-                                  latency_table=latency.table_path(out_dir.parent),
-                                  latency_runtime=latency.latency_runtime)
+                                  latency=latency, latency_folder=out_dir.parent)
         seconds = time.perf_counter() - started
         result = evaluate(pruned.model(), data.test)
         pruned.metrics = {"test": result}

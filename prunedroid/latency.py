@@ -11,6 +11,7 @@ overhead), which is why benchmarks time the final models whole.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import tempfile
 import warnings
@@ -28,6 +29,8 @@ from prunedroid.deploy import ONNX_OPSET
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
 from prunedroid.options import check, is_finite_number, option
+from prunedroid.pruning.allocation import reachable_counts
+from prunedroid.pruning.budget import Budget
 from prunedroid.pruning.groups import ChannelGraph, LayerShape
 from prunedroid.report import machine_info
 
@@ -43,13 +46,28 @@ def is_latency(ms: object) -> bool:
     return is_finite_number(ms) and 0 < ms <= MAX_LAYER_MS  # type: ignore[operator]
 
 
-def layer_block(shape: LayerShape) -> tuple[nn.Module, torch.Tensor]:
+def layer_block(shape: LayerShape, image_input: bool = False) -> tuple[nn.Module, torch.Tensor]:
     """The layer as a module with fresh weights (a dense kernel's time does not depend on them) and a zero batch-1
-    input of its shape."""
+    input of its shape. image_input: a Linear reads a (1, C, 1, 1) map through a Flatten (a view), as the app's
+    benchmark hands every program an image-shaped input."""
     if shape.size == 0:
-        return nn.Linear(shape.inputs, shape.outputs).eval(), torch.zeros(1, shape.inputs)
+        linear = nn.Linear(shape.inputs, shape.outputs).eval()
+        if image_input:
+            return nn.Sequential(nn.Flatten(), linear).eval(), torch.zeros(1, shape.inputs, 1, 1)
+        return linear, torch.zeros(1, shape.inputs)
     conv = nn.Conv2d(shape.inputs, shape.outputs, shape.kernel, shape.stride, shape.padding, groups=shape.groups)
     return conv.eval(), torch.zeros(1, shape.inputs, shape.size, shape.size)
+
+
+def write_layer_pte(shape: LayerShape, path: Path, int8: bool = False) -> torch.Tensor:
+    """One layer shape as an ExecuTorch program delegated to XNNPACK at `path` (int8: weights per output channel,
+    activations per tensor, as `export --quantize int8` writes the model); returns its zero (1, C, H, W) input."""
+    block, example = layer_block(shape, image_input=True)
+    if int8:
+        generator = torch.Generator().manual_seed(0)
+        block = pte.quantize_int8(block, torch.rand((CALIBRATION_INPUTS, *example.shape[1:]), generator=generator))
+    pte.write_pte(block, path, example)
+    return example
 
 
 def _median_ms(call: Callable[[], object]) -> float:
@@ -71,16 +89,11 @@ def onnx_layer_ms(shape: LayerShape) -> float:
 
 
 def executorch_layer_ms(shape: LayerShape, int8: bool = False) -> float:
-    """Median batch-1 latency (ms) of one layer shape as an ExecuTorch program delegated to XNNPACK (int8: weights
-    per output channel, activations per tensor, as `export --quantize int8` writes the model), one thread."""
-    block, example = layer_block(shape)
-    if int8:
-        generator = torch.Generator().manual_seed(0)
-        block = pte.quantize_int8(block, torch.rand((CALIBRATION_INPUTS, *example.shape[1:]), generator=generator))
+    """Median batch-1 latency (ms) of one layer shape in ExecuTorch with XNNPACK (write_layer_pte), one thread."""
     pte.set_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "layer.pte"
-        pte.write_pte(block, path, example)
+        example = write_layer_pte(shape, path, int8)
         method = pte.load_pte(path)
     return _median_ms(functools.partial(method.execute, [example]))
 
@@ -115,6 +128,40 @@ def where_measured(runtime: str) -> dict:
     return {"runtime": RUNTIMES[runtime].version(), "threads": 1, "cpu": machine_info()["cpu"]}
 
 
+def read_table(path: Path) -> tuple[dict[str, float], dict]:
+    """(ms per shape key, where it was measured) of the table at `path`, checked."""
+    stored = read_json(path, "a latency table")
+    table = stored.get("ms") if isinstance(stored, dict) else None
+    if not isinstance(table, dict) or not all(is_latency(v) for v in table.values()) \
+            or not isinstance(stored.get("where"), dict):
+        raise PrunedroidError(f"{path} is not a latency table of layer shapes to milliseconds (each finite and in "
+                              f"(0, {MAX_LAYER_MS:.0f}] ms); delete it to measure a new one")
+    return {str(key): float(value) for key, value in table.items()}, stored["where"]
+
+
+def write_table(path: Path, where: dict, ms: dict[str, float]) -> None:
+    """The table at `path` as one atomic write (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"where": where, "ms": ms}, indent=1, sort_keys=True) + "\n")
+
+
+def reachable_shapes(graph: ChannelGraph, budget: Budget) -> list[LayerShape]:
+    """Every layer shape a search under `budget` can time (the grid a table measured ahead must hold): each layer at
+    every combination of the counts its input and output groups can reach."""
+    grid = reachable_counts(graph, budget)
+    shapes = {}
+    for layer in graph.layers:
+        varied = [group for group in dict.fromkeys((layer.in_group, layer.out_group)) if group is not None]
+        for values in itertools.product(*(grid[group] for group in varied)):
+            counts = list(graph.channels)
+            for group, value in zip(varied, values):
+                counts[group] = value
+            shape = layer.shape_at(counts)
+            shapes[shape.key] = shape
+    return list(shapes.values())
+
+
 @dataclass
 class LatencyTable:
     """Measured ms per layer shape (LayerShape.key -> ms) in one runtime, filled on first use of a shape; `save`
@@ -136,17 +183,28 @@ class LatencyTable:
         measure = measure or RUNTIMES[runtime].layer_ms
         if path is None or not path.exists():
             return cls(path, measure, where=where)
-        stored = read_json(path, "a latency table")
-        table = stored.get("ms") if isinstance(stored, dict) else None
-        if not isinstance(table, dict) or not all(is_latency(v) for v in table.values()):
-            raise PrunedroidError(f"{path} is not a latency table of layer shapes to milliseconds (each finite and in "
-                                  f"(0, {MAX_LAYER_MS:.0f}] ms); delete it to measure a new one")
-        ms = {str(key): float(value) for key, value in table.items()}
-        if stored.get("where") != where:
-            raise PrunedroidError(f"the latency table {path} was measured with "
-                                  f"{json.dumps(stored.get('where'))[:300]}, but this prune runs with {where}; delete "
-                                  f"it and it is measured again here")
+        ms, stored_where = read_table(path)
+        if stored_where != where:
+            raise PrunedroidError(f"the latency table {path} was measured with {json.dumps(stored_where)[:300]}, but "
+                                  f"this prune runs with {where}; delete it and it is measured again here")
         return cls(path, measure, ms, where)
+
+    @classmethod
+    def from_device(cls, path: Path) -> LatencyTable:
+        """A table measured on a phone (`invoke latency-table --device`), used as it is: a shape it lacks cannot be
+        timed here, so asking for one is an error naming the fix."""
+        ms, where = read_table(path)
+        if not isinstance(where.get("device"), dict):
+            raise PrunedroidError(f"{path} was not measured on a device (no device in its record): give it with "
+                                  f"--latency-runtime's table folder, or measure one with `invoke latency-table "
+                                  f"--device`")
+
+        def missing(shape: LayerShape) -> float:
+            raise PrunedroidError(f"the phone's latency table {path} has no timing for {shape.key}: it was measured "
+                                  f"for another model, --round-to or --min-keep; measure this prune's grid with "
+                                  f"`invoke latency-table --device` and the same options (it resumes into the table)")
+
+        return cls(None, missing, ms, where)
 
     def layer_ms(self, shape: LayerShape) -> float:
         if shape.key not in self.ms:
@@ -164,11 +222,8 @@ class LatencyTable:
         return sum(self.layer_ms(shape) for shape in graph.layer_shapes(counts))
 
     def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps({"where": self.where, "ms": self.ms}, indent=1, sort_keys=True) + "\n")
+        if self.path is not None:
+            write_table(self.path, self.where, self.ms)
 
 
 @dataclass(frozen=True)
@@ -178,6 +233,8 @@ class LatencyOptions:
     latency_runtime: str = option(APP_RUNTIME, "runtime whose per-layer latencies --allocation latency trims by, "
                                                 "measured on this machine: executorch (XNNPACK fp32, what the app "
                                                 "runs), executorch-int8 or onnxruntime")
+    latency_table: str | None = option(None, "a latency table measured on the phone by `invoke latency-table "
+                                             "--device`, used as it is instead of timing layers here")
 
     def __post_init__(self) -> None:
         check([(self.latency_runtime in RUNTIMES,
@@ -186,6 +243,13 @@ class LatencyOptions:
     def table_path(self, folder: Path) -> Path:
         """This machine's table for the runtime, kept in `folder` (beside a prune's output folder)."""
         return folder / f"latency-table-{self.latency_runtime}.json"
+
+    def table(self, folder: Path | None) -> LatencyTable:
+        """The phone's table when one is given, else this machine's for the runtime, kept in `folder` (None: a new
+        one, not kept)."""
+        if self.latency_table:
+            return LatencyTable.from_device(Path(self.latency_table))
+        return LatencyTable.load(None if folder is None else self.table_path(folder), self.latency_runtime)
 
 
 APP_LATENCY = LatencyOptions()  # the app's runtime (frozen: safe as every function's default)

@@ -15,7 +15,7 @@ from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
-from prunedroid.latency import APP_RUNTIME, LatencyTable
+from prunedroid.latency import APP_LATENCY, LatencyOptions
 from prunedroid.models import arch_of, example_input
 from prunedroid.pruning import Budget, Calibration, Method, prune
 from prunedroid.pruning.allocation import Curve
@@ -63,22 +63,22 @@ def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve
 
 def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: int = 0,
                 evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
-                sensitivity_cache: Path | None = None, latency_table: Path | None = None,
-                latency_runtime: str = APP_RUNTIME) -> tuple[nn.Module, dict]:
+                sensitivity_cache: Path | None = None, latency: LatencyOptions = APP_LATENCY,
+                latency_folder: Path | None = None) -> tuple[nn.Module, dict]:
     """The pruned model and the library's report (see prunedroid.pruning.prune).
 
     evaluation: labelled held-out images, uint8 (n, 3, 32, 32), that data-driven methods analyse (SCP's feature
     maps, Taylor importance's gradients); see flow.evaluation_set. holdout: all the base's held-out training images,
     which --allocation sensitivity and latency measure top-1 on; sensitivity_cache: a JSON file keeping their
     curves for the next target (keyed by method, options, seed and held-out count: one file per base model);
-    latency_table: the JSON lookup table of layer latencies in `latency_runtime` (latency.RUNTIMES) that --allocation
-    latency reads and extends (one file per machine and runtime; None measures afresh)."""
+    latency: where --allocation latency takes its layer timings from (a runtime here, or a phone's table);
+    latency_folder: where this machine's table for that runtime is kept and extended (None: measured afresh)."""
     example = example_input()
     allocation = budget.allocation if budget is not None else "uniform"
     measures = allocation in ("sensitivity", "latency")
     if measures and holdout is None:
         raise PrunedroidError(f"--allocation {allocation} needs the base's held-out training images")
-    table = LatencyTable.load(latency_table, latency_runtime) if allocation == "latency" else None
+    table = latency.table(latency_folder) if allocation == "latency" else None
     count = 0 if holdout is None else len(holdout)
     try:
         result = prune(model, example, method, budget, calibration=calibration(evaluation), seed=seed,
@@ -91,19 +91,19 @@ def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: i
         if table is not None:
             table.save()  # what was timed is kept even when the target turns out unreachable
     if table is not None:
-        result.report.update(latency_table=str(table.path), latency_runtime=table.where)
+        result.report.update(latency_table=str(latency.latency_table or table.path), latency_runtime=table.where)
     return result.model, result.report
 
 
 def prune_checkpoint(checkpoint: Checkpoint, method: Method, budget: Budget | None, seed: int = 0,
                      evaluation: cifar.Split | None = None, holdout: cifar.Split | None = None,
-                     sensitivity_cache: Path | None = None, latency_table: Path | None = None,
-                     latency_runtime: str = APP_RUNTIME) -> Checkpoint:
+                     sensitivity_cache: Path | None = None, latency: LatencyOptions = APP_LATENCY,
+                     latency_folder: Path | None = None) -> Checkpoint:
     """A checkpoint of the pruned model (not yet fine-tuned: epoch 0, no optimiser state), carrying the parent's
     recipe and data statistics and a `pruning` report. Pruning a pruned checkpoint again keeps the earlier report
     (`previous`) and states the reductions against the unpruned model the chain started from (`original`)."""
     pruned, report = prune_model(checkpoint.model(), method, budget, seed, evaluation, holdout,
-                                 sensitivity_cache, latency_table, latency_runtime)
+                                 sensitivity_cache, latency, latency_folder)
     report["parent_test_top1"] = checkpoint.test_top1
     previous = checkpoint.pruning
     if previous:

@@ -10,6 +10,8 @@
 Starting BenchmarkActivity does what the app does: writes files/bench/<out>.json and a log line - or, with
 $FAKE_ADB_CRASH, crashes with a stack trace in logcat. $FAKE_ADB_DEVICES: the device lines of `adb devices -l`,
 ';'-separated. $FAKE_ADB_INSTALL_FAIL: install fails. $FAKE_ADB_RESULT: the JSON text the app writes instead.
+$FAKE_ADB_UNPLUG_AFTER=N: the phone is unplugged during the (N+1)th benchmark start - that start fails and every
+later adb call finds no device - until $FAKE_ADB_STATE/unplugged is removed (plugged back in).
 """
 import json
 import os
@@ -54,6 +56,12 @@ def device_shell(line: str) -> int:
 
 
 def start_benchmark(extras: dict) -> None:
+    started = STATE / "started"
+    count = int(started.read_text()) + 1 if started.exists() else 1
+    started.write_text(str(count))
+    if count > int(os.environ.get("FAKE_ADB_UNPLUG_AFTER", count)):  # unplugged before this start reached it
+        STATE.joinpath("unplugged").write_text("")
+        fail("adb: device offline")
     print(f"Starting: Intent {{ cmp={PACKAGE}/.BenchmarkActivity (has extras) }}")
     print("Status: ok\nLaunchState: COLD\nActivity: org.prunedroid.demo/.BenchmarkActivity\nTotalTime: 412\n"
           "WaitTime: 415\nComplete")
@@ -150,6 +158,8 @@ def main(argv: list[str]) -> None:
         device_command(argv[1], argv[2:])
         return
     lines = [line for line in os.environ.get("FAKE_ADB_DEVICES", "").split(";") if line]
+    if STATE.joinpath("unplugged").exists():  # the cable came out: adb no longer lists the phone
+        lines = []
     if argv[:2] == ["devices", "-l"]:
         print("List of devices attached\n" + "".join(line + "\n" for line in lines))
         return

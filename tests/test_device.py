@@ -3,13 +3,19 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from prunedroid import device
 from prunedroid.bench import add_device_rows, table_rows
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint
-from prunedroid.device import Device, bench_device, find_adb, parse_devices, pick_device
+from prunedroid.device import Device, bench_device, device_latency_table, find_adb, parse_devices, pick_device
 from prunedroid.errors import PrunedroidError
+from prunedroid.latency import LatencyOptions, LatencyTable, reachable_shapes, where_measured
 from prunedroid.models import vgg16_spec
+from prunedroid.pruned import example_input, prune_model
+from prunedroid.pruning import Budget, channel_graph
+from prunedroid.pruning.groups import LayerShape
 from prunedroid.sidecar import Sidecar
 from tests.conftest import PHONE, run_invoke
 from tests.test_prune import trained_like
@@ -106,3 +112,51 @@ def test_bench_device_from_the_command_line(phone, models, apk, tmp_path, monkey
     assert saved["device"]["serial"] == "R5CT1234ABC" and len(saved["rows"]) == 4
     table = report.with_suffix(".md").read_text()
     assert "android-lite (Google Pixel 7)" in table and "android-executorch (Google Pixel 7)" in table
+
+
+def fake_layer_pte(shape: LayerShape, path: Path, int8: bool = False) -> torch.Tensor:
+    """A stand-in program whose size grows with the layer's work (the fake app's latency is its size): exporting
+    real ones is tested in test_latency, and would take a second or two per shape here."""
+    work = shape.inputs // shape.groups * shape.outputs * max(1, shape.size) ** 2 * shape.kernel ** 2
+    path.write_bytes(b"\0" * (64 + work // 4))
+    return torch.zeros(1, shape.inputs, max(1, shape.size), max(1, shape.size))
+
+
+def test_a_phone_latency_table_survives_an_unplug_and_feeds_a_prune(phone, apk, tmp_path, synthetic_data,
+                                                                    monkeypatch):
+    monkeypatch.setattr(device, "write_layer_pte", fake_layer_pte)
+    model = trained_like(vgg16_spec(0.0625))
+    coarse = Budget.of(latency_reduction=0.2, allocation="latency", round_to=16)
+    shapes = reachable_shapes(channel_graph(model, example_input()), coarse)
+    table = tmp_path / "phone.json"
+    with pytest.raises(PrunedroidError, match="device offline"):
+        device_latency_table(shapes, table, apk, env={**phone, "FAKE_ADB_UNPLUG_AFTER": "4"}, runs=3)
+    assert len(json.loads(table.read_text())["ms"]) == 4  # every shape timed before the unplug is kept
+    with pytest.raises(PrunedroidError, match="no Android device"):  # still unplugged: nothing is touched
+        device_latency_table(shapes, table, apk, env=phone, runs=3)
+    (Path(phone["FAKE_ADB_STATE"]) / "unplugged").unlink()  # plugged back in
+    measured = device_latency_table(shapes, table, apk, env=phone, runs=3)
+    assert set(measured["ms"]) == {shape.key for shape in shapes} and measured == json.loads(table.read_text())
+    assert int((Path(phone["FAKE_ADB_STATE"]) / "started").read_text()) == len(shapes) + 1  # only the lost one again
+    assert measured["where"]["device"]["model"] == "Pixel 7" and measured["where"]["threads"] == 1
+    assert not list((Path(phone["FAKE_ADB_STATE"]) / "app" / "files").glob("prunedroid-layer*"))  # cleaned up
+
+    phone_table = LatencyOptions(latency_table=str(table))
+    pruned, report = prune_model(model, "l1", coarse, holdout=synthetic_data.holdout.head(64), latency=phone_table)
+    assert report["latency_runtime"]["device"]["model"] == "Pixel 7" and report["latency_table"] == str(table)
+    assert measured == json.loads(table.read_text())  # read, never written
+    finer = Budget.of(latency_reduction=0.2, allocation="latency", round_to=4)
+    with pytest.raises(PrunedroidError, match="has no timing for .*invoke latency-table --device"):
+        prune_model(model, "l1", finer, holdout=synthetic_data.holdout.head(64), latency=phone_table)
+
+    elsewhere = json.loads(table.read_text())
+    elsewhere["where"]["device"]["serial"] = "another-phone"
+    table.write_text(json.dumps(elsewhere))
+    with pytest.raises(PrunedroidError, match="give another --out"):
+        device_latency_table(shapes, table, apk, env=phone, runs=3)
+    with pytest.raises(PrunedroidError, match="the app times .pte programs"):
+        device_latency_table(shapes, tmp_path / "x.json", apk, runtime="onnxruntime", env=phone)
+    host = tmp_path / "host.json"
+    host.write_text(json.dumps({"where": where_measured("onnxruntime"), "ms": {}}))
+    with pytest.raises(PrunedroidError, match="was not measured on a device"):
+        LatencyTable.from_device(host)

@@ -7,13 +7,21 @@ import pytest
 from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
 from prunedroid.flow import prune_stage
-from prunedroid.latency import APP_RUNTIME, RUNTIMES, LatencyOptions, LatencyTable, Runtime, where_measured
+from prunedroid.latency import (
+    APP_RUNTIME,
+    RUNTIMES,
+    LatencyOptions,
+    LatencyTable,
+    Runtime,
+    reachable_shapes,
+    where_measured,
+)
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import prune_model
 from prunedroid.pruning import Budget
 from prunedroid.pruning.allocation import floors, latency_counts, sensitivity_counts
 from prunedroid.pruning.groups import LayerShape
-from tests.conftest import save_untrained_base, vgg_graph
+from tests.conftest import run_invoke, save_untrained_base, vgg_graph
 from tests.test_prune import trained_like
 
 TINY = vgg_graph(vgg16_spec(0.125))  # 8..64 channels
@@ -127,11 +135,11 @@ def test_an_unreachable_latency_target_names_the_fix():
 
 def test_prune_reports_the_predicted_latency_and_saves_the_table(synthetic_data, tmp_path):
     model = trained_like(vgg16_spec(0.125))
-    table = tmp_path / "table.json"
+    table = tmp_path / "latency-table-onnxruntime.json"
     # A model this small is mostly per-layer overhead in onnxruntime (its floors save only ~25%): a modest target
     budget = Budget.of(latency_reduction=0.1, allocation="latency", round_to=4)
-    pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64), latency_table=table,
-                                 latency_runtime="onnxruntime")
+    pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64),
+                                 latency=LatencyOptions("onnxruntime"), latency_folder=tmp_path)
     predicted = report["predicted_ms"]
     assert report["allocation"] == "latency" and len(report["curves"]) == 13
     assert abs(1 - predicted["after"] / predicted["before"] - 0.1) <= 0.01
@@ -158,3 +166,34 @@ def test_a_prune_times_layers_in_the_runtime_asked_for_and_keeps_its_table_by_na
         int8["latency_runtime"]
     with pytest.raises(PrunedroidError, match="--latency-runtime is one of onnxruntime, executorch"):
         LatencyOptions("tflite")
+
+
+@pytest.mark.parametrize("round_to, min_keep", [(1, 0.1), (4, 0.3), (8, 0.1)])
+def test_the_reachable_grid_holds_every_shape_a_search_times(round_to, min_keep):
+    visited = []
+    table = LatencyTable(measure=lambda shape: visited.append(shape.key) or macs_ms(shape))
+    budget = Budget.of(latency_reduction=0.4, allocation="latency", round_to=round_to, min_keep=min_keep)
+    latency_counts(TINY, budget, even_curves(TINY), predict(table, TINY))
+    grid = {shape.key for shape in reachable_shapes(TINY, budget)}
+    assert visited and set(visited) <= grid
+    assert len(grid) == len(reachable_shapes(TINY, budget))  # each shape once
+
+
+def test_latency_table_from_the_command_line_is_what_prune_then_reads(tmp_path, cifar_dir):
+    base = save_untrained_base(tmp_path / "base" / "checkpoint.pt", width=0.125)
+    made = run_invoke("latency-table", "--checkpoint", str(base), "--round-to", "16", "--latency-runtime",
+                      "onnxruntime", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    table = tmp_path / "latency-table-onnxruntime.json"
+    before = table.read_text()
+    assert "shapes (" in made.stdout and len(json.loads(before)["ms"]) >= 14
+    pruned = run_invoke("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction", "0.1",
+                        "--round-to", "16", "--latency-runtime", "onnxruntime", "--data-dir", str(cifar_dir),
+                        cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.stderr[-2000:]
+    assert table.read_text() == before  # every shape the search needed was in the table
+    for args, message in [(("--device",), "missing --out"),
+                          (("--device", "--out", "t.json", "--latency-runtime", "onnxruntime"),
+                           "the app times .pte programs")]:
+        failed = run_invoke("latency-table", "--checkpoint", str(base), *args, cwd=tmp_path)
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr[-2000:]

@@ -38,6 +38,18 @@ def floors(graph: ChannelGraph, budget: Budget) -> list[int]:
             for c in graph.channels]
 
 
+def reachable_counts(graph: ChannelGraph, budget: Budget) -> list[list[int]]:
+    """Per group, every channel count a search under `budget` can give it (largest first): the whole group, then
+    each step of budget.round_to down to its floor."""
+    counts = []
+    for channels, lowest in zip(graph.channels, floors(graph, budget)):
+        values = [channels]
+        while lowest <= step_down(values[-1], budget.round_to) >= 1:
+            values.append(step_down(values[-1], budget.round_to))
+        counts.append(values)
+    return counts
+
+
 def check_reachable(graph: ChannelGraph, budget: Budget,
                     reduction: Callable[[list[int]], float] | None = None) -> list[int]:
     """The floors, once the target is known to be reachable above them (else an error naming the fix).
