@@ -40,8 +40,11 @@ def test_every_manifest_activity_exists_and_every_xml_file_parses():
     for path in xml_files:
         ET.parse(path)  # raises on malformed XML
     activities = ET.parse(xml_files[0]).getroot().iter("activity")
+    activities = list(activities)
     names = [activity.get(f"{ANDROID_NS}name") for activity in activities]
     assert names == [".MainActivity", ".BenchmarkActivity"]
+    # Only the shell (adb) may start the benchmark: other apps cannot hold DUMP.
+    assert activities[1].get(f"{ANDROID_NS}permission") == "android.permission.DUMP"
     for name in names:
         source = SOURCES / f"{name[1:]}.java"
         assert source.is_file() and re.search(rf"public class {name[1:]} extends Activity", source.read_text())
@@ -87,6 +90,51 @@ def test_the_apps_java_compiles_against_the_published_signatures(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     compiled = {path.stem for path in (tmp_path / "classes").rglob("*.class")}
     assert {path.stem for path in SOURCES.glob("*.java")} <= compiled
+
+
+JVM_TESTS = APP / "app" / "src" / "test" / "java"
+
+
+def maven_classpath(dependencies: list[str], folder: Path) -> str:
+    """The classpath of `dependencies` ("group:artifact:version") and theirs, resolved by Maven from Maven Central
+    into its own cache (~/.m2, outside the repository); skips, saying why, only where Maven Central cannot be
+    reached and nothing is cached."""
+    import subprocess
+
+    if shutil.which("mvn") is None:
+        pytest.skip("needs Maven (mvn) to fetch the JUnit jars")
+    items = "".join(f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version>"
+                    f"</dependency>" for g, a, v in (d.split(":") for d in dependencies))
+    (folder / "pom.xml").write_text(f"<project><modelVersion>4.0.0</modelVersion><groupId>x</groupId><artifactId>x"
+                                    f"</artifactId><version>1</version><dependencies>{items}</dependencies></project>")
+    result = subprocess.run(["mvn", "-q", "-B", "dependency:build-classpath", "-Dmdep.outputFile=cp.txt"],
+                            cwd=folder, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        if "Could not transfer" in result.stdout + result.stderr or "Unknown host" in result.stdout + result.stderr:
+            pytest.skip("Maven Central cannot be reached and the JUnit jars are not in ~/.m2")
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return (folder / "cp.txt").read_text().strip()
+
+
+@pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK's javac")
+def test_the_apps_plain_java_passes_its_junit_tests_on_the_jvm(tmp_path):
+    """The app's classes that need no Android (request checks, ...) with their JUnit tests under src/test, on the
+    JVM with the real JUnit from Maven Central, as `gradle test` would run them."""
+    import subprocess
+
+    junit = re.search(r"testImplementation '(junit:junit:[^']+)'", (APP / "app" / "build.gradle").read_text())
+    classpath = maven_classpath([junit.group(1)], tmp_path)
+    plain = [p for p in SOURCES.glob("*.java") if not re.search(r"\b(android|org\.pytorch|org\.json)\.", p.read_text())]
+    tests = sorted(JVM_TESTS.rglob("*Test.java"))
+    assert plain and tests
+    compiled = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-Werror", "-cp", classpath, "-d",
+                               str(tmp_path / "classes"), *map(str, plain + tests)],
+                              capture_output=True, text=True, timeout=120)
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    names = [".".join(p.relative_to(JVM_TESTS).with_suffix("").parts) for p in tests]
+    ran = subprocess.run(["java", "-cp", f"{tmp_path / 'classes'}:{classpath}", "org.junit.runner.JUnitCore",
+                          *names], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and re.search(r"OK \(\d+ tests\)", ran.stdout), ran.stdout[-3000:]
 
 
 def test_resources_the_code_names_exist():

@@ -29,10 +29,11 @@ import java.util.Locale;
  * adb shell am start -W -n org.prunedroid.demo/.BenchmarkActivity \
  *     --es model pruned.pte --es sidecar pruned.json --es out pruned --ei warmup 20 --ei runs 100 --ei threads 1
  * </pre>
- * `model` and `sidecar` (the export's JSON, which gives the input shape) are files in the app's files folder (or
- * absolute paths the app may read). Writes
+ * `model` and `sidecar` (the export's JSON, which gives the input shape) are plain file names in the app's files
+ * folder, `out` a plain name, the counts bounded (BenchRequest: the shell may send anything). Writes
  * files/bench/&lt;out&gt;.json - latencies in ms, model size, device - and one line to logcat (tag prunedroid-bench),
- * then finishes. A failure writes {"error": ...} to the same file, so the caller never waits for nothing.
+ * then finishes. A failure writes {"error": ...} to the same file, so the caller never waits for nothing; an `out`
+ * that is not a plain name is only logged.
  */
 public class BenchmarkActivity extends Activity {
     static final String TAG = "prunedroid-bench";
@@ -50,7 +51,7 @@ public class BenchmarkActivity extends Activity {
         new Thread(() -> {
             JSONObject result;
             try {
-                result = run(model, sidecar, warmup, runs, threads);
+                result = run(BenchRequest.of(model, sidecar, out, warmup, runs, threads));
                 Log.i(TAG, result.getString("summary"));
             } catch (Throwable error) {  // including a model the runtime cannot read
                 result = new JSONObject();
@@ -61,17 +62,21 @@ public class BenchmarkActivity extends Activity {
                 }
                 Log.e(TAG, "benchmark of " + model + " failed", error);
             }
+            String name = BenchRequest.resultName(out);
             try {
-                write(out, result);
+                if (name == null) {
+                    Log.e(TAG, "not writing a result: --es out must be a plain file name, got " + out);
+                } else {
+                    write(name, result);
+                }
             } catch (IOException error) {
-                Log.e(TAG, "could not write the result " + out, error);
+                Log.e(TAG, "could not write the result " + name, error);
             }
             runOnUiThread(this::finish);
         }, "benchmark").start();
     }
 
-    private File readable(String name) {
-        File file = name.startsWith("/") ? new File(name) : new File(getFilesDir(), name);
+    private static File readable(File file) {
         if (!file.canRead()) {
             throw new IllegalArgumentException("cannot read " + file);
         }
@@ -91,29 +96,30 @@ public class BenchmarkActivity extends Activity {
         }
     }
 
-    private JSONObject run(String model, String sidecar, int warmup, int runs, int threads)
-            throws JSONException, IOException {
-        if (model == null || sidecar == null || runs < 1 || warmup < 0 || threads < 1) {
-            throw new IllegalArgumentException(
-                    "need --es model <file>, --es sidecar <file>, runs >= 1, warmup >= 0, threads >= 1");
-        }
-        File file = readable(model);
-        long[] shape = Classifier.inputShape(new JSONObject(readText(readable(sidecar))));
+    private JSONObject run(BenchRequest request) throws JSONException, IOException {
+        int warmup = request.warmup;
+        int runs = request.runs;
+        int threads = request.threads;
+        File file = readable(request.modelIn(getFilesDir()));
+        long[] shape = Classifier.inputShape(new JSONObject(readText(readable(request.sidecarIn(getFilesDir())))));
+        // Latency of a conv net does not depend on pixel values: one fixed image of the model's input shape.
+        float[] input = new float[BenchRequest.inputSize(shape)];
+        double[] latencies = new double[runs];
         long loadStarted = SystemClock.elapsedRealtimeNanos();
         Runner runner = Runner.open(file.getAbsolutePath(), threads);
         double loadMs = (SystemClock.elapsedRealtimeNanos() - loadStarted) / 1e6;
-        // Latency of a conv net does not depend on pixel values: one fixed image of the model's input shape.
-        float[] input = new float[(int) (shape[0] * shape[1] * shape[2] * shape[3])];
-        for (int i = 0; i < warmup; i++) {
-            runner.forward(input, shape);
+        try {
+            for (int i = 0; i < warmup; i++) {
+                runner.forward(input, shape);
+            }
+            for (int i = 0; i < runs; i++) {
+                long started = SystemClock.elapsedRealtimeNanos();
+                runner.forward(input, shape);
+                latencies[i] = (SystemClock.elapsedRealtimeNanos() - started) / 1e6;
+            }
+        } finally {
+            runner.close();  // a failed forward must not leave the native module open
         }
-        double[] latencies = new double[runs];
-        for (int i = 0; i < runs; i++) {
-            long started = SystemClock.elapsedRealtimeNanos();
-            runner.forward(input, shape);
-            latencies[i] = (SystemClock.elapsedRealtimeNanos() - started) / 1e6;
-        }
-        runner.close();
         double[] sorted = latencies.clone();
         Arrays.sort(sorted);
         JSONObject latency = new JSONObject()
