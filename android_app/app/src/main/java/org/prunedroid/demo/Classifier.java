@@ -9,12 +9,8 @@ import org.json.JSONException;
 import org.json.JSONObject;
 
 import java.io.BufferedReader;
-import java.io.File;
-import java.io.FileOutputStream;
 import java.io.IOException;
-import java.io.InputStream;
 import java.io.InputStreamReader;
-import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
@@ -70,7 +66,7 @@ final class Classifier {
         String file = staged.getString("file");
         // Named by the model's hash, so an app update with a new model never reads the old copy.
         String copy = "model-" + staged.getString("sha256").substring(0, 16) + file.substring(file.lastIndexOf('.'));
-        String path = assetFilePath(context, file, copy);
+        String path = assetFilePath(context, file, copy, staged.getString("sha256"));
         String description = Runner.runtimeOf(path) + ", " + staged.getString("precision");
         return new Classifier(Runner.open(path, 0), sidecar, labels, description);
     }
@@ -151,23 +147,10 @@ final class Classifier {
         return text.toString();
     }
 
-    /** The lite loader reads a file path, not an asset stream: copy the asset into app storage once. */
-    static String assetFilePath(Context context, String asset, String copy) throws IOException {
-        File file = new File(context.getFilesDir(), copy);
-        if (file.exists() && file.length() > 0) {
-            return file.getAbsolutePath();
-        }
-        File partial = new File(context.getFilesDir(), copy + ".partial");
-        try (InputStream in = context.getAssets().open(asset); OutputStream out = new FileOutputStream(partial)) {
-            byte[] buffer = new byte[1 << 16];
-            int read;
-            while ((read = in.read(buffer)) != -1) {
-                out.write(buffer, 0, read);
-            }
-        }
-        if (!partial.renameTo(file)) {
-            throw new IOException("could not move " + partial + " to " + file);
-        }
-        return file.getAbsolutePath();
+    /** The runtimes read a file path, not an asset stream: the asset copied into app storage, checked against the
+     * sidecar's SHA-256 (ModelCopy). */
+    static String assetFilePath(Context context, String asset, String copy, String sha256) throws IOException {
+        return ModelCopy.of(() -> context.getAssets().open(asset), context.getFilesDir(), copy, sha256)
+                .getAbsolutePath();
     }
 }
