@@ -137,6 +137,33 @@ def test_the_apps_plain_java_passes_its_junit_tests_on_the_jvm(tmp_path):
     assert ran.returncode == 0 and re.search(r"OK \(\d+ tests\)", ran.stdout), ran.stdout[-3000:]
 
 
+FRAMEWORK_RES = Path("/usr/share/android-framework-res/framework-res.apk")  # Debian's android-framework-res
+
+
+@pytest.mark.skipif(shutil.which("aapt") is None or not FRAMEWORK_RES.is_file(),
+                    reason="needs the SDK's aapt and the platform's framework-res.apk (Debian: apt-get install aapt "
+                           "android-framework-res; .ci/run installs them)")
+def test_the_manifest_and_resources_link_with_the_sdks_aapt(tmp_path):
+    """aapt links the manifest and resources against the Android platform's own resources, as the build does: a
+    misspelt attribute, a missing @string or a bad theme fails here. The package comes from build.gradle's namespace,
+    as the Android Gradle Plugin's manifest merger puts it in."""
+    import subprocess
+
+    manifest = (APP / "app/src/main/AndroidManifest.xml").read_text()
+    merged = tmp_path / "AndroidManifest.xml"
+    merged.write_text(manifest.replace("<manifest ", f'<manifest package="{android.PACKAGE}" ', 1))
+    linked = subprocess.run(["aapt", "package", "-f", "-M", str(merged), "-S", str(APP / "app/src/main/res"), "-I",
+                             str(FRAMEWORK_RES), "-F", str(tmp_path / "resources.apk"), "-J", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert linked.returncode == 0 and not linked.stderr.strip(), linked.stderr[-3000:]
+    tree = subprocess.run(["aapt", "dump", "xmltree", str(tmp_path / "resources.apk"), "AndroidManifest.xml"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert 'android:permission(0x01010006)="android.permission.DUMP"' in tree  # resolved by the platform
+    r_java = next(tmp_path.rglob("R.java")).read_text()
+    assert set(re.findall(r"R\.id\.(\w+)", java_sources())) <= set(re.findall(r"public static final int (\w+)=",
+                                                                             r_java))
+
+
 def test_resources_the_code_names_exist():
     layout_ids = set(re.findall(r'@\+id/(\w+)', (APP / "app/src/main/res/layout/activity_main.xml").read_text()))
     assert set(re.findall(r"R\.id\.(\w+)", java_sources())) <= layout_ids
