@@ -49,15 +49,16 @@ def prune_cells(bench: Bench, target: float, onnx_targets: list[float], round_to
 
 
 def time_cells(bench: Bench, data_dir: str | None, processes: int, runs: int) -> None:
-    """Exports the base and every cell as pruned (latency does not depend on the weights), then times them together."""
-    if "latency" in bench.payload:
+    """Exports the base and every cell as pruned (latency does not depend on the weights), then times them together
+    (again only when the cells changed)."""
+    if bench.payload.get("latency", {}).get("cells") == sorted(bench.cells):
         return
     base = export_checkpoint(bench.base_path, bench.data.test, bench.work / "base-export", "base")
     for key, cell in bench.cells.items():
         bench.deploy(key, "l1", budget_of(cell), name=key.replace("/", "-").replace(".", "_"))
     bench.save("latency runtime (in progress)", "")
     sidecars = [base.sidecar, *(Path(cell["sidecar"]) for cell in bench.cells.values())]
-    bench.payload["latency"] = {"processes": processes, "runs": runs,
+    bench.payload["latency"] = {"processes": processes, "runs": runs, "cells": sorted(bench.cells),
                                 "rows": repeated_latencies(sidecars, data_dir, processes, runs)}
     bench.save("latency runtime (in progress)", "")
 
