@@ -159,6 +159,11 @@ def test_the_manifest_and_resources_link_with_the_sdks_aapt(tmp_path):
     tree = subprocess.run(["aapt", "dump", "xmltree", str(tmp_path / "resources.apk"), "AndroidManifest.xml"],
                           capture_output=True, text=True, timeout=60, check=True).stdout
     assert 'android:permission(0x01010006)="android.permission.DUMP"' in tree  # resolved by the platform
+    layout = subprocess.run(["aapt", "dump", "xmltree", str(tmp_path / "resources.apk"),
+                             "res/layout/activity_main.xml"], capture_output=True, text=True, timeout=60,
+                            check=True).stdout
+    # targetSdk 35 draws edge to edge: the root takes the system bars' insets, so no button sits under them.
+    assert layout.split("E: ", 2)[1].startswith("FrameLayout") and "android:fitsSystemWindows" in layout
     r_java = next(tmp_path.rglob("R.java")).read_text()
     assert set(re.findall(r"R\.id\.(\w+)", java_sources())) <= set(re.findall(r"public static final int (\w+)=",
                                                                              r_java))
