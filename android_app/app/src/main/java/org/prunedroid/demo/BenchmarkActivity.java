@@ -41,6 +41,10 @@ public class BenchmarkActivity extends Activity {
     @Override
     protected void onCreate(Bundle savedInstanceState) {
         super.onCreate(savedInstanceState);
+        if (savedInstanceState != null) {  // recreated: the first instance's run writes the result, not a second one
+            finish();
+            return;
+        }
         Intent intent = getIntent();
         String model = intent.getStringExtra("model");
         String sidecar = intent.getStringExtra("sidecar");
