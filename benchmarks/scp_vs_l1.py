@@ -41,9 +41,16 @@ def main() -> None:
             bench.measure(f"{target:.2f}/{name}", method, budget, target=target)
             save()
         # One identical fine-tune for L1, the best SCP with weight combination, the same SCP without it, and the
-        # same SCP keeping the larger filter of each pair.
+        # same SCP keeping the larger filter of each pair. "Best" is judged on held-out training images no method
+        # analysed, never on the test images the table reports; cells recorded before that was measured are redone.
+        for name, method in methods().items():
+            key = f"{target:.2f}/{name}"
+            if bench.cells[key].get("top1_pruned_unused_holdout") is None and name.endswith(("-lstsq", "-sum")):
+                del bench.cells[key]
+                bench.measure(key, method, budget, target=target)
         scp = {k: v for k, v in bench.cells.items() if v["target"] == target and v["method"] == "scp"}
-        best = max((k for k in scp if k.endswith(("-lstsq", "-sum"))), key=lambda k: scp[k]["top1_pruned"])
+        best = max((k for k in scp if k.endswith(("-lstsq", "-sum"))),
+                   key=lambda k: scp[k]["top1_pruned_unused_holdout"])
         variants = (best, best.rsplit("-", 1)[0] + "-none", best + "-norm")
         for finetune_seed in [None, *(int(seed) for seed in args.extra_seeds.split(",") if seed)]:
             for key in (f"{target:.2f}/l1", *variants):
@@ -59,7 +66,8 @@ NOTES = """
 `pruned`: test top-1 right after pruning, no training. `BN re-measured`: the same pruned model with every BatchNorm's
 running mean/variance re-measured on the 1,024 evaluation images (held-out training images) - no weights change; SCP
 with `recalibrate` already does this layer by layer, L1 and the paper setting get it here. `fine-tuned`: one identical
-short fine-tune (the recipe in the JSON) from the pruned model, for L1, the best SCP with weight combination, the same
+short fine-tune (the recipe in the JSON) from the pruned model, for L1, the SCP with weight combination whose top-1
+right after pruning is best on the held-out training images no method analysed (not on the test images), the same
 criterion without it and with `-norm`; `other seeds`: the same fine-tune with other seeds (--extra-seeds), to show how
 much a single fine-tune's top-1 moves by chance. SCP settings: `lstsq`/`sum`/`none` = weight combination with
 least-squares factor / factor 1 / no combination, all with pairs ranked by estimated pruning loss and BatchNorm
