@@ -52,6 +52,19 @@ def test_every_manifest_activity_exists_and_every_xml_file_parses():
     assert f"namespace '{android.PACKAGE}'" in gradle and f"applicationId '{android.PACKAGE}'" in gradle
 
 
+def test_the_gradle_files_avoid_what_stops_a_stock_build():
+    """What an Android developer's `./gradlew assembleDebug` would stop at, read from the build files: AndroidX
+    dependencies need useAndroidX; a strict Java toolchain fails where the only JDK is Android Studio's; every ABI
+    packaged must be one both runtimes ship (ExecuTorch: arm64-v8a and x86_64)."""
+    properties = dict(line.split("=", 1) for line in (APP / "gradle.properties").read_text().splitlines()
+                      if "=" in line and not line.startswith("#"))
+    assert properties.get("android.useAndroidX") == "true"
+    gradle = (APP / "app" / "build.gradle").read_text()
+    assert "toolchain" not in gradle and "JavaVersion.VERSION_17" in gradle
+    abis = re.findall(r"abiFilters ([^\n]+)", gradle)
+    assert len(abis) == 1 and set(re.findall(r"'([\w-]+)'", abis[0])) == {"arm64-v8a", "x86_64"}
+
+
 JAVA_STUBS = Path(__file__).parent / "java_stubs"
 
 
