@@ -401,12 +401,14 @@ def build_apk(c, model="export/model.json", variant="debug", runtime="executorch
 
 @command(name="bench-device", help={
     "models": "comma-separated sidecar JSON files written by `invoke export` (required)",
-    "apk": "the debug APK `invoke build-apk` built", "serial": "the device to use when several are attached",
+    "apk": "the ExecuTorch build of the app (`invoke build-apk`, debug): each model's .pte runs on it",
+    "lite_apk": "also the lite build (`invoke build-apk --runtime lite`): each model's .ptl runs on it",
+    "serial": "the device to use when several are attached",
     "runs": "timed runs per model on the device (default 100)", "warmup": "untimed runs first (default 20)",
     "threads": "runtime threads on the phone (default 1)",
     "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"})
-def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None, runs="100",
-                 warmup="20", threads="1", report="bench"):
+def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executorch/debug/app-executorch-debug.apk",
+                 lite_apk=None, serial=None, runs="100", warmup="20", threads="1", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
     from prunedroid.bench import add_device_rows, read_report, table_rows
     from prunedroid.device import bench_device as run_on_device
@@ -417,7 +419,8 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
     sidecars = [Path(m) for m in models.split(",")]
     stem = Path(report)
     host = read_report(stem.with_suffix(".json")) if stem.with_suffix(".json").exists() else {}
-    device = run_on_device(sidecars, Path(apk), serial, whole(warmup, "warmup"), whole(runs, "runs"),
+    apks = {"executorch": Path(apk), **({"lite": Path(lite_apk)} if lite_apk else {})}
+    device = run_on_device(sidecars, apks, serial, whole(warmup, "warmup"), whole(runs, "runs"),
                            whole(threads, "threads"))
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
     result = add_device_rows(host, device, {p.stem: Sidecar.read(p) for p in sidecars})
@@ -438,7 +441,7 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/debug/ap
     "runs": "with --device: timed runs per shape (default 50)", "warmup": "with --device: untimed runs first "
     "(default 10)", "threads": "with --device: runtime threads on the phone (default 1)"})
 def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min_keep=None, latency_runtime=None,
-                  apk="android_app/app/build/outputs/apk/debug/app-debug.apk", serial=None,
+                  apk="android_app/app/build/outputs/apk/executorch/debug/app-executorch-debug.apk", serial=None,
                   runs="50", warmup="10", threads="1"):
     """Time every layer shape a --allocation latency prune of a checkpoint can reach, here or on a phone (resumable)."""
     from prunedroid.checkpoint import Checkpoint

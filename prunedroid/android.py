@@ -198,10 +198,16 @@ def find_build_tools(app_dir: Path = APP_DIR, env: Mapping[str, str] | None = No
     return BuildTools(java=java, sdk=Path(sdk), gradle=gradle)
 
 
+def apk_path(runtime: str = "executorch", variant: str = "debug", app_dir: Path = APP_DIR) -> Path:
+    """Where Gradle writes the APK of `runtime`'s product flavor and `variant`."""
+    return app_dir / "app" / "build" / "outputs" / "apk" / runtime / variant / f"app-{runtime}-{variant}.apk"
+
+
 def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant: str = "debug",
               app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None, runtime: str = "executorch",
               precision: str = "fp32") -> Path:
-    """Checks the prerequisites, stages the assets and runs `gradle assemble<Variant>`; returns the APK path.
+    """Checks the prerequisites, stages the assets and runs `gradle assemble<Runtime><Variant>` (the runtime's product
+    flavor: one runtime per APK); returns the APK path.
     load_test gives the test images the sample pictures come from; it is called only once the prerequisites hold,
     so a missing model or SDK is reported before the test set is looked for (or downloaded)."""
     if variant not in ("debug", "release"):
@@ -222,12 +228,12 @@ def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant:
     env["ANDROID_HOME"] = str(tools.sdk)
     if not env.get("JAVA_HOME"):
         env["JAVA_HOME"] = str(Path(tools.java).resolve().parent.parent)
-    command = [*tools.gradle, f"assemble{variant.capitalize()}"]
+    command = [*tools.gradle, f"assemble{runtime.capitalize()}{variant.capitalize()}"]
     result = subprocess.run(command, cwd=app_dir, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
         raise PrunedroidError(f"`{' '.join(command)}` failed in {app_dir} (exit {result.returncode}):\n{tail}")
-    apk = app_dir / "app" / "build" / "outputs" / "apk" / variant / f"app-{variant}.apk"
+    apk = apk_path(runtime, variant, app_dir)
     if not apk.is_file():
         raise PrunedroidError(f"Gradle reported success but wrote no {apk}")
     return apk

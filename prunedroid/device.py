@@ -209,28 +209,42 @@ def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int
         adb.shell("rm", "-rf", STAGING, check=False)
 
 
-def bench_device(sidecars: Sequence[Path], apk: Path, serial: str | None = None, warmup: int = 20, runs: int = 100,
-                 threads: int = 1, env: Mapping[str, str] | None = None, timeout: float = 300) -> dict:
-    """Installs `apk` and benchmarks each exported model (sidecar JSON) on one device, its .ptl on PyTorch Mobile
-    lite and its .pte on ExecuTorch; the device's own description and one result per runtime and model ("models":
+def bench_device(sidecars: Sequence[Path], apks: Mapping[str, Path], serial: str | None = None, warmup: int = 20,
+                 runs: int = 100, threads: int = 1, env: Mapping[str, str] | None = None, timeout: float = 300) -> dict:
+    """Benchmarks each exported model (sidecar JSON) on one device, in each runtime `apks` names an APK for
+    ("executorch": the .pte on the executorch flavor, "lite": the .ptl on the lite flavor; one runtime per APK, each
+    installed before its models run); the device's own description and one result per runtime and model ("models":
     {"lite"|"executorch": {name: result}}, latencies in ms, model size in bytes). timeout: seconds to wait for each
     result."""
     if warmup < 0 or runs < 1 or threads < 1:
         raise PrunedroidError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
+    unknown = set(apks) - set(DEVICE_KINDS)
+    if unknown or not apks:
+        raise PrunedroidError(f"an APK per runtime, of {', '.join(DEVICE_KINDS)}; got {', '.join(apks) or 'none'}")
     paths = [Path(p) for p in sidecars]
     unique_names(paths)
     models: dict[str, dict[str, tuple[Path, Path]]] = {}  # runtime -> model name -> (model file, sidecar)
     for sidecar_path in paths:
         name, sidecar = device_name(sidecar_path), Sidecar.read(sidecar_path)
-        for runtime, kind in (("lite", "ptl"), ("executorch", "pte")):
+        for runtime in apks:
+            kind = DEVICE_KINDS[runtime]
             if kind in sidecar.files:  # a sidecar from before ExecuTorch support names no .pte
                 models.setdefault(runtime, {})[name] = (sidecar.model_file(kind), sidecar_path)
+    for runtime, apk in apks.items():
+        if not apk.is_file():  # before the phone is touched
+            raise PrunedroidError(f"no APK at {apk}; build it first with `invoke build-apk --runtime {runtime}` "
+                                  f"(the debug variant)")
     adb = connect(serial, env)
-    install(adb, apk)
-    results = {runtime: {name: benchmark_model(adb, model, sidecar, name, warmup, runs, threads, timeout)
-                         for name, (model, sidecar) in named.items()} for runtime, named in models.items()}
+    results = {}
+    for runtime, named in models.items():
+        install(adb, apks[runtime])
+        results[runtime] = {name: benchmark_model(adb, model, sidecar, name, warmup, runs, threads, timeout)
+                            for name, (model, sidecar) in named.items()}
     return {"serial": adb.serial, "device": device_info(adb), "warmup": warmup, "runs": runs, "threads": threads,
             "models": results}
+
+
+DEVICE_KINDS = {"executorch": "pte", "lite": "ptl"}  # each flavor's runtime and the file it runs
 
 
 def connect(serial: str | None, env: Mapping[str, str] | None) -> Adb:

@@ -7,7 +7,8 @@
   `run-as` refuses an app that is not installed, and the app's files/ folder does not exist after a fresh install;
 - paths on the device live under $FAKE_ADB_STATE/fs (the app's private folder under $FAKE_ADB_STATE/app).
 
-Starting BenchmarkActivity does what the app does: writes files/bench/<out>.json and a log line - or, with
+Starting BenchmarkActivity does what the app does: writes files/bench/<out>.json and a log line (an error for a file
+of the runtime the installed build does not ship: an APK whose bytes hold "lite" is the lite flavor) - or, with
 $FAKE_ADB_CRASH, crashes with a stack trace in logcat. $FAKE_ADB_DEVICES: the device lines of `adb devices -l`,
 ';'-separated. $FAKE_ADB_INSTALL_FAIL: install fails. $FAKE_ADB_RESULT: the JSON text the app writes instead.
 $FAKE_ADB_UNPLUG_AFTER=N: the phone is unplugged during the (N+1)th benchmark start - that start fails and every
@@ -79,6 +80,12 @@ def start_benchmark(extras: dict) -> None:
     if "sidecar" not in extras or not sidecar.is_file():  # what BenchmarkActivity writes when an extra is missing
         out.write_text(json.dumps({"error": "java.lang.IllegalArgumentException: need --es model <file>, --es "
                                             "sidecar <file>, runs >= 1, warmup >= 0, threads >= 1"}))
+        return
+    installed = Path(STATE.joinpath("installed").read_text()).read_bytes()  # the APK's bytes name its flavor
+    runs_kind = ".ptl" if b"lite" in installed else ".pte"
+    if model.suffix != runs_kind:  # what Runner.open answers for the other runtime's file
+        out.write_text(json.dumps({"error": f"java.lang.IllegalArgumentException: this build runs {runs_kind} files, "
+                                            f"not {model.name}: build the app for that file"}))
         return
     size = model.stat().st_size
     median = size / 1e5

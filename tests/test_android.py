@@ -53,16 +53,24 @@ def test_every_manifest_activity_exists_and_every_xml_file_parses():
 
 
 def test_the_gradle_files_avoid_what_stops_a_stock_build():
-    """What an Android developer's `./gradlew assembleDebug` would stop at, read from the build files: AndroidX
-    dependencies need useAndroidX; a strict Java toolchain fails where the only JDK is Android Studio's; every ABI
-    packaged must be one both runtimes ship (ExecuTorch: arm64-v8a and x86_64)."""
+    """What an Android developer's `./gradlew assembleDebug` would stop at, read from the build files: both runtimes'
+    fbjni builds in one APK (duplicate classes); AndroidX dependencies without useAndroidX; a strict Java toolchain
+    where the only JDK is Android Studio's; an ABI packaged that the flavor's runtime does not ship."""
     properties = dict(line.split("=", 1) for line in (APP / "gradle.properties").read_text().splitlines()
                       if "=" in line and not line.startswith("#"))
     assert properties.get("android.useAndroidX") == "true"
     gradle = (APP / "app" / "build.gradle").read_text()
     assert "toolchain" not in gradle and "JavaVersion.VERSION_17" in gradle
-    abis = re.findall(r"abiFilters ([^\n]+)", gradle)
-    assert len(abis) == 1 and set(re.findall(r"'([\w-]+)'", abis[0])) == {"arm64-v8a", "x86_64"}
+    declared = gradle.split("productFlavors {", 1)[1]
+    flavors = dict(re.findall(r"\n        (\w+) \{\n(.*?)\n        \}", declared.split("\n    }", 1)[0], flags=re.S))
+    assert set(flavors) == set(android.RUNTIMES)  # one runtime, so one fbjni, per APK
+    abis = {name: set(re.findall(r"'([\w-]+)'", re.search(r"abiFilters ([^\n]+)", body).group(1)))
+            for name, body in flavors.items()}
+    assert abis == {"executorch": {"arm64-v8a", "x86_64"}, "lite": {"arm64-v8a", "armeabi-v7a", "x86", "x86_64"}}
+    assert "isDefault true" in flavors["executorch"] and "pickFirst" not in gradle
+    for flavor in flavors:  # each runtime is a dependency of its own flavor only
+        assert len(re.findall(rf"^    {flavor}Implementation ", gradle, flags=re.M)) == 1
+    assert not re.search(r"^    implementation .*org\.pytorch", gradle, flags=re.M)
 
 
 JAVA_STUBS = Path(__file__).parent / "java_stubs"
@@ -95,14 +103,18 @@ def test_the_apps_java_compiles_against_the_published_signatures(tmp_path):
     fails here rather than in a Gradle build nobody here can run."""
     import subprocess
 
-    sources = [*SOURCES.glob("*.java"), *generated_java(tmp_path / "generated"), *JAVA_STUBS.rglob("*.java")]
+    common = [*SOURCES.glob("*.java"), *generated_java(tmp_path / "generated"), *JAVA_STUBS.rglob("*.java")]
     assert "EXECUTORCH_VERSION" in (tmp_path / "generated" / Path(*android.PACKAGE.split(".")) /
                                     "BuildConfig.java").read_text()
-    result = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-d", str(tmp_path / "classes"),
-                             *map(str, sources)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    compiled = {path.stem for path in (tmp_path / "classes").rglob("*.class")}
-    assert {path.stem for path in SOURCES.glob("*.java")} <= compiled
+    for flavor in android.RUNTIMES:  # each product flavor: main plus its own source set, as Gradle compiles it
+        flavored = sorted((APP / "app" / "src" / flavor / "java").rglob("*.java"))
+        assert flavored, f"no src/{flavor}/java"
+        classes = tmp_path / f"classes-{flavor}"
+        result = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-d", str(classes),
+                                 *map(str, common + flavored)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{flavor}: {result.stderr[-3000:]}"
+        compiled = {path.stem for path in classes.rglob("*.class")}
+        assert {path.stem for path in [*SOURCES.glob("*.java"), *flavored]} <= compiled
 
 
 JVM_TESTS = APP / "app" / "src" / "test" / "java"
@@ -137,8 +149,8 @@ def test_the_apps_plain_java_passes_its_junit_tests_on_the_jvm(tmp_path):
 
     junit = re.search(r"testImplementation '(junit:junit:[^']+)'", (APP / "app" / "build.gradle").read_text())
     classpath = maven_classpath([junit.group(1)], tmp_path)
-    plain = [p for p in SOURCES.glob("*.java") if not re.search(r"\b(android|org\.pytorch|org\.json)\.", p.read_text())]
     tests = sorted(JVM_TESTS.rglob("*Test.java"))
+    plain = [SOURCES / f"{test.stem.removesuffix('Test')}.java" for test in tests]  # each tested class needs no Android
     assert plain and tests
     compiled = subprocess.run(["javac", "--release", "17", "-Xlint:all", "-Werror", "-cp", classpath, "-d",
                                str(tmp_path / "classes"), *map(str, plain + tests)],
@@ -203,9 +215,11 @@ def test_the_app_reads_what_export_and_staging_write(staged):
     assert read_keys == {"mean", "std", "input_shape", "app_model"} and read_keys <= set(sidecar)
     model_keys = set(re.findall(r'staged\.getString\("(\w+)"\)', sources))
     assert model_keys == {"file", "sha256", "precision"} and model_keys <= set(sidecar["app_model"])
-    # The runtime follows the staged file's extension, in the app and in BenchmarkActivity alike.
-    assert model_file.endswith({"executorch": ".pte", "lite": ".ptl"}[sidecar["app_model"]["runtime"]])
-    assert 'path.endsWith(".pte") ? new ExecuTorch(path, threads) : new Lite(path, threads)' in sources
+    # The staged file is the one the runtime's flavor opens (Runner refuses any other extension).
+    runtime = sidecar["app_model"]["runtime"]
+    flavor = (APP / "app" / "src" / runtime / "java" / Path(*android.PACKAGE.split(".")) / "FlavorRunner.java")
+    assert model_file.endswith(re.search(r'EXTENSION = "([^"]+)"', flavor.read_text()).group(1))
+    assert "if (!path.endsWith(FlavorRunner.EXTENSION))" in sources
     # No preprocessing constant is typed into the Java.
     assert not re.search(r"0\.49|0\.48|0\.44|0\.24|0\.26", sources)
 
@@ -217,7 +231,7 @@ def test_the_pinned_executorch_reads_what_the_exporter_writes():
 
     assert android.pinned_version("executorchVersion") == version("executorch").split("+")[0]
     pinned = (APP / "app" / "build.gradle").read_text()
-    assert 'implementation "org.pytorch:executorch-android:${executorchVersion}"' in pinned
+    assert 'executorchImplementation "org.pytorch:executorch-android:${executorchVersion}"' in pinned
 
 
 def test_the_pinned_runtime_reads_what_export_writes():
@@ -319,10 +333,20 @@ if [ -n "$FAKE_GRADLE_FAIL" ]; then
   echo "> Task :app:compileDebugJavaWithJavac FAILED" ; echo "FAILURE: Build failed with an exception." >&2
   echo "BUILD FAILED in 9s" >&2; exit 1
 fi
-variant=$(echo "${task#assemble}" | tr 'A-Z' 'a-z')
+rest="${task#assemble}"
+case "$rest" in
+  Executorch*) flavor=executorch; variant="${rest#Executorch}" ;;
+  Lite*) flavor=lite; variant="${rest#Lite}" ;;
+  *) echo "FAILURE: Build failed with an exception." >&2
+     echo "* What went wrong:" >&2
+     echo "Task '$task' is ambiguous in project ':app'. Candidates are: 'assembleExecutorch$rest', \
+'assembleLite$rest'." >&2
+     exit 1 ;;
+esac
+variant=$(echo "$variant" | tr 'A-Z' 'a-z')
 ls app/src/main/assets/model.pt[el] >/dev/null 2>&1 || { echo "assets not staged" >&2; exit 1; }
-mkdir -p "app/build/outputs/apk/$variant"
-head -c 4096 /dev/zero > "app/build/outputs/apk/$variant/app-$variant.apk"
+mkdir -p "app/build/outputs/apk/$flavor/$variant"
+head -c 4096 /dev/zero > "app/build/outputs/apk/$flavor/$variant/app-$flavor-$variant.apk"
 echo "> Task :app:$task"
 echo ""
 echo "BUILD SUCCESSFUL in 41s"
@@ -356,8 +380,12 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     (app_copy / "local.properties").write_text(f"sdk.dir={sdk}\n")  # found there when ANDROID_HOME is unset
     apk = android.build_apk(exported, lambda: synthetic_data.test, "release", app_copy, env)
-    assert apk == app_copy / "app/build/outputs/apk/release/app-release.apk" and apk.stat().st_size == 4096
-    with pytest.raises(PrunedroidError, match=r"assembleDebug` failed .*\n(.*\n)*BUILD FAILED in 9s"):
+    assert apk == app_copy / "app/build/outputs/apk/executorch/release/app-executorch-release.apk"
+    assert apk.stat().st_size == 4096
+    lite = android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, env, runtime="lite")
+    assert lite == android.apk_path("lite", "debug", app_copy) and lite.name == "app-lite-debug.apk"
+    assert (android.assets_dir(app_copy) / "model.ptl").is_file()
+    with pytest.raises(PrunedroidError, match=r"assembleExecutorchDebug` failed .*\n(.*\n)*BUILD FAILED in 9s"):
         android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, {**env, "FAKE_GRADLE_FAIL": "1"})
     assert (android.assets_dir(app_copy) / "model.pte").is_file()  # staged assets stay for the next try
     with pytest.raises(PrunedroidError, match="--variant must be debug or release"):
@@ -366,7 +394,8 @@ def test_build_apk_with_fake_tools(tmp_path, app_copy, exported, synthetic_data)
     tool(app_copy, "gradlew", FAKE_GRADLE)
     (bin_dir / "gradle").unlink()
     try:
-        assert android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, env).name == "app-debug.apk"
+        assert android.build_apk(exported, lambda: synthetic_data.test, "debug", app_copy, env).name == \
+            "app-executorch-debug.apk"
     finally:
         (app_copy / "gradlew").unlink()
 

@@ -57,13 +57,21 @@ def models(tmp_path_factory, synthetic_data) -> list[Path]:
 
 @pytest.fixture
 def apk(tmp_path) -> Path:
-    path = tmp_path / "app-debug.apk"
-    path.write_bytes(b"PK")
+    """The executorch flavor's APK (the fake phone's app runs what its bytes name: tests/fake_adb.py)."""
+    path = tmp_path / "app-executorch-debug.apk"
+    path.write_bytes(b"PK executorch")
     return path
 
 
-def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apk, tmp_path):
-    result = bench_device(models, apk, warmup=2, runs=5, threads=2, env=phone)
+@pytest.fixture
+def apks(apk) -> dict[str, Path]:
+    lite = apk.with_name("app-lite-debug.apk")
+    lite.write_bytes(b"PK lite")
+    return {"executorch": apk, "lite": lite}
+
+
+def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apks, tmp_path):
+    result = bench_device(models, apks, warmup=2, runs=5, threads=2, env=phone)
     assert result["serial"] == "R5CT1234ABC" and result["device"]["model"] == "Pixel 7"
     assert set(result["models"]) == {"lite", "executorch"}
     for runtime, suffix in (("lite", ".ptl"), ("executorch", ".pte")):
@@ -88,25 +96,30 @@ def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apk, 
         assert phone_rows[0]["latency vs base"] == "1.00x" and phone_rows[1]["test top-1"] == ""
 
 
-def test_device_failures_are_explained(phone, models, apk):
+def test_device_failures_are_explained(phone, models, apk, apks):
     with pytest.raises(PrunedroidError, match="INSTALL_FAILED_UPDATE_INCOMPATIBLE(.|\n)*adb uninstall"):
-        bench_device(models, apk, env={**phone, "FAKE_ADB_INSTALL_FAIL": "1"})
+        bench_device(models, apks, env={**phone, "FAKE_ADB_INSTALL_FAIL": "1"})
     with pytest.raises(PrunedroidError, match="no result for base after 1 s(.|\n)*FATAL EXCEPTION"):
-        bench_device(models, apk, env={**phone, "FAKE_ADB_CRASH": "1"}, timeout=1)
+        bench_device(models, apks, env={**phone, "FAKE_ADB_CRASH": "1"}, timeout=1)
     with pytest.raises(PrunedroidError, match="is not what this version writes"):
-        bench_device(models, apk, env={**phone, "FAKE_ADB_OLD_APP": "1"})
+        bench_device(models, apks, env={**phone, "FAKE_ADB_OLD_APP": "1"})
     with pytest.raises(PrunedroidError, match="Allow USB debugging"):
-        bench_device(models, apk, env={**phone, "FAKE_ADB_DEVICES": LOCKED})
-    with pytest.raises(PrunedroidError, match="no APK at"):
-        bench_device(models, apk.with_name("missing.apk"), env=phone)
+        bench_device(models, apks, env={**phone, "FAKE_ADB_DEVICES": LOCKED})
+    with pytest.raises(PrunedroidError, match="no APK at .*invoke build-apk --runtime lite"):
+        bench_device(models, {**apks, "lite": apk.with_name("missing.apk")}, env=phone)
+    # One runtime per build: the lite build cannot run a .pte (the app refuses it), nor the ExecuTorch build a .ptl.
+    with pytest.raises(PrunedroidError, match="could not benchmark base: .*this build runs .ptl files"):
+        bench_device(models, {"executorch": apks["lite"]}, env=phone)
+    with pytest.raises(PrunedroidError, match="an APK per runtime, of executorch, lite; got tflite"):
+        bench_device(models, {"tflite": apk}, env=phone)
 
 
-def test_bench_device_from_the_command_line(phone, models, apk, tmp_path, monkeypatch):
+def test_bench_device_from_the_command_line(phone, models, apks, tmp_path, monkeypatch):
     for key, value in phone.items():
         monkeypatch.setenv(key, value)
     report = tmp_path / "bench"
-    result = run_invoke("bench-device", "--models", ",".join(map(str, models)), "--apk", str(apk), "--runs", "3",
-                        "--report", str(report))
+    result = run_invoke("bench-device", "--models", ",".join(map(str, models)), "--apk", str(apks["executorch"]),
+                        "--lite-apk", str(apks["lite"]), "--runs", "3", "--report", str(report))
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads(report.with_suffix(".json").read_text())
     assert saved["device"]["serial"] == "R5CT1234ABC" and len(saved["rows"]) == 4

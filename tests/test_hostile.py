@@ -174,7 +174,7 @@ def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, exported)
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
     with pytest.raises(PrunedroidError, match="letters, digits and . _ - only"):
-        bench_device([hostile], apk, warmup=1, runs=2, env=phone)
+        bench_device([hostile], {"executorch": apk}, warmup=1, runs=2, env=phone)
     assert not planted(tmp_path / "state") and not (tmp_path / "state" / "fs").exists()
 
 
@@ -191,8 +191,8 @@ def test_a_sidecar_cannot_send_or_stage_a_file_outside_its_folder(phone, tmp_pat
     edit_sidecar(sidecar, ptl=name, ptl_bytes=target.stat().st_size, ptl_sha256=file_sha256(target))
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
-    with pytest.raises(PrunedroidError, match="must be a plain name"):
-        bench_device([sidecar], apk, warmup=1, runs=2, env=phone)
+    with pytest.raises(PrunedroidError, match="must be a plain name"):  # the .ptl it names runs on the lite build
+        bench_device([sidecar], {"lite": apk}, warmup=1, runs=2, env=phone)
     assert not (tmp_path / "state" / "fs").exists()  # nothing pushed
     with pytest.raises(PrunedroidError, match="must be a plain name"):
         check_model(sidecar, runtime="lite")
@@ -340,7 +340,7 @@ def test_two_sidecars_with_one_name_are_refused(phone, tmp_path, exported, synth
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
     with pytest.raises(PrunedroidError, match="names two models called 'model'"):
-        bench_device([first, second], apk, warmup=1, runs=2, env=phone)
+        bench_device([first, second], {"executorch": apk}, warmup=1, runs=2, env=phone)
 
 
 # --- 8. latency tables -------------------------------------------------------------------------------------------
@@ -389,7 +389,8 @@ def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, exported, re
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
     with pytest.raises(PrunedroidError, match=message):
-        bench_device([exported["base"]], apk, warmup=1, runs=2, env={**phone, "FAKE_ADB_RESULT": result})
+        bench_device([exported["base"]], {"executorch": apk}, warmup=1, runs=2,
+                     env={**phone, "FAKE_ADB_RESULT": result})
 
 
 @pytest.mark.parametrize("changes, problem", [

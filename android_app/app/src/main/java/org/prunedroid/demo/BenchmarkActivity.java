@@ -144,7 +144,7 @@ public class BenchmarkActivity extends Activity {
                 .put("model", file.getName()).put("model_bytes", file.length()).put("load_ms", loadMs)
                 .put("runs", runs).put("warmup", warmup).put("threads", threads).put("latency_ms", latency)
                 .put("latencies_ms", all).put("device", device)
-                .put("runtime", Runner.runtimeOf(file.getName()))
+                .put("runtime", Runner.runtime())
                 .put("summary", summary);
     }
 

@@ -67,7 +67,7 @@ final class Classifier {
         // Named by the model's hash, so an app update with a new model never reads the old copy.
         String copy = "model-" + staged.getString("sha256").substring(0, 16) + file.substring(file.lastIndexOf('.'));
         String path = assetFilePath(context, file, copy, staged.getString("sha256"));
-        String description = Runner.runtimeOf(path) + ", " + staged.getString("precision");
+        String description = Runner.runtime() + ", " + staged.getString("precision");
         return new Classifier(Runner.open(path, 0), sidecar, labels, description);
     }
 
