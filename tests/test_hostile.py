@@ -372,6 +372,23 @@ def test_prune_with_a_tampered_latency_table_is_one_line(tmp_path, cifar_dir):
     assert not (tmp_path / "pruned").exists()
 
 
+@pytest.mark.parametrize("table, message", [
+    (None, "No such file or directory"),
+    ('{"where": {"device": {"model": "x"}}, "ms": {"conv 3x32x32->4": -1}}', "is not a latency table"),
+    ('{"where": {"runtime": "onnxruntime 1.0", "cpu": "x"}, "ms": {}}', "was not measured on a device"),
+])
+def test_prune_with_a_bad_phone_latency_table_is_one_line(tmp_path, cifar_dir, table, message):
+    base = save_untrained_base(tmp_path / "base.pt")
+    given = tmp_path / "phone.json"
+    if table is not None:
+        given.write_text(table)
+    before = tree(tmp_path)
+    one_line_exit_2(run_invoke("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction",
+                               "0.5", "--latency-table", str(given), "--data-dir", str(cifar_dir), "--out",
+                               str(tmp_path / "pruned"), cwd=tmp_path), message)
+    assert tree(tmp_path) == before  # the phone's table is read, never written; nothing else appears
+
+
 # --- 9. numbers from a phone or a sidecar ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("result, message", [

@@ -147,6 +147,8 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("prune", "--latency-reduction", "0.5"), "--latency-reduction and --allocation latency go together"),
     (("pipeline", "--allocation", "latency", "--latency-reduction", "2"), r"must be in \(0, 1\)"),
     (("prune", "--mac-reduction", "0.5", "--latency-runtime", "onnxruntime"), "add --allocation latency"),
+    (("prune", "--allocation", "latency", "--latency-reduction", "0.5", "--latency-runtime", "onnxruntime",
+      "--latency-table", "phone.json"), "give it or --latency-runtime, not both"),
     (("pipeline", "--allocation", "latency", "--latency-reduction", "0.5", "--latency-runtime", "tflite"),
      "--latency-runtime is one of onnxruntime, executorch, executorch-int8"),
     (("pipeline", "--allocation", "global", "--min-keep", "x"), "--min-keep expects a finite number"),
