@@ -30,7 +30,7 @@ from prunedroid import data as cifar
 from prunedroid import pte
 from prunedroid.bench import interleaved_latencies_ms, onnx_session
 from prunedroid.deploy import fold_batchnorm, write_onnx
-from prunedroid.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block
+from prunedroid.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block, write_timing_pte
 from prunedroid.models import build_model
 from prunedroid.models.vgg import VGGSpec, vgg16_spec
 from prunedroid.pruned import example_input
@@ -65,10 +65,7 @@ def write_program(model: torch.nn.Module, example: torch.Tensor, runtime: str, p
     if runtime == "onnxruntime":
         write_onnx(model, partial, dynamic_batch=False, example=example)
     else:
-        if runtime == "executorch-int8":
-            calibration = torch.rand((4, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
-            model = pte.quantize_int8(model, calibration)
-        pte.write_pte(model, partial, example)
+        write_timing_pte(model, example, partial, int8=runtime == "executorch-int8")
     partial.replace(path)
 
 

@@ -63,11 +63,17 @@ def write_layer_pte(shape: LayerShape, path: Path, int8: bool = False) -> torch.
     """One layer shape as an ExecuTorch program delegated to XNNPACK at `path` (int8: weights per output channel,
     activations per tensor, as `export --quantize int8` writes the model); returns its zero (1, C, H, W) input."""
     block, example = layer_block(shape, image_input=True)
+    write_timing_pte(block, example, path, int8)
+    return example
+
+
+def write_timing_pte(model: nn.Module, example: torch.Tensor, path: Path, int8: bool = False) -> None:
+    """`model` (eval, fresh weights) as an XNNPACK program at `path` for timing only: int8 observers calibrated on
+    random inputs shaped as `example`, since the kernels' speed does not depend on the values."""
     if int8:
         generator = torch.Generator().manual_seed(0)
-        block = pte.quantize_int8(block, torch.rand((CALIBRATION_INPUTS, *example.shape[1:]), generator=generator))
-    pte.write_pte(block, path, example)
-    return example
+        model = pte.quantize_int8(model, torch.rand((CALIBRATION_INPUTS, *example.shape[1:]), generator=generator))
+    pte.write_pte(model, path, example)
 
 
 def _median_ms(call: Callable[[], object]) -> float:
