@@ -9,8 +9,8 @@ final class FlavorRunner implements Runner {
 
     FlavorRunner(String path, int threads) {
         if (threads > 0) {
-            // LitePyTorchAndroid, not PyTorchAndroid: the latter loads libpytorch_jni, which the lite AAR lacks.
-            org.pytorch.LitePyTorchAndroid.setNumThreads(threads);
+            // The lite AAR's own PyTorchAndroid: it loads libpytorch_jni_lite (the full AAR's loads libpytorch_jni).
+            org.pytorch.PyTorchAndroid.setNumThreads(threads);
         }
         module = org.pytorch.LiteModuleLoader.load(path);
     }

@@ -6,6 +6,7 @@ import android.content.Intent;
 import android.graphics.Bitmap;
 import android.graphics.BitmapFactory;
 import android.net.Uri;
+import android.os.Build;
 import android.os.Bundle;
 import android.os.Handler;
 import android.os.Looper;
@@ -109,7 +110,7 @@ public class MainActivity extends Activity {
             return;
         }
         if (requestCode == TAKE_PHOTO && data.getExtras() != null) {
-            classify((Bitmap) data.getExtras().get("data"), "camera");  // the thumbnail: plenty for 32x32
+            classify(thumbnail(data.getExtras()), "camera");  // the thumbnail: plenty for 32x32
         } else if (requestCode == PICK_IMAGE && data.getData() != null) {
             Uri uri = data.getData();
             work(() -> {
@@ -121,6 +122,19 @@ public class MainActivity extends Activity {
                 }
             });
         }
+    }
+
+    /** The camera's thumbnail; Bundle's typed getter exists from API 33, the app runs from 24. */
+    private static Bitmap thumbnail(Bundle extras) {
+        if (Build.VERSION.SDK_INT >= 33) {
+            return extras.getParcelable("data", Bitmap.class);
+        }
+        return legacyParcelable(extras);
+    }
+
+    @SuppressWarnings("deprecation")
+    private static Bitmap legacyParcelable(Bundle extras) {
+        return extras.getParcelable("data");
     }
 
     /** The image at `uri`, decoded at a power-of-two fraction of its size with no side above `maxSide` pixels: a

@@ -1,5 +1,7 @@
 package org.prunedroid.demo;
 
+import java.util.function.BiFunction;
+
 /**
  * One forward pass on the runtime this build ships (its product flavor's FlavorRunner): ExecuTorch for .pte files
  * in the executorch flavor, PyTorch Mobile's lite interpreter for .ptl files in the lite one. Both take the same
@@ -19,7 +21,16 @@ interface Runner {
                     + FlavorRunner.RUNTIME + ", not " + path + ": build the app for that file (invoke build-apk "
                     + "--runtime executorch for .pte, lite for .ptl)");
         }
-        return new FlavorRunner(path, threads);
+        return Opener.open.apply(path, threads);
+    }
+
+    /** What open() builds a runner with: this flavor's FlavorRunner. Tests on the JVM, where no native runtime can
+     * load, put a fake here (src/test); the app never changes it. */
+    final class Opener {
+        static volatile BiFunction<String, Integer, Runner> open = FlavorRunner::new;
+
+        private Opener() {
+        }
     }
 
     /** This build's runtime, as the sidecar and the benchmark results name it. */

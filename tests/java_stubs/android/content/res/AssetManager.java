@@ -1,1 +1,0 @@
-package android.content.res; public class AssetManager { public java.io.InputStream open(String n) throws java.io.IOException { return null; } public String[] list(String p) throws java.io.IOException { return null; } }

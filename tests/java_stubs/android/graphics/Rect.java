@@ -1,1 +1,0 @@
-package android.graphics; public final class Rect { }

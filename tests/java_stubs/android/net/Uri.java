@@ -1,1 +1,0 @@
-package android.net; public abstract class Uri {}

@@ -1,1 +1,0 @@
-package org.json; public class JSONArray { public int length() { return 0; } public double getDouble(int i) throws JSONException { return 0; } public int getInt(int i) throws JSONException { return 0; } public long getLong(int i) throws JSONException { return 0; } public JSONArray put(double v) { return this; } }

@@ -1,1 +1,0 @@
-package org.pytorch; public class LitePyTorchAndroid { public static void setNumThreads(int n) {} }
