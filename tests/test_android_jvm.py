@@ -43,10 +43,12 @@ def gradle_dependency(artifact: str) -> str:
     return re.search(rf"Implementation '([\w.-]+:{artifact}:[^']+)'", GRADLE).group(1)
 
 
-def maven_jars(dependencies: list[str], folder: Path, transitive: bool = True) -> list[Path]:
-    """The jars of `dependencies` ("group:artifact:version", ":aar" after it for an Android library), and of theirs
-    unless not `transitive`, resolved by Maven from Maven Central into its own cache (~/.m2, outside the repository);
-    skips, saying why, only where Maven Central cannot be reached and nothing is cached."""
+def maven_artifacts(dependencies: list[str], folder: Path, transitive: bool = True,
+                    absent: str | None = None) -> list[Path]:
+    """The files (jars, AARs) of `dependencies` ("group:artifact:version", ":aar" after it for an Android library),
+    and of theirs unless not `transitive`, resolved by Maven from Maven Central into its own cache (~/.m2, outside
+    the repository). Skips, saying why, where Maven Central cannot be reached and nothing is cached, or - given
+    `absent`, the reason to skip - where Maven Central does not serve one of them."""
     folder.mkdir(parents=True, exist_ok=True)
     exclusions = "" if transitive else "<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId>" \
                                        "</exclusion></exclusions>"
@@ -58,10 +60,18 @@ def maven_jars(dependencies: list[str], folder: Path, transitive: bool = True) -
     result = subprocess.run(["mvn", "-q", "-B", "dependency:build-classpath", "-Dmdep.outputFile=cp.txt"],
                             cwd=folder, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        if "Could not transfer" in result.stdout + result.stderr or "Unknown host" in result.stdout + result.stderr:
+        said = result.stdout + result.stderr
+        if "Could not transfer" in said or "Unknown host" in said:
             pytest.skip(f"Maven Central cannot be reached and {', '.join(dependencies)} are not in ~/.m2")
-        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
-    return [classes_jar(Path(path), folder) for path in (folder / "cp.txt").read_text().strip().split(":")]
+        if absent and ("Could not find artifact" in said or "was not found in" in said):
+            pytest.skip(absent)
+        raise AssertionError(said[-3000:])
+    return [Path(path) for path in (folder / "cp.txt").read_text().strip().split(":")]
+
+
+def maven_jars(dependencies: list[str], folder: Path, transitive: bool = True) -> list[Path]:
+    """maven_artifacts as a JVM classpath: each AAR's classes.jar in its place."""
+    return [classes_jar(path, folder) for path in maven_artifacts(dependencies, folder, transitive)]
 
 
 def classes_jar(path: Path, folder: Path) -> Path:
@@ -225,3 +235,20 @@ def test_the_apps_junit_and_robolectric_tests_pass_on_the_jvm(tmp_path, exported
     result = read_result((out / "bench-result.json").read_text(), "pruned", runs=7)
     assert result["runtime"] == f"executorch-android {android.pinned_version('executorchVersion')}"
     assert torch.tensor(result["latencies_ms"]).eq(2.0).all()
+
+
+@needs_jdk
+def test_the_default_flavors_native_libraries_load_on_16k_page_phones(tmp_path):
+    """Google Play requires apps targeting Android 15+ to load on 16 KB-page phones: every .so of the default
+    flavor's runtime, in every ABI the flavor packages, has its loadable segments 16 KB-aligned. (The lite flavor's
+    are not - benchmarks/results/native_libraries.md - which docs/android.md says.)"""
+    from prunedroid.elf import native_libraries
+
+    pinned = android.pinned_version("executorchVersion")
+    aar = maven_artifacts([f"org.pytorch:executorch-android:{pinned}:aar"], tmp_path, transitive=False,
+                          absent=f"org.pytorch:executorch-android:{pinned} is not served by this machine's Maven "
+                                 f"Central mirror (nor any version of it): its libraries cannot be read here")[0]
+    abis = set(re.findall(r"'([\w-]+)'", re.search(r"executorch \{.*?abiFilters ([^\n]+)", GRADLE, re.S).group(1)))
+    libraries = native_libraries(aar)
+    assert abis <= {library.abi for library in libraries}
+    assert [library for library in libraries if library.abi in abis and not library.page_16k_ready] == []
