@@ -49,16 +49,24 @@ def held_out_top1(holdout: cifar.Split) -> Callable[[nn.Module], float]:
 def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve]]) -> list[Curve]:
     """`measure()`, or the curves stored under `key` in the JSON file `cache` (written there when new): the curves
     depend on the base model, the method and the held-out images, not on the target."""
-    stored = read_json(cache, "a cache of sensitivity curves") if cache is not None and cache.exists() else {}
-    if not isinstance(stored, dict):
-        raise PrunedroidError(f"{cache} is not a cache of sensitivity curves; delete it and they are measured again")
+    stored = _read_curves(cache)
     if key not in stored:
-        stored[key] = measure()
+        curves = measure()
         if cache is not None:
+            # Read again: another run sharing the cache may have stored its curves while these were measured.
+            stored = {**_read_curves(cache), key: curves}
             cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache) as tmp:
                 tmp.write_text(json.dumps(stored, indent=1) + "\n")
+        stored[key] = curves
     return [[(int(kept), float(loss)) for kept, loss in curve] for curve in stored[key]]
+
+
+def _read_curves(cache: Path | None) -> dict:
+    stored = read_json(cache, "a cache of sensitivity curves") if cache is not None and cache.exists() else {}
+    if not isinstance(stored, dict):
+        raise PrunedroidError(f"{cache} is not a cache of sensitivity curves; delete it and they are measured again")
+    return stored
 
 
 def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: int = 0,

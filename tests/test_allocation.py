@@ -126,6 +126,19 @@ def test_sensitivity_curves_are_cached_per_key(tmp_path):
     assert set(json.loads(cache.read_text())) == {"l1", "scp"}
 
 
+def test_two_runs_sharing_a_curve_cache_keep_each_others_curves(tmp_path):
+    """Two benchmarks measuring different methods' curves into one cache at once: the one that finishes second
+    must not write back the cache as it read it before measuring."""
+    cache = tmp_path / "curves.json"
+
+    def slow_scp_curves():
+        cached_curves(cache, "tp-group-norm", lambda: [[(8, 0.0), (4, 2.0)]])  # the other run finishes meanwhile
+        return [[(8, 0.0), (4, 0.5)]]
+
+    cached_curves(cache, "scp", slow_scp_curves)
+    assert set(json.loads(cache.read_text())) == {"scp", "tp-group-norm"}
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(ratio=0.5, allocation="global"), "give `mac_reduction`"),
     (dict(mac_reduction=0.5, allocation="best"), "unknown `allocation`"),
