@@ -196,8 +196,9 @@ def test_the_apps_junit_and_robolectric_tests_pass_on_the_jvm(tmp_path, exported
     Central, the executorch flavor): the plain classes' tests, and the Activities with a fake runner on the staged
     assets - rotation during a load, a native library that will not load, an inference error, hostile benchmark
     extras, a 12-megapixel gallery image. Then what the app computed is checked from this side: the tensors it fed
-    the runner equal the training pipeline's normalisation of the same images, and the benchmark result it wrote is
-    what bench-device reads."""
+    the runner equal the training pipeline's normalisation of the same images (the real CIFAR-10 test images where
+    they lie beside the checkout, as in CI; else synthetic ones), and the benchmark result it wrote is what
+    bench-device reads."""
     images = synthetic_data.test if cifar.missing_batches(REAL_CIFAR_DIR) else cifar.load_test(REAL_CIFAR_DIR,
                                                                                                  download=False)
     assets = android.stage_assets(exported, images, "executorch", "fp32", app_copy, samples=5)
