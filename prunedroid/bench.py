@@ -23,13 +23,14 @@ from prunedroid.errors import PrunedroidError
 from prunedroid.files import read_json
 from prunedroid.options import is_finite_number
 from prunedroid.probe import probe
-from prunedroid.pruning.cost import count_cost
+from prunedroid.pruning.cost import ModelCost, count_cost
 from prunedroid.sidecar import Sidecar, unique_names
 
 ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, 32, 32) normalised images -> (N, 10) logits
+Runtimes = dict[str, tuple[Predictor, int]]  # runtime -> (its predictor, the file it runs, bytes)
 
 
 def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (imported lazily)
@@ -120,7 +121,7 @@ def _model_files(sidecar: Sidecar) -> dict[str, Path]:
     return files
 
 
-def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> dict[str, tuple[Predictor, int]]:
+def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> Runtimes:
     """runtime -> (batch -> logits, file size in bytes) for one exported model: `model` (its checkpoint's) in eager
     PyTorch and each of `files` (runtime -> checked and probed file) in its runtime."""
     eager = fold_batchnorm(model)
@@ -153,20 +154,26 @@ def _exported_model(sidecar: Sidecar) -> nn.Module:
     return checkpoint.model()
 
 
-def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
-              rounds: int = ROUNDS) -> dict:
-    """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
-    shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
-    check_timing(threads, warmup, runs, rounds)
+def load_models(sidecars: list[str | Path], threads: int = 1) -> dict[str, tuple[Sidecar, Runtimes, ModelCost]]:
+    """Each exported model, by its sidecar's name: the sidecar, runtime -> (predictor, file bytes) for eager PyTorch
+    and every file it names, and the model's cost. Every file is checked against its sidecar's hash and run once in
+    a child process first, so no damaged or crafted file reaches a runtime in this one."""
     paths = [Path(p) for p in sidecars]
     unique_names(paths)
     torch.set_num_threads(threads)
     described = [Sidecar.read(path) for path in paths]
     exported = [(sidecar, _exported_model(sidecar), _model_files(sidecar)) for sidecar in described]
-    # Every file is run once in a child process first, so no damaged or crafted file reaches a runtime here.
     probe({file: list(sidecar.input_shape) for sidecar, _, files in exported for file in files.values()})
-    models = {sidecar.name: (sidecar, _predictors(model, files, threads), count_cost(model))
-              for sidecar, model, files in exported}
+    return {sidecar.name: (sidecar, _predictors(model, files, threads), count_cost(model))
+            for sidecar, model, files in exported}
+
+
+def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
+              rounds: int = ROUNDS) -> dict:
+    """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
+    shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
+    check_timing(threads, warmup, runs, rounds)
+    models = load_models(sidecars, threads)
     images = cifar.normalize(test.images)
     one = images[:1].contiguous()
     latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)

@@ -1,0 +1,138 @@
+"""Instructions per batch-1 inference, counted by valgrind's callgrind, for exported models in every runtime: a
+latency proxy that no other job on a shared machine can disturb (a timing ratio here has moved by up to 1.7x between
+processes; an instruction count repeats). Each runtime runs one thread; the count covers only the inference calls
+(callgrind's client requests start and stop it around them, after a warm-up), divided by the number of calls.
+
+    python benchmarks/instructions.py --models runs/x/export/base.json,runs/x/export/pruned.json \\
+        --out benchmarks/results/instructions_x
+
+The first model is the base the ratios are to. Caveats: valgrind emulates the CPU up to AVX2 and reports no AVX-512
+to the program, so the runtimes take their AVX2 kernels here, not the AVX-512 ones this host would run natively (nor
+a phone's ARM ones); and instructions are not time - memory stalls and instruction-level parallelism do not count.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from prunedroid.bench import load_models
+from prunedroid.report import markdown_table, write_results
+
+# Client requests of valgrind/callgrind.h, compiled once into a small library the worker calls through ctypes: the
+# count is zeroed and switched on just before the calls and dumped, named, just after them.
+HELPER = r"""
+#include <valgrind/callgrind.h>
+void counting_start(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; CALLGRIND_TOGGLE_COLLECT; }
+void counting_stop(const char *name) {
+    CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS_AT(name); CALLGRIND_STOP_INSTRUMENTATION;
+}
+"""
+
+
+def build_helper(folder: Path) -> Path:
+    source, library = folder / "counting.c", folder / "libcounting.so"
+    source.write_text(HELPER)
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library
+
+
+def count_in_this_process(sidecars: list[str], calls: int, warmup: int, library: Path) -> None:
+    """Runs under callgrind: every model in every runtime, `warmup` calls, then `calls` counted ones."""
+    helper = ctypes.CDLL(str(library))
+    models = load_models(sidecars, threads=1)
+    generator = torch.Generator().manual_seed(0)
+    for name, (sidecar, runtimes, _) in models.items():
+        image = torch.randn(tuple(sidecar.input_shape), generator=generator)
+        for runtime, (predict, _) in runtimes.items():
+            for _ in range(warmup):
+                predict(image)
+            helper.counting_start()
+            for _ in range(calls):
+                predict(image)
+            helper.counting_stop(f"{name}/{runtime}".encode())
+
+
+def read_dumps(folder: Path) -> dict[str, int]:
+    """"model/runtime" -> instructions (Ir) counted, from callgrind's dump files in `folder`."""
+    counted = {}
+    # callgrind.out.<n>: one file per dump, numbered in the order they were made (models, then runtimes, in order).
+    for dump in sorted(folder.glob("callgrind.out.*"), key=lambda path: int(path.suffix[1:])):
+        text = dump.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: Client Request: (.+)$", text, flags=re.M)
+        total = re.search(r"^(?:totals|summary): (\d+)", text, flags=re.M)
+        if trigger and total:
+            counted[trigger.group(1).strip()] = int(total.group(1))
+    return counted
+
+
+def count_instructions(sidecars: list[str], calls: int, warmup: int, processes: int) -> list[dict[str, int]]:
+    """Per process, "model/runtime" -> instructions per call."""
+    if shutil.which("valgrind") is None or shutil.which("cc") is None:
+        sys.exit("needs valgrind (with its headers, valgrind/callgrind.h) and a C compiler")
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        library = build_helper(Path(scratch))
+        for index in range(processes):
+            dumps = Path(scratch) / f"process-{index}"
+            dumps.mkdir()
+            subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
+                            f"--callgrind-out-file={dumps / 'callgrind.out'}", "--quiet", sys.executable, __file__,
+                            "--worker", str(library), "--models", ",".join(sidecars), "--calls", str(calls),
+                            "--warmup", str(warmup)], check=True)
+            results.append({key: round(total / calls) for key, total in read_dumps(dumps).items()})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", required=True, help="sidecars (.json) of exported models, the base first")
+    parser.add_argument("--out", default="benchmarks/results/instructions")
+    parser.add_argument("--calls", type=int, default=10, help="counted inference calls per model and runtime")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2, help="separate valgrind runs, to show the counts repeat")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # the helper library, in the process valgrind runs
+    args = parser.parse_args()
+    sidecars = args.models.split(",")
+    if args.worker:
+        count_in_this_process(sidecars, args.calls, args.warmup, Path(args.worker))
+        return
+    results = count_instructions(sidecars, args.calls, args.warmup, args.processes)
+    keys = list(results[0])
+    base = keys[0].split("/")[0]
+    rows = []
+    for key in keys:
+        model, runtime = key.split("/")
+        counts = [result[key] for result in results]
+        ratios = [result[key] / result[f"{base}/{runtime}"] for result in results]
+        rows.append({"model": model, "runtime": runtime, "instructions": statistics.median(counts),
+                     "spread": (max(counts) - min(counts)) / statistics.median(counts),
+                     "ratio": statistics.median(ratios)})
+    table = [{"model": row["model"], "runtime": row["runtime"],
+              "instructions per inference (M)": f"{row['instructions'] / 1e6:.2f}",
+              "max-min over processes": f"{100 * row['spread']:.3f}%", "vs base": f"{row['ratio']:.3f}x"}
+             for row in rows]
+    write_results(args.out, {"calls": args.calls, "warmup": args.warmup, "processes": args.processes,
+                             "models": sidecars, "rows": rows, "per_process": results},
+                  "Instructions per batch-1 inference (callgrind), every runtime",
+                  markdown_table(table, list(table[0])), notes=NOTES.format(processes=args.processes, calls=args.calls))
+
+
+NOTES = """
+Counted by `valgrind --tool=callgrind` over {calls} calls per model and runtime after a warm-up, one thread, in
+{processes} separate processes; "vs base" is the median over the processes of the ratio to the first model in the
+same runtime. Under valgrind the runtimes run their AVX2 kernels (valgrind does not emulate AVX-512), so the counts
+describe those code paths; instructions are not time (memory stalls and parallel issue do not count).
+"""
+
+
+if __name__ == "__main__":
+    main()
