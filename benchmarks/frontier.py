@@ -15,6 +15,8 @@ curves are cached under --work, so they are measured once per method whatever th
 from __future__ import annotations
 
 import dataclasses
+import json
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -104,38 +106,76 @@ def within(payload: dict, points: float = 0.5) -> str:
     return markdown_table(rows, list(rows[0])) if rows else "No cell was fine-tuned.\n"
 
 
+def finetuned_top1(cell: dict) -> tuple[float, float] | None:
+    """(mean, sd) in % of a cell's fine-tuned top-1 over its seeds (sd 0 with one seed), or None if not fine-tuned."""
+    if cell.get("top1_finetuned") is None:
+        return None
+    values = [100 * v for v in (cell["top1_finetuned"], *cell.get("top1_finetuned_seeds", {}).values())]
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+RECIPE_STYLES = ("-o", "--s", "-.D")  # fine-tuning recipes in order; pruned models are dotted triangles
+
+
 def plot(payloads: dict[str, dict], path: Path) -> None:
-    """Top-1 against MACs kept (and against latency when timed), one line per method x allocation and recipe."""
+    """Top-1 against MACs kept (and against onnxruntime latency when timed): the fine-tuned models on the upper row,
+    on an axis of their own, the pruned ones (BatchNorm re-measured) below; one colour per method x allocation,
+    one line style and marker per recipe; error bars are the sd over fine-tune seeds where there are several."""
     timed = any("onnx_ms" in cell and "base_onnx_ms" in payload for payload in payloads.values()
                 for cell in payload["cells"].values())
-    figure, axes = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 6.5, 4.5), squeeze=False)
-    for recipe, payload in payloads.items():
-        lines: dict[str, list[tuple[float, float, float | None]]] = {}
-        for key, cell in payload["cells"].items():
-            top1 = cell["top1_recalibrated"] if recipe == "pruned" else cell.get("top1_finetuned")
-            if top1 is None:
+    figure, axes = plt.subplots(2, 2 if timed else 1, figsize=(12 if timed else 6.5, 8), squeeze=False)
+    first = next(iter(payloads.values()))
+    series = sorted({key.split("/", 1)[1] for payload in payloads.values() for key in payload["cells"]})
+    colours = dict(zip(series, plt.get_cmap("tab10").colors))
+    for index, (recipe, payload) in enumerate(payloads.items()):
+        for name in series:
+            points = []
+            for key, cell in payload["cells"].items():
+                if key.split("/", 1)[1] != name:
+                    continue
+                top1 = (100 * cell["top1_recalibrated"], 0.0) if recipe == "pruned" else finetuned_top1(cell)
+                if top1 is not None:
+                    latency = cell["onnx_ms"] / first["base_onnx_ms"] if timed and "onnx_ms" in cell else None
+                    points.append((1 - cell["mac_reduction"], *top1, latency))
+            if not points:
                 continue
-            name = f"{key.split('/', 1)[1]} ({recipe})"
-            latency = cell["onnx_ms"] / payload["base_onnx_ms"] if timed and "onnx_ms" in cell else None
-            lines.setdefault(name, []).append((1 - cell["mac_reduction"], 100 * top1, latency))
-        for name, points in lines.items():
-            points.sort()
-            style = "--" if "pruned" in name else "-"
-            axes[0][0].plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
-            if timed and all(p[2] is not None for p in points):
-                axes[0][1].plot([p[2] for p in points], [p[1] for p in points], style, marker="o", label=name)
-    base = next(iter(payloads.values()))["base"]["test_top1"] * 100
-    for axis, label in zip(axes[0], ("MACs kept (fraction of the base)", "onnxruntime latency (fraction of base)")):
-        axis.axhline(base, color="grey", linewidth=0.8)
-        axis.axhline(base - 0.5, color="grey", linewidth=0.8, linestyle=":")
-        axis.set_xlabel(label)
-        axis.set_ylabel("test top-1 (%)")
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    figure.suptitle("Allocation frontier: grey = base, dotted = base - 0.5 point")
+            row = 1 if recipe == "pruned" else 0
+            style = ":^" if recipe == "pruned" else RECIPE_STYLES[(index - 1) % len(RECIPE_STYLES)]
+            columns = [(0, [p[0] for p in points])]
+            if timed and all(p[3] is not None for p in points):
+                columns.append((1, [p[3] for p in points]))
+            for column, xs in columns:
+                order = sorted(range(len(points)), key=xs.__getitem__)  # a line runs left to right on each axis
+                axes[row][column].errorbar([xs[i] for i in order], [points[i][1] for i in order],
+                                           yerr=[points[i][2] for i in order], fmt=style, color=colours[name],
+                                           capsize=3, markersize=5, label=f"{name} ({recipe})")
+    base = first["base"]["test_top1"] * 100
+    for row, title in enumerate(("fine-tuned", "pruned, BN re-measured")):
+        for column, label in enumerate(("MACs kept (fraction of the base)", "onnxruntime latency (fraction of base)")
+                                       [:len(axes[row])]):
+            axis = axes[row][column]
+            axis.axhline(base, color="grey", linewidth=0.8)
+            if row == 0:
+                axis.axhline(base - 0.5, color="grey", linewidth=0.8, linestyle=":")
+            axis.set_xlabel(label)
+            axis.set_ylabel(f"test top-1 (%), {title}")
+            axis.grid(alpha=0.3)
+        axes[row][0].legend(fontsize=7)
+    figure.suptitle("Allocation frontier: grey = base, dotted = base - 0.5 point; bars = sd over fine-tune seeds")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def replot(out: Path) -> None:
+    """The plot again from the committed <out>.json (and <out>-long.json), measuring nothing."""
+    payloads = {"pruned": json.loads(out.with_suffix(".json").read_text())}
+    payloads[f"{payloads['pruned']['finetune']['epochs']}-epoch recipe"] = payloads["pruned"]
+    long = out.parent / f"{out.name}-long.json"
+    if long.exists():
+        payload = json.loads(long.read_text())
+        payloads[f"{payload['finetune']['epochs']} epochs, distilled"] = payload
+    plot(payloads, out.with_suffix(".png"))
 
 
 def main() -> None:
@@ -151,7 +191,11 @@ def main() -> None:
     parser.add_argument("--long-distill-weight", default="0.5")
     parser.add_argument("--no-timing", action="store_true", help="skip timing in onnxruntime")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per architecture")
+    parser.add_argument("--replot", action="store_true", help="only draw <out>.png again from <out>.json")
     args = parser.parse_args()
+    if args.replot:
+        replot(Path(args.out))
+        return
     methods, allocations = args.methods.split(","), args.allocations.split(",")
     targets = [float(t) for t in args.targets.split(",")]
     finetuned = {float(t) for t in chosen(args.finetune, args.targets.split(","))}
