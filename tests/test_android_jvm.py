@@ -24,10 +24,10 @@ JVM_TESTS = APP / "app" / "src" / "test" / "java"
 FRAMEWORK_RES = Path("/usr/share/android-framework-res/framework-res.apk")  # Debian's android-framework-res
 GRADLE = (APP / "app" / "build.gradle").read_text()
 COMPILE_SDK = int(re.search(r"compileSdk (\d+)", GRADLE).group(1))
-# The Android framework Robolectric publishes for each SDK level (its DefaultSdkProvider), and the suffix of the
-# pre-instrumented build its 4.14 release runs tests on.
+# The Android framework Robolectric publishes for each SDK level, and the suffix of the pre-instrumented build each
+# Robolectric release runs tests on (both from its DefaultSdkProvider; a new pin in build.gradle needs its row here).
 ANDROID_ALL = {35: "15-robolectric-12650502"}[COMPILE_SDK]
-INSTRUMENTED = "i7"
+INSTRUMENTED = {"4.14.1": "i7"}[re.search(r"org\.robolectric:robolectric:([^']+)'", GRADLE).group(1)]
 # pytorch_android_lite releases this machine's Maven Central mirror serves (1.13.1, the pin, is not among them).
 LITE_SERVED = ("1.12.2",)
 
