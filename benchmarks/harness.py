@@ -10,10 +10,9 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
 from prunedroid.latency import RUNTIMES, LatencyOptions
 from prunedroid.models import MODELS, build_model
-from prunedroid.pruned import prune_checkpoint, prune_model
+from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, prune_checkpoint, prune_model
 from prunedroid.pruning import Budget, Method, SCPConfig, method_name
 from prunedroid.report import command_line, markdown_table, write_results
 from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
@@ -91,7 +90,9 @@ class Bench:
         commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
         if command_line() not in commands[-1:]:
             commands.append(command_line())
-        payload = {"commands": commands,
+        # What a script added besides the cells (its timing, its choice) is kept too: a rerun redoes only what changed.
+        kept = {key: value for key, value in previous.items() if key not in ("command", "machine")}
+        payload = {**kept, "commands": commands,
                    "base": {"checkpoint": base, "sha256": sha256,
                             "width": checkpoint.recipe["width"], "epochs": checkpoint.epoch,
                             "arch": checkpoint.arch,
@@ -115,6 +116,13 @@ class Bench:
         """The held-out training images past the first SCPConfig().eval_images, which SCP and the other data-driven
         methods analyse: an independent sample, and what a benchmark may choose by (never test images)."""
         skip = SCPConfig().eval_images
+        return cifar.Split(self.data.holdout.images[skip:], self.data.holdout.labels[skip:])
+
+    @property
+    def unseen_holdout(self) -> cifar.Split:
+        """The held-out training images past those sensitivity allocation measures on (BatchNorm, then scoring;
+        SCP's lie inside them): what a benchmark comparing sensitivity-allocated models chooses by."""
+        skip = BATCHNORM_IMAGES + SCORED_IMAGES
         return cifar.Split(self.data.holdout.images[skip:], self.data.holdout.labels[skip:])
 
     def pruning_data(self, method: Method, latency_runtime: str | None = None) -> dict:
@@ -252,8 +260,33 @@ class Bench:
             latency = latencies[tuple(self.cells[key]["channels"])]
             self.cells[key].update(onnx_ms=latency["median"], onnx_p90_ms=latency["p90"])
 
+    def time_exports(self, budget_of: Callable[[dict], Budget], data_dir: str | None, processes: int, runs: int,
+                     title: str) -> None:
+        """Exports the base and every cell (deploy(): fine-tuned where it was, else as pruned; L1), then times them
+        all together in every runtime in `processes` separate processes (repeated_latencies) into
+        payload["latency"] - again only when the cells changed. budget_of: a cell -> the budget it was pruned to."""
+        if self.payload.get("latency", {}).get("cells") == sorted(self.cells):
+            return
+        base = export_checkpoint(self.base_path, self.data.test, self.work / "base-export", "base")
+        for key, cell in self.cells.items():
+            self.deploy(key, "l1", budget_of(cell), name=export_name(key))
+        self.save(title, "")
+        sidecars = [base.sidecar, *(Path(cell["sidecar"]) for cell in self.cells.values())]
+        self.payload["latency"] = {"processes": processes, "runs": runs, "cells": sorted(self.cells),
+                                   "rows": repeated_latencies(sidecars, data_dir, processes, runs)}
+        self.save(title, "")
+
+    def timed(self, key: str, runtime: str) -> dict:
+        """time_exports' row of a cell in one runtime."""
+        return self.payload["latency"]["rows"][f"{export_name(key)}/{runtime}"]
+
     def save(self, title: str, table: str, notes: str = "") -> None:
         write_results(self.out, self.payload, title=title, table=table, notes=notes)
+
+
+def export_name(key: str) -> str:
+    """A cell key as an export's file stem: "executorch-table/0.50" -> "executorch-table-0_50"."""
+    return key.replace("/", "-").replace(".", "_")
 
 
 def architecture_latencies(specs: dict, runs: int = 300) -> dict:
@@ -269,31 +302,36 @@ def architecture_latencies(specs: dict, runs: int = 300) -> dict:
         return onnx_latencies_ms(paths, threads=1, runs=runs)
 
 
-LATENCY_IMAGES = 100  # top-1 in each timing process: a check that the runtime runs the model, not a result
+LATENCY_IMAGES = 100  # top-1 beside the timing: a check that each runtime runs the model, not a result
 
 
 def repeated_latencies(sidecars: list[Path], data_dir: str | None, processes: int = 5, runs: int = 200) -> dict:
     """Batch-1 latency of each exported model in each runtime (eager PyTorch, TorchScript Lite, onnxruntime,
-    ExecuTorch/XNNPACK; 1 thread) from `processes` separate Python processes, each running prunedroid.bench.benchmark
-    (every model and runtime interleaved): per "model/runtime", the median over the processes of the median latency
-    (ms) and of the ratio to the first model in the same runtime, with the ratios' min and max - one process on this
-    shared host has moved a ratio by up to 1.7x."""
-    results = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for index in range(processes):
-            out = Path(scratch) / f"{index}.json"
-            subprocess.run([sys.executable, __file__, str(out), data_dir or "", *map(str, sidecars)], check=True)
-            results.append(json.loads(out.read_text()))
-    per_row: dict[str, list[dict]] = {}
-    for result in results:
-        for row in result["rows"]:
-            per_row.setdefault(f"{row['model']}/{row['runtime']}", []).append(row)
-    return {key: {"processes": len(rows), "median_ms": statistics.median(r["latency_median_ms"] for r in rows),
-                  "latency_ratio": statistics.median(r["latency_ratio"] for r in rows),
-                  "latency_ratio_min": min(r["latency_ratio"] for r in rows),
-                  "latency_ratio_max": max(r["latency_ratio"] for r in rows),
-                  "mac_ratio": rows[0]["mac_ratio"], "file_bytes": rows[0]["file_bytes"]}
-            for key, rows in per_row.items()}
+    ExecuTorch/XNNPACK; 1 thread) timed in `processes` separate processes (prunedroid.bench.benchmark): per
+    "model/runtime", the median over the processes of the median latency (ms) and of the ratio to the first model in
+    the same runtime, with the ratios' min and max - one process on this shared host has moved a ratio by up to
+    1.7x."""
+    result = benchmark(sidecars, cifar.load_test(data_dir).head(LATENCY_IMAGES), runs=runs, processes=processes)
+    return {f"{row['model']}/{row['runtime']}": {
+                "processes": processes, "median_ms": row["latency_median_ms"], "latency_ratio": row["latency_ratio"],
+                "latency_ratio_min": row["latency_ratio_min"], "latency_ratio_max": row["latency_ratio_max"],
+                "mac_ratio": row["mac_ratio"], "file_bytes": row["file_bytes"]} for row in result["rows"]}
+
+
+def ratio_spread(row: dict) -> str:
+    """A repeated_latencies row's ratio to the base as "0.490x [0.484-0.502]": median [min-max over processes]."""
+    return f"{row['latency_ratio']:.3f}x [{row['latency_ratio_min']:.3f}-{row['latency_ratio_max']:.3f}]"
+
+
+def interval(gap: dict) -> str:
+    """A paired difference (fractions) as "+0.47 [+0.02, +0.93]": points of top-1 with its 95% interval."""
+    return f"{100 * gap['difference']:+.2f} [{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}]"
+
+
+def mean_sd(values: list[float]) -> str:
+    """Top-1 fractions over seeds as "83.50% (0.06)": mean in % and sd in points (0 for one seed)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f}% ({100 * sd:.2f})"
 
 
 def chosen(option: str, every: list[str]) -> list[str]:
@@ -323,9 +361,7 @@ def paired_table(payload: dict) -> str:
         for split, label in (("test", "test"), ("unused_holdout", "held-out")):
             if split not in result:
                 continue
-            gap = result[split]
-            row[f"vs {reference.split('/', 1)[1]}, {label}"] = (
-                f"{100 * gap['difference']:+.2f} [{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}]")
+            row[f"vs {reference.split('/', 1)[1]}, {label}"] = interval(result[split])
     if not columns:
         return ""
     headers = list(dict.fromkeys(header for row in columns.values() for header in row))
@@ -342,9 +378,3 @@ independent second sample. An interval that spans 0 means the two are not told a
 
 def percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}%"
-
-
-if __name__ == "__main__":  # one process of repeated_latencies: <out.json> <data dir or ""> <sidecar>...
-    result_path, folder, *models = sys.argv[1:]
-    timed = benchmark(models, cifar.load_test(folder or None).head(LATENCY_IMAGES))
-    Path(result_path).write_text(json.dumps(timed))

@@ -19,12 +19,8 @@ Cells, exports and fine-tunes resume from <out>.json and --work.
 """
 from __future__ import annotations
 
-import statistics
-from pathlib import Path
+from harness import Bench, arguments, base_title, mean_sd, percent, ratio_spread
 
-from harness import Bench, arguments, base_title, percent, repeated_latencies
-
-from prunedroid.deploy import export_checkpoint
 from prunedroid.pruning import Budget
 from prunedroid.report import markdown_table
 
@@ -48,31 +44,11 @@ def prune_cells(bench: Bench, target: float, onnx_targets: list[float], round_to
             bench.save("latency runtime (in progress)", "")
 
 
-def time_cells(bench: Bench, data_dir: str | None, processes: int, runs: int) -> None:
-    """Exports the base and every cell as pruned (latency does not depend on the weights), then times them together
-    (again only when the cells changed)."""
-    if bench.payload.get("latency", {}).get("cells") == sorted(bench.cells):
-        return
-    base = export_checkpoint(bench.base_path, bench.data.test, bench.work / "base-export", "base")
-    for key, cell in bench.cells.items():
-        bench.deploy(key, "l1", budget_of(cell), name=key.replace("/", "-").replace(".", "_"))
-    bench.save("latency runtime (in progress)", "")
-    sidecars = [base.sidecar, *(Path(cell["sidecar"]) for cell in bench.cells.values())]
-    bench.payload["latency"] = {"processes": processes, "runs": runs, "cells": sorted(bench.cells),
-                                "rows": repeated_latencies(sidecars, data_dir, processes, runs)}
-    bench.save("latency runtime (in progress)", "")
-
-
-def timed(bench: Bench, key: str, runtime: str) -> dict:
-    name = key.replace("/", "-").replace(".", "_")
-    return bench.payload["latency"]["rows"][f"{name}/{runtime}"]
-
-
 def matched(bench: Bench, reference: str) -> str:
     """The onnxruntime-table cell whose measured ExecuTorch latency ratio is closest to `reference`'s."""
-    goal = timed(bench, reference, "executorch")["latency_ratio"]
+    goal = bench.timed(reference, "executorch")["latency_ratio"]
     candidates = [key for key in bench.cells if key.startswith("onnxruntime-table/")]
-    return min(candidates, key=lambda key: abs(timed(bench, key, "executorch")["latency_ratio"] - goal))
+    return min(candidates, key=lambda key: abs(bench.timed(key, "executorch")["latency_ratio"] - goal))
 
 
 def latency_rows(bench: Bench) -> list[dict]:
@@ -81,9 +57,7 @@ def latency_rows(bench: Bench) -> list[dict]:
         row = {"model": key, "MACs vs base": f"{1 - cell['mac_reduction']:.3f}x",
                "top-1 pruned, BN re-measured": percent(cell["top1_recalibrated"])}
         for runtime in RUNTIMES:
-            result = timed(bench, key, runtime)
-            row[f"{runtime} latency vs base"] = (f"{result['latency_ratio']:.3f}x [{result['latency_ratio_min']:.3f}-"
-                                                 f"{result['latency_ratio_max']:.3f}]")
+            row[f"{runtime} latency vs base"] = ratio_spread(bench.timed(key, runtime))
         rows.append(row)
     return rows
 
@@ -94,10 +68,9 @@ def finetune_rows(bench: Bench, keys: list[str]) -> list[dict]:
         seeds = bench.cells[key].get("top1_finetuned_seeds", {})
         values = [bench.cells[key]["top1_finetuned"], *seeds.values()]
         rows.append({"model": key, "seeds": len(values),
-                     "fine-tuned top-1, mean (sd)": f"{100 * statistics.mean(values):.2f}% "
-                                                    f"({100 * statistics.stdev(values) if len(values) > 1 else 0:.2f})",
+                     "fine-tuned top-1, mean (sd)": mean_sd(values),
                      "per seed": ", ".join(f"{100 * v:.2f}" for v in values),
-                     "executorch latency vs base": f"{timed(bench, key, 'executorch')['latency_ratio']:.3f}x"})
+                     "executorch latency vs base": f"{bench.timed(key, 'executorch')['latency_ratio']:.3f}x"})
     return rows
 
 
@@ -113,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = Bench.from_arguments(args)
     prune_cells(bench, args.target, [float(t) for t in args.onnx_targets.split(",")], args.round_to)
-    time_cells(bench, args.data_dir, args.processes, args.runs)
+    bench.time_exports(budget_of, args.data_dir, args.processes, args.runs, "latency runtime (in progress)")
     ours = key_of("executorch", args.target)
     other = matched(bench, ours)
     bench.payload["matched"] = other
@@ -124,13 +97,12 @@ def main() -> None:
             bench.save("latency runtime (in progress)", "")
     bench.pair(ours, other, over_runs=True)
     gap = bench.payload["paired"][f"{ours} vs {other}"]["test"]
-    ours_timing = timed(bench, ours, "executorch")
+    ours_timing = bench.timed(ours, "executorch")
     sections = [
         f"Base: {base_title(bench.payload)}. L1, `--allocation latency --round-to {args.round_to}`; fine-tune: "
         f"{bench.finetune_config.epochs} epochs (`{args.finetune_preset}` recipe).\n",
         f"The ExecuTorch-table model, pruned to {args.target:.0%} of its predicted latency, runs at "
-        f"{ours_timing['latency_ratio']:.3f}x [{ours_timing['latency_ratio_min']:.3f}-"
-        f"{ours_timing['latency_ratio_max']:.3f}] of the base's measured ExecuTorch latency.\n",
+        f"{ratio_spread(ours_timing)} of the base's measured ExecuTorch latency.\n",
         "### Measured latency against the base, every runtime\n", LATENCY_NOTE.format(**bench.payload["latency"]),
         markdown_table(rows := latency_rows(bench), list(rows[0])),
         f"\n### At equal ExecuTorch latency: {ours} against {other}\n",

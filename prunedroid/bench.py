@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -43,11 +47,13 @@ def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_timing(threads: int, warmup: int, runs: int, rounds: int) -> None:
+def check_timing(threads: int, warmup: int, runs: int, rounds: int, processes: int = 1) -> None:
     """Refuses timing settings that cannot give a median: before any model or data is loaded."""
     if threads < 1 or warmup < 0 or rounds < 1 or runs < rounds:
         raise PrunedroidError(f"need --threads >= 1, --warmup >= 0 and --runs >= {rounds} (one per interleaved round); "
                               f"got threads {threads}, warmup {warmup}, runs {runs}")
+    if processes < 1:
+        raise PrunedroidError(f"need at least 1 timing process (--processes, --bench-processes), got {processes}")
 
 
 def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup: int = 20, runs: int = 200,
@@ -168,34 +174,68 @@ def load_models(sidecars: list[str | Path], threads: int = 1) -> dict[str, tuple
             for sidecar, model, files in exported}
 
 
+def _time_models(models: dict[str, tuple[Sidecar, Runtimes, ModelCost]], shape: tuple[int, ...], warmup: int,
+                 runs: int, rounds: int) -> dict[tuple[str, str], dict[str, float]]:
+    """(model, runtime) -> median and p90 (ms) of batch-1 calls on a zero image of `shape` (C, H, W): a dense kernel's
+    time does not depend on the pixel values; every model and runtime interleaved."""
+    one = torch.zeros(1, *shape)
+    return interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)
+                                     for model_name, (_, predictors, _) in models.items()
+                                     for runtime, (predict, _) in predictors.items()},
+                                    warmup, runs, rounds)  # type: ignore[return-value]
+
+
+def _time_in_processes(sidecars: list[Path], processes: int, threads: int, warmup: int, runs: int,
+                       rounds: int) -> list[dict[tuple[str, str], dict[str, float]]]:
+    """_time_models in `processes` fresh Python processes one after another, one result each: a ratio from one
+    process on a shared host has moved by up to 1.7x, so a reported ratio is the median over several."""
+    timings = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index in range(processes):
+            out = Path(scratch) / f"{index}.json"
+            done = subprocess.run([sys.executable, "-m", "prunedroid.bench", str(out), str(threads), str(warmup),
+                                   str(runs), str(rounds), *map(str, sidecars)], capture_output=True, text=True)
+            if done.returncode:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise PrunedroidError(f"timing process {index + 1} of {processes} failed ({last}); run "
+                                      f"`python -m prunedroid.bench` by hand to see all of it")
+            timings.append({(model, runtime): latency for model, runtime, latency in json.loads(out.read_text())})
+    return timings
+
+
 def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
-              rounds: int = ROUNDS) -> dict:
-    """Latency is measured in `rounds` interleaved blocks (every model and runtime once per round), so drift on a
-    shared machine hits all of them alike; median and p90 are over all `runs` single-image calls (ms)."""
-    check_timing(threads, warmup, runs, rounds)
+              rounds: int = ROUNDS, processes: int = 1) -> dict:
+    """Top-1 on `test` and batch-1 latency per model and runtime. Latency is measured in `rounds` interleaved blocks
+    (every model and runtime once per round), so drift on a shared machine hits all of them alike; median and p90
+    are over all `runs` single-image calls (ms). processes > 1: timed in that many separate processes instead of
+    this one; a row's median_ms, p90_ms and latency_ratio are then the median over the processes, with the ratio's
+    min and max (latency_ratio_min, latency_ratio_max)."""
+    check_timing(threads, warmup, runs, rounds, processes)
     models = load_models(sidecars, threads)
+    shape = next(iter(models.values()))[0].input_shape[1:]
+    timings = ([_time_models(models, shape, warmup, runs, rounds)] if processes == 1 else
+               _time_in_processes([Path(p) for p in sidecars], processes, threads, warmup, runs, rounds))
     images = cifar.normalize(test.images)
-    one = images[:1].contiguous()
-    latencies = interleaved_latencies_ms({(model_name, runtime): functools.partial(predict, one)
-                                          for model_name, (_, predictors, _) in models.items()
-                                          for runtime, (predict, _) in predictors.items()}, warmup, runs, rounds)
+    baseline = next(iter(models))
     rows = []
     for model_name, (sidecar, predictors, cost) in models.items():
         for runtime, (predict, size) in predictors.items():
             batch = 100 if runtime != "onnxruntime" or sidecar.dynamic_batch else 1
             predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+            ratios = [timing[model_name, runtime]["median"] / timing[baseline, runtime]["median"]
+                      for timing in timings]
             rows.append({"model": model_name, "runtime": runtime,
                          "test_top1": (predictions == test.labels).float().mean().item(),
                          "macs": cost.macs, "params": cost.params, "file_bytes": size,
-                         "latency_median_ms": latencies[model_name, runtime]["median"],
-                         "latency_p90_ms": latencies[model_name, runtime]["p90"], "threads": threads})
-    baseline = {r["runtime"]: r for r in rows if r["model"] == rows[0]["model"]}
+                         "latency_median_ms": statistics.median(t[model_name, runtime]["median"] for t in timings),
+                         "latency_p90_ms": statistics.median(t[model_name, runtime]["p90"] for t in timings),
+                         "latency_ratio": statistics.median(ratios), "latency_ratio_min": min(ratios),
+                         "latency_ratio_max": max(ratios), "threads": threads})
+    baseline_cost = {r["runtime"]: r["macs"] for r in rows if r["model"] == baseline}
     for row in rows:
-        base = baseline[row["runtime"]]
-        row["mac_ratio"] = row["macs"] / base["macs"]
-        row["latency_ratio"] = row["latency_median_ms"] / base["latency_median_ms"]
+        row["mac_ratio"] = row["macs"] / baseline_cost[row["runtime"]]
     return {"rows": rows, "threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds,
-            "test_images": len(test), "baseline_model": rows[0]["model"]}
+            "processes": processes, "test_images": len(test), "baseline_model": baseline}
 
 
 ROW_NUMBERS = ("macs", "params", "file_bytes", "latency_median_ms", "latency_p90_ms", "mac_ratio", "latency_ratio")
@@ -242,18 +282,45 @@ def add_device_rows(result: dict, device: dict, sidecars: dict[str, Sidecar]) ->
 SLOW_FOR_MACS = 1.10  # a model whose latency ratio exceeds its MAC ratio by more than this factor is flagged
 
 
-def speed_for_macs(latency_ratio: float, mac_ratio: float) -> str:
-    """Latency ratio over MAC ratio (1.00x: exactly as fast as its MACs say), flagged past SLOW_FOR_MACS."""
+def speed_for_macs(latency_ratio: float, mac_ratio: float, worst: float | None = None) -> str:
+    """Latency ratio over MAC ratio (1.00x: exactly as fast as its MACs say), flagged past SLOW_FOR_MACS - judged by
+    `worst`, the slowest timing process's latency ratio, where there were several (a claim holds only if every
+    process says so)."""
     relative = latency_ratio / mac_ratio
-    return f"{relative:.2f}x" + (" SLOW for its MACs" if relative > SLOW_FOR_MACS else "")
+    return f"{relative:.2f}x" + (" SLOW for its MACs" if (worst or latency_ratio) / mac_ratio > SLOW_FOR_MACS else "")
+
+
+def processes_note(result: dict) -> str:
+    """How a benchmark() result's latency was repeated, for a sentence about it ("" for one process)."""
+    processes = result.get("processes", 1)
+    return (f", in each of {processes} separate processes (a row gives the median over them; [min-max] of the latency "
+            f"ratio)" if processes > 1 else "")
 
 
 def table_rows(result: dict) -> list[dict]:
-    """Rows formatted for a Markdown table."""
+    """Rows formatted for a Markdown table; a latency ratio timed in several processes shows [min-max] over them."""
     percent = lambda value: "" if value is None else f"{100 * value:.2f}%"
+    spread = lambda r: (f" [{r['latency_ratio_min']:.2f}-{r['latency_ratio_max']:.2f}]"
+                        if result.get("processes", 1) > 1 and "latency_ratio_max" in r else "")
     return [{"model": r["model"], "runtime": r["runtime"], "test top-1": percent(r["test_top1"]),
              "MACs": f"{r['macs'] / 1e6:.2f}M", "params": f"{r['params'] / 1e6:.3f}M",
              "file": f"{r['file_bytes'] / 1e6:.2f} MB", "median ms": f"{r['latency_median_ms']:.3f}",
              "p90 ms": f"{r['latency_p90_ms']:.3f}", "MACs vs base": f"{r['mac_ratio']:.2f}x",
-             "latency vs base": f"{r['latency_ratio']:.2f}x",
-             "latency / MAC ratio": speed_for_macs(r["latency_ratio"], r["mac_ratio"])} for r in result["rows"]]
+             "latency vs base": f"{r['latency_ratio']:.2f}x{spread(r)}",
+             "latency / MAC ratio": speed_for_macs(r["latency_ratio"], r["mac_ratio"],
+                                                   r.get("latency_ratio_max") if spread(r) else None)}
+            for r in result["rows"]]
+
+
+def _timing_process(argv: list[str]) -> None:
+    """One of _time_in_processes' processes: <out.json> <threads> <warmup> <runs> <rounds> <sidecar>...; writes
+    [model, runtime, {median, p90}] triples."""
+    out, threads, warmup, runs, rounds, *sidecars = argv
+    models = load_models(sidecars, int(threads))
+    shape = next(iter(models.values()))[0].input_shape[1:]
+    timed = _time_models(models, shape, int(warmup), int(runs), int(rounds))
+    Path(out).write_text(json.dumps([[model, runtime, latency] for (model, runtime), latency in timed.items()]))
+
+
+if __name__ == "__main__":
+    _timing_process(sys.argv[1:])

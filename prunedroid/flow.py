@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from prunedroid import data as cifar
-from prunedroid.bench import benchmark, table_rows
+from prunedroid.bench import benchmark, processes_note, table_rows
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import VERIFY_IMAGES, Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
@@ -118,12 +118,13 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
                  budget: Budget | None,
                  data: cifar.Cifar10, base: str | Path | None = None, runs_dir: str | Path = "runs",
                  resume: bool = False, overwrite: bool = False, progress: bool = True, bench_runs: int = 200,
-                 int8: Int8Options | None = None, latency: LatencyOptions = APP_LATENCY) -> dict:
+                 int8: Int8Options | None = None, latency: LatencyOptions = APP_LATENCY,
+                 bench_processes: int = 1) -> dict:
     """Runs every stage into runs_dir/name (`name` a plain folder name), locked against a second process; with
     resume=True, finished stages are kept and an interrupted training or fine-tuning continues from its last epoch,
     provided the options are the run's own; overwrite=True empties a folder this function made (never another).
     int8: also export int8 files, calibrated on the base's held-out training images; latency: the runtime an
-    --allocation latency budget is timed in."""
+    --allocation latency budget is timed in; bench_processes: separate processes the timing is repeated in."""
     run = Path(runs_dir) / plain_name(name, "--name")
     options = run_options(train_config, finetune_config, method, budget, base, int8, latency)
     if run.exists() or run.is_symlink():
@@ -140,8 +141,8 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
             with atomic_path(run / RUN_RECORD) as tmp:
                 tmp.write_text(json.dumps({"kind": RUN_KIND, "options": options}, indent=2) + "\n")
         try:
-            return _stages(run, train_config, finetune_config, method, budget, data, base, progress, bench_runs,
-                           int8, latency)
+            return _stages(run, train_config, finetune_config, method, budget, data, base, progress,
+                           (bench_runs, bench_processes), int8, latency)
         except BaseException:
             if fresh and [child.name for child in run.iterdir()] == [RUN_RECORD]:
                 (run / RUN_RECORD).unlink()  # nothing else was written: leave no run behind
@@ -150,7 +151,7 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
 
 def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
             budget: Budget | None, data: cifar.Cifar10, base: str | Path | None, progress: bool,
-            bench_runs: int, int8: Int8Options | None, latency: LatencyOptions) -> dict:
+            timing: tuple[int, int], int8: Int8Options | None, latency: LatencyOptions) -> dict:
     base_path = Path(base) if base else run / "base" / CHECKPOINT_NAME
     seconds, started = {}, time.perf_counter()
 
@@ -178,7 +179,8 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
                                   calibration=calibration, max_drop=int8.max_drop if int8 else 0.0).sidecar
                 for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]
     lap("export")
-    result = benchmark(sidecars, test, runs=bench_runs)
+    bench_runs, bench_processes = timing
+    result = benchmark(sidecars, test, runs=bench_runs, processes=bench_processes)
     lap("bench")
     result["stage_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}
     result["config"] = {"name": run.name, "method": method_name(method), "options": method_options(method),
@@ -192,7 +194,8 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
     write_results(run / "bench", result, title=f"{run.name}: base vs {method_name(method)}-pruned "
                                                  f"({(budget or method).to_dict()}), fine-tuned",
                   table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
-                                     f"runs in {result['rounds']} interleaved rounds. Stages: {stages}.")
+                                     f"runs in {result['rounds']} interleaved rounds{processes_note(result)}. "
+                                     f"Stages: {stages}.")
     pruning = json.loads((run / "pruned" / "report.json").read_text())
     report = run_report(run, result, table, pruning, {"training": base_checkpoint.history,
                                                       "fine-tuning": finetuned.history})

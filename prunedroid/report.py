@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from prunedroid.bench import processes_note
 from prunedroid.checkpoint import library_versions
 from prunedroid.files import atomic_path, atomic_paths
 
@@ -138,7 +139,8 @@ Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}. S
 
 ## Results
 Test top-1 on {bench['test_images']:,} CIFAR-10 test images; MACs are multiply-accumulates per image; latency is
-batch 1, {bench['threads']} thread(s), median and p90 of {bench['runs']} runs in {bench['rounds']} interleaved rounds.
+batch 1, {bench['threads']} thread(s), median and p90 of {bench['runs']} runs in {bench['rounds']} interleaved
+rounds{processes_note(bench)}.
 Right after pruning, before fine-tuning, top-1 was {percent(pruning['test_top1_after_pruning'])}; pruning removed
 {pruning['mac_reduction']:.1%} of the MACs ({pruning['macs_before'] / 1e6:.2f}M -> {pruning['macs_after'] / 1e6:.2f}M)
 and {pruning['param_reduction']:.1%} of the parameters.

@@ -5,6 +5,7 @@ import pytest
 import torch
 from test_prune import trained_like
 
+import prunedroid.bench as bench_module
 import prunedroid.deploy as export
 import prunedroid.pte as pte
 from prunedroid import data as cifar
@@ -92,6 +93,33 @@ def test_benchmark_reports_every_runtime_side_by_side(exported, synthetic_data):
         rows["narrow", "onnxruntime"]["macs"] / rows["base", "onnxruntime"]["macs"])
     assert all(r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"] and r["file_bytes"] > 0
                for r in result["rows"])
+
+
+def test_latency_repeated_in_separate_processes_reports_the_median_and_spread(exported, synthetic_data):
+    sidecars = [exported / "out" / "base.json", exported / "out" / "narrow.json"]
+    result = benchmark(sidecars, synthetic_data.test.head(200), warmup=1, runs=10, rounds=2, processes=3)
+    assert result["processes"] == 3
+    for row in result["rows"]:
+        assert row["latency_ratio_min"] <= row["latency_ratio"] <= row["latency_ratio_max"]
+        if row["model"] == "base":  # each process's ratio is against the base in that process
+            assert row["latency_ratio_min"] == row["latency_ratio_max"] == 1.0
+    narrow = next(r for r in result["rows"] if r["model"] == "narrow" and r["runtime"] == "onnxruntime")
+    shown = next(r for r in table_rows(result) if r["model"] == "narrow" and r["runtime"] == "onnxruntime")
+    assert shown["latency vs base"] == (f"{narrow['latency_ratio']:.2f}x [{narrow['latency_ratio_min']:.2f}-"
+                                        f"{narrow['latency_ratio_max']:.2f}]")
+    # a model is flagged slow for its MACs when its slowest process says so, though its median does not
+    assert speed_for_macs(0.54, 0.5, worst=0.56) == "1.08x SLOW for its MACs"
+
+
+def test_a_timing_process_that_fails_is_one_error_naming_it(exported, synthetic_data, monkeypatch, tmp_path):
+    failing = tmp_path / "python"
+    failing.write_text("#!/bin/sh\necho 'RuntimeError: out of memory' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(bench_module.sys, "executable", str(failing))
+    with pytest.raises(PrunedroidError, match=r"timing process 1 of 2 failed \(RuntimeError: out of memory\)"):
+        benchmark([exported / "out" / "base.json"], synthetic_data.test.head(10), warmup=0, runs=10, processes=2)
+    with pytest.raises(PrunedroidError, match="need at least 1 timing process"):
+        benchmark([exported / "out" / "base.json"], synthetic_data.test.head(10), runs=10, processes=0)
 
 
 def test_latencies_are_timed_in_interleaved_rounds():
@@ -231,7 +259,8 @@ def test_an_int8_file_past_max_drop_is_refused_and_nothing_is_written(tmp_path, 
 
 
 @pytest.mark.parametrize("options, message", [
-    (("int4", {}), "--quantize supports int8"), ((None, {"max_drop": "2"}), "--max-drop given without --quantize int8"),
+    (("int4", {}), "--quantize is int8 or none"),
+    ((None, {"max_drop": "2"}), "--max-drop given without --quantize int8"),
     (("int8", {"calibration_images": "0"}), "--calibration-images must be >= 1"),
     (("int8", {"max_drop": "nan"}), "`max_drop` expects a finite number"),
 ])

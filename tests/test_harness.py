@@ -40,10 +40,13 @@ def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_d
     bench.correct.clear()
     bench.pair("0.50/l1", "0.50/random")  # same seeds: kept, not re-evaluated
     assert not bench.correct
+    bench.payload["latency"] = {"cells": sorted(bench.cells), "rows": {}}  # what a script timed
     bench.save("title", "table")
     reopened = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
                           data_dir=str(cifar_dir), threads=1)  # a later run over other targets keeps the pairs
     assert reopened.payload["paired"] == bench.payload["paired"]
+    assert reopened.payload["latency"] == bench.payload["latency"]  # and the timing: not redone on a rerun
+    assert "command" not in reopened.payload and "machine" not in reopened.payload  # written afresh by save()
 
 
 def test_a_finetune_finished_under_work_is_recorded_not_redone(tmp_path, cifar_dir):
