@@ -155,6 +155,20 @@ def flagged(text: str) -> str:
     return OPTION.sub(lambda match: flag(match.group(1)), text)
 
 
+# What `prune` and `pipeline` share a MAC target by when --allocation / --round-to are not given: the recipe measured
+# best for a phone (benchmarks/results/defaults_quick.md). The library's Budget keeps uniform and unrounded defaults:
+# sensitivity needs held-out data its caller must pass.
+RECOMMENDED = {"allocation": "sensitivity", "round_to": 16}
+
+
+def _recommended(budget_options: dict) -> dict:
+    """`budget_options` with RECOMMENDED filled in where not given, for a MAC target only (any other amount is taken
+    as typed)."""
+    if budget_options.get("mac_reduction") is None:
+        return budget_options
+    return {**budget_options, **{key: value for key, value in RECOMMENDED.items() if budget_options.get(key) is None}}
+
+
 def _budget_help() -> dict[str, str]:
     """The budget's options: its amounts (exact per-group channel counts come from an allocation, not a flag) and
     its settings."""
@@ -162,7 +176,9 @@ def _budget_help() -> dict[str, str]:
     from prunedroid.pruning.budget import AMOUNTS, Budget, LayerChannels
 
     amounts = {cls.option: cls.help for cls in AMOUNTS if cls is not LayerChannels}
-    settings = {field.name: described(field) for field in option_fields(Budget)}
+    settings = {field.name: f"{field.metadata['help']} (default {RECOMMENDED[field.name]} with a `mac_reduction`, "
+                            f"the recipe measured best for a phone; else {field.default})"
+                if field.name in RECOMMENDED else described(field) for field in option_fields(Budget)}
     return {name: flagged(text) for name, text in {**amounts, **settings}.items()}
 
 
@@ -213,9 +229,13 @@ def _latency_options(options: dict, budget):
     return with_options(LatencyOptions(), given, "latency")
 
 
-def _check_budget_fits(arch: dict, budget) -> None:
-    """A budget that cannot apply to the model (a --layer-ratios count, an unreachable MAC target) fails before any
-    data is read or model trained."""
+def _fitted_budget(arch: dict, budget, round_to_typed: bool):
+    """The budget, checked against the model before any data is read or model trained (a --layer-ratios count that
+    cannot apply, an unreachable MAC target fail here). Where --round-to was not typed, the recommended multiple
+    steps down (16, 8, 4, 2, 1) until the target is reachable on this model - narrow models have groups of fewer
+    channels than it - saying so."""
+    import dataclasses
+
     import torch
 
     from prunedroid.models import build_model
@@ -223,14 +243,27 @@ def _check_budget_fits(arch: dict, budget) -> None:
     from prunedroid.pruning import channel_graph, kept_counts
     from prunedroid.pruning.allocation import check_reachable
 
-    if budget is not None:
-        with torch.device("meta"):  # shapes only: no memory for the weights
-            model = build_model(arch)
-        graph = channel_graph(model, example_input().to("meta"))
-        if budget.allocation == "uniform":
-            kept_counts(graph, budget)
-        elif budget.allocation != "latency":  # a latency target is checked once the layers are measured
-            check_reachable(graph, budget)
+    if budget is None or budget.allocation == "latency":  # a latency target is checked once the layers are measured
+        return budget
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        model = build_model(arch)
+    graph = channel_graph(model, example_input().to("meta"))
+    check = kept_counts if budget.allocation == "uniform" else check_reachable
+    if round_to_typed:
+        check(graph, budget)
+        return budget
+    for multiple in (m for m in (16, 8, 4, 2, 1) if m <= budget.round_to):
+        try:
+            check(graph, dataclasses.replace(budget, round_to=multiple))
+        except PrunedroidError:
+            if multiple == 1:
+                raise
+            continue
+        if multiple != budget.round_to:
+            print(f"note: --round-to {budget.round_to} cannot reach the target on this model (its groups are too "
+                  f"narrow); pruning to multiples of {multiple} instead", flush=True)
+        return dataclasses.replace(budget, round_to=multiple)
+    return budget
 
 
 def _method_and_budget(method, options, default_budget=None):
@@ -238,18 +271,21 @@ def _method_and_budget(method, options, default_budget=None):
     --allocation latency, of latency) removed when no amount is given. --min-keep is the floor of a non-uniform
     allocation, or else k-means' own floor for its automatic K."""
     from prunedroid.pruning import Budget, resolve_method
-    from prunedroid.pruning.budget import BUDGET_SETTINGS
+    from prunedroid.pruning.budget import AMOUNT_OPTIONS, BUDGET_SETTINGS
 
     budget_options, method_options = _split_options(options)
     allocation = budget_options["allocation"]
-    if budget_options["min_keep"] is not None and allocation in (None, "uniform"):
+    amount_given = any(budget_options.get(name) is not None for name in AMOUNT_OPTIONS)
+    mac_target = budget_options["mac_reduction"] is not None or (default_budget is not None and not amount_given)
+    shared_by = allocation or (RECOMMENDED["allocation"] if mac_target else None)
+    if budget_options["min_keep"] is not None and shared_by in (None, "uniform"):
         if method != "kmeans":
             raise PrunedroidError("--min-keep is the per-layer floor of --allocation global, sensitivity or latency "
                                   "(or of kmeans' automatic K); add --allocation global, sensitivity or latency")
         method_options = {**method_options, "min_keep": budget_options.pop("min_keep")}
-    budget = Budget.from_options(budget_options)
+    budget = Budget.from_options(_recommended(budget_options))
     target = "latency_reduction" if allocation == "latency" else "mac_reduction"
-    default = (Budget.from_options({**budget_options, target: default_budget})
+    default = (Budget.from_options(_recommended({**budget_options, target: default_budget}))
                if budget is None and default_budget is not None else None)
     pruning, resolved = resolve_method(method, method_options, budget, default)
     for setting, does in (("round_to", "rounds"), ("allocation", "shares out")):
@@ -279,7 +315,7 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
         raise PrunedroidError(f"{out} already exists; pass --overwrite or another --out")
     base = Checkpoint.load(checkpoint)
     latency = _latency_options(options, budget)
-    _check_budget_fits(base.arch, budget)
+    budget = _fitted_budget(base.arch, budget, options.get("round_to") is not None)
     prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=base.held_out_images), seed,
                 latency)
 
@@ -362,12 +398,16 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
           f"XNNPACK; sidecar {result.sidecar}")
 
 
+PROCESSES_HELP = ("separate processes the timing is repeated in (default 5): each latency ratio is their median, "
+                  "shown with its min-max, and a model is flagged slow for its MACs if any process says so")
+
+
 @command(help={"models": "comma-separated sidecar JSON files written by `invoke export` (required)",
             "threads": "threads for every runtime (default 1, as a phone's big core)",
-            "runs": "timed runs per model/runtime (default 200)",
+            "runs": "timed runs per model/runtime (default 200)", "processes": PROCESSES_HELP,
             "warmup": "untimed runs first (default 20)", "out": "results path without extension (writes .json and .md)",
             "data_dir": DATA_DIR_HELP})
-def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", data_dir=None):
+def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", out="bench", data_dir=None):
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
     from prunedroid.bench import ROUNDS, benchmark, check_timing, table_rows
     from prunedroid.data import load_test
@@ -375,9 +415,10 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", out="bench", dat
     from prunedroid.sidecar import existing_sidecar
 
     required(models=models)
+    timing = dict(threads=whole(threads, "threads"), warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"),
+                  processes=whole(processes, "processes"))
+    check_timing(**timing, rounds=ROUNDS)  # before any file is read
     sidecars = [existing_sidecar(path) for path in models.split(",")]
-    timing = dict(threads=whole(threads, "threads"), warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"))
-    check_timing(**timing, rounds=ROUNDS)  # before the test set is looked for (or downloaded)
     result = benchmark(sidecars, load_test(data_dir), **timing)
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
@@ -485,11 +526,15 @@ def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min
             "distill_weight": "fine-tune with this share of the loss distilled from the unpruned base (default 0)",
             "distill_temperature": RECIPE_HELP["distill_temperature"],
             "resume": "continue an interrupted run, keeping finished stages", "overwrite": "redo an existing run",
-            "bench_runs": "timed runs per model and runtime (default 200)", "data_dir": DATA_DIR_HELP,
-            "device": RECIPE_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP},
+            "bench_runs": "timed runs per model and runtime (default 200)", "bench_processes": PROCESSES_HELP,
+            "data_dir": DATA_DIR_HELP,
+            "device": RECIPE_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP,
+            "quantize": "int8 (default: the app's int8 .pte is measured beside fp32; refused, and the run stopped, "
+                        "if test top-1 drops more than --max-drop) or none (fp32 files only)"},
          generated=PRUNE_OPTIONS)
 def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", finetune_epochs=None, resume=False,
-             overwrite=False, bench_runs="200", data_dir=None, device=None, runs_dir="runs", quantize=None,
+             overwrite=False, bench_runs="200", bench_processes="5", data_dir=None, device=None, runs_dir="runs",
+             quantize="int8",
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from prunedroid.bench import ROUNDS, check_timing
@@ -503,20 +548,22 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
     run_name = plain_name(name or preset, "--name")
     pruning, budget = _method_and_budget(method, options, default_budget=0.5)
     latency = _latency_options(options, budget)
-    timed_runs = whole(bench_runs, "bench_runs")
+    timed_runs, timing_processes = whole(bench_runs, "bench_runs"), whole(bench_processes, "bench_processes")
     int8 = _int8_options(quantize, calibration_images, max_drop)
-    check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS)  # not after an hour of training
+    check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS, processes=timing_processes)  # not after training
     train_config = make_config(preset, {"model": model, "device": device})
     finetune_config = make_config(preset, {"model": model, "epochs": finetune_epochs, "device": device,
                                            "distill_weight": distill_weight,
                                            "distill_temperature": distill_temperature}, finetune=True)
     base_checkpoint = Checkpoint.load(base) if base else None
-    _check_budget_fits(base_checkpoint.arch if base_checkpoint else fresh_arch(train_config.model, train_config.width),
-                       budget)
+    budget = _fitted_budget(base_checkpoint.arch if base_checkpoint else fresh_arch(train_config.model,
+                                                                                     train_config.width),
+                            budget, options.get("round_to") is not None)
     held_out = base_checkpoint.held_out_images if base_checkpoint else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs,
+                 bench_processes=timing_processes,
                  int8=int8, latency=latency)
 
 

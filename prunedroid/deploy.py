@@ -176,14 +176,15 @@ class Int8Options:
 
     @classmethod
     def from_options(cls, quantize: str | None, overrides: dict[str, str | None]) -> Int8Options | None:
-        """None unless `quantize` is "int8"; option strings (None: the default) parsed and checked."""
-        if quantize is None:
+        """None unless `quantize` is "int8" (None or "none": no int8 files); option strings (None: the default)
+        parsed and checked."""
+        if quantize in (None, "none"):
             if any(value is not None for value in overrides.values()):
                 given = ", ".join("--" + k.replace("_", "-") for k, v in overrides.items() if v is not None)
                 raise PrunedroidError(f"{given} given without --quantize int8, the only export it applies to")
             return None
         if quantize != "int8":
-            raise PrunedroidError(f"--quantize supports int8, got {quantize!r}")
+            raise PrunedroidError(f"--quantize is int8 or none, got {quantize!r}")
         return with_options(cls(), overrides, "quantization")
 
 

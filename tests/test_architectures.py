@@ -79,7 +79,8 @@ def run_the_pipeline(tmp_path, cifar_dir, model, method, *method_options):
     format passes its check and is benchmarked."""
     runs = tmp_path / "runs"
     result = run_invoke("pipeline", "--preset", "smoke", "--model", model, "--name", model, "--data-dir",
-                        str(cifar_dir), "--bench-runs", "10", "--runs-dir", str(runs), "--method", method,
+                        str(cifar_dir), "--bench-runs", "10", "--bench-processes", "1", "--quantize", "none",
+                        "--runs-dir", str(runs), "--method", method,
                         *method_options)
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs / model

@@ -10,12 +10,15 @@ from prunedroid.models import build_model, vgg16_spec
 def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     runs = tmp_path / "my runs é ü"  # spaces and non-ASCII in every path the stages write
     args = ("pipeline", "--preset", "smoke", "--name", "e2e", "--data-dir", str(cifar_dir), "--bench-runs", "20",
-            "--runs-dir", str(runs), "--quantize", "int8", "--calibration-images", "64", "--max-drop", "100")
+            "--bench-processes", "2", "--runs-dir", str(runs), "--calibration-images", "64", "--max-drop", "100")
     result = run_invoke(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs / "e2e"
     report = json.loads((run / "pruned" / "report.json").read_text())
     assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["method"] == "l1"
+    # tasks.RECOMMENDED's multiple of 16 steps down to 8: this narrow model's 50% needs its 8-channel groups cut
+    assert (report["budget"]["allocation"], report["budget"]["round_to"]) == ("sensitivity", 8)
+    assert "pruning to multiples of 8 instead" in result.stdout
     finetuned = Checkpoint.load(run / "finetuned" / "checkpoint.pt")
     assert finetuned.pruning["macs_after"] == finetuned.cost["macs"] < report["macs_before"]
     for name in ("base", "pruned"):
@@ -26,7 +29,10 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
         (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime", "executorch",
                                                      "executorch-int8", "onnxruntime-int8")}
     assert "| pruned | onnxruntime |" in (run / "bench.md").read_text()
+    assert bench["processes"] == 2 and all(r["latency_ratio_min"] <= r["latency_ratio"] <= r["latency_ratio_max"]
+                                           for r in bench["rows"])
     text = (run / "report.md").read_text()
+    assert "in each of 2 separate processes" in text
     for section in ("## What ran", "## Results", "## Channels per layer", "## Training curves",
                     "| pruned | onnxruntime |", "![channels per layer](channels.png)",
                     "![training curves](training.png)", "Pruning: l1"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_invoke, save_untrained_base
 
+from prunedroid.errors import PrunedroidError
 from prunedroid.train import TrainConfig, make_config, train
 
 
@@ -164,9 +165,11 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("pipeline", "--method", "scp", "--knn", "0"), r"k \(nearest neighbours\) must be >= 1"),
     (("pipeline", "--bench-runs", "many"), "--bench-runs expects int"),
     (("pipeline", "--bench-runs", "0"), r"--runs >= 10 \(one per interleaved round\)"),
+    (("pipeline", "--bench-processes", "0"), "need at least 1 timing process"),
+    (("bench", "--models", "x.json", "--processes", "-1"), "need at least 1 timing process"),
     (("bench", "--models", "nowhere.json"), "no exported model at nowhere.json"),
     (("evaluate", "--test-limit", "0"), "--test-limit must be >= 1"),
-    (("export", "--quantize", "int4"), "--quantize supports int8"),
+    (("export", "--quantize", "int4"), "--quantize is int8 or none"),
     (("export", "--max-drop", "0.5"), "--max-drop given without --quantize int8"),
     (("pipeline", "--quantize", "int8", "--calibration-images", "-3"), "--calibration-images must be >= 1"),
     (("pipeline", "--name", "../elsewhere"), "--name must be a plain name"),
@@ -201,3 +204,40 @@ def test_round_to_and_allocation_need_a_budget(tmp_path):
         assert result.returncode == 2 and "--round-to rounds a budget's channel counts" in result.stderr
         result = run_invoke("prune", "--checkpoint", str(checkpoint), "--allocation", "global", *extra, cwd=tmp_path)
         assert result.returncode == 2 and "--allocation shares out a budget's channel counts" in result.stderr
+
+
+def test_a_mac_target_from_the_command_line_gets_the_recommended_recipe_unless_told_otherwise():
+    """`prune` and `pipeline` share a MAC target by tasks.RECOMMENDED (benchmarks/results/defaults_quick.md); what is
+    typed wins, and other amounts, a latency target and a method's own choice (no budget) are left as typed."""
+    import tasks
+
+    def budget(method="l1", default=None, **typed):
+        options = {name: None for name in tasks.PRUNE_OPTIONS}
+        return tasks._method_and_budget(method, {**options, **typed}, default_budget=default)[1]
+
+    recommended = budget(mac_reduction="0.5")
+    assert (recommended.allocation, recommended.round_to) == ("sensitivity", 16)
+    assert budget(default=0.5) == recommended  # the pipeline's default target gets it too
+    assert (budget(mac_reduction="0.5", allocation="uniform", round_to="1").allocation, budget(
+        mac_reduction="0.5", round_to="16").round_to) == ("uniform", 16)
+    assert budget(mac_reduction="0.5", min_keep="0.2").min_keep == 0.2  # the recommended allocation's floor
+    as_typed = budget(ratio="0.5")
+    assert (as_typed.allocation, as_typed.round_to) == ("uniform", 1)
+    latency = budget(default=0.5, allocation="latency")
+    assert (latency.allocation, latency.round_to, latency.target) == ("latency", 1, 0.5)
+    assert budget("kmeans", clusters="elbow") is None and budget("scp", threshold="0.5") is None
+
+
+def test_the_recommended_multiple_steps_down_on_a_narrow_model_but_a_typed_one_is_kept(capsys):
+    import tasks
+    from prunedroid.models import fresh_arch
+    from prunedroid.pruning import Budget
+
+    narrow = fresh_arch("resnet56", 0.0625)  # groups of 1, 2 and 4 channels
+    recommended = Budget.of(mac_reduction=0.5, allocation="sensitivity", round_to=16)
+    assert tasks._fitted_budget(narrow, recommended, round_to_typed=False).round_to == 1
+    assert "--round-to 16 cannot reach the target on this model" in capsys.readouterr().out
+    with pytest.raises(PrunedroidError, match="and a multiple of 16 .*lower `min_keep` or `round_to`"):
+        tasks._fitted_budget(narrow, recommended, round_to_typed=True)
+    wide_enough = fresh_arch("vgg16", 0.25)
+    assert tasks._fitted_budget(wide_enough, recommended, round_to_typed=False) == recommended

@@ -57,9 +57,11 @@ def check_reachable(graph: ChannelGraph, budget: Budget,
     lowest = floors(graph, budget)
     most = (reduction or graph.mac_reduction)(lowest)
     if budget.target > most + budget.tolerance:
+        rounded = f" and a multiple of {budget.round_to}" if budget.round_to > 1 else ""
+        fix = "lower `min_keep`" + (" or `round_to`" if rounded else "")
         raise PrunedroidError(f"a {budget.target:.0%} {budget.measure} reduction cannot be reached with every layer "
-                              f"keeping at least {budget.min_keep:.0%} of its channels (at most {most:.1%}); lower "
-                              f"`min_keep` or ask for less")
+                              f"keeping at least {budget.min_keep:.0%} of its channels{rounded} (at most {most:.1%}); "
+                              f"{fix}, or ask for less")
     return lowest
 
 
