@@ -1,0 +1,156 @@
+"""How much of "no loss after pruning" comes from the allocation, how much from a longer fine-tune, and how much from
+distillation? One target, one pruned architecture per allocation, fine-tuned by several recipes under several seeds,
+beside the controls for what else changes:
+
+- `3 epochs`: the pipeline's fine-tune (the quick recipe);
+- `N epochs`: the same recipe run --epochs long, no distillation (the control for distillation);
+- `N epochs, distilled`: that, distilling from the base (--distill-weight); also for a uniform allocation at the
+  same MACs (the control for the allocation);
+- the base itself trained the same N epochs by the fine-tune recipe (the control for "more training": does the
+  unpruned model gain as much?);
+- with --scratch, the sensitivity-allocated architecture trained from random weights by the base's own recipe for
+  the base's epochs plus N (the control for pruning itself: is the base's knowledge worth keeping?).
+
+    python benchmarks/controls.py --base runs/verify-quick/base/checkpoint.pt \\
+        --data-dir ../shared/cifar-10-batches-py --out benchmarks/results/controls_quick --work runs/bench-controls
+
+Every model is scored on the 10,000 test images and on the held-out training images no allocation or method saw
+(past the 3,072 sensitivity allocation measures on); differences are paired over images and seeds. Every fine-tune
+resumes from --work, and each recipe's cells are kept in <work>/<recipe>.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from harness import Bench, arguments, base_title, interval, mean_sd
+
+from prunedroid.bench import paired_difference
+from prunedroid.checkpoint import Checkpoint
+from prunedroid.models import build_model
+from prunedroid.pruned import prune_checkpoint
+from prunedroid.pruning import Budget
+from prunedroid.report import markdown_table, write_results
+from prunedroid.train import TrainConfig, evaluate, make_config, train
+
+
+def recipe_bench(args, name: str, epochs: int, distill_weight: str | None) -> Bench:
+    """A Bench whose fine-tune is the quick recipe run `epochs` long (distilled when a weight is given); its cells in
+    <work>/<name>.json, its checkpoints under <work>/<name>/."""
+    folder = f"{args.work}/{name}"
+    bench = Bench.open(args.base, folder, folder, args.finetune_preset, args.data_dir, args.threads, distill_weight)
+    bench.finetune_config = dataclasses.replace(bench.finetune_config, epochs=epochs)
+    bench.payload["finetune"] = dataclasses.asdict(bench.finetune_config)
+    return bench
+
+
+def finetuned(bench: Bench, budget: Budget, seeds: list[int]) -> dict:
+    """The cell pruned to `budget` (keyed by its allocation), fine-tuned by the bench's recipe under every seed."""
+    bench.measure(budget.allocation, "l1", budget, allocation=budget.allocation, target=budget.target)
+    for seed in seeds:
+        bench.finetune(budget.allocation, "l1", budget, finetune_seed=seed)
+        bench.save("controls (in progress)", "")
+    return bench.cells[budget.allocation]
+
+
+def correct_table(bench: Bench, key: str, split_name: str, split) -> torch.Tensor:
+    """bool (seeds, N): which images the cell's fine-tune under each seed it has (this run's and earlier runs')
+    gets right."""
+    return torch.stack([bench.per_image_correct(key, seed, split_name, split) for seed in bench.finetune_seeds(key)])
+
+
+def trained_base(bench: Bench, epochs: int, seeds: list[int]) -> dict[str, torch.Tensor]:
+    """The unpruned base trained `epochs` more by the fine-tune recipe (no distillation), per seed: the control for
+    more training. bool (seeds, N) correct tables on test and unseen images."""
+    config = dataclasses.replace(bench.finetune_config, epochs=epochs, distill_weight=0.0)
+    tables: dict[str, list] = {"test": [], "unseen": []}
+    for seed in seeds:
+        folder = bench.work / f"base-plus-{epochs}-seed{seed}"
+        model = train(dataclasses.replace(config, seed=seed), bench.data, folder, resume=True, progress=False,
+                      init=bench.base_checkpoint).model()
+        for name, split in (("test", bench.data.test), ("unseen", bench.unseen_holdout)):
+            tables[name].append(evaluate(model, split, per_image=True)["correct"])
+    return {name: torch.stack(rows) for name, rows in tables.items()}
+
+
+def from_scratch(bench: Bench, pruned_arch: dict, epochs: int, seed: int) -> torch.nn.Module:
+    """The pruned architecture with fresh random weights, trained by the base's own recipe for `epochs`."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{key: value for key, value in bench.base_checkpoint.recipe.items() if key in fields})
+    config = dataclasses.replace(config, epochs=epochs, seed=seed, threads=bench.finetune_config.threads)
+    init = Checkpoint(arch=pruned_arch, state_dict=build_model(pruned_arch).state_dict(), recipe={}, data={})
+    return train(config, bench.data, bench.work / f"scratch-{epochs}-seed{seed}", resume=True, progress=False,
+                 init=init).model()
+
+
+def main() -> None:
+    parser = arguments(__doc__, out="benchmarks/results/controls_quick", work="runs/bench-controls")
+    parser.add_argument("--target", type=float, default=0.6, help="share of MACs removed")
+    parser.add_argument("--epochs", type=int, default=8, help="the longer fine-tune's epochs")
+    parser.add_argument("--seeds", default="0,1,2", help="fine-tune seeds of every pruned cell (a cell reports every "
+                                                       "seed it has, from earlier runs too)")
+    parser.add_argument("--base-seeds", default="0", help="seeds of the base trained --epochs more")
+    parser.add_argument("--round-to", type=int, default=8, help="channel multiple of every pruned cell")
+    parser.add_argument("--scratch", action="store_true", help="also train the pruned architecture from scratch")
+    args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    budgets = {allocation: Budget.of(mac_reduction=args.target, allocation=allocation, round_to=args.round_to)
+               for allocation in ("sensitivity", "uniform")}
+    short = recipe_bench(args, "3-epochs", make_config(args.finetune_preset, {}, finetune=True).epochs, None)
+    plain = recipe_bench(args, f"{args.epochs}-epochs", args.epochs, None)
+    distilled = recipe_bench(args, f"{args.epochs}-epochs-distilled", args.epochs, args.distill_weight or "0.5")
+    cells = {("sensitivity", "3 epochs"): (short, finetuned(short, budgets["sensitivity"], seeds)),
+             ("sensitivity", f"{args.epochs} epochs"): (plain, finetuned(plain, budgets["sensitivity"], seeds)),
+             ("sensitivity", f"{args.epochs} epochs, distilled"):
+                 (distilled, finetuned(distilled, budgets["sensitivity"], seeds)),
+             ("uniform", f"{args.epochs} epochs, distilled"):
+                 (distilled, finetuned(distilled, budgets["uniform"], seeds))}
+    splits = {"test": short.data.test, "unseen": short.unseen_holdout}
+    base_correct = {name: evaluate(short.base, split, per_image=True)["correct"][None]
+                    for name, split in splits.items()}
+    more = trained_base(short, args.epochs, [int(seed) for seed in args.base_seeds.split(",")])
+    rows, tables = [], {}
+    for (allocation, recipe), (bench, _) in cells.items():
+        tables[allocation, recipe] = {name: correct_table(bench, allocation, name, split)
+                                      for name, split in splits.items()}
+    tables["base", f"+{args.epochs} epochs"] = more
+    if args.scratch:
+        pruned = prune_checkpoint(short.base_checkpoint, "l1", budgets["sensitivity"],
+                                  **short.cell_pruning_data("sensitivity", "l1"))
+        scratch = from_scratch(short, pruned.arch, short.base_checkpoint.epoch + args.epochs, 0)
+        tables["sensitivity", f"from scratch, {short.base_checkpoint.epoch + args.epochs} epochs"] = {
+            name: evaluate(scratch, split, per_image=True)["correct"][None] for name, split in splits.items()}
+    results = {}
+    for (allocation, recipe), table in tables.items():
+        per_seed = {name: [row.float().mean().item() for row in table[name]] for name in splits}
+        gaps = {name: paired_difference(table[name], base_correct[name], over_runs=True) for name in splits}
+        results[f"{allocation} / {recipe}"] = {"per_seed": per_seed, "vs_base": gaps}
+        rows.append({"model": allocation if allocation == "base" else f"{allocation}, {args.target:.0%} fewer MACs",
+                     "training after the base": recipe, "seeds": len(table["test"]),
+                     "test top-1, mean (sd)": mean_sd(per_seed["test"]),
+                     "unseen top-1, mean (sd)": mean_sd(per_seed["unseen"]),
+                     "minus base, test": interval(gaps["test"]), "minus base, unseen": interval(gaps["unseen"])})
+    payload = {"command": short.payload["commands"][-1], "base": short.payload["base"], "target": args.target,
+               "round_to": args.round_to, "seeds_asked": seeds,
+               "recipes": {name: b.payload["finetune"] for name, b in (("short", short), ("plain", plain),
+                                                                      ("distilled", distilled))},
+               "cells": {f"{a} / {r}": cell for (a, r), (_, cell) in cells.items()},
+               "results": results}
+    text = (f"Base: {base_title(payload)}. L1, `--round-to {args.round_to}`. The base scores "
+            f"{base_correct['test'].float().mean().item():.2%} on test images and "
+            f"{base_correct['unseen'].float().mean().item():.2%} on the {len(splits['unseen']):,} unseen held-out "
+            f"ones.\n\n" + markdown_table(rows, list(rows[0])))
+    write_results(args.out, payload, title=f"Where the accuracy comes from: allocation, fine-tune length, "
+                                           f"distillation ({args.target:.0%} fewer MACs)", table=text, notes=NOTES)
+
+
+NOTES = """
+`minus base`: the model's top-1 minus the unpruned base's on the same images, in points, with a 95% bootstrap
+interval over images and seeds. `unseen`: held-out training images past the 3,072 sensitivity allocation measures
+on, which no model trained on and nothing chose by. The base trained N more epochs uses the fine-tune recipe (same
+learning rate and schedule) without distillation.
+"""
+
+
+if __name__ == "__main__":
+    main()
