@@ -252,17 +252,16 @@ def _fitted_budget(arch: dict, budget, round_to_typed: bool):
     if round_to_typed:
         check(graph, budget)
         return budget
-    for multiple in (m for m in (16, 8, 4, 2, 1) if m <= budget.round_to):
+    for multiple in [m for m in (16, 8, 4, 2, 1) if m < budget.round_to]:
         try:
-            check(graph, dataclasses.replace(budget, round_to=multiple))
+            check(graph, budget)
+            break
         except PrunedroidError:
-            if multiple == 1:
-                raise
-            continue
-        if multiple != budget.round_to:
             print(f"note: --round-to {budget.round_to} cannot reach the target on this model (its groups are too "
-                  f"narrow); pruning to multiples of {multiple} instead", flush=True)
-        return dataclasses.replace(budget, round_to=multiple)
+                  f"narrow); trying multiples of {multiple}", flush=True)
+            budget = dataclasses.replace(budget, round_to=multiple)
+    else:
+        check(graph, budget)  # the last multiple left: fits, or the error names the fix
     return budget
 
 
