@@ -83,8 +83,9 @@ def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
                                     "--out", str(out))
     assert l1_with_scp_option.returncode == 2 and "applies to --method scp only" in l1_with_scp_option.stderr
     assert not out.exists()
+    # uniform and unrounded: an untrained base's sensitivity curves are flat, and SCP's options are what is tested
     done = run_invoke(*common, "--mac-reduction", "0.5", "--eval-images", "128", "--batch-size", "64",
-                      "--criterion", "euclidean")
+                      "--criterion", "euclidean", "--allocation", "uniform", "--round-to", "1")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "scp" and report["options"]["criterion"] == "euclidean"
