@@ -9,8 +9,9 @@ Every cell is pruned and measured (top-1 right after pruning and with BatchNorm 
 --finetune also get the fine-tune recipe (--finetune-preset, 3 epochs for quick) and a paired difference against
 uniform at the same target; --long-epochs N adds a longer fine-tune distilled from the base (--long-distill-weight)
 for the targets in --long-targets. Without --no-timing, every cell is exported and timed in onnxruntime (batch 1,
-one thread, interleaved) for its latency against its MAC ratio. Cells already in <out>.json are kept; sensitivity
-curves are cached under --work, so they are measured once per method whatever the targets.
+one thread, interleaved, in --processes separate processes) for its latency against its MAC ratio. Cells already in
+<out>.json are kept; sensitivity curves are cached under --work, so they are measured once per method whatever the
+targets.
 """
 from __future__ import annotations
 
@@ -23,7 +24,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from harness import Bench, architecture_latencies, arguments, base_title, chosen, paired_table, percent  # noqa: E402
+from harness import (  # noqa: E402
+    Bench,
+    architecture_latencies,
+    arguments,
+    base_title,
+    chosen,
+    paired_table,
+    percent,
+    ratio_spread,
+)
 
 from prunedroid.bench import speed_for_macs  # noqa: E402
 from prunedroid.pruning import Budget, SCPConfig  # noqa: E402
@@ -81,9 +91,9 @@ def cell_rows(payload: dict, latency: bool) -> list[dict]:
                "fine-tuned": percent(cell.get("top1_finetuned"))}
         if latency and "onnx_ms" in cell:
             mac_ratio = 1 - cell["mac_reduction"]
-            latency_ratio = cell["onnx_ms"] / payload["base_onnx_ms"]
-            row.update({"ORT ms": f"{cell['onnx_ms']:.3f}", "latency vs base": f"{latency_ratio:.2f}x",
-                        "latency / MAC ratio": speed_for_macs(latency_ratio, mac_ratio)})
+            row.update({"ORT ms": f"{cell['onnx_ms']:.3f}", "latency vs base [min-max]": ratio_spread(cell),
+                        "latency / MAC ratio": speed_for_macs(cell["latency_ratio"], mac_ratio,
+                                                              cell["latency_ratio_max"])})
         rows.append(row)
     return rows
 
@@ -117,6 +127,12 @@ def finetuned_top1(cell: dict) -> tuple[float, float] | None:
 RECIPE_STYLES = ("-o", "--s", "-.D")  # fine-tuning recipes in order; pruned models are dotted triangles
 
 
+def onnx_ratio(cell: dict, payload: dict) -> float:
+    """A timed cell's onnxruntime latency ratio to the base: the median over timing processes, or for results
+    timed in one process before that (frontier_wide.json), its time over the base's."""
+    return cell.get("latency_ratio", cell["onnx_ms"] / payload["base_onnx_ms"])
+
+
 def plot(payloads: dict[str, dict], path: Path) -> None:
     """Top-1 against MACs kept (and against onnxruntime latency when timed): the fine-tuned models on the upper row,
     on an axis of their own, the pruned ones (BatchNorm re-measured) below; one colour per method x allocation,
@@ -135,7 +151,7 @@ def plot(payloads: dict[str, dict], path: Path) -> None:
                     continue
                 top1 = (100 * cell["top1_recalibrated"], 0.0) if recipe == "pruned" else finetuned_top1(cell)
                 if top1 is not None:
-                    latency = cell["onnx_ms"] / first["base_onnx_ms"] if timed and "onnx_ms" in cell else None
+                    latency = onnx_ratio(cell, first) if timed and "onnx_ms" in cell else None
                     points.append((1 - cell["mac_reduction"], *top1, latency))
             if not points:
                 continue
@@ -191,6 +207,7 @@ def main() -> None:
     parser.add_argument("--long-distill-weight", default="0.5")
     parser.add_argument("--no-timing", action="store_true", help="skip timing in onnxruntime")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per architecture")
+    parser.add_argument("--processes", type=int, default=5, help="separate timing processes")
     parser.add_argument("--replot", action="store_true", help="only draw <out>.png again from <out>.json")
     args = parser.parse_args()
     if args.replot:
@@ -210,10 +227,11 @@ def main() -> None:
     if not args.no_timing:
         specs = {key: dataclasses.replace(bench.base.spec, conv_channels=tuple(cell["channels"]))
                  for key, cell in bench.cells.items()}
-        latencies = architecture_latencies({"base": bench.base.spec, **specs}, args.runs)
-        bench.payload["base_onnx_ms"] = latencies["base"]["median"]
+        latencies = architecture_latencies({"base": bench.base.spec, **specs}, args.runs, args.processes)
+        bench.payload["base_onnx_ms"] = latencies["base"]["median_ms"]
         for key in specs:
-            bench.cells[key].update(onnx_ms=latencies[key]["median"], onnx_p90_ms=latencies[key]["p90"])
+            latency = latencies[key]
+            bench.cells[key].update(onnx_ms=latency.pop("median_ms"), **latency)
     sections = [f"Base: {base_title(bench.payload)}; fine-tune: {bench.finetune_config.epochs} epochs "
                 f"(`{args.finetune_preset}` recipe), seed {bench.finetune_config.seed}.\n",
                 markdown_table(rows := cell_rows(bench.payload, not args.no_timing), list(rows[0])),

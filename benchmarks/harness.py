@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid.bench import benchmark, onnx_latencies_ms, paired_difference
+from prunedroid import pte
+from prunedroid.bench import benchmark, interleaved_latencies_ms, onnx_latencies_ms, onnx_session, paired_difference
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.errors import PrunedroidError
@@ -32,6 +37,19 @@ from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, prune_checkpoint,
 from prunedroid.pruning import Budget, Method, SCPConfig, method_name
 from prunedroid.report import command_line, markdown_table, write_results
 from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
+
+PROGRAM_RUNS = 200  # timed batch-1 calls per program and process, after PROGRAM_WARMUP untimed ones
+PROGRAM_WARMUP = 20
+
+
+def resumed(previous: dict) -> dict:
+    """A results payload read back for a rerun to add to: everything it holds (cells, timings, choices - a rerun
+    redoes only what changed) but the one command and machine, with this command appended to its `commands`."""
+    commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
+    if command_line() not in commands[-1:]:
+        commands.append(command_line())
+    return {**{key: value for key, value in previous.items() if key not in ("command", "machine")},
+            "commands": commands}
 
 
 def arguments(description: str, out: str, work: str | None = None) -> argparse.ArgumentParser:
@@ -87,12 +105,7 @@ class Bench:
         if previous and previous["base"]["sha256"] != sha256:
             raise PrunedroidError(f"{results} holds cells of another base model ({previous['base']['checkpoint']}); "
                                   f"pass another --out, or delete it to start over")
-        commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
-        if command_line() not in commands[-1:]:
-            commands.append(command_line())
-        # What a script added besides the cells (its timing, its choice) is kept too: a rerun redoes only what changed.
-        kept = {key: value for key, value in previous.items() if key not in ("command", "machine")}
-        payload = {**kept, "commands": commands,
+        payload = {**resumed(previous),
                    "base": {"checkpoint": base, "sha256": sha256,
                             "width": checkpoint.recipe["width"], "epochs": checkpoint.epoch,
                             "arch": checkpoint.arch,
@@ -289,17 +302,84 @@ def export_name(key: str) -> str:
     return key.replace("/", "-").replace(".", "_")
 
 
-def architecture_latencies(specs: dict, runs: int = 300) -> dict:
-    """onnxruntime batch-1 latency (ms: median, p90; 1 thread) of each architecture in `specs` (key -> VGGSpec),
-    all interleaved in one run. Weights are freshly initialised: a dense fp32 kernel's time does not depend on
-    their values; BatchNorm is folded as `invoke export` does."""
+def program_calls(runtime: str, paths: dict[str, str]) -> dict[str, Callable[[], object]]:
+    """Each program (.onnx for onnxruntime, .pte for executorch) loaded in `runtime` with one thread, as one call on
+    zeros of the program's own input shape: a dense kernel's time does not depend on the values."""
+    torch.set_num_threads(1)
+    calls: dict[str, Callable[[], object]] = {}
+    if runtime == "onnxruntime":
+        for key, path in paths.items():
+            session = onnx_session(Path(path), threads=1)
+            shape = tuple(1 if isinstance(d, str) else d for d in session.get_inputs()[0].shape)
+            feed = {session.get_inputs()[0].name: np.zeros(shape, dtype=np.float32)}
+            calls[key] = functools.partial(session.run, None, feed)
+    else:
+        pte.set_threads(1)
+        for key, path in paths.items():
+            method = pte.load_pte(Path(path))
+            calls[key] = functools.partial(method.execute, [torch.zeros(method.metadata.input_tensor_meta(0).sizes())])
+    return calls
+
+
+def time_programs(runtime: str, paths: dict[str, str], runs: int = PROGRAM_RUNS) -> dict[str, float]:
+    """Median batch-1 latency (ms, one thread) of each program, all interleaved in this process."""
+    latencies = interleaved_latencies_ms(program_calls(runtime, paths), PROGRAM_WARMUP, runs)
+    return {key: timing["median"] for key, timing in latencies.items()}
+
+
+def program_request(runtime: str, paths: dict[str, Path], work: Path) -> Path:
+    """The programs of `runtime` as the JSON file a worker process reads; a changed request drops the timings made
+    for the previous one, so a rerun re-times only what a finished run of this request has not."""
+    request = work / f"{runtime}-programs.json"
+    text = json.dumps({key: str(path) for key, path in paths.items()})
+    if not request.exists() or request.read_text() != text:
+        for stale in work.glob(f"{runtime}-timing-*.json"):
+            stale.unlink()
+        request.write_text(text)
+    return request
+
+
+def repeated_program_latencies(runtime: str, paths: dict[str, Path], processes: int, work: Path,
+                               runs: int = PROGRAM_RUNS) -> dict[str, list[float]]:
+    """Per program, its median latency (ms) in each of `processes` separate processes (time_programs), each
+    process's result kept under `work`, so an interrupted run resumes with the processes it has."""
+    request = program_request(runtime, paths, work)
+    per_process = []
+    for index in range(processes):
+        out = work / f"{runtime}-timing-{index}.json"
+        if not out.exists():
+            partial = out.with_suffix(".partial")
+            subprocess.run([sys.executable, __file__, "--time", runtime, str(request), str(partial), str(runs)],
+                           check=True)
+            partial.replace(out)
+        per_process.append(json.loads(out.read_text()))
+    return {key: [timing[key] for timing in per_process] for key in paths}
+
+
+def ratios_to(base: str, per_process: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per program: median ms over the processes, and its ratio to `base` within each process - the median
+    (latency_ratio) and the min and max over the processes."""
+    result = {}
+    for key, times in per_process.items():
+        ratios = [time / base_time for time, base_time in zip(times, per_process[base])]
+        result[key] = {"median_ms": statistics.median(times), "latency_ratio": statistics.median(ratios),
+                       "latency_ratio_min": min(ratios), "latency_ratio_max": max(ratios)}
+    return result
+
+
+def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int = 5) -> dict:
+    """onnxruntime batch-1 latency of each architecture in `specs` (key -> VGGSpec; the first is the base), all
+    interleaved, in `processes` separate processes (ratios_to the first). Weights are freshly initialised: a dense
+    fp32 kernel's time does not depend on their values; BatchNorm is folded as `invoke export` does."""
     with tempfile.TemporaryDirectory() as scratch:
         paths = {}
         for index, (key, spec) in enumerate(specs.items()):
-            paths[key] = Path(scratch) / f"{index}.onnx"
-            write_onnx(fold_batchnorm(build_model(spec)), paths[key], dynamic_batch=True,
+            paths[str(key)] = Path(scratch) / f"{index}.onnx"
+            write_onnx(fold_batchnorm(build_model(spec)), paths[str(key)], dynamic_batch=True,
                        example=torch.zeros(1, *cifar.IMAGE_SHAPE))
-        return onnx_latencies_ms(paths, threads=1, runs=runs)
+        timed = ratios_to(str(next(iter(specs))), repeated_program_latencies("onnxruntime", paths, processes,
+                                                                             Path(scratch), runs))
+    return {key: timed[str(key)] for key in specs}
 
 
 LATENCY_IMAGES = 100  # top-1 beside the timing: a check that each runtime runs the model, not a result
@@ -378,3 +458,9 @@ independent second sample. An interval that spans 0 means the two are not told a
 
 def percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}%"
+
+
+if __name__ == "__main__":  # one timing process of repeated_program_latencies: --time <runtime> <request> <out> <runs>
+    _, _, program_runtime, program_list, timing_out, program_runs = sys.argv
+    Path(timing_out).write_text(json.dumps(time_programs(program_runtime, json.loads(Path(program_list).read_text()),
+                                                         int(program_runs))))

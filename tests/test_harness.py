@@ -7,8 +7,17 @@ import pytest
 from conftest import ROOT, save_untrained_base
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import Bench, paired_table  # noqa: E402
+from harness import (  # noqa: E402
+    Bench,
+    architecture_latencies,
+    paired_table,
+    ratios_to,
+    repeated_program_latencies,
+)
 
+from prunedroid.deploy import fold_batchnorm  # noqa: E402
+from prunedroid.models import build_model, vgg16_spec  # noqa: E402
+from prunedroid.pruned import example_input  # noqa: E402
 from prunedroid.pruning import Budget  # noqa: E402
 from prunedroid.train import CHECKPOINT_NAME  # noqa: E402
 
@@ -68,3 +77,35 @@ def test_a_finetune_finished_under_work_is_recorded_not_redone(tmp_path, cifar_d
     assert checkpoint.stat().st_mtime_ns == trained_at  # picked up, not trained again
     assert main["top1_finetuned"] == side["top1_finetuned"]
     assert main["finetune_seconds"] == side["finetune_seconds"] > 0  # the epochs' time, not this call's
+
+
+def test_architecture_timing_is_repeated_per_process_and_resumes(tmp_path):
+    """Each architecture's ratio to the first is the median over separate processes with their min and max; a rerun
+    of the same programs times nothing again, and other programs drop the timings of the previous ones."""
+
+
+    base = vgg16_spec(0.0625)
+    narrow = dataclasses.replace(base, conv_channels=tuple(max(1, c // 2) for c in base.conv_channels))
+    timed = architecture_latencies({"base": base, "narrow": narrow}, runs=10, processes=2)
+    assert timed["base"] == {**timed["base"], "latency_ratio": 1.0, "latency_ratio_min": 1.0, "latency_ratio_max": 1.0}
+    row = timed["narrow"]
+    assert 0 < row["latency_ratio_min"] <= row["latency_ratio"] <= row["latency_ratio_max"] and row["median_ms"] > 0
+
+    assert ratios_to("a", {"a": [2.0, 4.0, 1.0], "b": [1.0, 1.0, 1.0]})["b"] == {
+        "median_ms": 1.0, "latency_ratio": 0.5, "latency_ratio_min": 0.25, "latency_ratio_max": 1.0}
+
+    programs = tmp_path / "programs"
+    programs.mkdir()
+    from harness import write_onnx
+
+    paths = {}
+    for name, spec in (("base", base), ("narrow", narrow)):
+        paths[name] = programs / f"{name}.onnx"
+        write_onnx(fold_batchnorm(build_model(spec)), paths[name], dynamic_batch=False, example=example_input())
+    first = repeated_program_latencies("onnxruntime", paths, 2, tmp_path, runs=10)
+    kept = {path: path.stat().st_mtime_ns for path in tmp_path.glob("onnxruntime-timing-*.json")}
+    assert len(kept) == 2 and all(len(times) == 2 for times in first.values())
+    assert repeated_program_latencies("onnxruntime", paths, 2, tmp_path, runs=10) == first
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # nothing re-timed
+    repeated_program_latencies("onnxruntime", {"base": paths["base"]}, 1, tmp_path, runs=10)
+    assert sorted(path.name for path in tmp_path.glob("onnxruntime-timing-*.json")) == ["onnxruntime-timing-0.json"]
