@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,20 +47,28 @@ def build_helper(folder: Path) -> Path:
     return library
 
 
-def count_in_this_process(sidecars: list[str], calls: int, warmup: int, library: Path) -> None:
-    """Runs under callgrind: every model in every runtime, `warmup` calls, then `calls` counted ones."""
+def count_calls(calls: dict[str, Callable[[], object]], repeats: int, warmup: int, library: Path) -> None:
+    """Runs under callgrind: each call `warmup` times, then `repeats` times counted, dumped under its key."""
     helper = ctypes.CDLL(str(library))
+    for key, call in calls.items():
+        for _ in range(warmup):
+            call()
+        helper.counting_start()
+        for _ in range(repeats):
+            call()
+        helper.counting_stop(key.encode())
+
+
+def sidecar_calls(sidecars: list[str]) -> dict[str, Callable[[], object]]:
+    """"model/runtime" -> one batch-1 inference of that exported model in that runtime (one thread)."""
     models = load_models(sidecars, threads=1)
     generator = torch.Generator().manual_seed(0)
+    calls = {}
     for name, (sidecar, runtimes, _) in models.items():
         image = torch.randn(tuple(sidecar.input_shape), generator=generator)
         for runtime, (predict, _) in runtimes.items():
-            for _ in range(warmup):
-                predict(image)
-            helper.counting_start()
-            for _ in range(calls):
-                predict(image)
-            helper.counting_stop(f"{name}/{runtime}".encode())
+            calls[f"{name}/{runtime}"] = functools.partial(predict, image)
+    return calls
 
 
 def read_dumps(folder: Path) -> dict[str, int]:
@@ -74,8 +84,9 @@ def read_dumps(folder: Path) -> dict[str, int]:
     return counted
 
 
-def count_instructions(sidecars: list[str], calls: int, warmup: int, processes: int) -> list[dict[str, int]]:
-    """Per process, "model/runtime" -> instructions per call."""
+def count_instructions(worker: list[str], repeats: int, processes: int) -> list[dict[str, int]]:
+    """Runs `worker` (a command line that calls count_calls with the helper library given as its last argument)
+    under callgrind in `processes` separate processes; per process, key -> instructions per call."""
     if shutil.which("valgrind") is None or shutil.which("cc") is None:
         sys.exit("needs valgrind (with its headers, valgrind/callgrind.h) and a C compiler")
     results = []
@@ -85,10 +96,9 @@ def count_instructions(sidecars: list[str], calls: int, warmup: int, processes: 
             dumps = Path(scratch) / f"process-{index}"
             dumps.mkdir()
             subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
-                            f"--callgrind-out-file={dumps / 'callgrind.out'}", "--quiet", sys.executable, __file__,
-                            "--worker", str(library), "--models", ",".join(sidecars), "--calls", str(calls),
-                            "--warmup", str(warmup)], check=True)
-            results.append({key: round(total / calls) for key, total in read_dumps(dumps).items()})
+                            f"--callgrind-out-file={dumps / 'callgrind.out'}", "--quiet", *worker, str(library)],
+                           check=True)
+            results.append({key: round(total / repeats) for key, total in read_dumps(dumps).items()})
     return results
 
 
@@ -103,9 +113,11 @@ def main() -> None:
     args = parser.parse_args()
     sidecars = args.models.split(",")
     if args.worker:
-        count_in_this_process(sidecars, args.calls, args.warmup, Path(args.worker))
+        count_calls(sidecar_calls(sidecars), args.calls, args.warmup, Path(args.worker))
         return
-    results = count_instructions(sidecars, args.calls, args.warmup, args.processes)
+    worker = [sys.executable, __file__, "--models", args.models, "--calls", str(args.calls), "--warmup",
+              str(args.warmup), "--worker"]
+    results = count_instructions(worker, args.calls, args.processes)
     keys = list(results[0])
     base = keys[0].split("/")[0]
     rows = []

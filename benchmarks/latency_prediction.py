@@ -11,7 +11,9 @@ Each layer timed alone pays one call's overhead (the runtime entering and leavin
 once; the overhead is measured as the time of a program holding a single 1x1 conv of one channel on a 1x1 input,
 and a corrected prediction subtracts it from all but one layer. Weights are freshly initialised (a dense fp32
 kernel's time does not depend on them; int8 models are calibrated on random inputs) and BatchNorm is folded, as
-export does. Run it on an otherwise idle machine: the tables and the whole models are timed by this script.
+export does. Run it on an otherwise idle machine: the tables and the whole models are timed by this script. Each
+timing process's result is kept under --work, so a rerun on the same programs times only what is missing; the
+instruction counts (callgrind, --counting-processes) are not disturbed by other jobs and can run any time.
 """
 from __future__ import annotations
 
@@ -19,16 +21,16 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import PROGRAM_RUNS, program_calls, program_request, repeated_program_latencies
+from instructions import count_calls, count_instructions
 
 from prunedroid import data as cifar
-from prunedroid import pte
-from prunedroid.bench import interleaved_latencies_ms, onnx_session
+from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
 from prunedroid.deploy import fold_batchnorm, write_onnx
 from prunedroid.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block, write_timing_pte
 from prunedroid.models import build_model
@@ -40,8 +42,8 @@ from prunedroid.report import markdown_table, write_results
 
 OVERHEAD = "call overhead"  # the program whose time is one call's overhead: a 1x1 conv of one channel
 OVERHEAD_SHAPE = LayerShape(1, 1, 1, 1, 1, 0)
-RUNS = 200
-WARMUP = 20
+COUNTED_CALLS = 3  # under callgrind, per program: the count repeats to within 0.05% between processes
+COUNT_WARMUP = 2
 
 
 def architectures(frontier: dict) -> dict[str, VGGSpec]:
@@ -83,35 +85,12 @@ def programs(specs: dict[str, VGGSpec], runtime: str, folder: Path) -> dict[str,
     return paths
 
 
-def time_programs(runtime: str, paths: dict[str, str]) -> dict[str, float]:
-    """Median batch-1 latency (ms, one thread) of each program, all interleaved in this process."""
-    torch.set_num_threads(1)
-    calls = {}
-    if runtime == "onnxruntime":
-        for key, path in paths.items():
-            session = onnx_session(Path(path), threads=1)
-            shape = tuple(1 if isinstance(d, str) else d for d in session.get_inputs()[0].shape)
-            feed = {session.get_inputs()[0].name: np.zeros(shape, dtype=np.float32)}
-            calls[key] = lambda session=session, feed=feed: session.run(None, feed)
-    else:
-        pte.set_threads(1)
-        for key, path in paths.items():
-            method = pte.load_pte(Path(path))
-            inputs = [torch.zeros((1, 1, 1, 1) if key == OVERHEAD else (1, *cifar.IMAGE_SHAPE))]
-            calls[key] = lambda method=method, inputs=inputs: method.execute(inputs)
-    return {key: timing["median"] for key, timing in interleaved_latencies_ms(calls, WARMUP, RUNS).items()}
-
-
-def repeated(runtime: str, paths: dict[str, Path], processes: int, work: Path) -> dict[str, list[float]]:
-    """Per program, its median latency (ms) in each of `processes` separate processes."""
-    request = work / f"{runtime}-programs.json"
-    request.write_text(json.dumps({key: str(path) for key, path in paths.items()}))
-    per_process = []
-    for index in range(processes):
-        out = work / f"{runtime}-timing-{index}.json"
-        subprocess.run([sys.executable, __file__, "--time", runtime, str(request), str(out)], check=True)
-        per_process.append(json.loads(out.read_text()))
-    return {key: [timing[key] for timing in per_process] for key in paths}
+def instructions(runtime: str, paths: dict[str, Path], processes: int, work: Path) -> dict[str, list[int]]:
+    """Per program, instructions per call under callgrind (AVX2 code paths) in each of `processes` processes."""
+    request = program_request(runtime, paths, work)
+    worker = [sys.executable, __file__, "--count", runtime, str(request), str(COUNTED_CALLS), str(COUNT_WARMUP)]
+    per_process = count_instructions(worker, COUNTED_CALLS, processes)
+    return {key: [counts[key] for counts in per_process] for key in paths}
 
 
 def ranks(values: list[float]) -> np.ndarray:
@@ -126,7 +105,8 @@ def spearman(first: list[float], second: list[float]) -> float:
     return float(np.corrcoef(ranks(first), ranks(second))[0, 1])
 
 
-def measure_runtime(runtime: str, specs: dict[str, VGGSpec], processes: int, work: Path) -> dict:
+def measure_runtime(runtime: str, specs: dict[str, VGGSpec], processes: int, counting_processes: int,
+                    work: Path) -> dict:
     table = LatencyTable.load(LatencyOptions(runtime).table_path(work), runtime)
     models = {}
     for key, spec in specs.items():
@@ -136,10 +116,17 @@ def measure_runtime(runtime: str, specs: dict[str, VGGSpec], processes: int, wor
                        "layers": len(graph.layer_shapes(graph.channels)),
                        "predicted_ms": table.model_ms(graph, graph.channels)}
     table.save()
-    measured = repeated(runtime, programs(specs, runtime, work / runtime), processes, work)
+    paths = programs(specs, runtime, work / runtime)
+    measured = repeated_program_latencies(runtime, paths, processes, work)
+    counted = instructions(runtime, paths, counting_processes, work) if counting_processes else {}
     overhead = statistics.median(measured[OVERHEAD])
     base = models["base"]
     for key, row in models.items():
+        row["mac_ratio"] = row["macs"] / base["macs"]
+        if counted:
+            row.update(instructions=statistics.median(counted[key]),
+                       instructions_ratio=statistics.median(c / b for c, b in zip(counted[key], counted["base"])),
+                       instructions_spread=(max(counted[key]) - min(counted[key])) / statistics.median(counted[key]))
         # Ratios to the base within each process, then their median and spread over the processes.
         ratios = [m / b for m, b in zip(measured[key], measured["base"])]
         row.update(measured_ms=statistics.median(measured[key]), measured_ms_min=min(measured[key]),
@@ -153,7 +140,7 @@ def measure_runtime(runtime: str, specs: dict[str, VGGSpec], processes: int, wor
     pruned = [row for key, row in models.items() if key != "base"]
     measured_ms = [row["measured_ms"] for row in pruned]
     summary = {
-        "runtime": table.where, "processes": processes, "runs": RUNS, "call_overhead_ms": overhead,
+        "runtime": table.where, "processes": processes, "runs": PROGRAM_RUNS, "call_overhead_ms": overhead,
         "shapes_in_table": len(table.ms),
         "spearman_predicted": spearman([row["predicted_ms"] for row in pruned], measured_ms),
         "spearman_macs": spearman([row["macs"] for row in pruned], measured_ms),
@@ -177,26 +164,61 @@ def summary_rows(results: dict) -> list[dict]:
 
 
 def model_rows(result: dict) -> list[dict]:
-    return [{"model": key, "MACs": f"{row['macs'] / 1e6:.1f}M", "predicted ms": f"{row['predicted_ms']:.3f}",
-             "corrected ms": f"{row['corrected_ms']:.3f}",
-             "measured ms [min-max]": f"{row['measured_ms']:.3f} [{row['measured_ms_min']:.3f}-"
-                                      f"{row['measured_ms_max']:.3f}]",
-             "predicted ratio": f"{row['predicted_ratio']:.3f}", "corrected ratio": f"{row['corrected_ratio']:.3f}",
-             "measured ratio [min-max]": f"{row['measured_ratio']:.3f} [{row['measured_ratio_min']:.3f}-"
-                                         f"{row['measured_ratio_max']:.3f}]"}
-            for key, row in result["models"].items()]
+    rows = []
+    for key, row in result["models"].items():
+        shown = {"model": key, "MACs": f"{row['macs'] / 1e6:.1f}M", "predicted ms": f"{row['predicted_ms']:.3f}",
+                 "corrected ms": f"{row['corrected_ms']:.3f}",
+                 "measured ms [min-max]": f"{row['measured_ms']:.3f} [{row['measured_ms_min']:.3f}-"
+                                          f"{row['measured_ms_max']:.3f}]",
+                 "predicted ratio": f"{row['predicted_ratio']:.3f}", "corrected ratio": f"{row['corrected_ratio']:.3f}",
+                 "measured ratio [min-max]": f"{row['measured_ratio']:.3f} [{row['measured_ratio_min']:.3f}-"
+                                             f"{row['measured_ratio_max']:.3f}]",
+                 "MAC ratio": f"{row['mac_ratio']:.3f}",
+                 "latency / MAC ratio": speed_for_macs(row["measured_ratio"], row["mac_ratio"],
+                                                       row["measured_ratio_max"])}
+        if "instructions" in row:
+            shown |= {"instructions (M)": f"{row['instructions'] / 1e6:.2f}",
+                      "instruction ratio": f"{row['instructions_ratio']:.3f}"}
+        rows.append(shown)
+    return rows
+
+
+def allocation_rows(result: dict, frontier: dict) -> list[dict]:
+    """Per allocation of the frontier's cells: how its architectures' latency ratio (median over processes, and the
+    worst process) and instruction ratio compare with their MAC ratio, across its targets."""
+    by_allocation: dict[str, list[dict]] = {}
+    for key, row in result["models"].items():
+        if key != "base":
+            by_allocation.setdefault(frontier["cells"][key]["allocation"], []).append(row)
+    rows = []
+    for allocation, models in by_allocation.items():
+        median = [row["measured_ratio"] / row["mac_ratio"] for row in models]
+        worst = [row["measured_ratio_max"] / row["mac_ratio"] for row in models]
+        shown = {"allocation": allocation, "architectures": len(models),
+                 "latency / MAC ratio, median process": f"{min(median):.2f}-{max(median):.2f}x",
+                 "same, slowest process": f"{min(worst):.2f}-{max(worst):.2f}x",
+                 f"flagged (> {SLOW_FOR_MACS:.1f}x in any process)": f"{sum(w > SLOW_FOR_MACS for w in worst)} of "
+                                                                       f"{len(models)}"}
+        if all("instructions_ratio" in row for row in models):
+            counted = [row["instructions_ratio"] / row["mac_ratio"] for row in models]
+            shown["instruction ratio / MAC ratio"] = f"{min(counted):.2f}-{max(counted):.2f}x"
+        rows.append(shown)
+    return rows
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--time"]:  # one timing process: --time <runtime> <programs.json> <out.json>
-        runtime, request, out = sys.argv[2:5]
-        Path(out).write_text(json.dumps(time_programs(runtime, json.loads(Path(request).read_text()))))
+    if sys.argv[1:2] == ["--count"]:  # under callgrind: --count <runtime> <programs.json> <calls> <warmup> <library>
+        runtime, request, repeats, warmup, library = sys.argv[2:7]
+        calls = program_calls(runtime, json.loads(Path(request).read_text()))
+        count_calls(calls, int(repeats), int(warmup), Path(library))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frontier", default="benchmarks/results/frontier_wide.json",
                         help="a frontier benchmark's JSON: its base's and cells' channels are the models")
     parser.add_argument("--runtimes", default="onnxruntime,executorch", help=f"of {', '.join(RUNTIMES)}")
     parser.add_argument("--processes", type=int, default=5, help="separate timing processes")
+    parser.add_argument("--counting-processes", type=int, default=2,
+                        help="separate callgrind processes counting instructions per inference (0: none)")
     parser.add_argument("--out", default="benchmarks/results/latency_prediction_wide", help="results stem")
     parser.add_argument("--work", default="runs/bench-latency-prediction", help="tables, programs, timings")
     args = parser.parse_args()
@@ -204,12 +226,17 @@ def main() -> None:
     specs = architectures(frontier)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = {runtime: measure_runtime(runtime, specs, args.processes, work) for runtime in args.runtimes.split(",")}
+    results = {runtime: measure_runtime(runtime, specs, args.processes, args.counting_processes, work)
+               for runtime in args.runtimes.split(",")}
     sections = [f"{len(specs)} architectures: the base ({frontier['base']['checkpoint']}, width "
                 f"{frontier['base']['width']}) and every distinct pruned architecture of `{args.frontier}`. Batch 1, "
-                f"one thread; whole models: median over {args.processes} separate processes ({RUNS} interleaved runs "
-                f"each); tables: each layer alone, median of 60 runs, as `--allocation latency` times them.\n",
+                f"one thread; whole models: median over {args.processes} separate processes ({PROGRAM_RUNS} "
+                f"interleaved runs each); tables: each layer alone, median of 60 runs, as `--allocation latency` "
+                f"times them.\n",
                 markdown_table(rows := summary_rows(results), list(rows[0]))]
+    for result in results.values():
+        sections += [f"\n### {result['summary']['runtime']['runtime']}: latency against MACs, per allocation\n",
+                     markdown_table(rows := allocation_rows(result, frontier), list(rows[0]))]
     for result in results.values():
         sections += [f"\n### {result['summary']['runtime']['runtime']}: per model\n",
                      markdown_table(rows := model_rows(result), list(rows[0]))]
@@ -223,7 +250,11 @@ Rank correlation is over the pruned models only (the base is each ratio's denomi
 whole model's measured latency over the table's sum of layers, across all models. The ratio to the base is what a
 `--latency-reduction` target is a share of: its worst error says how far a predicted 50% can land from a measured
 50%. Corrected: each layer's time minus one call's overhead, plus one overhead for the model; with models of equal
-depth this shifts every prediction by the same amount, so it changes ratios, never the ranking.
+depth this shifts every prediction by the same amount, so it changes ratios, never the ranking. `latency / MAC
+ratio`: the measured ratio to the base over the MAC ratio, flagged SLOW when the slowest process is more than 10%
+slower than the MACs say. Instructions: per batch-1 call under valgrind's callgrind (3 calls after 2 warm-up ones,
+in separate processes; `--counting-processes`), a figure no other job on the machine can move; valgrind emulates the
+CPU up to AVX2, so the counts are of the runtimes' AVX2 kernels, not the AVX-512 ones the timings ran.
 """
 
 

@@ -46,12 +46,15 @@ def test_no_tests_collected_is_a_failure():
 
 
 def _tree(folder: Path) -> set[str]:
-    """Every path under `folder` but the interpreter's own caches and the virtual environment."""
+    """Every path under `folder` but the interpreter's own caches and the virtual environment; of the top-level
+    runs/ only whether it exists, since runs of this checkout may be writing into it while the suite runs."""
     skip = {".git", ".venv", "__pycache__", ".pytest_cache"}
     found = set()
     for parent, folders, files in os.walk(folder):
         folders[:] = [f for f in folders if f not in skip]
         found.update(os.path.relpath(os.path.join(parent, name), folder) for name in folders + files)
+        if Path(parent) == folder:
+            folders[:] = [f for f in folders if f != "runs"]
     return found
 
 
