@@ -93,9 +93,10 @@ NOTES = """
 `pruned`: test top-1 right after pruning. `BN re-measured`: BatchNorm statistics re-measured on 1,024 held-out
 training images, no weights changed (SCP does this itself, layer by layer). `fine-tuned`: one identical short
 fine-tune (recipe in the JSON). Sizes and latency are of the model each method leaves (fine-tuned where it was):
-`.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread; each
-distinct architecture is timed once, all interleaved, so methods at one MAC target (same channels per layer) share
-it. A blank `fine-tuned` means the method was left out of --finetune (see the command).
+`.ptl` TorchScript Lite, `.onnx` ONNX, `ORT ms` the median of 200 batch-1 onnxruntime calls on one thread, the
+median over 5 separate processes; each distinct architecture is timed once per process, all interleaved, so methods
+at one MAC target (same channels per layer) share it. A blank `fine-tuned` means the method was left out of
+--finetune (see the command).
 `scp-<criterion>`: SCP with least-squares weight combination (default options); `-none` without combination;
 `scp-cosine-bn`: the pruning loss measured after the next layer's BatchNorm (`--loss-at bn`); `scp-cosine-norm`: of
 each similar pair the filter with the larger L1 norm stays (`--keep norm`), not the costlier one to remove.

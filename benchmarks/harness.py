@@ -25,7 +25,7 @@ from torch import nn
 
 from prunedroid import data as cifar
 from prunedroid import pte
-from prunedroid.bench import benchmark, interleaved_latencies_ms, onnx_latencies_ms, onnx_session, paired_difference
+from prunedroid.bench import benchmark, interleaved_latencies_ms, onnx_session, paired_difference
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
 from prunedroid.errors import PrunedroidError
@@ -260,18 +260,19 @@ class Bench:
                         **{f"{kind}_bytes": exported.report[f"{kind}_bytes"] for kind in ("ptl", "onnx", "pte")})
         return cell
 
-    def time_onnx(self, keys: list[str]) -> None:
+    def time_onnx(self, keys: list[str], processes: int = 5) -> None:
         """onnxruntime batch-1 latency (ms, 1 thread) of the deployed cells: each distinct architecture (its
-        channels per layer) is timed once, all of them interleaved in one go, and every cell gets its
-        architecture's median and p90 - timing cell by cell on a shared machine drifted by up to 1.7x."""
-        by_channels = {}
+        channels per layer) timed once per process, all of them interleaved, in `processes` separate processes
+        (one process on a shared machine has moved a ratio by up to 1.7x); every cell gets its architecture's
+        median over them."""
+        by_channels: dict[str, Path] = {}
         for key in keys:
             sidecar = self.cells[key].get("sidecar", self.finetuned_folder(key) / "export" / "model.json")
-            by_channels.setdefault(tuple(self.cells[key]["channels"]), Path(sidecar).with_suffix(".onnx"))
-        latencies = onnx_latencies_ms(by_channels)
+            by_channels.setdefault(channels_key(self.cells[key]), Path(sidecar).with_suffix(".onnx"))
+        with tempfile.TemporaryDirectory() as scratch:
+            timed = repeated_program_latencies("onnxruntime", by_channels, processes, Path(scratch))
         for key in keys:
-            latency = latencies[tuple(self.cells[key]["channels"])]
-            self.cells[key].update(onnx_ms=latency["median"], onnx_p90_ms=latency["p90"])
+            self.cells[key]["onnx_ms"] = statistics.median(timed[channels_key(self.cells[key])])
 
     def time_exports(self, budget_of: Callable[[dict], Budget], data_dir: str | None, processes: int, runs: int,
                      title: str) -> None:
@@ -295,6 +296,11 @@ class Bench:
 
     def save(self, title: str, table: str, notes: str = "") -> None:
         write_results(self.out, self.payload, title=title, table=table, notes=notes)
+
+
+def channels_key(cell: dict) -> str:
+    """A cell's architecture as a key: its channels per layer, "16/24/48/..."."""
+    return "/".join(map(str, cell["channels"]))
 
 
 def export_name(key: str) -> str:

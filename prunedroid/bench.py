@@ -75,16 +75,6 @@ def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup
             for key, values in timings.items()}
 
 
-def onnx_latencies_ms(paths: dict[Hashable, Path], threads: int = 1, warmup: int = 20, runs: int = 200,
-                      rounds: int = ROUNDS) -> dict[Hashable, dict[str, float]]:
-    """Batch-1 onnxruntime latency of each model (interleaved_latencies_ms) on a zero CIFAR image: latency does not
-    depend on the pixel values."""
-    feed = {"input": np.zeros((1, *cifar.IMAGE_SHAPE), dtype=np.float32)}
-    sessions = {key: onnx_session(path, threads) for key, path in paths.items()}
-    return interleaved_latencies_ms({key: functools.partial(session.run, None, feed)
-                                     for key, session in sessions.items()}, warmup, runs, rounds)
-
-
 def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples: int = 2000,
                       seed: int = 0, over_runs: bool = False) -> dict[str, float]:
     """Top-1 of one method minus another's on the same images, with a 95% bootstrap interval (fractions).

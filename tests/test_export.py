@@ -12,7 +12,6 @@ from prunedroid import data as cifar
 from prunedroid.bench import (
     benchmark,
     interleaved_latencies_ms,
-    onnx_latencies_ms,
     paired_difference,
     speed_for_macs,
     table_rows,
@@ -131,12 +130,6 @@ def test_latencies_are_timed_in_interleaved_rounds():
     assert set(timed) == {"a", "b"} and all(0 <= t["median"] <= t["p90"] for t in timed.values())
     with pytest.raises(PrunedroidError, match=r"--runs >= 4 \(one per interleaved round\)"):
         interleaved_latencies_ms({"a": lambda: None}, runs=3, rounds=4)
-
-
-def test_onnx_latencies_time_each_model(exported):
-    timed = onnx_latencies_ms({name: exported / "out" / f"{name}.onnx" for name in ("base", "narrow")},
-                              warmup=1, runs=10, rounds=2)
-    assert set(timed) == {"base", "narrow"} and all(t["median"] > 0 for t in timed.values())
 
 
 def test_paired_difference_is_the_mean_gap_with_an_interval_over_images():
