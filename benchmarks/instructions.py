@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from prunedroid.bench import load_models
+from prunedroid.bench import load_models, speed_for_macs
 from prunedroid.report import markdown_table, write_results
+from prunedroid.sidecar import Sidecar
 
 # Client requests of valgrind/callgrind.h, compiled once into a small library the worker calls through ctypes: the
 # count is zeroed and switched on just before the calls and dumped, named, just after them.
@@ -59,15 +60,17 @@ def count_calls(calls: dict[str, Callable[[], object]], repeats: int, warmup: in
         helper.counting_stop(key.encode())
 
 
-def sidecar_calls(sidecars: list[str]) -> dict[str, Callable[[], object]]:
-    """"model/runtime" -> one batch-1 inference of that exported model in that runtime (one thread)."""
+def sidecar_calls(sidecars: list[str], runtimes: set[str] | None = None) -> dict[str, Callable[[], object]]:
+    """"model/runtime" -> one batch-1 inference of that exported model in that runtime (one thread); only the
+    runtimes in `runtimes` when given."""
     models = load_models(sidecars, threads=1)
     generator = torch.Generator().manual_seed(0)
     calls = {}
-    for name, (sidecar, runtimes, _) in models.items():
+    for name, (sidecar, predictors, _) in models.items():
         image = torch.randn(tuple(sidecar.input_shape), generator=generator)
-        for runtime, (predict, _) in runtimes.items():
-            calls[f"{name}/{runtime}"] = functools.partial(predict, image)
+        for runtime, (predict, _) in predictors.items():
+            if runtimes is None or runtime in runtimes:
+                calls[f"{name}/{runtime}"] = functools.partial(predict, image)
     return calls
 
 
@@ -109,15 +112,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10, help="counted inference calls per model and runtime")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2, help="separate valgrind runs, to show the counts repeat")
+    parser.add_argument("--runtimes", default=None,
+                        help="count only these runtimes (comma list, e.g. onnxruntime,executorch); default: all")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # the helper library, in the process valgrind runs
     args = parser.parse_args()
     sidecars = args.models.split(",")
     if args.worker:
-        count_calls(sidecar_calls(sidecars), args.calls, args.warmup, Path(args.worker))
+        runtimes = set(args.runtimes.split(",")) if args.runtimes else None
+        count_calls(sidecar_calls(sidecars, runtimes), args.calls, args.warmup, Path(args.worker))
         return
     worker = [sys.executable, __file__, "--models", args.models, "--calls", str(args.calls), "--warmup",
-              str(args.warmup), "--worker"]
+              str(args.warmup), *(["--runtimes", args.runtimes] if args.runtimes else []), "--worker"]
     results = count_instructions(worker, args.calls, args.processes)
+    macs = {sidecar.name: sidecar.macs for sidecar in map(Sidecar.read, sidecars)}
     keys = list(results[0])
     base = keys[0].split("/")[0]
     rows = []
@@ -127,10 +134,12 @@ def main() -> None:
         ratios = [result[key] / result[f"{base}/{runtime}"] for result in results]
         rows.append({"model": model, "runtime": runtime, "instructions": statistics.median(counts),
                      "spread": (max(counts) - min(counts)) / statistics.median(counts),
-                     "ratio": statistics.median(ratios)})
+                     "ratio": statistics.median(ratios), "mac_ratio": macs[model] / macs[base]})
     table = [{"model": row["model"], "runtime": row["runtime"],
               "instructions per inference (M)": f"{row['instructions'] / 1e6:.2f}",
-              "max-min over processes": f"{100 * row['spread']:.3f}%", "vs base": f"{row['ratio']:.3f}x"}
+              "max-min over processes": f"{100 * row['spread']:.3f}%", "vs base": f"{row['ratio']:.3f}x",
+              "MACs vs base": f"{row['mac_ratio']:.3f}x",
+              "instructions / MAC ratio": speed_for_macs(row["ratio"], row["mac_ratio"])}
              for row in rows]
     write_results(args.out, {"calls": args.calls, "warmup": args.warmup, "processes": args.processes,
                              "models": sidecars, "rows": rows, "per_process": results},
