@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from instructions import count_calls, count_instructions
 from torch import nn
 
 from prunedroid import data as cifar
@@ -40,6 +41,8 @@ from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config
 
 PROGRAM_RUNS = 200  # timed batch-1 calls per program and process, after PROGRAM_WARMUP untimed ones
 PROGRAM_WARMUP = 20
+COUNTED_CALLS = 3  # under callgrind, per program: the count repeats to within 0.05% between processes
+COUNT_WARMUP = 2
 
 
 def resumed(previous: dict) -> dict:
@@ -362,6 +365,15 @@ def repeated_program_latencies(runtime: str, paths: dict[str, Path], processes: 
     return {key: [timing[key] for timing in per_process] for key in paths}
 
 
+def program_instructions(runtime: str, paths: dict[str, Path], processes: int, work: Path) -> dict[str, list[int]]:
+    """Per program, instructions per call under valgrind's callgrind in each of `processes` processes: a count no
+    other job can move (valgrind emulates up to AVX2, so these are the runtimes' AVX2 code paths)."""
+    request = program_request(runtime, paths, work)
+    worker = [sys.executable, __file__, "--count", runtime, str(request), str(COUNTED_CALLS), str(COUNT_WARMUP)]
+    per_process = count_instructions(worker, COUNTED_CALLS, processes)
+    return {key: [counts[key] for counts in per_process] for key in paths}
+
+
 def ratios_to(base: str, per_process: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Per program: median ms over the processes, and its ratio to `base` within each process - the median
     (latency_ratio) and the min and max over the processes."""
@@ -373,18 +385,26 @@ def ratios_to(base: str, per_process: dict[str, list[float]]) -> dict[str, dict[
     return result
 
 
-def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int = 5) -> dict:
+def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int = 5,
+                           counting_processes: int = 0) -> dict:
     """onnxruntime batch-1 latency of each architecture in `specs` (key -> VGGSpec; the first is the base), all
-    interleaved, in `processes` separate processes (ratios_to the first). Weights are freshly initialised: a dense
-    fp32 kernel's time does not depend on their values; BatchNorm is folded as `invoke export` does."""
+    interleaved, in `processes` separate processes (ratios_to the first); with `counting_processes`, also its
+    instructions per inference under callgrind (program_instructions) and their ratio to the first's. Weights are
+    freshly initialised: a dense fp32 kernel's time does not depend on their values; BatchNorm is folded as
+    `invoke export` does."""
     with tempfile.TemporaryDirectory() as scratch:
         paths = {}
         for index, (key, spec) in enumerate(specs.items()):
             paths[str(key)] = Path(scratch) / f"{index}.onnx"
             write_onnx(fold_batchnorm(build_model(spec)), paths[str(key)], dynamic_batch=True,
                        example=torch.zeros(1, *cifar.IMAGE_SHAPE))
-        timed = ratios_to(str(next(iter(specs))), repeated_program_latencies("onnxruntime", paths, processes,
-                                                                             Path(scratch), runs))
+        base = str(next(iter(specs)))
+        timed = ratios_to(base, repeated_program_latencies("onnxruntime", paths, processes, Path(scratch), runs))
+        if counting_processes:
+            counted = program_instructions("onnxruntime", paths, counting_processes, Path(scratch))
+            for key, counts in counted.items():
+                timed[key].update(instructions=statistics.median(counts), instructions_ratio=statistics.median(
+                    count / base_count for count, base_count in zip(counts, counted[base])))
     return {key: timed[str(key)] for key in specs}
 
 
@@ -466,7 +486,12 @@ def percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}%"
 
 
-if __name__ == "__main__":  # one timing process of repeated_program_latencies: --time <runtime> <request> <out> <runs>
-    _, _, program_runtime, program_list, timing_out, program_runs = sys.argv
-    Path(timing_out).write_text(json.dumps(time_programs(program_runtime, json.loads(Path(program_list).read_text()),
-                                                         int(program_runs))))
+if __name__ == "__main__":
+    # A worker of repeated_program_latencies (--time <runtime> <request> <out> <runs>) or, under callgrind, of
+    # program_instructions (--count <runtime> <request> <calls> <warmup> <helper library>).
+    mode, program_runtime, program_list, *rest = sys.argv[1:]
+    program_paths = json.loads(Path(program_list).read_text())
+    if mode == "--time":
+        Path(rest[0]).write_text(json.dumps(time_programs(program_runtime, program_paths, int(rest[1]))))
+    else:
+        count_calls(program_calls(program_runtime, program_paths), int(rest[0]), int(rest[1]), Path(rest[2]))

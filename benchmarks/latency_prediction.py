@@ -21,13 +21,11 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from harness import PROGRAM_RUNS, program_calls, program_request, repeated_program_latencies
-from instructions import count_calls, count_instructions
+from harness import PROGRAM_RUNS, program_instructions, repeated_program_latencies
 
 from prunedroid import data as cifar
 from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
@@ -42,8 +40,6 @@ from prunedroid.report import markdown_table, write_results
 
 OVERHEAD = "call overhead"  # the program whose time is one call's overhead: a 1x1 conv of one channel
 OVERHEAD_SHAPE = LayerShape(1, 1, 1, 1, 1, 0)
-COUNTED_CALLS = 3  # under callgrind, per program: the count repeats to within 0.05% between processes
-COUNT_WARMUP = 2
 
 
 def architectures(frontier: dict) -> dict[str, VGGSpec]:
@@ -85,14 +81,6 @@ def programs(specs: dict[str, VGGSpec], runtime: str, folder: Path) -> dict[str,
     return paths
 
 
-def instructions(runtime: str, paths: dict[str, Path], processes: int, work: Path) -> dict[str, list[int]]:
-    """Per program, instructions per call under callgrind (AVX2 code paths) in each of `processes` processes."""
-    request = program_request(runtime, paths, work)
-    worker = [sys.executable, __file__, "--count", runtime, str(request), str(COUNTED_CALLS), str(COUNT_WARMUP)]
-    per_process = count_instructions(worker, COUNTED_CALLS, processes)
-    return {key: [counts[key] for counts in per_process] for key in paths}
-
-
 def ranks(values: list[float]) -> np.ndarray:
     order = np.argsort(values, kind="stable")
     result = np.empty(len(values))
@@ -118,7 +106,7 @@ def measure_runtime(runtime: str, specs: dict[str, VGGSpec], processes: int, cou
     table.save()
     paths = programs(specs, runtime, work / runtime)
     measured = repeated_program_latencies(runtime, paths, processes, work)
-    counted = instructions(runtime, paths, counting_processes, work) if counting_processes else {}
+    counted = program_instructions(runtime, paths, counting_processes, work) if counting_processes else {}
     overhead = statistics.median(measured[OVERHEAD])
     base = models["base"]
     for key, row in models.items():
@@ -207,11 +195,6 @@ def allocation_rows(result: dict, frontier: dict) -> list[dict]:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--count"]:  # under callgrind: --count <runtime> <programs.json> <calls> <warmup> <library>
-        runtime, request, repeats, warmup, library = sys.argv[2:7]
-        calls = program_calls(runtime, json.loads(Path(request).read_text()))
-        count_calls(calls, int(repeats), int(warmup), Path(library))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frontier", default="benchmarks/results/frontier_wide.json",
                         help="a frontier benchmark's JSON: its base's and cells' channels are the models")

@@ -29,10 +29,11 @@ from prunedroid.pruning import Budget, SCPConfig, channel_graph, kept_counts
 from prunedroid.report import markdown_table, write_results
 
 
-def timed_architectures(width: float, targets: list[float], steps: list[int], runs: int,
-                        processes: int) -> list[dict]:
+def timed_architectures(width: float, targets: list[float], steps: list[int], runs: int, processes: int,
+                        counting_processes: int) -> list[dict]:
     """One row per (target, step) and one for the unpruned model: channels, MACs and onnxruntime latency (ms; the
-    ratio to the unpruned model as the median over `processes` separate processes, with its min and max)."""
+    ratio to the unpruned model as the median over `processes` separate processes, with its min and max), and with
+    `counting_processes` its instructions per inference (callgrind) and their ratio."""
     base = vgg16_spec(width)
     graph = channel_graph(build_model(base), example_input())
     specs = {(0.0, 1): base}
@@ -40,7 +41,7 @@ def timed_architectures(width: float, targets: list[float], steps: list[int], ru
         for step in steps:
             counts = kept_counts(graph, Budget.of(mac_reduction=target, round_to=step))
             specs[target, step] = dataclasses.replace(base, conv_channels=tuple(counts))
-    latencies = architecture_latencies(specs, runs, processes)
+    latencies = architecture_latencies(specs, runs, processes, counting_processes)
     return [{"width": width, "target": target, "round_to": step, "channels": list(spec.conv_channels),
              "mac_ratio": graph.macs(spec.conv_channels) / graph.macs(), **latencies[target, step]}
             for (target, step), spec in specs.items()]
@@ -51,7 +52,8 @@ def latency_table(rows: list[dict]) -> str:
               "round to": row["round_to"], "channels": "/".join(map(str, sorted(set(row["channels"])))),
               "MACs vs base": f"{row['mac_ratio']:.3f}x", "median ms": f"{row['median_ms']:.3f}",
               "latency vs base [min-max]": ratio_spread(row),
-              "latency / MAC ratio": speed_for_macs(row["latency_ratio"], row["mac_ratio"], row["latency_ratio_max"])}
+              "latency / MAC ratio": speed_for_macs(row["latency_ratio"], row["mac_ratio"], row["latency_ratio_max"]),
+              **({"instructions vs base": f"{row['instructions_ratio']:.3f}x"} if "instructions_ratio" in row else {})}
              for row in rows]
     return markdown_table(shown, list(shown[0]))
 
@@ -107,6 +109,8 @@ def main() -> None:
     parser.add_argument("--steps", default="1,4,8,16", help="--round-to values")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per architecture")
     parser.add_argument("--processes", type=int, default=5, help="separate timing processes per width")
+    parser.add_argument("--counting-processes", type=int, default=0,
+                        help="callgrind processes counting each architecture's instructions per inference (0: none)")
     parser.add_argument("--accuracy-steps", default="8,16", help="the roundings compared with none on --base")
     parser.add_argument("--accuracy-target", default="0.5", help="the MAC reduction of the accuracy comparison")
     parser.add_argument("--no-accuracy", action="store_true", help="time architectures only (no --base needed)")
@@ -116,7 +120,8 @@ def main() -> None:
     previous = resumed(json.loads(results.read_text())) if results.exists() else {}
     payload = {} if args.no_accuracy else accuracy(args, [int(s) for s in args.accuracy_steps.split(",")])
     latency_rows = [row for width in args.widths.split(",")
-                    for row in timed_architectures(float(width), targets, steps, args.runs, args.processes)]
+                    for row in timed_architectures(float(width), targets, steps, args.runs, args.processes,
+                                                   args.counting_processes)]
     payload = {**previous, **payload, "latency": latency_rows, "latency_runs": args.runs,
                "latency_processes": args.processes}
     sections = [f"## Latency vs MACs (onnxruntime, batch 1, 1 thread, median of {args.runs} runs, each width's "
