@@ -385,6 +385,17 @@ def ratios_to(base: str, per_process: dict[str, list[float]]) -> dict[str, dict[
     return result
 
 
+def instruction_ratios(base: str, counted: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Per program: its instructions per call (median over the counting processes), their ratio to `base`'s and
+    their spread over the processes (max - min, as a fraction of the median)."""
+    result = {}
+    for key, counts in counted.items():
+        median = statistics.median(counts)
+        result[key] = {"instructions": median, "instructions_spread": (max(counts) - min(counts)) / median,
+                       "instructions_ratio": statistics.median(c / b for c, b in zip(counts, counted[base]))}
+    return result
+
+
 def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int = 5,
                            counting_processes: int = 0) -> dict:
     """onnxruntime batch-1 latency of each architecture in `specs` (key -> VGGSpec; the first is the base), all
@@ -401,10 +412,10 @@ def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int
         base = str(next(iter(specs)))
         timed = ratios_to(base, repeated_program_latencies("onnxruntime", paths, processes, Path(scratch), runs))
         if counting_processes:
-            counted = program_instructions("onnxruntime", paths, counting_processes, Path(scratch))
-            for key, counts in counted.items():
-                timed[key].update(instructions=statistics.median(counts), instructions_ratio=statistics.median(
-                    count / base_count for count, base_count in zip(counts, counted[base])))
+            counted = instruction_ratios(base, program_instructions("onnxruntime", paths, counting_processes,
+                                                                    Path(scratch)))
+            for key, row in counted.items():
+                timed[key].update(row)
     return {key: timed[str(key)] for key in specs}
 
 

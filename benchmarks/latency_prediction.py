@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import PROGRAM_RUNS, program_instructions, repeated_program_latencies
+from harness import PROGRAM_RUNS, instruction_ratios, program_instructions, repeated_program_latencies
 
 from prunedroid import data as cifar
 from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
@@ -106,15 +106,13 @@ def measure_runtime(runtime: str, specs: dict[str, VGGSpec], processes: int, cou
     table.save()
     paths = programs(specs, runtime, work / runtime)
     measured = repeated_program_latencies(runtime, paths, processes, work)
-    counted = program_instructions(runtime, paths, counting_processes, work) if counting_processes else {}
+    counted = (instruction_ratios("base", program_instructions(runtime, paths, counting_processes, work))
+               if counting_processes else {})
     overhead = statistics.median(measured[OVERHEAD])
     base = models["base"]
     for key, row in models.items():
         row["mac_ratio"] = row["macs"] / base["macs"]
-        if counted:
-            row.update(instructions=statistics.median(counted[key]),
-                       instructions_ratio=statistics.median(c / b for c, b in zip(counted[key], counted["base"])),
-                       instructions_spread=(max(counted[key]) - min(counted[key])) / statistics.median(counted[key]))
+        row.update(counted.get(key, {}))
         # Ratios to the base within each process, then their median and spread over the processes.
         ratios = [m / b for m, b in zip(measured[key], measured["base"])]
         row.update(measured_ms=statistics.median(measured[key]), measured_ms_min=min(measured[key]),
