@@ -1,6 +1,7 @@
 """prunedroid tasks: `invoke --list`, `invoke <task> --help`. Tasks only parse options and call the package."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -336,10 +337,11 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
     from prunedroid.train import train as run_training
 
     required(checkpoint=checkpoint)
-    config = make_config(preset, recipe, finetune=True)
+    init = Checkpoint.load(checkpoint)
+    # The base's held-out images stay out of training: pruning chose on them, and they judge the model after.
+    config = dataclasses.replace(make_config(preset, recipe, finetune=True), holdout=init.held_out_images)
     if _launched(config, data_dir):
         return
-    init = Checkpoint.load(checkpoint)
     data = load_cifar10(data_dir, holdout=config.holdout)
     run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,
                  overwrite=overwrite, progress=sys.stderr.isatty(), init=init, teacher=teacher)

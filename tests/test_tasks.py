@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_invoke, save_untrained_base
 
+from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.train import TrainConfig, make_config, train
 
@@ -244,3 +245,22 @@ def test_the_recommended_multiple_steps_down_on_a_narrow_model_but_a_typed_one_i
         tasks._fitted_budget(narrow, recommended, round_to_typed=True)
     wide_enough = fresh_arch("vgg16", 0.25)
     assert tasks._fitted_budget(wide_enough, recommended, round_to_typed=False) == recommended
+
+
+def test_pruning_in_steps_from_the_command_line_keeps_the_base_held_out_images_out(tmp_path, cifar_dir):
+    """prune -> finetune -> prune again: the fine-tune holds out what the base held out (not its preset's count), so
+    the images pruning chose on are never trained on, and the second prune states its reduction from the original."""
+    base = save_untrained_base(tmp_path / "base.pt", holdout=700)  # the smoke preset holds out 500
+    steps = [("prune", "--checkpoint", str(base), "--ratio", "0.3", "--out", str(tmp_path / "step1")),
+             ("finetune", "--checkpoint", str(tmp_path / "step1" / "checkpoint.pt"), "--preset", "smoke",
+              "--epochs", "1", "--train-limit", "128", "--test-limit", "100", "--out", str(tmp_path / "step1-ft")),
+             ("prune", "--checkpoint", str(tmp_path / "step1-ft" / "checkpoint.pt"), "--ratio", "0.3",
+              "--out", str(tmp_path / "step2"))]
+    for args in steps:
+        result = run_invoke(*args, "--data-dir", str(cifar_dir), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    finetuned = Checkpoint.load(tmp_path / "step1-ft" / "checkpoint.pt")
+    assert finetuned.held_out_images == finetuned.recipe["holdout"] == 700
+    assert "fewer than the unpruned original" in result.stdout
+    second = json.loads((tmp_path / "step2" / "report.json").read_text())
+    assert second["mac_reduction_from_original"] > second["mac_reduction"] > 0
