@@ -26,10 +26,25 @@ def test_the_literature_sizes():
 
 
 @pytest.mark.parametrize("name", ["resnet56", "mobilenetv2"])
-def test_a_pruned_model_rebuilds_from_its_record(name, tmp_path):
+@pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
+def test_a_pruned_model_rebuilds_from_its_record(name, allocation, tmp_path):
+    """Sensitivity allocation measures a curve per coupled group (a residual stream, an expansion through its
+    depthwise conv) - here against agreement with the unpruned model on a few random images."""
     torch.manual_seed(0)
-    model = new_model(name, width=0.25)
-    pruned = prune(model, torch.zeros(1, 3, 32, 32), "l1", mac_reduction=0.5).model
+    model = new_model(name, width=0.25).eval()
+    images = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+
+    def agreement(candidate: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return 100 * (candidate.eval()(images).argmax(1) == labels).float().mean().item()
+
+    result = prune(model, torch.zeros(1, 3, 32, 32), "l1", mac_reduction=0.5, allocation=allocation,
+                   evaluate=agreement)
+    pruned = result.model
+    assert abs(result.report["mac_reduction"] - 0.5) <= 0.01
+    assert ("curves" in result.report) == (allocation == "sensitivity")
     record = arch_of(pruned)
     assert record["name"] == name and record["channels"] != arch_of(model)["channels"]
     Checkpoint(arch=record, state_dict=pruned.state_dict()).save(tmp_path / "c.pt")
