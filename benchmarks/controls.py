@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from harness import Bench, arguments, base_title, interval, mean_sd
+from harness import Bench, against_base, arguments, base_title, interval, mean_sd
 
-from prunedroid.bench import paired_difference
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.models import build_model
 from prunedroid.pruned import prune_checkpoint
@@ -53,22 +52,23 @@ def finetuned(bench: Bench, budget: Budget, seeds: list[int]) -> dict:
     return bench.cells[budget.allocation]
 
 
-def correct_table(bench: Bench, key: str, split_name: str, split) -> torch.Tensor:
-    """bool (seeds, N): which images the cell's fine-tune under each seed it has (this run's and earlier runs')
-    gets right."""
-    return torch.stack([bench.per_image_correct(key, seed, split_name, split) for seed in bench.finetune_seeds(key)])
+def correct_tables(bench: Bench, key: str) -> dict[str, torch.Tensor]:
+    """Per judged split, bool (seeds, N): which images the cell's fine-tune under each seed it has (this run's and
+    earlier runs') gets right."""
+    return {name: torch.stack([bench.per_image_correct(key, seed, name, split) for seed in bench.finetune_seeds(key)])
+            for name, split in bench.judged_splits.items()}
 
 
 def trained_base(bench: Bench, epochs: int, seeds: list[int]) -> dict[str, torch.Tensor]:
     """The unpruned base trained `epochs` more by the fine-tune recipe (no distillation), per seed: the control for
     more training. bool (seeds, N) correct tables on test and unseen images."""
     config = dataclasses.replace(bench.finetune_config, epochs=epochs, distill_weight=0.0)
-    tables: dict[str, list] = {"test": [], "unseen": []}
+    tables: dict[str, list] = {name: [] for name in bench.judged_splits}
     for seed in seeds:
         folder = bench.work / f"base-plus-{epochs}-seed{seed}"
         model = train(dataclasses.replace(config, seed=seed), bench.data, folder, resume=True, progress=False,
                       init=bench.base_checkpoint).model()
-        for name, split in (("test", bench.data.test), ("unseen", bench.unseen_holdout)):
+        for name, split in bench.judged_splits.items():
             tables[name].append(evaluate(model, split, per_image=True)["correct"])
     return {name: torch.stack(rows) for name, rows in tables.items()}
 
@@ -99,32 +99,29 @@ def main() -> None:
     short = recipe_bench(args, "3-epochs", make_config(args.finetune_preset, {}, finetune=True).epochs, None)
     plain = recipe_bench(args, f"{args.epochs}-epochs", args.epochs, None)
     distilled = recipe_bench(args, f"{args.epochs}-epochs-distilled", args.epochs, args.distill_weight or "0.5")
-    cells = {("sensitivity", "3 epochs"): (short, finetuned(short, budgets["sensitivity"], seeds)),
+    cells = {("sensitivity", f"{short.finetune_config.epochs} epochs"):
+                 (short, finetuned(short, budgets["sensitivity"], seeds)),
              ("sensitivity", f"{args.epochs} epochs"): (plain, finetuned(plain, budgets["sensitivity"], seeds)),
              ("sensitivity", f"{args.epochs} epochs, distilled"):
                  (distilled, finetuned(distilled, budgets["sensitivity"], seeds)),
              ("uniform", f"{args.epochs} epochs, distilled"):
                  (distilled, finetuned(distilled, budgets["uniform"], seeds))}
-    splits = {"test": short.data.test, "unseen": short.unseen_holdout}
-    base_correct = {name: evaluate(short.base, split, per_image=True)["correct"][None]
-                    for name, split in splits.items()}
     more = trained_base(short, args.epochs, [int(seed) for seed in args.base_seeds.split(",")])
     rows, tables = [], {}
     for (allocation, recipe), (bench, _) in cells.items():
-        tables[allocation, recipe] = {name: correct_table(bench, allocation, name, split)
-                                      for name, split in splits.items()}
+        tables[allocation, recipe] = correct_tables(bench, allocation)
     tables["base", f"+{args.epochs} epochs"] = more
     if args.scratch:
         pruned = prune_checkpoint(short.base_checkpoint, "l1", budgets["sensitivity"],
                                   **short.cell_pruning_data("sensitivity", "l1"))
         scratch = from_scratch(short, pruned.arch, short.base_checkpoint.epoch + args.epochs, 0)
         tables["sensitivity", f"from scratch, {short.base_checkpoint.epoch + args.epochs} epochs"] = {
-            name: evaluate(scratch, split, per_image=True)["correct"][None] for name, split in splits.items()}
+            name: evaluate(scratch, split, per_image=True)["correct"][None]
+            for name, split in short.judged_splits.items()}
     results = {}
     for (allocation, recipe), table in tables.items():
-        per_seed = {name: [row.float().mean().item() for row in table[name]] for name in splits}
-        gaps = {name: paired_difference(table[name], base_correct[name], over_runs=True) for name in splits}
-        results[f"{allocation} / {recipe}"] = {"per_seed": per_seed, "vs_base": gaps}
+        results[f"{allocation} / {recipe}"] = judged = against_base(short, table)
+        per_seed, gaps = judged["per_seed"], judged["vs_base"]
         rows.append({"model": allocation if allocation == "base" else f"{allocation}, {args.target:.0%} fewer MACs",
                      "training after the base": recipe, "seeds": len(table["test"]),
                      "test top-1, mean (sd)": mean_sd(per_seed["test"]),
@@ -137,8 +134,8 @@ def main() -> None:
                "cells": {f"{a} / {r}": cell for (a, r), (_, cell) in cells.items()},
                "results": results}
     text = (f"Base: {base_title(payload)}. L1, `--round-to {args.round_to}`. The base scores "
-            f"{base_correct['test'].float().mean().item():.2%} on test images and "
-            f"{base_correct['unseen'].float().mean().item():.2%} on the {len(splits['unseen']):,} unseen held-out "
+            f"{short.base_top1('test'):.2%} on test images and "
+            f"{short.base_top1('unseen'):.2%} on the {len(short.unseen_holdout):,} unseen held-out "
             f"ones.\n\n" + markdown_table(rows, list(rows[0])))
     write_results(args.out, payload, title=f"Where the accuracy comes from: allocation, fine-tune length, "
                                            f"distillation ({args.target:.0%} fewer MACs)", table=text, notes=NOTES)

@@ -141,6 +141,22 @@ class Bench:
         skip = BATCHNORM_IMAGES + SCORED_IMAGES
         return cifar.Split(self.data.holdout.images[skip:], self.data.holdout.labels[skip:])
 
+    @property
+    def judged_splits(self) -> dict[str, cifar.Split]:
+        """The images a model is judged on against the base: the test set, and the held-out images nothing trained
+        on or chose by (unseen_holdout)."""
+        return {"test": self.data.test, "unseen": self.unseen_holdout}
+
+    def base_correct(self, split_name: str) -> torch.Tensor:
+        """Which images of judged_splits[split_name] the base gets right: bool (1, N), evaluated once."""
+        key = ("<base>", 0, split_name)  # no cell's name: cells are keyed by target, method or allocation
+        if key not in self.correct:
+            self.correct[key] = evaluate(self.base, self.judged_splits[split_name], per_image=True)["correct"]
+        return self.correct[key][None]
+
+    def base_top1(self, split_name: str) -> float:
+        return self.base_correct(split_name).float().mean().item()
+
     def pruning_data(self, method: Method, latency_runtime: str | None = None) -> dict:
         """prune_model()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
         measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
@@ -443,6 +459,15 @@ def ratio_spread(row: dict) -> str:
 def interval(gap: dict) -> str:
     """A paired difference (fractions) as "+0.47 [+0.02, +0.93]": points of top-1 with its 95% interval."""
     return f"{100 * gap['difference']:+.2f} [{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}]"
+
+
+def against_base(bench: Bench, tables: dict[str, torch.Tensor]) -> dict:
+    """Models judged against the base: `tables` holds, per judged split, bool (runs, N) - which images each run (a
+    fine-tune seed) gets right. Returns each run's top-1 ("per_seed") and the paired difference to the base over
+    images and runs ("vs_base", prunedroid.bench.paired_difference with over_runs)."""
+    return {"per_seed": {name: [row.float().mean().item() for row in table] for name, table in tables.items()},
+            "vs_base": {name: paired_difference(table, bench.base_correct(name), over_runs=True)
+                        for name, table in tables.items()}}
 
 
 def mean_sd(values: list[float]) -> str:

@@ -109,3 +109,44 @@ def test_architecture_timing_is_repeated_per_process_and_resumes(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in kept} == kept  # nothing re-timed
     repeated_program_latencies("onnxruntime", {"base": paths["base"]}, 1, tmp_path, runs=10)
     assert sorted(path.name for path in tmp_path.glob("onnxruntime-timing-*.json")) == ["onnxruntime-timing-0.json"]
+
+
+def test_pruning_in_steps_reaches_the_target_from_the_base_and_resumes(tmp_path, cifar_dir, monkeypatch):
+    from goal import measure_cell, pruned_in_steps, step_reduction, verdict
+
+    import prunedroid.pruned
+
+    # Sensitivity curves on 256 + 256 held-out images instead of 1024 + 2048: the same code, a sixth of the time.
+    monkeypatch.setattr(prunedroid.pruned, "BATCHNORM_IMAGES", 256)
+    monkeypatch.setattr(prunedroid.pruned, "SCORED_IMAGES", 256)
+
+    # Two steps to 70% fewer MACs remove the same share of what is left each: 1 - sqrt(0.3) of the base, then of
+    # the model the first step left, whatever MACs that step actually reached.
+    first = step_reduction(0.7, 2, 1, 1000, 1000)
+    assert first == pytest.approx(1 - 0.3 ** 0.5)
+    assert step_reduction(0.7, 2, 2, 1000, 560) == pytest.approx(1 - 300 / 560)
+    assert step_reduction(0.7, 1, 1, 1000, 1000) == pytest.approx(0.7)
+
+    base = save_untrained_base(tmp_path / "base.pt", holdout=3200)  # 128 held-out images no step measures on
+    bench = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
+                       data_dir=str(cifar_dir), threads=1, distill_weight="0.5")
+    bench.finetune_config = dataclasses.replace(bench.finetune_config, train_limit=256)
+    final = pruned_in_steps(bench, 0.7, 2, 2, seed=0, round_to=1)
+    record = final.pruning
+    assert record is not None and record["previous"]["budget"]["allocation"] == "sensitivity"
+    assert record["mac_reduction_from_original"] == pytest.approx(0.7, abs=0.03)
+    assert record["previous"]["mac_reduction"] == pytest.approx(first, abs=0.03)
+    steps = sorted((tmp_path / "work").glob("0.70-2-step-2-epochs-seed0/step*/" + CHECKPOINT_NAME))
+    assert [path.parent.name for path in steps] == ["step1", "step2"]
+    assert len(list((tmp_path / "work").glob("sensitivity-*.json"))) == 2  # curves of the base, then of step 1
+    written = [path.stat().st_mtime_ns for path in steps]
+
+    cell = measure_cell(bench, 0.7, 2, 2, [0], round_to=1)  # the same chain again: resumed, nothing retrained
+    assert [path.stat().st_mtime_ns for path in steps] == written
+    assert cell["mac_reduction"] == record["mac_reduction_from_original"]
+    assert cell["per_seed"]["unseen"][0] == pytest.approx(cell["vs_base"]["unseen"]["difference"]
+                                                           + bench.base_top1("unseen"))
+    cell["vs_base"]["test"]["difference"] = -0.004  # within 0.5 point: the verdict names it
+    assert "**" in verdict({"a": cell}) and f"{cell['mac_reduction']:.1%}" in verdict({"a": cell})
+    cell["vs_base"]["test"]["difference"] = -0.02
+    assert verdict({"a": cell}).startswith("No cell stays within 0.5 point")
