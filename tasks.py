@@ -235,7 +235,6 @@ def _fitted_budget(arch: dict, budget, round_to_typed: bool):
     cannot apply, an unreachable MAC target fail here). Where --round-to was not typed, the recommended multiple
     steps down (16, 8, 4, 2, 1) until the target is reachable on this model - narrow models have groups of fewer
     channels than it - saying so."""
-    import dataclasses
 
     import torch
 
