@@ -277,7 +277,7 @@ def test_a_pipeline_on_a_given_base_reports_the_bases_recipe_and_refuses_another
     runs = tmp_path / "runs"
     args = ("pipeline", "--preset", "smoke", "--name", "on-base", "--base", str(base / "checkpoint.pt"),
             "--data-dir", str(cifar_dir), "--bench-runs", "10", "--bench-processes", "1", "--quantize", "none",
-            "--runs-dir", str(runs))
+            "--allocation", "uniform", "--round-to", "1", "--runs-dir", str(runs))  # no curves to measure: faster
     result = run_invoke(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     report = (runs / "on-base" / "report.md").read_text()
