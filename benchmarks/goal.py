@@ -16,6 +16,7 @@ from --work; finished cells are kept in <out>.json.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 import torch
 from harness import Bench, against_base, arguments, base_title, interval, mean_sd
@@ -65,21 +66,22 @@ def pruned_in_steps(bench: Bench, target: float, steps: int, epochs: int, seed: 
 
 
 def measure_cell(bench: Bench, target: float, steps: int, epochs: int, seeds: list[int], round_to: int) -> dict:
-    """The cell's models under every seed: MACs removed from the base, channels, per-seed top-1 on test and unseen
+    """The cell's models under every seed: MACs removed from the base (mean over seeds: after the first step each
+    seed's model is allocated on its own curves), channels, per-seed top-1 on test and unseen
     held-out images and the top-1 minus the base's on the same images (harness.against_base)."""
     tables: dict[str, list[torch.Tensor]] = {name: [] for name in bench.judged_splits}
-    channels, reduction = [], 0.0
+    channels, reductions = [], []
     for seed in seeds:
         checkpoint = pruned_in_steps(bench, target, steps, epochs, seed, round_to)
         record = checkpoint.pruning or {}
         channels.append([row["channels_after"] for row in record["layers"]])
-        reduction = record.get("mac_reduction_from_original", record["mac_reduction"])
+        reductions.append(record.get("mac_reduction_from_original", record["mac_reduction"]))
         model = checkpoint.model()
         for name, split in bench.judged_splits.items():
             tables[name].append(evaluate(model, split, per_image=True)["correct"])
     judged = against_base(bench, {name: torch.stack(rows) for name, rows in tables.items()})
     return {"target": target, "steps": steps, "epochs": epochs, "seeds": seeds, "channels": channels,
-            "mac_reduction": reduction, **judged}
+            "mac_reduction": statistics.mean(reductions), **judged}
 
 
 def within(cell: dict) -> bool:
@@ -104,7 +106,7 @@ def verdict(cells: dict[str, dict]) -> str:
 
 def recipe(cell: dict) -> str:
     steps = "one-shot" if cell["steps"] == 1 else f"{cell['steps']} steps"
-    return f"{steps}, {cell['epochs']} epochs distilled"
+    return f"{steps}, {cell['epochs']} epochs"
 
 
 def main() -> None:
@@ -115,13 +117,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="fine-tune seeds of every cell")
     parser.add_argument("--round-to", type=int, default=1, help="channel multiple of every step")
     args = parser.parse_args()
+    steps_asked, epochs_asked = ([int(n) for n in option.split(",")] for option in (args.steps, args.epochs))
+    if any(epochs % steps for epochs in epochs_asked for steps in steps_asked):
+        parser.error(f"every --epochs ({args.epochs}) must split evenly into every --steps ({args.steps})")
     bench = Bench.open(args.base, args.out, args.work, args.finetune_preset, args.data_dir, args.threads,
                        args.distill_weight or "0.5")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = []
     for target in (float(t) for t in args.targets.split(",")):
-        for epochs in (int(e) for e in args.epochs.split(",")):
-            for steps in (int(s) for s in args.steps.split(",")):
+        for epochs in epochs_asked:
+            for steps in steps_asked:
                 key = key_of(target, steps, epochs)
                 if bench.cells.get(key, {}).get("seeds") != seeds:
                     bench.cells[key] = measure_cell(bench, target, steps, epochs, seeds, args.round_to)
@@ -135,10 +140,11 @@ def main() -> None:
                      "minus base, unseen": interval(cell["vs_base"]["unseen"]),
                      "within 0.5": "yes" if within(cell) else "no",
                      "channels (seed 0)": "/".join(map(str, cell["channels"][0]))})
+    weight = bench.finetune_config.distill_weight
+    distilled = f"fine-tunes distilled from the base (weight {weight})" if weight else "fine-tunes not distilled"
     text = (f"Base: {base_title(bench.payload)}; it scores {bench.base_top1('unseen'):.2%} on the "
             f"{len(bench.unseen_holdout):,} unseen held-out images. L1, sensitivity allocation, "
-            f"`--round-to {args.round_to}`, fine-tunes distilled from the base (weight "
-            f"{bench.finetune_config.distill_weight}).\n\n" + markdown_table(rows, list(rows[0]))
+            f"`--round-to {args.round_to}`, {distilled}.\n\n" + markdown_table(rows, list(rows[0]))
             + f"\n{verdict(bench.cells)}\n")
     bench.save(f"The goal: the largest MAC reduction within {100 * WITHIN:.1f} point of the base", text, NOTES)
 
