@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from harness import Bench, against_base, arguments, base_title, interval, mean_sd
+from harness import Bench, arguments, base_title, interval, mean_sd
 
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.models import build_model
@@ -120,7 +120,7 @@ def main() -> None:
             for name, split in short.judged_splits.items()}
     results = {}
     for (allocation, recipe), table in tables.items():
-        results[f"{allocation} / {recipe}"] = judged = against_base(short, table)
+        results[f"{allocation} / {recipe}"] = judged = short.against_base(table)
         per_seed, gaps = judged["per_seed"], judged["vs_base"]
         rows.append({"model": allocation if allocation == "base" else f"{allocation}, {args.target:.0%} fewer MACs",
                      "training after the base": recipe, "seeds": len(table["test"]),

@@ -19,7 +19,7 @@ import dataclasses
 import statistics
 
 import torch
-from harness import Bench, against_base, arguments, base_title, interval, mean_sd
+from harness import Bench, arguments, base_title, interval, mean_sd
 
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.files import file_sha256
@@ -68,7 +68,7 @@ def pruned_in_steps(bench: Bench, target: float, steps: int, epochs: int, seed: 
 def measure_cell(bench: Bench, target: float, steps: int, epochs: int, seeds: list[int], round_to: int) -> dict:
     """The cell's models under every seed: MACs removed from the base (mean over seeds: after the first step each
     seed's model is allocated on its own curves), channels, per-seed top-1 on test and unseen
-    held-out images and the top-1 minus the base's on the same images (harness.against_base)."""
+    held-out images and the top-1 minus the base's on the same images (Bench.against_base)."""
     tables: dict[str, list[torch.Tensor]] = {name: [] for name in bench.judged_splits}
     channels, reductions = [], []
     for seed in seeds:
@@ -79,7 +79,7 @@ def measure_cell(bench: Bench, target: float, steps: int, epochs: int, seeds: li
         model = checkpoint.model()
         for name, split in bench.judged_splits.items():
             tables[name].append(evaluate(model, split, per_image=True)["correct"])
-    judged = against_base(bench, {name: torch.stack(rows) for name, rows in tables.items()})
+    judged = bench.against_base({name: torch.stack(rows) for name, rows in tables.items()})
     return {"target": target, "steps": steps, "epochs": epochs, "seeds": seeds, "channels": channels,
             "mac_reduction": statistics.mean(reductions), **judged}
 

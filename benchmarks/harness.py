@@ -157,6 +157,14 @@ class Bench:
     def base_top1(self, split_name: str) -> float:
         return self.base_correct(split_name).float().mean().item()
 
+    def against_base(self, tables: dict[str, torch.Tensor]) -> dict:
+        """Models judged against the base: `tables` holds, per judged split, bool (runs, N) - which images each run
+        (a fine-tune seed) gets right. Returns each run's top-1 ("per_seed") and the paired difference to the base
+        over images and runs ("vs_base", prunedroid.bench.paired_difference with over_runs)."""
+        return {"per_seed": {name: [row.float().mean().item() for row in table] for name, table in tables.items()},
+                "vs_base": {name: paired_difference(table, self.base_correct(name), over_runs=True)
+                            for name, table in tables.items()}}
+
     def pruning_data(self, method: Method, latency_runtime: str | None = None) -> dict:
         """prune_model()'s data arguments: the method's evaluation images, the held-out images a sensitivity allocation
         measures on, and its curves' cache under `work` (one file per base: the curves do not depend on the
@@ -459,15 +467,6 @@ def ratio_spread(row: dict) -> str:
 def interval(gap: dict) -> str:
     """A paired difference (fractions) as "+0.47 [+0.02, +0.93]": points of top-1 with its 95% interval."""
     return f"{100 * gap['difference']:+.2f} [{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}]"
-
-
-def against_base(bench: Bench, tables: dict[str, torch.Tensor]) -> dict:
-    """Models judged against the base: `tables` holds, per judged split, bool (runs, N) - which images each run (a
-    fine-tune seed) gets right. Returns each run's top-1 ("per_seed") and the paired difference to the base over
-    images and runs ("vs_base", prunedroid.bench.paired_difference with over_runs)."""
-    return {"per_seed": {name: [row.float().mean().item() for row in table] for name, table in tables.items()},
-            "vs_base": {name: paired_difference(table, bench.base_correct(name), over_runs=True)
-                        for name, table in tables.items()}}
 
 
 def mean_sd(values: list[float]) -> str:
