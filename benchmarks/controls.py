@@ -74,11 +74,15 @@ def trained_base(bench: Bench, epochs: int, seeds: list[int]) -> dict[str, torch
 
 
 def from_scratch(bench: Bench, pruned_arch: dict, epochs: int, seed: int) -> torch.nn.Module:
-    """The pruned architecture with fresh random weights, trained by the base's own recipe for `epochs`."""
+    """The pruned architecture with fresh random weights drawn from `seed`, trained by the base's own recipe for
+    `epochs`."""
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{key: value for key, value in bench.base_checkpoint.recipe.items() if key in fields})
     config = dataclasses.replace(config, epochs=epochs, seed=seed, threads=bench.finetune_config.threads)
-    init = Checkpoint(arch=pruned_arch, state_dict=build_model(pruned_arch).state_dict(), recipe={}, data={})
+    with torch.random.fork_rng():  # the same fresh weights on every call: a rerun resumes the run they started
+        torch.manual_seed(seed)
+        weights = build_model(pruned_arch).state_dict()
+    init = Checkpoint(arch=pruned_arch, state_dict=weights, recipe={}, data={})
     return train(config, bench.data, bench.work / f"scratch-{epochs}-seed{seed}", resume=True, progress=False,
                  init=init).model()
 
