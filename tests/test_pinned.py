@@ -1,6 +1,8 @@
 """VGG16's cuts are pinned: tests/data/vgg_cuts.json holds the channels each method kept, and the logits of the pruned
 model, as the per-layer VGG surgery computed them before pruning moved onto channel groups (commit d521dee). The
-group path must choose the same channels and compute the same function."""
+group path must choose the same channels and compute the same function. The two k-means cases were pinned again when
+k-means stopped letting rounding decide which member of an equidistant pair stays (kmeans.comparable): the old pins
+held on one CPU and not on another."""
 import json
 from pathlib import Path
 

@@ -181,6 +181,14 @@ def search_k(points: np.ndarray, choice: str, lowest: int, seed: int) -> tuple[i
     return best, {k: value(k) for k in sorted(fitted)}
 
 
+def comparable(distances: np.ndarray) -> np.ndarray:
+    """`distances` rounded to 9 significant digits of the largest, so that ties (two members of a cluster are equally
+    far from its centre) stay ties whatever the last bits a CPU's BLAS and LAPACK kernels leave: which filter a tie
+    keeps is then decided by a rule, not by rounding, and a cut is the same on every machine."""
+    scale = float(distances.max(initial=0.0))
+    return np.round(distances / scale, 9) if scale > 0 else distances
+
+
 def representatives(points: np.ndarray, clustering: KMeans, k: int, keep: str,
                     generator: np.random.Generator) -> tuple[list[int], list[Merge]]:
     """One filter per cluster (`k` in all) and a Merge (factor 1) of every other filter into its cluster's keeper.
@@ -188,14 +196,16 @@ def representatives(points: np.ndarray, clustering: KMeans, k: int, keep: str,
     Identical filters can leave fewer non-empty clusters than `k`; the filters farthest from their centroid then
     stay too, so a budget is still met exactly."""
     labels, centres = clustering.labels_, clustering.cluster_centers_
-    distance = np.linalg.norm(points - centres[labels], axis=1)
+    distance = comparable(np.linalg.norm(points - centres[labels], axis=1))
+    norm = np.linalg.norm(points, axis=1)
     keepers = {}
     for cluster in np.unique(labels):
         members = np.flatnonzero(labels == cluster)
-        keepers[cluster] = int(members[np.argmin(distance[members])] if keep == "centroid"
+        # Members equally near the centre (the two of a pair always are): the stronger filter stays.
+        keepers[cluster] = int(members[np.lexsort((-norm[members], distance[members]))[0]] if keep == "centroid"
                                else generator.choice(members))
     kept = set(keepers.values())
-    for extra in np.argsort(-distance, kind="stable"):
+    for extra in np.lexsort((-norm, -distance)):
         if len(kept) >= k:
             break
         kept.add(int(extra))
