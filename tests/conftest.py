@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pickle
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,26 @@ def run_invoke(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess
     return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args], cwd=cwd,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           timeout=timeout, check=False)
+
+
+def run_invoke_each(calls: list[tuple[tuple[str, ...], Path]], env: dict[str, str] | None = None,
+                    timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """run_invoke for each (args, cwd) in `calls`, with `env` set, all in one fresh interpreter (tests/invoke_each.py):
+    one torch import instead of one per command, for command lines that end before any work (help, refusals). A
+    command that starts processes of its own is for run_invoke: their output would not be captured here."""
+    folder = Path(tempfile.mkdtemp(prefix="invoke-each-"))
+    try:
+        asked = [{"args": list(args), "cwd": str(cwd), "env": env or {}, "root": str(ROOT)} for args, cwd in calls]
+        (folder / "calls.json").write_text(json.dumps(asked), encoding="utf-8")
+        driver = subprocess.run([sys.executable, str(Path(__file__).parent / "invoke_each.py"),
+                                 str(folder / "calls.json"), str(folder / "answers.json")], capture_output=True,
+                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout, check=False)
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        answers = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(folder)
+    return [subprocess.CompletedProcess(["invoke", *args], answer["code"], answer["stdout"], answer["stderr"])
+            for (args, _), answer in zip(calls, answers)]
 
 
 def write_batch(path: Path, seed: int, images: int = cifar.IMAGES_PER_BATCH_FILE) -> None:

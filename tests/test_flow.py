@@ -1,7 +1,7 @@
 """The whole job as a user runs it: `invoke pipeline --preset smoke`, then the errors of `invoke prune`."""
 import json
 
-from conftest import run_invoke, save_untrained_base
+from conftest import run_invoke, run_invoke_each, save_untrained_base
 
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.models import build_model, vgg16_spec
@@ -48,19 +48,18 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
 def test_prune_errors_stop_and_write_nothing(tmp_path, cifar_dir):
     out = tmp_path / "out"
     common = ("--data-dir", str(cifar_dir), "--out", str(out))
-    missing = run_invoke("prune", "--checkpoint", str(tmp_path / "none.pt"), "--mac-reduction", "0.5", *common)
-    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
     not_a_model = tmp_path / "notes.pt"
     not_a_model.write_text("hello")
-    garbage = run_invoke("prune", "--checkpoint", str(not_a_model), "--mac-reduction", "0.5", *common)
-    assert garbage.returncode == 2 and "not a readable checkpoint" in garbage.stderr
     model = build_model(vgg16_spec(0.0625))
     good = tmp_path / "good.pt"
     Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(), recipe={}, data={}).save(good)
-    bad_ratio = run_invoke("prune", "--checkpoint", str(good), "--ratio", "1.5", *common)
-    assert bad_ratio.returncode == 2 and "must be in (0, 1)" in bad_ratio.stderr
-    unreachable = run_invoke("prune", "--checkpoint", str(good), "--mac-reduction", "0.995", *common)
-    assert unreachable.returncode == 2 and "cannot be reached" in unreachable.stderr
+    wrong = [((tmp_path / "none.pt", "--mac-reduction", "0.5"), "checkpoint not found"),
+             ((not_a_model, "--mac-reduction", "0.5"), "not a readable checkpoint"),
+             ((good, "--ratio", "1.5"), "must be in (0, 1)"), ((good, "--mac-reduction", "0.995"), "cannot be reached")]
+    refusals = run_invoke_each([(("prune", "--checkpoint", str(checkpoint), *budget, *common), tmp_path)
+                                for (checkpoint, *budget), _ in wrong])
+    for (args, message), result in zip(wrong, refusals):
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
     assert not out.exists()
 
 
@@ -68,7 +67,7 @@ def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
     base = save_untrained_base(tmp_path / "base.pt")
     out = tmp_path / "scp"
     common = ("prune", "--checkpoint", str(base), "--method", "scp", "--data-dir", str(cifar_dir), "--out", str(out))
-    for args, message in [
+    wrong = [((*common, *args), message) for args, message in [
         (("--threshold", "1.5"), "threshold must be in [0, 1]"), (("--threshold", "0.5", "--knn", "0"), "k (nearest"),
         (("--threshold", "0.5", "--criterion", "jaccard"), "unknown criterion 'jaccard'"),
         (("--mac-reduction", "0.5", "--eval-images", "100"), "smaller than one batch (256)"),
@@ -76,12 +75,12 @@ def test_scp_from_the_command_line_and_its_errors(tmp_path, cifar_dir):
          "only 500 were held out"),
         (("--threshold", "0.5", "--mac-reduction", "0.5"), "not both"), ((), "exactly one of --threshold"),
         (("--knn", "three", "--threshold", "0.5"), "--knn expects int"),
-    ]:
-        result = run_invoke(*common, *args)
+    ]]
+    wrong.append(((*common[:3], "--method", "l1", "--criterion", "cosine", "--ratio", "0.5", "--out", str(out)),
+                  "applies to --method scp only"))
+    refusals = run_invoke_each([(args, tmp_path) for args, _ in wrong])
+    for (args, message), result in zip(wrong, refusals):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
-    l1_with_scp_option = run_invoke(*common[:3], "--method", "l1", "--criterion", "cosine", "--ratio", "0.5",
-                                    "--out", str(out))
-    assert l1_with_scp_option.returncode == 2 and "applies to --method scp only" in l1_with_scp_option.stderr
     assert not out.exists()
     # uniform and unrounded: an untrained base's sensitivity curves are flat, and SCP's options are what is tested
     done = run_invoke(*common, "--mac-reduction", "0.5", "--eval-images", "128", "--batch-size", "64",

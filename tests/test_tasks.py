@@ -4,12 +4,10 @@ import errno
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_invoke, save_untrained_base
+from conftest import ROOT, run_invoke, run_invoke_each, save_untrained_base
 
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
@@ -44,7 +42,7 @@ def test_evaluate_reports_top1_and_cost(tmp_path, cifar_dir, synthetic_data):
 
 
 def test_no_tests_collected_is_a_failure():
-    result = run_invoke("test", "--args", "-k no_test_has_this_name_zz")
+    result = run_invoke("test", "--args", "-k no_test_has_this_name_zz tests/test_data.py")  # one file: quicker
     assert result.returncode == 5 and "pytest collected no tests" in result.stderr
 
 
@@ -61,25 +59,6 @@ def _tree(folder: Path) -> set[str]:
     return found
 
 
-# `invoke <task> --help` for every task in one fresh interpreter (each in its own would import torch a dozen times):
-# the `invoke` command's own Program parses each command line, and its exit code is caught.
-HELP_FOR_EVERY_TASK = """
-import contextlib, io, json, sys
-from invoke.main import program  # the object the `invoke` command runs
-answers = {}
-for name in sys.argv[2:]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            program.run(["invoke", "--search-root", sys.argv[1], name, "--help"])
-            code = 0
-        except SystemExit as stop:
-            code = stop.code or 0
-    answers[name] = [code, out.getvalue(), err.getvalue()]
-print(json.dumps(answers))
-"""
-
-
 def test_every_task_prints_help_and_touches_nothing(tmp_path, monkeypatch):
     """`invoke <task> --help` must print usage, exit 0 and start nothing: no download (CIFAR10_DIR points at an empty
     folder that a download would fill), no folder or file created in the project or the working directory."""
@@ -93,24 +72,18 @@ def test_every_task_prints_help_and_touches_nothing(tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     project_before = _tree(ROOT)
-    driven = subprocess.run([sys.executable, "-c", HELP_FOR_EVERY_TASK, str(ROOT), *names], cwd=cwd,
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
-                            check=False)
-    assert driven.returncode == 0, driven.stderr
-    answers = json.loads(driven.stdout)
-    assert list(answers) == names
-    for name, (code, stdout, stderr) in answers.items():
-        assert code == 0, f"{name}: {stderr}"
-        assert f"Usage: inv[oke] [--core-opts] {name} [--options]" in stdout, name
-        assert "error" not in stderr.lower(), f"{name}: {stderr}"
+    for name, result in zip(names, run_invoke_each([((name, "--help"), cwd) for name in names])):
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert f"Usage: inv[oke] [--core-opts] {name} [--options]" in result.stdout, name
+        assert "error" not in result.stderr.lower(), f"{name}: {result.stderr}"
     assert list(cwd.iterdir()) == [] and list(empty_data.iterdir()) == []
     assert _tree(ROOT) == project_before
 
 
 def test_missing_required_option_is_named(tmp_path):
-    for task, option in (("evaluate", "--checkpoint"), ("prune", "--checkpoint"), ("finetune", "--checkpoint"),
-                         ("export", "--checkpoint"), ("bench", "--models"), ("bench-device", "--models")):
-        result = run_invoke(task, cwd=tmp_path, timeout=60)
+    required = (("evaluate", "--checkpoint"), ("prune", "--checkpoint"), ("finetune", "--checkpoint"),
+                ("export", "--checkpoint"), ("bench", "--models"), ("bench-device", "--models"))
+    for (task, option), result in zip(required, run_invoke_each([((task,), tmp_path) for task, _ in required])):
         assert result.returncode == 2 and f"error: missing {option}" in result.stderr, (task, result.stderr)
         assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
@@ -159,7 +132,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     assert not (tmp_path / "pruned").exists()  # no temp file, no half checkpoint, no folder
 
 
-@pytest.mark.parametrize("args, message", [
+HOSTILE = [
     (("prune", "--method", "scp", "--knn", "0", "--ratio", "0.5"), r"k \(nearest neighbours\) must be >= 1"),
     (("prune", "--method", "scp", "--eval-images", "0", "--ratio", "0.5"), r"evaluation set \(0 images\)"),
     (("prune", "--ratio", "-1"), r"--ratio must be in \(0, 1\)"),
@@ -206,34 +179,49 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     (("export", "--name", "/tmp/model"), "--name must be a plain name"),
     (("test", "--workers", "-1"), "--workers is a number of test processes"),
     (("test", "--workers", "two"), "--workers expects int"),
-])
-def test_hostile_input_is_one_line_exit_2_and_touches_nothing(tmp_path, monkeypatch, args, message):
-    """Each refusal comes before any data is read or downloaded (CIFAR10_DIR is an empty folder a download would
-    fill) and before any folder is made."""
-    empty_data = tmp_path / "cifar"
-    empty_data.mkdir()
-    monkeypatch.setenv("CIFAR10_DIR", str(empty_data))
-    checkpoint = save_untrained_base(tmp_path / "base.pt")
-    task, *options = args
-    needs_checkpoint = task in ("prune", "finetune", "evaluate", "export")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    result = run_invoke(task, *(["--checkpoint", str(checkpoint)] if needs_checkpoint else []), *options,
-                        cwd=cwd, timeout=60)
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_answers(tmp_path_factory) -> tuple[Path, list]:
+    """Every HOSTILE command line run once, in one interpreter, each from an empty working directory of its own
+    (<folder>/<i>) with CIFAR10_DIR an empty folder (<folder>/cifar) a download would fill; a task that needs a
+    checkpoint gets an untrained one. Returns the folder and the answers in HOSTILE's order."""
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "cifar").mkdir()
+    checkpoint = save_untrained_base(folder / "base.pt")
+    calls = []
+    for i, (args, _) in enumerate(HOSTILE):
+        task, *options = args
+        needs_checkpoint = task in ("prune", "finetune", "evaluate", "export")
+        (folder / str(i)).mkdir()
+        calls.append(((task, *(["--checkpoint", str(checkpoint)] if needs_checkpoint else []), *options),
+                      folder / str(i)))
+    return folder, run_invoke_each(calls, env={"CIFAR10_DIR": str(folder / "cifar")})
+
+
+@pytest.mark.parametrize("case", range(len(HOSTILE)), ids=lambda i: " ".join(HOSTILE[i][0]))
+def test_hostile_input_is_one_line_exit_2_and_touches_nothing(hostile_answers, case):
+    """Each refusal comes before any data is read or downloaded and before any folder is made."""
+    folder, answers = hostile_answers
+    result, message = answers[case], HOSTILE[case][1]
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert re.search(message, lines[0]), lines[0]
-    assert list(empty_data.iterdir()) == [] and list(cwd.iterdir()) == []
+    assert list((folder / "cifar").iterdir()) == [] and list((folder / str(case)).iterdir()) == []
 
 
 def test_round_to_and_allocation_need_a_budget(tmp_path):
     checkpoint = save_untrained_base(tmp_path / "base.pt")
+    calls, expected = [], []
     for extra in (("--method", "scp", "--threshold", "0.5"), ("--method", "kmeans", "--clusters", "elbow")):
-        result = run_invoke("prune", "--checkpoint", str(checkpoint), "--round-to", "8", *extra, cwd=tmp_path)
-        assert result.returncode == 2 and "--round-to rounds a budget's channel counts" in result.stderr
-        result = run_invoke("prune", "--checkpoint", str(checkpoint), "--allocation", "global", *extra, cwd=tmp_path)
-        assert result.returncode == 2 and "--allocation shares out a budget's channel counts" in result.stderr
+        for flag, message in ((("--round-to", "8"), "--round-to rounds a budget's channel counts"),
+                              (("--allocation", "global"), "--allocation shares out a budget's channel counts")):
+            calls.append((("prune", "--checkpoint", str(checkpoint), *flag, *extra), tmp_path))
+            expected.append(message)
+    for message, result in zip(expected, run_invoke_each(calls)):
+        assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def test_a_mac_target_from_the_command_line_gets_the_recommended_recipe_unless_told_otherwise():
