@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_invoke, save_untrained_base
+from conftest import ROOT, run_invoke, run_invoke_each, save_untrained_base
 
 from prunedroid.bench import benchmark, read_report
 from prunedroid.checkpoint import KIND, Checkpoint
@@ -364,30 +364,31 @@ def test_a_zero_or_nan_measurement_stops_the_search():
                        reduction=lambda counts: math.nan)
 
 
-def test_prune_with_a_tampered_latency_table_is_one_line(tmp_path, cifar_dir):
+def test_prune_with_a_tampered_or_foreign_latency_table_is_one_line(tmp_path, cifar_dir):
+    """The host's own table (found by name in the working directory) with a NaN timing, and a phone's table given
+    with --latency-table that is missing, holds a negative timing or was measured on a host: each is one line, and
+    nothing is written (the phone's table is read, never written)."""
     base = save_untrained_base(tmp_path / "base.pt")
-    (tmp_path / "latency-table-executorch.json").write_text('{"where": {}, "ms": {"conv 3x32x32->4": NaN}}')
-    one_line_exit_2(run_invoke("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction",
-                               "0.5", "--data-dir", str(cifar_dir), "--out", str(tmp_path / "pruned"), cwd=tmp_path),
-                    "is not a latency table")
-    assert not (tmp_path / "pruned").exists()
-
-
-@pytest.mark.parametrize("table, message", [
-    (None, "No such file or directory"),
-    ('{"where": {"device": {"model": "x"}}, "ms": {"conv 3x32x32->4": -1}}', "is not a latency table"),
-    ('{"where": {"runtime": "onnxruntime 1.0", "cpu": "x"}, "ms": {}}', "was not measured on a device"),
-])
-def test_prune_with_a_bad_phone_latency_table_is_one_line(tmp_path, cifar_dir, table, message):
-    base = save_untrained_base(tmp_path / "base.pt")
-    given = tmp_path / "phone.json"
-    if table is not None:
-        given.write_text(table)
+    cases = [("latency-table-executorch.json", '{"where": {}, "ms": {"conv 3x32x32->4": NaN}}',
+              "is not a latency table"),
+             ("phone.json", None, "No such file or directory"),
+             ("phone.json", '{"where": {"device": {"model": "x"}}, "ms": {"conv 3x32x32->4": -1}}',
+              "is not a latency table"),
+             ("phone.json", '{"where": {"runtime": "onnxruntime 1.0", "cpu": "x"}, "ms": {}}',
+              "was not measured on a device")]
+    calls = []
+    for i, (name, table, _) in enumerate(cases):
+        cwd = tmp_path / str(i)
+        cwd.mkdir()
+        if table is not None:
+            (cwd / name).write_text(table)
+        given = ("--latency-table", str(cwd / name)) if name == "phone.json" else ()
+        calls.append((("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction", "0.5",
+                       *given, "--data-dir", str(cifar_dir), "--out", str(cwd / "pruned")), cwd))
     before = tree(tmp_path)
-    one_line_exit_2(run_invoke("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction",
-                               "0.5", "--latency-table", str(given), "--data-dir", str(cifar_dir), "--out",
-                               str(tmp_path / "pruned"), cwd=tmp_path), message)
-    assert tree(tmp_path) == before  # the phone's table is read, never written; nothing else appears
+    for (_, _, message), result in zip(cases, run_invoke_each(calls)):
+        one_line_exit_2(result, message)
+    assert tree(tmp_path) == before
 
 
 # --- 9. numbers from a phone or a sidecar ------------------------------------------------------------------------
