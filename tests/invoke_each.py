@@ -8,10 +8,11 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from invoke.main import program
 
-calls = json.loads(open(sys.argv[1], encoding="utf-8").read())
+calls = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
 answers = []
 for call in calls:
     environment = dict(os.environ)
@@ -22,13 +23,16 @@ for call in calls:
         try:
             program.run(["invoke", "--search-root", call["root"], *call["args"]])
             code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
+        except SystemExit as stop:  # as the interpreter ends on it: an exit code, or a message and exit 1
+            if stop.code is None or isinstance(stop.code, int):
+                code = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+                code = 1
         except BaseException:  # what a fresh interpreter would print and exit with
             traceback.print_exc()
             code = 1
     os.environ.clear()
     os.environ.update(environment)
     answers.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
-with open(sys.argv[2], "w", encoding="utf-8") as fh:
-    json.dump(answers, fh)
+Path(sys.argv[2]).write_text(json.dumps(answers), encoding="utf-8")
