@@ -45,8 +45,12 @@ def run_invoke(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess
     """`invoke ARGS` as a user types it, in a fresh interpreter, from the project root or from `cwd` (tasks.py is
     found through --search-root)."""
     return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args], cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=timeout, check=False)
+                          capture_output=True, text=True, env=project_env(), timeout=timeout, check=False)
+
+
+def project_env() -> dict[str, str]:
+    """This process's environment, with the project importable (tasks.py imports prunedroid)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def run_invoke_each(calls: list[tuple[tuple[str, ...], Path]], env: dict[str, str] | None = None,
@@ -60,7 +64,7 @@ def run_invoke_each(calls: list[tuple[tuple[str, ...], Path]], env: dict[str, st
         (folder / "calls.json").write_text(json.dumps(asked), encoding="utf-8")
         driver = subprocess.run([sys.executable, str(Path(__file__).parent / "invoke_each.py"),
                                  str(folder / "calls.json"), str(folder / "answers.json")], capture_output=True,
-                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout, check=False)
+                                text=True, env=project_env(), timeout=timeout, check=False)
         assert driver.returncode == 0, driver.stderr[-3000:]
         answers = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
     finally:

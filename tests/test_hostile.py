@@ -389,6 +389,7 @@ def test_prune_with_a_tampered_or_foreign_latency_table_is_one_line(tmp_path, ci
     for (_, _, message), result in zip(cases, run_invoke_each(calls)):
         one_line_exit_2(result, message)
     assert tree(tmp_path) == before
+    assert not any((tmp_path / str(i) / "pruned").exists() for i in range(len(cases)))  # not even an empty folder
 
 
 # --- 9. numbers from a phone or a sidecar ------------------------------------------------------------------------

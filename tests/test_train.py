@@ -1,5 +1,4 @@
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -8,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, project_env
 
 from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint
@@ -89,7 +88,7 @@ def _invoke_train(out: Path, cifar_dir: Path, *extra: str) -> list[str]:
 
 def test_killed_training_resumes_to_the_same_result(cifar_dir, tmp_path):
     """Kill -9 mid-run, then --resume: the final weights equal an uninterrupted run's, bit for bit."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     subprocess.run(_invoke_train(tmp_path / "whole", cifar_dir), cwd=ROOT, env=env, check=True, capture_output=True)
 
     killed = tmp_path / "killed"
