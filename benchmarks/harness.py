@@ -423,10 +423,10 @@ def instruction_ratios(base: str, counted: dict[str, list[int]]) -> dict[str, di
 def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int = 5,
                            counting_processes: int = 0) -> dict:
     """onnxruntime batch-1 latency of each architecture in `specs` (key -> VGGSpec; the first is the base), all
-    interleaved, in `processes` separate processes (ratios_to the first); with `counting_processes`, also its
-    instructions per inference under callgrind (program_instructions) and their ratio to the first's. Weights are
-    freshly initialised: a dense fp32 kernel's time does not depend on their values; BatchNorm is folded as
-    `invoke export` does."""
+    interleaved, in `processes` separate processes (ratios_to the first; 0: not timed); with `counting_processes`,
+    also its instructions per inference under callgrind (program_instructions) and their ratio to the first's.
+    Weights are freshly initialised: a dense fp32 kernel's time does not depend on their values; BatchNorm is folded
+    as `invoke export` does."""
     with tempfile.TemporaryDirectory() as scratch:
         paths = {}
         for index, (key, spec) in enumerate(specs.items()):
@@ -434,7 +434,8 @@ def architecture_latencies(specs: dict, runs: int = PROGRAM_RUNS, processes: int
             write_onnx(fold_batchnorm(build_model(spec)), paths[str(key)], dynamic_batch=True,
                        example=torch.zeros(1, *cifar.IMAGE_SHAPE))
         base = str(next(iter(specs)))
-        timed = ratios_to(base, repeated_program_latencies("onnxruntime", paths, processes, Path(scratch), runs))
+        timed = (ratios_to(base, repeated_program_latencies("onnxruntime", paths, processes, Path(scratch), runs))
+                 if processes else {key: {} for key in paths})
         if counting_processes:
             counted = instruction_ratios(base, program_instructions("onnxruntime", paths, counting_processes,
                                                                     Path(scratch)))

@@ -13,6 +13,8 @@ after pruning, with BatchNorm re-measured and after the identical short fine-tun
     python benchmarks/round_to.py --base runs/quick/checkpoint.pt --out benchmarks/results/round_to
 
 Cells already in <out>.json are kept (an interrupted run resumes); fine-tuned checkpoints go under --work.
+`--processes 0 --counting-processes 1` adds instruction counts to the timings already in <out>.json without timing
+again: counts are exact on a busy host, timings are not.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from harness import Bench, architecture_latencies, arguments, paired_table, percent, ratio_spread, resumed
 
 from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
+from prunedroid.errors import PrunedroidError
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import example_input
 from prunedroid.pruning import Budget, SCPConfig, channel_graph, kept_counts
@@ -47,6 +50,17 @@ def timed_architectures(width: float, targets: list[float], steps: list[int], ru
             for (target, step), spec in specs.items()]
 
 
+def with_earlier_timings(rows: list[dict], earlier: list[dict], results: Path) -> list[dict]:
+    """`rows` (counted, not timed) with the timing of the same architecture from the earlier run's rows."""
+    timed = {(row["width"], tuple(row["channels"])): row for row in earlier if "median_ms" in row}
+    missing = [row for row in rows if (row["width"], tuple(row["channels"])) not in timed]
+    if missing:
+        raise PrunedroidError(f"{results} has no timing of {len(missing)} of these architectures (first: width "
+                         f"{missing[0]['width']}, {missing[0]['target']:.0%}, round to {missing[0]['round_to']}); "
+                         f"time them with --processes 5")
+    return [{**timed[row["width"], tuple(row["channels"])], **row} for row in rows]
+
+
 def latency_table(rows: list[dict]) -> str:
     shown = [{"width": row["width"], "MAC target": f"{100 * row['target']:.0f}%" if row["target"] else "base",
               "round to": row["round_to"], "channels": "/".join(map(str, sorted(set(row["channels"])))),
@@ -67,9 +81,12 @@ def summary(rows: list[dict], steps: list[int]) -> str:
             chosen = [row for row in rows if row["width"] == width and row["round_to"] == step and row["target"]]
             quotients = [row["latency_ratio"] / row["mac_ratio"] for row in chosen]
             flagged = sum(row["latency_ratio_max"] / row["mac_ratio"] > SLOW_FOR_MACS for row in chosen)
+            counted = [row["instructions_ratio"] / row["mac_ratio"] for row in chosen if "instructions_ratio" in row]
             lines.append({"width": width, "round to": step, "mean latency / MAC ratio":
                           f"{sum(quotients) / len(quotients):.2f}x", "worst": f"{max(quotients):.2f}x",
-                          "flagged (>10% slower than MACs)": f"{flagged} of {len(quotients)}"})
+                          "flagged (>10% slower than MACs)": f"{flagged} of {len(quotients)}",
+                          **({"mean instructions / MAC ratio": f"{sum(counted) / len(counted):.2f}x"}
+                             if counted else {})})
     return markdown_table(lines, list(lines[0]))
 
 
@@ -108,7 +125,8 @@ def main() -> None:
     parser.add_argument("--targets", default="0.3,0.5,0.7", help="MAC reductions")
     parser.add_argument("--steps", default="1,4,8,16", help="--round-to values")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per architecture")
-    parser.add_argument("--processes", type=int, default=5, help="separate timing processes per width")
+    parser.add_argument("--processes", type=int, default=5,
+                        help="separate timing processes per width (0: keep <out>.json's timings, only count)")
     parser.add_argument("--counting-processes", type=int, default=0,
                         help="callgrind processes counting each architecture's instructions per inference (0: none)")
     parser.add_argument("--accuracy-steps", default="8,16", help="the roundings compared with none on --base")
@@ -122,11 +140,14 @@ def main() -> None:
     latency_rows = [row for width in args.widths.split(",")
                     for row in timed_architectures(float(width), targets, steps, args.runs, args.processes,
                                                    args.counting_processes)]
-    payload = {**previous, **payload, "latency": latency_rows, "latency_runs": args.runs,
-               "latency_processes": args.processes}
-    sections = [f"## Latency vs MACs (onnxruntime, batch 1, 1 thread, median of {args.runs} runs, each width's "
-                f"architectures interleaved, in {args.processes} separate processes: ratios are the median over "
-                f"them [min-max])\n\n{summary(latency_rows, steps)}\n{latency_table(latency_rows)}"]
+    timing = {"latency_runs": args.runs, "latency_processes": args.processes}
+    if not args.processes:
+        latency_rows = with_earlier_timings(latency_rows, previous.get("latency", []), results)
+        timing = {key: previous[key] for key in timing}
+    payload = {**previous, **payload, "latency": latency_rows, **timing}
+    sections = [f"## Latency vs MACs (onnxruntime, batch 1, 1 thread, median of {timing['latency_runs']} runs, each "
+                f"width's architectures interleaved, in {timing['latency_processes']} separate processes: ratios are "
+                f"the median over them [min-max])\n\n{summary(latency_rows, steps)}\n{latency_table(latency_rows)}"]
     if "cells" in payload:
         sections.append(f"## Accuracy with and without rounding ({payload['base']['checkpoint']}, "
                         f"{100 * payload['base']['test_top1']:.2f}%)\n\n{accuracy_table(payload)}"

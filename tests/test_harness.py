@@ -16,6 +16,7 @@ from harness import (  # noqa: E402
 )
 
 from prunedroid.deploy import fold_batchnorm  # noqa: E402
+from prunedroid.errors import PrunedroidError  # noqa: E402
 from prunedroid.models import build_model, vgg16_spec  # noqa: E402
 from prunedroid.pruned import example_input  # noqa: E402
 from prunedroid.pruning import Budget  # noqa: E402
@@ -150,3 +151,22 @@ def test_pruning_in_steps_reaches_the_target_from_the_base_and_resumes(tmp_path,
     assert "**" in verdict({"a": cell}) and f"{cell['mac_reduction']:.1%}" in verdict({"a": cell})
     cell["vs_base"]["test"]["difference"] = -0.02
     assert verdict({"a": cell}).startswith("No cell stays within 0.5 point")
+
+
+def test_counting_alone_keeps_the_earlier_timing_of_the_same_architecture(tmp_path):
+    """round_to --processes 0 times nothing: each counted row takes the timing its architecture (width and channels)
+    had in the earlier run, and an architecture the earlier run did not time is refused, not left blank."""
+    from round_to import with_earlier_timings
+
+    base = vgg16_spec(0.0625)
+    assert architecture_latencies({"base": base}, processes=0) == {"base": {}}
+    earlier = [{"width": 0.25, "target": 0.0, "round_to": 1, "channels": [16, 32], "median_ms": 0.4,
+                "latency_ratio": 1.0, "latency_ratio_min": 1.0, "latency_ratio_max": 1.0},
+               {"width": 0.25, "target": 0.5, "round_to": 8, "channels": [8, 24], "median_ms": 0.3,
+                "latency_ratio": 0.75, "latency_ratio_min": 0.7, "latency_ratio_max": 0.8}]
+    counted = [{"width": 0.25, "target": 0.5, "round_to": 8, "channels": [8, 24], "mac_ratio": 0.5,
+                "instructions_ratio": 0.52}]
+    assert with_earlier_timings(counted, earlier, tmp_path / "r.json") == [{**earlier[1], **counted[0]}]
+    other = [{**counted[0], "channels": [8, 16]}]
+    with pytest.raises(PrunedroidError, match="no timing of 1 of these architectures .* --processes 5"):
+        with_earlier_timings(other, earlier, tmp_path / "r.json")
