@@ -33,10 +33,11 @@ from prunedroid.report import markdown_table, write_results
 
 
 def timed_architectures(width: float, targets: list[float], steps: list[int], runs: int, processes: int,
-                        counting_processes: int) -> list[dict]:
+                        counting_processes: int, earlier: list[dict], results: Path) -> list[dict]:
     """One row per (target, step) and one for the unpruned model: channels, MACs and onnxruntime latency (ms; the
-    ratio to the unpruned model as the median over `processes` separate processes, with its min and max), and with
-    `counting_processes` its instructions per inference (callgrind) and their ratio."""
+    ratio to the unpruned model as the median over `processes` separate processes, with its min and max; with
+    `processes` 0, the `earlier` rows' timing of the same architecture), and with `counting_processes` its
+    instructions per inference (callgrind) and their ratio."""
     base = vgg16_spec(width)
     graph = channel_graph(build_model(base), example_input())
     specs = {(0.0, 1): base}
@@ -44,21 +45,27 @@ def timed_architectures(width: float, targets: list[float], steps: list[int], ru
         for step in steps:
             counts = kept_counts(graph, Budget.of(mac_reduction=target, round_to=step))
             specs[target, step] = dataclasses.replace(base, conv_channels=tuple(counts))
+    kept = earlier_timings(width, specs, earlier, results) if not processes else {key: {} for key in specs}
     latencies = architecture_latencies(specs, runs, processes, counting_processes)
     return [{"width": width, "target": target, "round_to": step, "channels": list(spec.conv_channels),
-             "mac_ratio": graph.macs(spec.conv_channels) / graph.macs(), **latencies[target, step]}
-            for (target, step), spec in specs.items()]
+             "mac_ratio": graph.macs(spec.conv_channels) / graph.macs(), **kept[target, step],
+             **latencies[target, step]} for (target, step), spec in specs.items()]
 
 
-def with_earlier_timings(rows: list[dict], earlier: list[dict], results: Path) -> list[dict]:
-    """`rows` (counted, not timed) with the timing of the same architecture from the earlier run's rows."""
+def earlier_timings(width: float, specs: dict, earlier: list[dict], results: Path) -> dict:
+    """Per (target, step): the timing fields the earlier run's row of the same architecture (width and channels) has;
+    refused before anything is counted if one of `specs` was not timed."""
     timed = {(row["width"], tuple(row["channels"])): row for row in earlier if "median_ms" in row}
-    missing = [row for row in rows if (row["width"], tuple(row["channels"])) not in timed]
+    missing = [key for key, spec in specs.items() if (width, tuple(spec.conv_channels)) not in timed]
     if missing:
-        raise PrunedroidError(f"{results} has no timing of {len(missing)} of these architectures (first: width "
-                         f"{missing[0]['width']}, {missing[0]['target']:.0%}, round to {missing[0]['round_to']}); "
-                         f"time them with --processes 5")
-    return [{**timed[row["width"], tuple(row["channels"])], **row} for row in rows]
+        raise PrunedroidError(f"{results} has no timing of {len(missing)} of the width-{width} architectures (first: "
+                              f"{missing[0][0]:.0%} fewer MACs, round to {missing[0][1]}); time them with --processes "
+                              f"5")
+    return {key: {field: value for field, value in timed[width, tuple(spec.conv_channels)].items()
+                  if field in TIMING_FIELDS} for key, spec in specs.items()}
+
+
+TIMING_FIELDS = ("median_ms", "latency_ratio", "latency_ratio_min", "latency_ratio_max")
 
 
 def latency_table(rows: list[dict]) -> str:
@@ -137,13 +144,12 @@ def main() -> None:
     results = Path(args.out).with_suffix(".json")
     previous = resumed(json.loads(results.read_text())) if results.exists() else {}
     payload = {} if args.no_accuracy else accuracy(args, [int(s) for s in args.accuracy_steps.split(",")])
+    timing = {"latency_runs": args.runs, "latency_processes": args.processes}
+    if not args.processes:  # counting only: the timings are the earlier run's
+        timing = {key: previous.get(key) for key in timing}
     latency_rows = [row for width in args.widths.split(",")
                     for row in timed_architectures(float(width), targets, steps, args.runs, args.processes,
-                                                   args.counting_processes)]
-    timing = {"latency_runs": args.runs, "latency_processes": args.processes}
-    if not args.processes:
-        latency_rows = with_earlier_timings(latency_rows, previous.get("latency", []), results)
-        timing = {key: previous[key] for key in timing}
+                                                   args.counting_processes, previous.get("latency", []), results)]
     payload = {**previous, **payload, "latency": latency_rows, **timing}
     sections = [f"## Latency vs MACs (onnxruntime, batch 1, 1 thread, median of {timing['latency_runs']} runs, each "
                 f"width's architectures interleaved, in {timing['latency_processes']} separate processes: ratios are "

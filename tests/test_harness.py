@@ -155,18 +155,17 @@ def test_pruning_in_steps_reaches_the_target_from_the_base_and_resumes(tmp_path,
 
 def test_counting_alone_keeps_the_earlier_timing_of_the_same_architecture(tmp_path):
     """round_to --processes 0 times nothing: each counted row takes the timing its architecture (width and channels)
-    had in the earlier run, and an architecture the earlier run did not time is refused, not left blank."""
-    from round_to import with_earlier_timings
+    had in the earlier run, and a width with an architecture the earlier run did not time is refused before anything
+    is counted, not left blank."""
+    from round_to import timed_architectures
 
-    base = vgg16_spec(0.0625)
-    assert architecture_latencies({"base": base}, processes=0) == {"base": {}}
-    earlier = [{"width": 0.25, "target": 0.0, "round_to": 1, "channels": [16, 32], "median_ms": 0.4,
-                "latency_ratio": 1.0, "latency_ratio_min": 1.0, "latency_ratio_max": 1.0},
-               {"width": 0.25, "target": 0.5, "round_to": 8, "channels": [8, 24], "median_ms": 0.3,
-                "latency_ratio": 0.75, "latency_ratio_min": 0.7, "latency_ratio_max": 0.8}]
-    counted = [{"width": 0.25, "target": 0.5, "round_to": 8, "channels": [8, 24], "mac_ratio": 0.5,
-                "instructions_ratio": 0.52}]
-    assert with_earlier_timings(counted, earlier, tmp_path / "r.json") == [{**earlier[1], **counted[0]}]
-    other = [{**counted[0], "channels": [8, 16]}]
-    with pytest.raises(PrunedroidError, match="no timing of 1 of these architectures .* --processes 5"):
-        with_earlier_timings(other, earlier, tmp_path / "r.json")
+    assert architecture_latencies({"base": vgg16_spec(0.0625)}, processes=0) == {"base": {}}
+    results = tmp_path / "round_to.json"
+    timed = timed_architectures(0.0625, [0.5], [4], runs=10, processes=1, counting_processes=0, earlier=[],
+                                results=results)
+    kept = timed_architectures(0.0625, [0.5], [4], runs=10, processes=0, counting_processes=0, earlier=timed,
+                               results=results)
+    assert kept == timed and len(kept) == 2 and all(row["median_ms"] > 0 for row in kept)
+    with pytest.raises(PrunedroidError, match="no timing of 1 of the width-0.0625 architectures .* --processes 5"):
+        timed_architectures(0.0625, [0.5], [4, 8], runs=10, processes=0, counting_processes=0, earlier=timed,
+                            results=results)
