@@ -1,6 +1,7 @@
 """--allocation latency: the lookup table of layer latencies and the search that trims by it."""
 import json
 import math
+import re
 
 import pytest
 
@@ -15,6 +16,7 @@ from prunedroid.latency import (
     Runtime,
     reachable_shapes,
     where_measured,
+    write_table,
 )
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import prune_model
@@ -32,6 +34,17 @@ def macs_ms(shape: LayerShape) -> float:
     if shape.size == 0:
         return shape.inputs * shape.outputs / 1e6
     return shape.inputs // shape.groups * shape.outputs * (shape.size // shape.stride) ** 2 * shape.kernel ** 2 / 1e6
+
+
+def shape_of(key: str) -> LayerShape:
+    """The LayerShape a table key names (LayerShape.key read back)."""
+    if key.startswith("linear "):
+        inputs, outputs = key.removeprefix("linear ").split("->")
+        return LayerShape(int(inputs), int(outputs))
+    found = re.fullmatch(r"conv (\d+)x(\d+)x\d+->(\d+) k(\d+) s(\d+) p(\d+)(?: g(\d+))?", key)
+    assert found, key
+    inputs, size, outputs, kernel, stride, padding, groups = found.groups(default="1")
+    return LayerShape(int(inputs), int(outputs), int(size), int(kernel), int(stride), int(padding), int(groups))
 
 
 def even_curves(graph) -> list:
@@ -54,6 +67,8 @@ def test_layer_shapes_follow_the_network():
     assert shapes[12].size == 2 and shapes[-2] == LayerShape(64, 64)  # 64 channels x 1 x 1 into the classifier
     assert TINY.layer_shapes([4] * 13)[-2] == LayerShape(4, 64)
     assert sum(macs_ms(shape) for shape in shapes) == pytest.approx(TINY.macs() / 1e6)
+    depthwise = LayerShape(8, 8, 16, 3, 2, 1, 8)
+    assert all(shape_of(shape.key) == shape for shape in (*shapes, depthwise))  # the tests' key reader
 
 
 def test_a_runtime_slow_on_some_layers_gets_those_layers_pruned_more():
@@ -133,16 +148,18 @@ def test_an_unreachable_latency_target_names_the_fix():
                        predict(LatencyTable(measure=macs_ms), TINY))
 
 
-def test_prune_reports_the_predicted_latency_and_saves_the_table(synthetic_data, tmp_path):
+def test_prune_reports_the_predicted_latency_and_saves_the_table(synthetic_data, tmp_path, monkeypatch):
+    # Layers timed by their MACs, not the host's onnxruntime: a tiny model's real layer timings are mostly overhead
+    # and noise (on a busy host its floors have been predicted slower than the whole model).
+    monkeypatch.setitem(RUNTIMES, "onnxruntime", Runtime(macs_ms, RUNTIMES["onnxruntime"].version))
     model = trained_like(vgg16_spec(0.125))
     table = tmp_path / "latency-table-onnxruntime.json"
-    # A model this small is mostly per-layer overhead in onnxruntime (its floors save only ~25%): a modest target
-    budget = Budget.of(latency_reduction=0.1, allocation="latency", round_to=4)
+    budget = Budget.of(latency_reduction=0.3, allocation="latency", round_to=4)
     pruned, report = prune_model(model, "l1", budget, holdout=synthetic_data.holdout.head(64),
                                  latency=LatencyOptions("onnxruntime"), latency_folder=tmp_path)
     predicted = report["predicted_ms"]
     assert report["allocation"] == "latency" and len(report["curves"]) == 13
-    assert abs(1 - predicted["after"] / predicted["before"] - 0.1) <= 0.01
+    assert abs(1 - predicted["after"] / predicted["before"] - 0.3) <= 0.01
     assert all(c % 4 == 0 for c in pruned.spec.conv_channels)
     assert report["latency_runtime"]["runtime"].startswith("onnxruntime")
     assert len(json.loads(table.read_text())["ms"]) >= 14
@@ -185,8 +202,12 @@ def test_latency_table_from_the_command_line_is_what_prune_then_reads(tmp_path, 
                       "onnxruntime", cwd=tmp_path)
     assert made.returncode == 0, made.stderr[-2000:]
     table = tmp_path / "latency-table-onnxruntime.json"
+    measured = json.loads(table.read_text())
+    assert "shapes (" in made.stdout and len(measured["ms"]) >= 14
+    # The prune below reads the table as measured, but with each shape's time made its MACs: the host's timings of
+    # layers this small are overhead and noise, which could make a 10% target unreachable.
+    write_table(table, measured["where"], {key: macs_ms(shape_of(key)) for key in measured["ms"]})
     before = table.read_text()
-    assert "shapes (" in made.stdout and len(json.loads(before)["ms"]) >= 14
     pruned = run_invoke("prune", "--checkpoint", str(base), "--allocation", "latency", "--latency-reduction", "0.1",
                         "--round-to", "16", "--latency-runtime", "onnxruntime", "--data-dir", str(cifar_dir),
                         cwd=tmp_path)
