@@ -8,8 +8,8 @@ beside the controls for what else changes:
   same MACs (the control for the allocation);
 - the base itself trained the same N epochs by the fine-tune recipe (the control for "more training": does the
   unpruned model gain as much?);
-- with --scratch, the sensitivity-allocated architecture trained from random weights by the base's own recipe for
-  the base's epochs plus N (the control for pruning itself: is the base's knowledge worth keeping?).
+- with --scratch-seeds, the sensitivity-allocated architecture trained from random weights by the base's own recipe
+  for the base's epochs plus N (the control for pruning itself: is the base's knowledge worth keeping?).
 
     python benchmarks/controls.py --base runs/verify-quick/base/checkpoint.pt \\
         --data-dir ../shared/cifar-10-batches-py --out benchmarks/results/controls_quick --work runs/bench-controls
@@ -25,6 +25,7 @@ import dataclasses
 import torch
 from harness import Bench, arguments, base_title, interval, mean_sd
 
+from prunedroid.bench import paired_difference
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.models import build_model
 from prunedroid.pruned import prune_checkpoint
@@ -73,18 +74,28 @@ def trained_base(bench: Bench, epochs: int, seeds: list[int]) -> dict[str, torch
     return {name: torch.stack(rows) for name, rows in tables.items()}
 
 
-def from_scratch(bench: Bench, pruned_arch: dict, epochs: int, seed: int) -> torch.nn.Module:
-    """The pruned architecture with fresh random weights drawn from `seed`, trained by the base's own recipe for
-    `epochs`."""
+def from_scratch(bench: Bench, pruned_arch: dict, epochs: int, seeds: list[int]) -> dict[str, torch.Tensor]:
+    """The pruned architecture with fresh random weights drawn from each seed, trained by the base's own recipe for
+    `epochs`: the control for pruning itself. bool (seeds, N) correct tables on test and unseen images."""
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{key: value for key, value in bench.base_checkpoint.recipe.items() if key in fields})
-    config = dataclasses.replace(config, epochs=epochs, seed=seed, threads=bench.finetune_config.threads)
-    with torch.random.fork_rng():  # the same fresh weights on every call: a rerun resumes the run they started
-        torch.manual_seed(seed)
-        weights = build_model(pruned_arch).state_dict()
-    init = Checkpoint(arch=pruned_arch, state_dict=weights, recipe={}, data={})
-    return train(config, bench.data, bench.work / f"scratch-{epochs}-seed{seed}", resume=True, progress=False,
-                 init=init).model()
+    recipe = TrainConfig(**{key: value for key, value in bench.base_checkpoint.recipe.items() if key in fields})
+    tables: dict[str, list] = {name: [] for name in bench.judged_splits}
+    for seed in seeds:
+        config = dataclasses.replace(recipe, epochs=epochs, seed=seed, threads=bench.finetune_config.threads)
+        with torch.random.fork_rng():  # the same fresh weights on every call: a rerun resumes the run they started
+            torch.manual_seed(seed)
+            weights = build_model(pruned_arch).state_dict()
+        init = Checkpoint(arch=pruned_arch, state_dict=weights, recipe={}, data={})
+        model = train(config, bench.data, bench.work / f"scratch-{epochs}-seed{seed}", resume=True, progress=False,
+                      init=init).model()
+        for name, split in bench.judged_splits.items():
+            tables[name].append(evaluate(model, split, per_image=True)["correct"])
+    return {name: torch.stack(rows) for name, rows in tables.items()}
+
+
+def seed_list(option: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]; "" -> []."""
+    return [int(seed) for seed in option.split(",") if seed]
 
 
 def main() -> None:
@@ -95,9 +106,11 @@ def main() -> None:
                                                        "seed it has, from earlier runs too)")
     parser.add_argument("--base-seeds", default="0", help="seeds of the base trained --epochs more")
     parser.add_argument("--round-to", type=int, default=8, help="channel multiple of every pruned cell")
-    parser.add_argument("--scratch", action="store_true", help="also train the pruned architecture from scratch")
+    parser.add_argument("--scratch-seeds", default="", help="seeds of the sensitivity-allocated architecture trained "
+                                                            "from scratch (the base's recipe, its epochs + --epochs); "
+                                                            "none by default")
     args = parser.parse_args()
-    seeds = [int(seed) for seed in args.seeds.split(",")]
+    seeds = seed_list(args.seeds)
     budgets = {allocation: Budget.of(mac_reduction=args.target, allocation=allocation, round_to=args.round_to)
                for allocation in ("sensitivity", "uniform")}
     short = recipe_bench(args, "3-epochs", make_config(args.finetune_preset, {}, finetune=True).epochs, None)
@@ -110,19 +123,21 @@ def main() -> None:
                  (distilled, finetuned(distilled, budgets["sensitivity"], seeds)),
              ("uniform", f"{args.epochs} epochs, distilled"):
                  (distilled, finetuned(distilled, budgets["uniform"], seeds))}
-    more = trained_base(short, args.epochs, [int(seed) for seed in args.base_seeds.split(",")])
+    more = trained_base(short, args.epochs, seed_list(args.base_seeds))
     rows, tables = [], {}
     for (allocation, recipe), (bench, _) in cells.items():
         tables[allocation, recipe] = correct_tables(bench, allocation)
     tables["base", f"+{args.epochs} epochs"] = more
-    if args.scratch:
+    results, scratch_gaps = {}, {}
+    if args.scratch_seeds:
         pruned = prune_checkpoint(short.base_checkpoint, "l1", budgets["sensitivity"],
                                   **short.cell_pruning_data("sensitivity", "l1"))
-        scratch = from_scratch(short, pruned.arch, short.base_checkpoint.epoch + args.epochs, 0)
-        tables["sensitivity", f"from scratch, {short.base_checkpoint.epoch + args.epochs} epochs"] = {
-            name: evaluate(scratch, split, per_image=True)["correct"][None]
-            for name, split in short.judged_splits.items()}
-    results = {}
+        scratch_epochs = short.base_checkpoint.epoch + args.epochs
+        scratch = tables["sensitivity", f"from scratch, {scratch_epochs} epochs"] = from_scratch(
+            short, pruned.arch, scratch_epochs, seed_list(args.scratch_seeds))
+        finetuned_plain = tables["sensitivity", f"{args.epochs} epochs"]
+        scratch_gaps = {name: paired_difference(scratch[name], finetuned_plain[name], over_runs=True)
+                        for name in scratch}
     for (allocation, recipe), table in tables.items():
         results[f"{allocation} / {recipe}"] = judged = short.against_base(table)
         per_seed, gaps = judged["per_seed"], judged["vs_base"]
@@ -136,11 +151,14 @@ def main() -> None:
                "recipes": {name: b.payload["finetune"] for name, b in (("short", short), ("plain", plain),
                                                                       ("distilled", distilled))},
                "cells": {f"{a} / {r}": cell for (a, r), (_, cell) in cells.items()},
-               "results": results}
+               "results": results, "scratch_minus_finetuned": scratch_gaps}
     text = (f"Base: {base_title(payload)}. L1, `--round-to {args.round_to}`. The base scores "
             f"{short.base_top1('test'):.2%} on test images and "
             f"{short.base_top1('unseen'):.2%} on the {len(short.unseen_holdout):,} unseen held-out "
             f"ones.\n\n" + markdown_table(rows, list(rows[0])))
+    if scratch_gaps:
+        text += (f"\nFrom scratch minus the {args.epochs}-epoch fine-tune (both undistilled, paired over images "
+                 f"and seeds): test {interval(scratch_gaps['test'])}, unseen {interval(scratch_gaps['unseen'])}.\n")
     write_results(args.out, payload, title=f"Where the accuracy comes from: allocation, fine-tune length, "
                                            f"distillation ({args.target:.0%} fewer MACs)", table=text, notes=NOTES)
 
@@ -149,7 +167,9 @@ NOTES = """
 `minus base`: the model's top-1 minus the unpruned base's on the same images, in points, with a 95% bootstrap
 interval over images and seeds. `unseen`: held-out training images past the 3,072 sensitivity allocation measures
 on, which no model trained on and nothing chose by. The base trained N more epochs uses the fine-tune recipe (same
-learning rate and schedule) without distillation.
+learning rate and schedule) without distillation. `from scratch` (with --scratch-seeds): the pruned
+architecture with fresh random weights, trained by the base's own recipe (its learning rate, schedule and
+augmentation) for the base's epochs plus N, so it sees as many epochs as the pruned-and-fine-tuned models in all.
 """
 
 
