@@ -21,6 +21,7 @@ resumes from --work, and each recipe's cells are kept in <work>/<recipe>.json.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import torch
 from harness import Bench, arguments, base_title, interval, mean_sd
@@ -64,11 +65,16 @@ def trained_base(bench: Bench, epochs: int, seeds: list[int]) -> dict[str, torch
     """The unpruned base trained `epochs` more by the fine-tune recipe (no distillation), per seed: the control for
     more training. bool (seeds, N) correct tables on test and unseen images."""
     config = dataclasses.replace(bench.finetune_config, epochs=epochs, distill_weight=0.0)
+    return judged_tables(bench, (train(dataclasses.replace(config, seed=seed), bench.data,
+                                       bench.work / f"base-plus-{epochs}-seed{seed}", resume=True, progress=False,
+                                       init=bench.base_checkpoint).model() for seed in seeds))
+
+
+def judged_tables(bench: Bench, models: Iterable[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Per judged split, bool (models, N): which images each model gets right (models are trained as they are
+    drawn, one at a time)."""
     tables: dict[str, list] = {name: [] for name in bench.judged_splits}
-    for seed in seeds:
-        folder = bench.work / f"base-plus-{epochs}-seed{seed}"
-        model = train(dataclasses.replace(config, seed=seed), bench.data, folder, resume=True, progress=False,
-                      init=bench.base_checkpoint).model()
+    for model in models:
         for name, split in bench.judged_splits.items():
             tables[name].append(evaluate(model, split, per_image=True)["correct"])
     return {name: torch.stack(rows) for name, rows in tables.items()}
@@ -79,18 +85,17 @@ def from_scratch(bench: Bench, pruned_arch: dict, epochs: int, seeds: list[int])
     `epochs`: the control for pruning itself. bool (seeds, N) correct tables on test and unseen images."""
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     recipe = TrainConfig(**{key: value for key, value in bench.base_checkpoint.recipe.items() if key in fields})
-    tables: dict[str, list] = {name: [] for name in bench.judged_splits}
-    for seed in seeds:
+
+    def trained(seed: int) -> torch.nn.Module:
         config = dataclasses.replace(recipe, epochs=epochs, seed=seed, threads=bench.finetune_config.threads)
         with torch.random.fork_rng():  # the same fresh weights on every call: a rerun resumes the run they started
             torch.manual_seed(seed)
             weights = build_model(pruned_arch).state_dict()
         init = Checkpoint(arch=pruned_arch, state_dict=weights, recipe={}, data={})
-        model = train(config, bench.data, bench.work / f"scratch-{epochs}-seed{seed}", resume=True, progress=False,
-                      init=init).model()
-        for name, split in bench.judged_splits.items():
-            tables[name].append(evaluate(model, split, per_image=True)["correct"])
-    return {name: torch.stack(rows) for name, rows in tables.items()}
+        return train(config, bench.data, bench.work / f"scratch-{epochs}-seed{seed}", resume=True, progress=False,
+                     init=init).model()
+
+    return judged_tables(bench, (trained(seed) for seed in seeds))
 
 
 def seed_list(option: str) -> list[int]:
