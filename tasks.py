@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,12 +38,14 @@ def _recipe_help() -> dict[str, str]:
 RECIPE_HELP = _recipe_help()
 
 
-def command(name: str | None = None, help: dict[str, str] | None = None, generated: dict[str, str] | None = None):
+def command(name: str | None = None, help: dict[str, str] | None = None, generated: dict[str, str] | None = None,
+            out: str = "--out"):
     """An invoke task whose options are all flags (a positional argument would swallow `--help` and run the task)
     and whose PrunedroidError or OS error (unwritable folder, full disk) ends as one line and exit code 2.
 
     generated: options declared elsewhere (option dataclasses' fields: name -> help), each added as a flag with
-    default None and handed to the task in its **options.
+    default None and handed to the task in its **options. out: the option that names where the task writes, which
+    an OS error's fix names.
 
     Numbers default to strings ("200", not 200): invoke casts a typed default's values itself and answers a typo with
     a traceback, so the package parses them instead (`whole`, `parse_option`)."""
@@ -59,7 +62,7 @@ def command(name: str | None = None, help: dict[str, str] | None = None, generat
             except PrunedroidError as err:
                 raise Exit(f"error: {err.worded(flag)}", code=2) from None
             except OSError as err:
-                raise Exit(f"error: {os_error_message(err)}", code=2) from None
+                raise Exit(f"error: {os_error_message(err, out)}", code=2) from None
             except Exception as err:  # a defect, or input no check foresaw: one line, and the trace on request
                 if os.environ.get("PRUNEDROID_TRACEBACK"):
                     raise
@@ -305,10 +308,11 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
     from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.flow import prune_stage
+    from prunedroid.options import check_seed
 
     required(checkpoint=checkpoint)
     pruning, budget = _method_and_budget(method, options)
-    seed = whole(seed, "seed")
+    seed = check_seed(whole(seed, "seed"))
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PrunedroidError(f"{out} already exists; pass --overwrite or another --out")
@@ -332,18 +336,21 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
     from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
+    from prunedroid.files import refuse_holding
     from prunedroid.train import make_config
     from prunedroid.train import train as run_training
 
     required(checkpoint=checkpoint)
+    out = out or Path(f"{Path(checkpoint).parent}-finetuned")
+    refuse_holding(out, {"--checkpoint": checkpoint})
     init = Checkpoint.load(checkpoint)
     # The base's held-out images stay out of training: pruning chose on them, and they judge the model after.
     config = dataclasses.replace(make_config(preset, recipe, finetune=True), holdout=init.held_out_images)
     if _launched(config, data_dir):
         return
     data = load_cifar10(data_dir, holdout=config.holdout)
-    run_training(config, data, out or Path(f"{Path(checkpoint).parent}-finetuned"), resume=resume,
-                 overwrite=overwrite, progress=sys.stderr.isatty(), init=init, teacher=teacher)
+    run_training(config, data, out, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), init=init,
+                 teacher=teacher)
 
 
 QUANTIZE_HELP = {
@@ -411,6 +418,7 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", o
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
     from prunedroid.bench import ROUNDS, benchmark, check_timing, table_rows
     from prunedroid.data import load_test
+    from prunedroid.files import check_writable
     from prunedroid.report import markdown_table, write_results
     from prunedroid.sidecar import existing_sidecar
 
@@ -418,6 +426,7 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", o
     timing = dict(threads=whole(threads, "threads"), warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"),
                   processes=whole(processes, "processes"))
     check_timing(**timing, rounds=ROUNDS)  # before any file is read
+    check_writable(Path(out).parent)  # before anything is measured
     sidecars = [existing_sidecar(path) for path in models.split(",")]
     result = benchmark(sidecars, load_test(data_dir), **timing)
     rows = table_rows(result)
@@ -440,19 +449,32 @@ def build_apk(c, model="export/model.json", variant="debug", runtime="executorch
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
 
 
+RESULT_TIMEOUT_HELP = ("seconds to wait for each result from the phone (default 300); past it the app's benchmark is "
+                       "stopped")
+
+
+def _timeout(value: str) -> int:
+    seconds = whole(value, "timeout")
+    if seconds < 1:
+        raise PrunedroidError(f"--timeout must be at least 1 second, got {seconds}")
+    return seconds
+
+
 @command(name="bench-device", help={
     "models": "comma-separated sidecar JSON files written by `invoke export` (required)",
     "apk": "the ExecuTorch build of the app (`invoke build-apk`, debug): each model's .pte runs on it",
     "lite_apk": "also the lite build (`invoke build-apk --runtime lite`): each model's .ptl runs on it",
     "serial": "the device to use when several are attached",
     "runs": "timed runs per model on the device (default 100)", "warmup": "untimed runs first (default 20)",
-    "threads": "runtime threads on the phone (default 1)",
-    "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"})
+    "threads": "runtime threads on the phone (default 1)", "timeout": RESULT_TIMEOUT_HELP,
+    "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"},
+         out="--report")
 def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executorch/debug/app-executorch-debug.apk",
-                 lite_apk=None, serial=None, runs="100", warmup="20", threads="1", report="bench"):
+                 lite_apk=None, serial=None, runs="100", warmup="20", threads="1", timeout="300", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
-    from prunedroid.bench import add_device_rows, read_report, table_rows
+    from prunedroid.bench import add_device_rows, read_report, same_models, table_rows
     from prunedroid.device import bench_device as run_on_device
+    from prunedroid.files import check_writable
     from prunedroid.report import markdown_table, write_results
     from prunedroid.sidecar import Sidecar
 
@@ -460,9 +482,11 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executor
     sidecars = [Path(m) for m in models.split(",")]
     stem = Path(report)
     host = read_report(stem.with_suffix(".json")) if stem.with_suffix(".json").exists() else {}
+    check_writable(stem.parent)
+    same_models(host, {p.stem: Sidecar.read(p) for p in sidecars})  # before the phone is used
     apks = {"executorch": Path(apk), **({"lite": Path(lite_apk)} if lite_apk else {})}
     device = run_on_device(sidecars, apks, serial, whole(warmup, "warmup"), whole(runs, "runs"),
-                           whole(threads, "threads"))
+                           whole(threads, "threads"), timeout=_timeout(timeout))
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
     result = add_device_rows(host, device, {p.stem: Sidecar.read(p) for p in sidecars})
     rows = table_rows(result)
@@ -480,10 +504,11 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executor
     "latency_runtime": LATENCY_HELP["latency_runtime"],
     "apk": "with --device: the debug APK `invoke build-apk` built", "serial": "with --device: which device",
     "runs": "with --device: timed runs per shape (default 50)", "warmup": "with --device: untimed runs first "
-    "(default 10)", "threads": "with --device: runtime threads on the phone (default 1)"})
+    "(default 10)", "threads": "with --device: runtime threads on the phone (default 1)",
+    "timeout": f"with --device: {RESULT_TIMEOUT_HELP}"})
 def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min_keep=None, latency_runtime=None,
                   apk="android_app/app/build/outputs/apk/executorch/debug/app-executorch-debug.apk", serial=None,
-                  runs="50", warmup="10", threads="1"):
+                  runs="50", warmup="10", threads="1", timeout="300"):
     """Time every layer shape a --allocation latency prune of a checkpoint can reach, here or on a phone (resumable)."""
     from prunedroid.checkpoint import Checkpoint
     from prunedroid.latency import LatencyOptions, LatencyTable, reachable_shapes
@@ -506,7 +531,7 @@ def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min
         required(out=out)
         table = device_latency_table(shapes, Path(out), Path(apk), options.latency_runtime, serial,
                                      whole(warmup, "warmup"), whole(runs, "runs"), whole(threads, "threads"),
-                                     progress=print)
+                                     timeout=_timeout(timeout), progress=print)
         print(f"{out}: {len(table['ms'])} shapes timed on {table['where']['device']['model']}; use it with `invoke "
               f"prune --allocation latency --latency-table {out}`")
         return
@@ -531,7 +556,7 @@ def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min
             "device": RECIPE_HELP["device"], "runs_dir": "folder holding the run folders", **QUANTIZE_HELP,
             "quantize": "int8 (default: the app's int8 .pte is measured beside fp32; refused, and the run stopped, "
                         "if test top-1 drops more than --max-drop) or none (fp32 files only)"},
-         generated=PRUNE_OPTIONS)
+         generated=PRUNE_OPTIONS, out="--runs-dir")
 def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", finetune_epochs=None, resume=False,
              overwrite=False, bench_runs="200", bench_processes="5", data_dir=None, device=None, runs_dir="runs",
              quantize="int8",
@@ -567,10 +592,20 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
                  int8=int8, latency=latency)
 
 
+def _run(c, *words: str, args: str = "") -> int:
+    """Runs the program `words` with `args` (typed as on a shell: split as a shell would, never interpreted) through
+    invoke's shell, every word quoted: an interpreter's path or an argument with a space or `;` stays one word."""
+    try:
+        extra = shlex.split(args)
+    except ValueError as err:
+        raise PrunedroidError(f"--args {args!r} cannot be split into words ({err}): close its quotes") from None
+    return c.run(shlex.join([*words, *extra]), warn=True, pty=False).exited
+
+
 def _run_script(c, script, args):
-    result = c.run(f"{sys.executable} benchmarks/{script} {args}", warn=True, pty=False)
-    if result.exited:
-        raise Exit(code=result.exited)
+    code = _run(c, sys.executable, f"benchmarks/{script}", args=args)
+    if code:
+        raise Exit(code=code)
 
 
 @command(help={"args": "options for benchmarks/compare_methods.py, e.g. \"--base runs/wide/checkpoint.pt --out "
@@ -594,9 +629,9 @@ def test(c, args="", workers="2"):
     if processes < 0:
         raise PrunedroidError(f"--workers is a number of test processes, 0 or more; got {processes}")
     # A test file stays in one process (--dist loadfile): its module fixtures (exports, trained bases) are built once.
-    parallel = f"-n {processes} --dist loadfile" if processes > 0 else "-p no:xdist"
-    result = c.run(f"{sys.executable} -m pytest {parallel} {args}", warn=True, pty=False)
-    if result.exited == 5:
+    parallel = ["-n", str(processes), "--dist", "loadfile"] if processes > 0 else ["-p", "no:xdist"]
+    code = _run(c, sys.executable, "-m", "pytest", *parallel, args=args)
+    if code == 5:
         raise Exit("error: pytest collected no tests", code=5)
-    if result.exited:
-        raise Exit(code=result.exited)
+    if code:
+        raise Exit(code=code)

@@ -25,7 +25,7 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import fold_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import read_json
-from prunedroid.options import is_finite_number
+from prunedroid.options import MAX_THREADS, is_finite_number
 from prunedroid.probe import probe
 from prunedroid.pruning.cost import ModelCost, count_cost
 from prunedroid.sidecar import Sidecar, unique_names
@@ -47,13 +47,17 @@ def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+MAX_PROCESSES = 100  # separate timing processes: 5 is the default, and each starts a Python with torch
+
+
 def check_timing(threads: int, warmup: int, runs: int, rounds: int, processes: int = 1) -> None:
     """Refuses timing settings that cannot give a median: before any model or data is loaded."""
-    if threads < 1 or warmup < 0 or rounds < 1 or runs < rounds:
-        raise PrunedroidError(f"need --threads >= 1, --warmup >= 0 and --runs >= {rounds} (one per interleaved round); "
-                              f"got threads {threads}, warmup {warmup}, runs {runs}")
-    if processes < 1:
-        raise PrunedroidError(f"need at least 1 timing process (--processes, --bench-processes), got {processes}")
+    if not 1 <= threads <= MAX_THREADS or warmup < 0 or rounds < 1 or runs < rounds:
+        raise PrunedroidError(f"need --threads in 1..{MAX_THREADS}, --warmup >= 0 and --runs >= {rounds} (one per "
+                              f"interleaved round); got threads {threads}, warmup {warmup}, runs {runs}")
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise PrunedroidError(f"need at least 1 timing process and at most {MAX_PROCESSES} (--processes, "
+                              f"--bench-processes), got {processes}")
 
 
 def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup: int = 20, runs: int = 200,
@@ -214,7 +218,7 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
             predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
             ratios = [timing[model_name, runtime]["median"] / timing[baseline, runtime]["median"]
                       for timing in timings]
-            rows.append({"model": model_name, "runtime": runtime,
+            rows.append({"model": model_name, "runtime": runtime, "checkpoint_sha256": sidecar.checkpoint_sha256,
                          "test_top1": (predictions == test.labels).float().mean().item(),
                          "macs": cost.macs, "params": cost.params, "file_bytes": size,
                          "latency_median_ms": statistics.median(t[model_name, runtime]["median"] for t in timings),
@@ -247,16 +251,31 @@ def read_report(path: Path) -> dict:
     return report
 
 
+def same_models(result: dict, sidecars: dict[str, Sidecar]) -> None:
+    """Refuses a report whose rows name one of `sidecars`' models (name -> sidecar) but measured another export of it
+    (another checkpoint's SHA-256): rows are joined by what was measured, not by name."""
+    for row in result.get("rows", []):
+        sidecar = sidecars.get(row["model"])
+        if sidecar is not None and row.get("checkpoint_sha256") != sidecar.checkpoint_sha256:
+            measured = (f"another export of it (its checkpoint's SHA-256 {row['checkpoint_sha256'][:12]}, now "
+                        f"{sidecar.checkpoint_sha256[:12]})" if isinstance(row.get("checkpoint_sha256"), str) else
+                        "a model this version cannot identify (an older `invoke bench` recorded no checkpoint hash)")
+            raise PrunedroidError(f"the report's rows for {row['model']} were measured on {measured}: rerun `invoke "
+                                  f"bench` on these models, or pass another --report")
+
+
 def add_device_rows(result: dict, device: dict, sidecars: dict[str, Sidecar]) -> dict:
     """`result` (from benchmark(), or empty) with one row per model and runtime measured on a phone (bench_device()'s
     result), runtime "android-lite (<phone>)" or "android-executorch (<phone>)", ratios against the first model on
     the same runtime and phone. Top-1 is not measured there: the same file gives the host's top-1 (TorchScript Lite,
     ExecuTorch)."""
+    same_models(result, sidecars)
     phone = f"{device['device']['manufacturer']} {device['device']['model']}"
     measured_runtimes = {f"android-{runtime} ({phone})" for runtime in device["models"]}
     rows = [r for r in result.get("rows", []) if r["runtime"] not in measured_runtimes]
     for runtime, runs in device["models"].items():
         measured = [{"model": name, "runtime": f"android-{runtime} ({phone})", "test_top1": None,
+                     "checkpoint_sha256": sidecars[name].checkpoint_sha256,
                      "macs": sidecars[name].macs, "params": sidecars[name].params,
                      "file_bytes": run["model_bytes"], "latency_median_ms": run["latency_ms"]["median"],
                      "latency_p90_ms": run["latency_ms"]["p90"], "threads": run["threads"]}

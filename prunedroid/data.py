@@ -7,6 +7,7 @@ downloaded into from the official archive (MD5-checked) unless downloading is tu
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -14,14 +15,16 @@ import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from prunedroid.errors import PrunedroidError
+from prunedroid.files import open_regular
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -35,6 +38,8 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 IMAGES_PER_BATCH_FILE = 10_000
 IMAGE_SHAPE = (3, 32, 32)
+# The official batches are 31,035,526-31,035,704 bytes: a larger file is not one, and is refused before it is read.
+MAX_BATCH_BYTES = 32 << 20
 PROJECT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / ARCHIVE_FOLDER
 
 
@@ -60,11 +65,13 @@ class Split:
 @dataclass(frozen=True)
 class Cifar10:
     """train: what the optimiser sees; holdout: the tail of the training split, kept out of training for
-    validation and pruning calibration; test: the official 10,000-image test set."""
+    validation and pruning calibration; test: the official 10,000-image test set. identity: what the splits were
+    read from ({"files": {batch file: SHA-256}, "holdout_images"}), which a resumed run must be given again."""
 
     train: Split
     holdout: Split
     test: Split
+    identity: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 # --- locating and downloading -------------------------------------------------------------------------------------
@@ -89,6 +96,10 @@ def locate_cifar10(data_dir: str | Path | None = None, download: bool = True,
     """The folder holding the batch files (data_folder's choice). A folder that does not exist or is empty is
     downloaded into when `download`; one holding other files is never touched: the error names what it lacks."""
     folder, chosen_by = data_folder(data_dir, environ)
+    if folder.is_symlink() and not folder.is_dir() or folder.exists() and not folder.is_dir():
+        raise PrunedroidError(f"CIFAR-10 folder {folder} (from {chosen_by}) is not a folder (a file, a FIFO or a "
+                              f"broken or looping link); point it at the folder holding {', '.join(TRAIN_FILES)} and "
+                              f"{TEST_FILE}, or at a new folder to download them into")
     missing = missing_batches(folder)
     if not missing:
         return folder
@@ -155,27 +166,51 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def read_batch(path: Path) -> Split:
     """One official batch file -> Split of 10,000 images, validated."""
+    return _read_batch(path)[0]
+
+
+def _read_batch(path: Path) -> tuple[Split, str]:
+    """One official batch file -> (Split of 10,000 images, validated; the file's SHA-256)."""
     path = Path(path)
     if not path.is_file():
         raise PrunedroidError(f"CIFAR-10 batch file missing: {path}. Re-download the dataset or fix --data-dir.")
+    with open(open_regular(path), "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_BATCH_BYTES:
+            raise PrunedroidError(f"{path} has {size} bytes, larger than any CIFAR-10 batch ({MAX_BATCH_BYTES} at "
+                                  f"most): it is not from the official archive - delete it and re-download")
+        raw = handle.read(MAX_BATCH_BYTES + 1)
     try:
-        with open(path, "rb") as fh:
-            batch = _BatchUnpickler(fh, encoding="bytes").load()
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as err:  # truncated, foreign or malicious: all mean "this is not a CIFAR-10 batch"
         raise PrunedroidError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); "
                               f"the file is truncated or not from the official archive - delete it and re-download."
                               ) from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise PrunedroidError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
-    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    data, labels = batch[b"data"], class_indices(batch[b"labels"])
     expected = (IMAGES_PER_BATCH_FILE, int(np.prod(IMAGE_SHAPE)))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != expected:
         raise PrunedroidError(f"{path}: b'data' should be uint8 of shape {expected}, "
                               f"got {getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}")
-    if labels.shape != (IMAGES_PER_BATCH_FILE,) or labels.min() < 0 or labels.max() >= len(CLASSES):
+    if labels is None or labels.shape != (IMAGES_PER_BATCH_FILE,):
         raise PrunedroidError(f"{path}: b'labels' should be {IMAGES_PER_BATCH_FILE} integers in 0..{len(CLASSES) - 1}")
     images = torch.from_numpy(data.reshape(-1, *IMAGE_SHAPE).copy())
-    return Split(images, torch.from_numpy(labels.astype(np.int64)))
+    return Split(images, torch.from_numpy(labels)), hashlib.sha256(raw).hexdigest()
+
+
+def class_indices(labels: object) -> np.ndarray | None:
+    """`labels` as int64 class indices if it is a list of whole numbers (not floats, strings or booleans) or an
+    integer array, each in 0..9; else None."""
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1:
+        values = labels
+    elif isinstance(labels, list) and all(type(label) is int for label in labels):
+        values = np.array([label if 0 <= label < len(CLASSES) else -1 for label in labels], dtype=np.int64)
+    else:
+        return None
+    if len(values) and (values.min() < 0 or values.max() >= len(CLASSES)):
+        return None
+    return values.astype(np.int64)
 
 
 def concat(splits: list[Split]) -> Split:
@@ -191,13 +226,14 @@ def load_cifar10(data_dir: str | Path | None = None, holdout: int = 5000, downlo
     """Train/holdout/test splits. The holdout is the last `holdout` training images: fixed, so every stage (training,
     pruning calibration, fine-tuning) agrees on it whatever seed it runs with."""
     folder = locate_cifar10(data_dir, download=download)
-    full_train = concat([read_batch(folder / name) for name in TRAIN_FILES])
+    read = {name: _read_batch(folder / name) for name in (*TRAIN_FILES, TEST_FILE)}
+    full_train = concat([read[name][0] for name in TRAIN_FILES])
     if not 0 <= holdout < len(full_train):
         raise PrunedroidError(f"holdout must be in 0..{len(full_train) - 1}, got {holdout}")
     cut = len(full_train) - holdout
     return Cifar10(train=Split(full_train.images[:cut], full_train.labels[:cut]),
-                   holdout=Split(full_train.images[cut:], full_train.labels[cut:]),
-                   test=read_batch(folder / TEST_FILE))
+                   holdout=Split(full_train.images[cut:], full_train.labels[cut:]), test=read[TEST_FILE][0],
+                   identity={"files": {name: sha256 for name, (_, sha256) in read.items()}, "holdout_images": holdout})
 
 
 # --- batches and augmentation -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from prunedroid import data as cifar
 from prunedroid import pte
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
-from prunedroid.files import atomic_paths, file_sha256, folder_lock, plain_name
+from prunedroid.files import atomic_paths, file_sha256, folder_lock, plain_name, refuse_holding
 from prunedroid.options import check, with_options
 from prunedroid.probe import mark_runnable
 from prunedroid.pruning.cost import count_cost
@@ -216,10 +216,13 @@ def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: str | Path, na
     model, temporary paths, final paths) and returns their sidecar entry."""
     plain_name(name, "--name")  # the files' stem: never a path out of `out_dir`
     out_dir = Path(out_dir)
-    eager = model.eval()
+    eager = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     deploy = fold_batchnorm(model)
     with torch.no_grad():
         reference = eager(inputs)
+        if not isinstance(reference, torch.Tensor):
+            raise PrunedroidError(f"the model returns a {type(reference).__name__}, not one tensor of logits: the "
+                                  f"runtimes and the app read one output; export a wrapper whose forward returns it")
         folding = compare(reference, deploy(inputs), "BatchNorm folding")
     paths = {kind: out_dir / f"{name}.{kind}" for kind in ("ptl", "onnx", "pte")}
     if int8 is not None:
@@ -265,6 +268,7 @@ def export_checkpoint(checkpoint_path: str | Path, test: cifar.Split, out_dir: s
     """
     if len(test) < verify_images:
         raise PrunedroidError(f"export verification needs {verify_images} test images, got {len(test)}")
+    refuse_holding(out_dir, {"--checkpoint": checkpoint_path})
     checkpoint = Checkpoint.load(checkpoint_path)
     test_metrics = checkpoint.metrics.get("test") or {}
     record = {

@@ -24,7 +24,7 @@ from pathlib import Path
 from prunedroid.android import PACKAGE
 from prunedroid.errors import PrunedroidError
 from prunedroid.latency import RUNTIMES, read_table, write_layer_pte, write_table
-from prunedroid.options import is_finite_number
+from prunedroid.options import MAX_THREADS, is_finite_number
 from prunedroid.pruning.groups import LayerShape
 from prunedroid.sidecar import Sidecar, unique_names
 
@@ -41,17 +41,37 @@ class Device:
 
 
 def parse_devices(output: str) -> list[Device]:
-    """`adb devices -l` output -> devices. Lines after the header are '<serial> <state> key:value ...'."""
+    """`adb devices -l` output -> devices. Lines after the header are '<serial> <state> key:value ...'; the state
+    "no permissions" is two words, followed by adb's hint in parentheses."""
     devices = []
     for line in output.splitlines():
         parts = line.split()
         if len(parts) >= 2 and not line.startswith(("List of devices", "*")):
-            devices.append(Device(parts[0], parts[1], " ".join(parts[2:])))
+            if parts[1:3] == ["no", "permissions"]:
+                devices.append(Device(parts[0], "no permissions", " ".join(parts[3:])))
+            else:
+                devices.append(Device(parts[0], parts[1], " ".join(parts[2:])))
     return devices
 
 
-def pick_device(devices: Sequence[Device], serial: str | None) -> Device:
-    """The device to use: the one named, or the only one attached; else an error saying what to do."""
+# What to do about a device adb lists but cannot run apps on, by its state.
+_STATE_ADVICE = {
+    "unauthorized": "has not authorised this computer: unlock it and accept the 'Allow USB debugging?' prompt (or "
+                    "revoke the authorisations in Developer options and reconnect it), then retry",
+    "no permissions": "is attached, but this user cannot open it: add a udev rule for it (Debian: apt-get install "
+                      "android-sdk-platform-tools-common) and add yourself to the plugdev group, then reconnect it",
+    "host": "is host: adb reached a host (another adb server, or a device in USB host mode), not a phone this "
+            "computer can run apps on; connect the phone itself",
+    "offline": "is offline: re-plug it or restart adb (`adb kill-server`)",
+}
+_NOT_BOOTED = ("recovery", "rescue", "sideload", "bootloader", "fastbootd")
+
+
+def pick_device(devices: Sequence[Device], serial: str | None,
+                env: Mapping[str, str] | None = None) -> Device:
+    """The device to use: the one named (by `serial`, else by $ANDROID_SERIAL in `env`, as adb itself reads it),
+    or the only one attached; else an error saying what to do."""
+    serial = serial or (os.environ if env is None else env).get("ANDROID_SERIAL") or None
     if serial:
         named = [d for d in devices if d.serial == serial]
         if not named:
@@ -66,11 +86,12 @@ def pick_device(devices: Sequence[Device], serial: str | None) -> Device:
         raise PrunedroidError(f"{len(devices)} devices attached ({', '.join(d.serial for d in devices)}); "
                               f"pass --serial <one of them>")
     device = devices[0]
-    if device.state == "unauthorized":
-        raise PrunedroidError(f"{device.serial} has not authorised this computer: unlock it and accept the 'Allow USB "
-                              f"debugging?' prompt (or revoke and re-plug), then retry")
+    if device.state in _NOT_BOOTED:
+        raise PrunedroidError(f"{device.serial} is in {device.state}: reboot it into Android (`adb -s {device.serial} "
+                              f"reboot`), unlock it, then retry")
     if device.state != "device":
-        raise PrunedroidError(f"{device.serial} is {device.state}: re-plug it or restart adb (`adb kill-server`)")
+        raise PrunedroidError(f"{device.serial} " + _STATE_ADVICE.get(
+            device.state, f"is {device.state}: re-plug it or restart adb (`adb kill-server`)"))
     return device
 
 
@@ -171,6 +192,18 @@ def read_result(text: str, name: str, runs: int) -> dict:
     return result
 
 
+# What `cat` says of a result the app has not written yet. adb clients from before Android 7's shell protocol pass it
+# on stdout with exit status 0, so a poll must not take it for the result.
+NOT_WRITTEN = re.compile(r"^cat: \S+: No such file or directory$")
+
+
+def result_ready(returncode: int, output: str) -> bool:
+    """Whether a poll's `cat` of the result file read the result: exit 0 and some text other than cat's own 'No such
+    file' line."""
+    text = output.strip()
+    return returncode == 0 and bool(text) and not NOT_WRITTEN.match(text)
+
+
 def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int, runs: int, threads: int,
                     timeout: float = 300) -> dict:
     """Copies `model` (.pte or .ptl: the app picks the runtime by extension) and its `sidecar` (the input shape) into
@@ -194,10 +227,12 @@ def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int
         deadline = time.monotonic() + timeout
         while True:
             read = adb.shell("run-as", PACKAGE, "cat", f"files/bench/{name}.json", check=False, out=True)
-            if read.returncode == 0 and read.stdout.strip():
+            if result_ready(read.returncode, read.stdout):
                 break
             if time.monotonic() > deadline:
-                raise PrunedroidError(f"no result for {name} after {timeout:.0f} s; the app's log:\n{crash_lines(adb)}")
+                adb.shell("am", "force-stop", PACKAGE, check=False)  # its benchmark would keep the phone busy
+                raise PrunedroidError(f"no result for {name} after {timeout:.0f} s, so the app's benchmark was stopped "
+                                      f"(a slow model needs a longer --timeout); the app's log:\n{crash_lines(adb)}")
             time.sleep(1)
         try:
             return read_result(read.stdout, name, runs)
@@ -209,6 +244,12 @@ def benchmark_model(adb: Adb, model: Path, sidecar: Path, name: str, warmup: int
         adb.shell("rm", "-rf", STAGING, check=False)
 
 
+def check_device_timing(warmup: int, runs: int, threads: int, timeout: float) -> None:
+    if warmup < 0 or runs < 1 or not 1 <= threads <= MAX_THREADS or timeout < 1:
+        raise PrunedroidError(f"need --warmup >= 0, --runs >= 1, --threads in 1..{MAX_THREADS} and --timeout >= 1 "
+                              f"second")
+
+
 def bench_device(sidecars: Sequence[Path], apks: Mapping[str, Path], serial: str | None = None, warmup: int = 20,
                  runs: int = 100, threads: int = 1, env: Mapping[str, str] | None = None, timeout: float = 300) -> dict:
     """Benchmarks each exported model (sidecar JSON) on one device, in each runtime `apks` names an APK for
@@ -216,8 +257,7 @@ def bench_device(sidecars: Sequence[Path], apks: Mapping[str, Path], serial: str
     installed before its models run); the device's own description and one result per runtime and model ("models":
     {"lite"|"executorch": {name: result}}, latencies in ms, model size in bytes). timeout: seconds to wait for each
     result."""
-    if warmup < 0 or runs < 1 or threads < 1:
-        raise PrunedroidError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
+    check_device_timing(warmup, runs, threads, timeout)
     unknown = set(apks) - set(DEVICE_KINDS)
     if unknown or not apks:
         raise PrunedroidError(f"an APK per runtime, of {', '.join(DEVICE_KINDS)}; got {', '.join(apks) or 'none'}")
@@ -251,7 +291,7 @@ def connect(serial: str | None, env: Mapping[str, str] | None) -> Adb:
     """adb on the one device to use (named by `serial`, or the only one attached)."""
     adb_path = find_adb(env)
     listed = Adb(adb_path, env=env).run("devices", "-l").stdout
-    return Adb(adb_path, pick_device(parse_devices(listed), serial).serial, env)
+    return Adb(adb_path, pick_device(parse_devices(listed), serial, env).serial, env)
 
 
 DEVICE_RUNTIMES = ("executorch", "executorch-int8")  # the .pte programs the app's benchmark runs
@@ -269,8 +309,7 @@ def device_latency_table(shapes: Sequence[LayerShape], out: Path, apk: Path, run
     if runtime not in DEVICE_RUNTIMES:
         raise PrunedroidError(f"the app times .pte programs: --latency-runtime is one of {', '.join(DEVICE_RUNTIMES)} "
                               f"with --device, not {runtime!r}")
-    if warmup < 0 or runs < 1 or threads < 1:
-        raise PrunedroidError("need --warmup >= 0, --runs >= 1 and --threads >= 1")
+    check_device_timing(warmup, runs, threads, timeout)
     adb = connect(serial, env)
     where = {"runtime": f"{RUNTIMES[runtime].version()} on Android", "threads": threads, "warmup": warmup,
              "runs": runs, "device": {"serial": adb.serial, **device_info(adb)}}

@@ -22,25 +22,27 @@ class ReportedByRankZero(PrunedroidError):
     repeating it."""
 
 
-# What to do about the OS errors a user meets when writing results: the message says which path and what to do.
+# What to do about the OS errors a user meets when writing results: the message says which path and what to do, with
+# {out} the option that names where the task writes.
 _FIXES = {
-    errno.ENOSPC: "the disk is full: free space or write to another disk (--out)",
-    errno.EDQUOT: "the disk quota is used up: free space or write elsewhere (--out)",
-    errno.EACCES: "permission denied: choose a folder you can write (--out) or fix its permissions",
-    errno.EPERM: "permission denied: choose a folder you can write (--out) or fix its permissions",
-    errno.EROFS: "the file system is read-only: choose a writable folder (--out)",
-    errno.EEXIST: "a file stands where a folder is needed: choose another --out or move the file",
-    errno.ENOTDIR: "a file stands where a folder is needed: choose another --out or move the file",
+    errno.ENOSPC: "the disk is full: free space or write to another disk ({out})",
+    errno.EDQUOT: "the disk quota is used up: free space or write elsewhere ({out})",
+    errno.EACCES: "permission denied: choose a folder you can write ({out}) or fix its permissions",
+    errno.EPERM: "permission denied: choose a folder you can write ({out}) or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose a writable folder ({out})",
+    errno.EEXIST: "a file stands where a folder is needed: choose another {out} or move the file",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another {out} or move the file",
     errno.EISDIR: "a folder stands where a file is needed: choose another path",
-    errno.ENAMETOOLONG: "the path is too long: choose a shorter --out",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter {out}",
 }
 
 
-def os_error_message(err: OSError) -> str:
-    """One line for an OSError: the path it concerns, what went wrong and, for the common cases, the fix."""
+def os_error_message(err: OSError, out: str = "--out") -> str:
+    """One line for an OSError: the path it concerns, what went wrong and, for the common cases, the fix, naming
+    `out`, the option that says where the task writes."""
     reason = err.strerror or str(err) or type(err).__name__
     where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{_FIXES[err.errno]} ({reason})" if err.errno in _FIXES else f"{where}{reason}"
+    return f"{where}{_FIXES[err.errno].format(out=out)} ({reason})" if err.errno in _FIXES else f"{where}{reason}"
 
 
 def unexpected_error_message(err: BaseException) -> str:

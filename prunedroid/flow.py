@@ -21,7 +21,17 @@ from prunedroid.bench import benchmark, processes_note, table_rows
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import VERIFY_IMAGES, Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
-from prunedroid.files import atomic_path, atomic_paths, file_sha256, folder_lock, plain_name, read_json
+from prunedroid.files import (
+    atomic_path,
+    atomic_paths,
+    file_sha256,
+    folder_lock,
+    holds,
+    links_below,
+    plain_name,
+    read_json,
+    refuse_holding,
+)
 from prunedroid.latency import APP_LATENCY, LatencyOptions
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, Method, method_name, method_options
@@ -37,9 +47,11 @@ def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
     if not count:
         return None
     if len(holdout) < count:
+        fix = (f"pass --eval-images {len(holdout)} or less, or train the base with a larger --holdout" if len(holdout)
+               else f"train the base with --holdout {count} or more")
+        held = f"only {len(holdout)}" if len(holdout) else "none"
         raise PrunedroidError(f"{method_name(method)} needs {count} evaluation images from the held-out training "
-                              f"images, but only {len(holdout)} were held out when the base model was trained; pass "
-                              f"--eval-images {len(holdout)} or less, or train the base with a larger --holdout")
+                              f"images, but {held} were held out when the base model was trained; {fix}")
     return holdout.head(count)
 
 
@@ -48,30 +60,31 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
     """Prunes the checkpoint at `base_path` into `out_dir`/checkpoint.pt with report.json; returns the report.
     `data.holdout` must be the base's held-out images (load_cifar10 with the base's holdout count). --allocation
     latency keeps its lookup table of layer latencies in `latency`'s runtime beside `out_dir`, for every run on this
-    machine."""
+    machine. Top-1 before and after is measured on the same images, `data.test`."""
+    refuse_holding(out_dir, {"--checkpoint": base_path})
     with folder_lock(out_dir):
         started = time.perf_counter()
-        pruned = prune_checkpoint(Checkpoint.load(base_path), method, budget, seed,
-                                  evaluation_set(method, data.holdout), data.holdout,
+        base = Checkpoint.load(base_path)
+        pruned = prune_checkpoint(base, method, budget, seed, evaluation_set(method, data.holdout), data.holdout,
                                   latency=latency, latency_folder=out_dir.parent)
         seconds = time.perf_counter() - started
-        result = evaluate(pruned.model(), data.test)
+        result, before = evaluate(pruned.model(), data.test), evaluate(base.model(), data.test)
         pruned.metrics = {"test": result}
         report = {**(pruned.pruning or {}), "base_checkpoint": str(base_path),
-                  "test_top1_after_pruning": result["top1"],
+                  "parent_test_top1": before["top1"], "parent_test_images": before["images"],
+                  "test_top1_after_pruning": result["top1"], "test_images_after_pruning": result["images"],
                   "prune_seconds": round(seconds, 2)}
         # One unit, the checkpoint last: a resumed pipeline takes a pruned/checkpoint.pt as a finished stage.
         with atomic_paths([out_dir / "report.json", out_dir / CHECKPOINT_NAME]) as (report_tmp, checkpoint_tmp):
             report_tmp.write_text(json.dumps(report, indent=2) + "\n")
             checkpoint_tmp.write_bytes(pruned.to_bytes())
-    parent = report["parent_test_top1"]
     print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
           f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
           f"({report['mac_reduction']:.1%} fewer"
           + (f"; {report['mac_reduction_from_original']:.1%} fewer than the unpruned original"
              if "original" in report else "")
           + f"), params {report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 "
-          f"right after pruning {result['top1']:.2%} (base {'not evaluated' if parent is None else f'{parent:.2%}'})",
+          f"right after pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})",
           flush=True)
     return report
 
@@ -82,36 +95,57 @@ RUN_KIND = "prunedroid/run"
 
 def run_options(train_config: TrainConfig, finetune_config: TrainConfig, method: Method, budget: Budget | None,
                 base: str | Path | None, int8: Int8Options | None,
-                latency: LatencyOptions = APP_LATENCY) -> dict:
+                latency: LatencyOptions = APP_LATENCY, data: dict | None = None) -> dict:
     """What decides a run's models - the options a resumed run must share (threads and device may change) - as plain
     JSON data. A --base is named by its path and SHA-256, so a checkpoint replaced at the same path is a different
-    base."""
+    base; data: the data's identity (cifar.Cifar10.identity: its batch files' hashes), so a resume on other data
+    is refused."""
     record = {"method": method_name(method), "options": method_options(method),
               "budget": budget.to_dict() if budget else None,
               "base": {"checkpoint": str(Path(base).resolve()), "sha256": file_sha256(base)} if base else None,
               "train": None if base else recipe_of(train_config), "finetune": recipe_of(finetune_config),
               "int8": dataclasses.asdict(int8) if int8 else None,
-              "latency": dataclasses.asdict(latency) if budget and budget.allocation == "latency" else None}
+              "latency": dataclasses.asdict(latency) if budget and budget.allocation == "latency" else None,
+              "data": data}
     return json.loads(json.dumps(record))
 
 
-def _check_run_folder(run: Path, options: dict) -> None:
+def _check_run_folder(run: Path, options: dict, resume: bool) -> None:
     """Refuses to resume or overwrite a folder that run_pipeline did not make (no RUN_RECORD of its kind: a user's
-    folder, or a symbolic link to one) and to resume one whose options differ from `options`, naming each."""
+    folder, or a symbolic link to one), to resume one with a symbolic link anywhere below it (a stage would write,
+    or clean temporaries, wherever it points) and to resume one whose options differ from `options`, naming each."""
     record = run / RUN_RECORD
     if run.is_symlink() or not record.is_file() or record.is_symlink():
         raise PrunedroidError(f"{run} is not a run folder of `invoke pipeline` (no {RUN_RECORD} in it"
                               f"{', and it is a symbolic link' if run.is_symlink() else ''}), so it is neither resumed "
                               f"nor overwritten; choose another --name, or remove it yourself if it is yours to remove")
+    links = links_below(run) if resume else []
+    if links:
+        raise PrunedroidError(f"{links[0]} is a symbolic link, and a run folder the pipeline made has none: resuming "
+                              f"would write where it points; remove the link, or choose another --name")
     stored = read_json(record, f"the {RUN_RECORD} of a pipeline run")
     if not isinstance(stored, dict) or stored.get("kind") != RUN_KIND or not isinstance(stored.get("options"), dict):
         raise PrunedroidError(f"{record} is not a pipeline run record; choose another --name")
     differing = [key for key in options if stored["options"].get(key) != options[key]]
     if differing:
         details = "; ".join(f"{key}: the run has {json.dumps(stored['options'].get(key))[:160]}, now "
-                            f"{json.dumps(options[key])[:160]}" for key in differing)
+                            f"{json.dumps(options[key])[:160]}"
+                            + _where_they_differ(stored["options"].get(key), options[key]) for key in differing)
         raise PrunedroidError(f"cannot resume {run} with other options ({details}); give the run's own options, "
                               f"--overwrite to redo it, or another --name")
+
+
+def _where_they_differ(stored: object, now: object) -> str:
+    """For two records too long to show whole, the dotted paths of the entries that differ, e.g. " (they differ in
+    files.test_batch)"; "" where either is not a record."""
+    def paths(a: object, b: object, prefix: str) -> list[str]:
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return [prefix] if a != b else []
+        return [path for key in sorted(set(a) | set(b)) for path in paths(a.get(key), b.get(key), f"{prefix}{key}.")]
+
+    if not (isinstance(stored, dict) and isinstance(now, dict)):
+        return ""
+    return f" (they differ in {', '.join(path.rstrip('.') for path in paths(stored, now, '')[:5])})"
 
 
 def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
@@ -126,12 +160,16 @@ def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainCon
     int8: also export int8 files, calibrated on the base's held-out training images; latency: the runtime an
     --allocation latency budget is timed in; bench_processes: separate processes the timing is repeated in."""
     run = Path(runs_dir) / plain_name(name, "--name")
-    options = run_options(train_config, finetune_config, method, budget, base, int8, latency)
+    options = run_options(train_config, finetune_config, method, budget, base, int8, latency,
+                          data.identity if data is not None else None)
     if run.exists() or run.is_symlink():
         if not (resume or overwrite):
             raise PrunedroidError(f"{run} already exists; pass --resume to continue it, --overwrite to redo it, "
                                   f"or --name to start another run.")
-        _check_run_folder(run, {} if overwrite else options)
+        _check_run_folder(run, {} if overwrite else options, resume and not overwrite)
+        if overwrite and base is not None and holds(run, base):
+            raise PrunedroidError(f"--base {base} is inside the run folder {run}: --overwrite would remove it; copy it "
+                                  f"out of the folder first, or choose another --name")
     with folder_lock(run):
         if overwrite:  # empty the locked folder rather than delete it, so the lock stays on the folder in use
             for child in run.iterdir():

@@ -13,6 +13,19 @@ if TYPE_CHECKING:
 
 Options = TypeVar("Options", bound="DataclassInstance")
 
+MAX_SEED = 2**32 - 1  # scikit-learn's and numpy's legacy seeds are 32-bit; torch's generators take these too
+# torch starts this many threads when asked to, and 100,000 ended in a segmentation fault: more threads than any
+# machine here has cores is a typo, not a setting.
+MAX_THREADS = 256
+
+
+def check_seed(seed: object, option: str = "seed") -> int:
+    """`seed` if it is a whole number every random generator here takes (0..MAX_SEED); else an error naming
+    `option`."""
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise PrunedroidError(f"`{option}` must be a whole number in 0..{MAX_SEED}, got {seed!r}")
+    return seed
+
 
 def is_finite_number(value: object) -> bool:
     """A JSON number that is finite: int or float (not bool), with ints past float's range refused too."""

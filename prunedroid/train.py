@@ -20,9 +20,9 @@ from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint, weights_sha256
 from prunedroid.distributed import World, joined, with_global_batchnorm
 from prunedroid.errors import PrunedroidError
-from prunedroid.files import file_sha256, folder_lock
+from prunedroid.files import file_sha256, folder_lock, refuse_holding
 from prunedroid.models import MODELS, build_model, fresh_arch
-from prunedroid.options import option, with_options
+from prunedroid.options import MAX_SEED, MAX_THREADS, option, with_options
 from prunedroid.pruning.cost import count_cost
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -75,7 +75,9 @@ class TrainConfig:
                   (self.train_limit is None or self.train_limit >= self.batch_size,
                    "train_limit must be at least one batch"),
                   (self.test_limit is None or self.test_limit >= 1, "test_limit must be >= 1"),
-                  (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+                  (type(self.seed) is int and 0 <= self.seed <= MAX_SEED,
+                   f"seed must be a whole number in 0..{MAX_SEED}"),
+                  (self.threads is None or 1 <= self.threads <= MAX_THREADS, f"threads must be in 1..{MAX_THREADS}"),
                   (self.nproc >= 1, "nproc must be >= 1"),
                   (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                    "device must be auto, cpu, cuda[:N] or mps")]
@@ -171,6 +173,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def onednn_fails_on(arch: dict) -> bool:
+    """Whether the model of `arch` has a strided 1x1 convolution with fewer than 8 input channels per group (a narrow
+    ResNet's shortcut, as at the smoke widths or after heavy pruning).
+
+    Why it matters: with torch 2.13 on an AVX2-only CPU (an AMD EPYC here), oneDNN's kernel for the weight gradient
+    of such a convolution in channels-last layout writes out of bounds - training aborts or segfaults on one thread
+    and hangs on two, at random steps. A one-channel input cannot be put in NCHW (its strides read as either layout),
+    so such a model trains with oneDNN off: PyTorch's own kernels, slower and right."""
+    with torch.device("meta"):
+        model = build_model(arch)
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+               and m.in_channels // m.groups < 8 for m in model.modules())
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: cifar.Split, batch_size: int = 500, channels_last: bool = True,
              per_image: bool = False) -> dict:
@@ -245,10 +261,18 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
     Under torchrun (prunedroid.distributed.World) each process trains on its slice of every global batch; process 0
     alone prints, evaluates and writes, and every process returns the same checkpoint.
     """
+    refuse_holding(out_dir, {"--teacher": teacher})
+    images = len(data.train.head(config.train_limit))
+    if images < config.batch_size:  # training drops an incomplete batch: no step would ever be taken
+        raise PrunedroidError(f"{images} training images make no batch of {config.batch_size}: lower --batch-size, "
+                              f"hold out fewer images (--holdout) or train on more (--train-limit)")
     world = World.from_environment()
     with joined(world), contextlib.ExitStack() as held:
         device = world.agree(lambda: world.device(resolve_device(config.device)))
         world.led(lambda: held.enter_context(folder_lock(out_dir)))
+        arch = init.arch if init is not None else fresh_arch(config.model, config.width, len(cifar.CLASSES))
+        if device.type == "cpu" and config.channels_last and onednn_fails_on(arch):
+            held.enter_context(torch.backends.mkldnn.flags(enabled=False))
         return _train(config, data, Path(out_dir) / CHECKPOINT_NAME, resume, overwrite, progress and world.leads,
                       init, teacher, world, device)
 

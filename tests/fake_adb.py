@@ -13,12 +13,18 @@ $FAKE_ADB_CRASH, crashes with a stack trace in logcat. $FAKE_ADB_DEVICES: the de
 ';'-separated. $FAKE_ADB_INSTALL_FAIL: install fails. $FAKE_ADB_RESULT: the JSON text the app writes instead.
 $FAKE_ADB_UNPLUG_AFTER=N: the phone is unplugged during the (N+1)th benchmark start - that start fails and every
 later adb call finds no device - until $FAKE_ADB_STATE/unplugged is removed (plugged back in).
+$FAKE_ADB_SLOW_SECONDS=S: the app takes S seconds to write its result, and `am force-stop` ends it first (recorded in
+$FAKE_ADB_STATE/force-stopped). $FAKE_ADB_OLD_CLIENT: an adb client from before the shell protocol (Android 7):
+`shell` and `exec-out` exit 0 whatever the device's command did, its errors on stdout. As the real client does,
+$ANDROID_SERIAL picks the device when no -s is given, and a device that is not in the `device` state (unauthorized,
+offline, no permissions, recovery, ...) refuses every command.
 """
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PACKAGE = "org.prunedroid.demo"
@@ -54,6 +60,25 @@ def device_shell(line: str) -> int:
     ROOT.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     return subprocess.run(["sh", "-c", line], cwd=ROOT, env=environment, check=False).returncode
+
+
+def finish(out: Path, text: str) -> None:
+    """The app writing its result: at once, or after $FAKE_ADB_SLOW_SECONDS (kept pending until then)."""
+    slow = float(os.environ.get("FAKE_ADB_SLOW_SECONDS", "0"))
+    if slow:
+        STATE.joinpath("pending").write_text(json.dumps({"due": time.time() + slow, "out": str(out), "text": text}))
+    else:
+        out.write_text(text)
+
+
+def deliver_pending() -> None:
+    """A slow app whose time has come writes its result."""
+    pending = STATE / "pending"
+    if pending.exists():
+        job = json.loads(pending.read_text())
+        if time.time() >= job["due"]:
+            Path(job["out"]).write_text(job["text"])
+            pending.unlink()
 
 
 def start_benchmark(extras: dict) -> None:
@@ -98,7 +123,7 @@ def start_benchmark(extras: dict) -> None:
               "summary": f"{model.name}: ok"}
     if os.environ.get("FAKE_ADB_OLD_APP"):  # an APK from before latencies were reported
         result = {"model": model.name, "time_ms": median}
-    out.write_text(os.environ.get("FAKE_ADB_RESULT") or json.dumps(result))
+    finish(out, os.environ.get("FAKE_ADB_RESULT") or json.dumps(result))
     with LOG.open("a") as log:
         log.write(f"I prunedroid-bench: {result.get('summary', model.name)}\n")
 
@@ -133,6 +158,7 @@ def device_command(command: str, args: list[str]) -> None:
             fail(f"cp: {args[-1]}: No such file or directory")
         shutil.copyfile(source, target)
     elif command == "cat":
+        deliver_pending()
         for path in args:
             if not on_device(path).is_file():
                 fail(f"cat: {path}: No such file or directory")
@@ -149,6 +175,11 @@ def device_command(command: str, args: list[str]) -> None:
             fail(f"run-as: exec failed for {args[1]}: No such file or directory")
         sys.exit(subprocess.run([str(program), *args[2:]], check=False).returncode)
     elif command == "am":
+        if args[:1] == ["force-stop"]:  # the app's process is killed: a benchmark still running never writes
+            if args[1:] == [PACKAGE] and STATE.joinpath("pending").exists():
+                STATE.joinpath("pending").unlink()
+                STATE.joinpath("force-stopped").write_text(PACKAGE)
+            return
         if args[:1] != ["start"]:
             fail(f"am: unknown command {args[:1]}")
         component = args[args.index("-n") + 1]
@@ -170,12 +201,23 @@ def main(argv: list[str]) -> None:
     if argv[:2] == ["devices", "-l"]:
         print("List of devices attached\n" + "".join(line + "\n" for line in lines))
         return
+    serial = os.environ.get("ANDROID_SERIAL") or None
     if argv[0] == "-s":
-        if not any(line.split()[0] == argv[1] for line in lines):
-            fail(f"adb: device '{argv[1]}' not found")
-        argv = argv[2:]
+        serial, argv = argv[1], argv[2:]
+    if serial:
+        chosen = [line for line in lines if line.split()[0] == serial]
+        if not chosen:
+            fail(f"adb: device '{serial}' not found")
     elif len(lines) != 1:
         fail("adb: more than one device/emulator" if lines else "adb: no devices/emulators found")
+    else:
+        chosen = lines
+    state = chosen[0].split()[1]
+    if state == "no":  # "no permissions (missing udev rules? ...)"
+        fail("adb: insufficient permissions for device: missing udev rules? user is in the plugdev group")
+    if state != "device":
+        fail(f"adb: device {state}." if state != "unauthorized" else "adb: device unauthorized.\nThis adb server's "
+             "$ADB_VENDOR_KEYS is not set\nTry 'adb kill-server' if that seems wrong.")
     command, args = argv[0], argv[1:]
     if command == "install":
         apk = args[-1]
@@ -195,6 +237,10 @@ def main(argv: list[str]) -> None:
         print(f"{args[0]}: 1 file pushed, 0 skipped. 48.2 MB/s ({target.stat().st_size} bytes in 0.001s)")
     elif command in ("shell", "exec-out"):
         sys.stdout.flush()
+        if os.environ.get("FAKE_ADB_OLD_CLIENT"):  # no exit status, and the device's stderr arrives on stdout
+            os.dup2(sys.stdout.fileno(), sys.stderr.fileno())
+            device_shell(" ".join(args))
+            sys.exit(0)
         sys.exit(device_shell(" ".join(args)))  # one line for the device's sh, as adb sends it
     elif command == "logcat":
         if args == ["-c"]:

@@ -86,6 +86,7 @@ def test_each_model_is_measured_on_the_phone_and_cleaned_up(phone, models, apks,
     assert not (state / "fs/data/local/tmp/prunedroid").exists()  # what was copied is removed
     assert not [p for p in (state / "app/files").rglob("*") if p.is_file()]
     host = {"rows": [{"model": "base", "runtime": "onnxruntime", "test_top1": 0.5, "macs": 1, "params": 1,
+                      "checkpoint_sha256": Sidecar.read(models[0]).checkpoint_sha256,
                       "file_bytes": 1, "latency_median_ms": 1.0, "latency_p90_ms": 1.0, "mac_ratio": 1.0,
                       "latency_ratio": 1.0, "threads": 1}]}
     merged = add_device_rows(host, result, {p.stem: Sidecar.read(p) for p in models})

@@ -177,3 +177,14 @@ def test_distilled_fine_tune_records_its_teacher_and_recipe(synthetic_data, tmp_
     assert student.recipe["distill_weight"] == 0.7 and student.recipe["distill_temperature"] == 3.0
     with pytest.raises(PrunedroidError, match="teacher was given but --distill-weight is 0"):
         train(make_config("smoke"), synthetic_data, tmp_path / "x", teacher=tmp_path / "base" / CHECKPOINT_NAME)
+
+
+def test_models_with_a_narrow_strided_1x1_convolution_train_without_onednn():
+    """oneDNN's channels-last weight gradient of such a convolution writes out of bounds on AVX2-only CPUs (a crash
+    or a hang at a random step); the narrow ResNet-56 shortcuts have them, the presets' wider models do not."""
+    from prunedroid.models import fresh_arch
+    from prunedroid.train import onednn_fails_on
+
+    assert onednn_fails_on(fresh_arch("resnet56", 0.0625, 10))  # 1 -> 2 and 2 -> 4 channel shortcuts
+    for model, width in (("resnet56", 0.5), ("vgg16", 0.0625), ("mobilenetv2", 0.5), ("resnet56", 1.0)):
+        assert not onednn_fails_on(fresh_arch(model, width, 10)), (model, width)

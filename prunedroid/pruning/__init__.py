@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.options import with_options
+from prunedroid.options import check_seed, with_options
 from prunedroid.pruning.allocation import Curve, allocate, layer_sensitivity
 from prunedroid.pruning.budget import (
     BUDGET_OPTIONS,
@@ -143,6 +143,72 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
                               f"{type(method).__name__})")
     else:
         budget = method.resolve_budget(budget, None)
+    check_seed(seed)
+    check_model(model)
+    calibration = checked_calibration(calibration, model, example_input)
+    was_training = model.training
+    try:
+        pruned, report = _prune(model, example_input, method, budget, calibration, seed, evaluate, model_ms,
+                                remember_curves)
+    finally:
+        model.train(was_training)
+    return PruneResult(pruned.train(was_training), report)
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuses a model the library cannot score, cut or count: weights without values (the meta device) or of
+    another floating type than float32 (the cost is counted on a float32 input)."""
+    parameters = list(model.parameters())
+    if any(parameter.is_meta for parameter in parameters):
+        raise PrunedroidError("the model's weights are on the meta device (shapes without values, nothing to score): "
+                              "load real weights first (load_state_dict(..., assign=True)) or build it on the CPU")
+    others = sorted({str(p.dtype).removeprefix("torch.") for p in parameters if p.is_floating_point()}
+                    - {"float32"})
+    if others:
+        raise PrunedroidError(f"the model has {', '.join(others)} parameters, and pruning scores, cuts and counts "
+                              f"float32 models: call model.float() first (and give float32 inputs)")
+
+
+def checked_calibration(calibration: Calibration | None, model: nn.Module,
+                        example_input: torch.Tensor) -> list | None:
+    """The calibration batches as a list (an iterator is read once here: allocations go over them several times),
+    each checked: inputs shaped as `example_input` is, finite, and giving finite activations in `model`."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, torch.Tensor):
+        raise PrunedroidError("calibration is one tensor: pass a list of batches, e.g. [images] (or [(images, "
+                              "labels)] for a criterion that needs labels)")
+    batches = list(calibration)
+    expected = tuple(example_input.shape[1:])
+    was_training = model.training
+    try:
+        model.eval()
+        for index, batch in enumerate(batches):
+            inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+            if not isinstance(inputs, torch.Tensor):
+                raise PrunedroidError(f"calibration batch {index} is a {type(inputs).__name__}: each batch is a tensor "
+                                      f"of inputs, or an (inputs, labels) pair")
+            if tuple(inputs.shape[1:]) != expected:
+                raise PrunedroidError(f"calibration batch {index} has shape {tuple(inputs.shape)}; the model takes "
+                                      f"(N, {', '.join(map(str, expected))}) as `example_input` says")
+            if not torch.isfinite(inputs).all():
+                raise PrunedroidError(f"calibration batch {index} holds non-finite values (NaN or infinity): give "
+                                      f"inputs as the model takes them, normalised and finite")
+            with torch.no_grad():
+                outputs = model(inputs)
+            if isinstance(outputs, torch.Tensor) and not torch.isfinite(outputs).all():
+                raise PrunedroidError(f"the model computes non-finite activations on calibration batch {index} (NaN "
+                                      f"or infinity): its weights or inputs overflow float32; check the weights and "
+                                      f"the inputs' normalisation")
+    finally:
+        model.train(was_training)
+    return batches
+
+
+def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod, budget: Budget | None,
+           calibration: list | None, seed: int, evaluate: Callable[[nn.Module], float] | None,
+           model_ms: Callable[[ChannelGraph, Sequence[int]], float] | None,
+           remember_curves: Callable[[str, Callable[[], list[Curve]]], list[Curve]] | None) -> tuple[nn.Module, dict]:
     graph = channel_graph(model, example_input)
     if not graph.groups:
         raise PrunedroidError("the model has no prunable channel groups (a conv whose output another layer reads)")
@@ -164,7 +230,14 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
         per_group = Budget(LayerChannels(tuple(counts)))
     pruned, rows = cut(model, graph, example_input, method, per_group, seed, calibration)
     shape = tuple(example_input.shape[1:])
-    before, after = count_cost(model, shape), count_cost(pruned, shape)
+    before = count_cost(model, shape)
+    try:
+        after = count_cost(pruned, shape)
+    except RuntimeError as err:
+        raise PrunedroidError(f"the pruned model no longer runs ({str(err).splitlines()[0][:200]}): its forward "
+                              f"slices, chunks or reshapes channels by fixed position, which cutting whole channels "
+                              f"cannot follow; leave those layers whole (`layer_ratios` 0) or write the forward with "
+                              f"the layers' own widths") from None
     report = {
         "method": method_name(method), "options": method_options(method),
         "budget": budget.to_dict() if budget else None, "seed": seed, "layers": rows, **allocation,
@@ -173,7 +246,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
         "param_reduction": 1 - after.params / before.params,
         "groups": [list(group.producers) for group in graph.groups],
     }
-    return PruneResult(pruned, report)
+    return pruned, report
 
 
 __all__ = ["BUDGET_OPTIONS", "REGISTRY", "Amount", "Budget", "LatencyReduction", "LayerChannels", "LayerRatios",

@@ -219,12 +219,13 @@ def kept_counts(graph: ChannelGraph, budget: Budget) -> list[int]:
     count = lambda c, r: rounded(max(1, c - math.floor(c * r + 0.5)), c, step)
     match budget.amount:
         case Ratio(fraction):
-            return [count(c, fraction) for c in original]
+            return _prunes_something([count(c, fraction) for c in original], original, step)
         case LayerRatios(fractions):
             if len(fractions) != len(original):
                 raise PrunedroidError(f"`layer_ratios` needs {len(original)} values (one per channel group), "
                                       f"got {len(fractions)}")
-            return [c if r == 0 else count(c, r) for c, r in zip(original, fractions)]
+            return _prunes_something([c if r == 0 else count(c, r) for c, r in zip(original, fractions)], original,
+                                     step)
         case LayerChannels(counts):
             if len(counts) != len(original) or not all(type(k) is int and 1 <= k <= c
                                                        for k, c in zip(counts, original)):
@@ -247,6 +248,17 @@ def kept_counts(graph: ChannelGraph, budget: Budget) -> list[int]:
     # per-layer ratios stay as even as the step sizes allow.
     return trim_to_target(graph, [count(c, low) for c in original], budget, [1] * len(original),
                           lambda layer, counts: -counts[layer] / original[layer])
+
+
+def _prunes_something(counts: list[int], original: Sequence[int], step: int) -> list[int]:
+    """`counts`, unless every group keeps all its channels: a budget rounded away to nothing is refused, as an
+    unreachable MAC target is."""
+    if counts == list(original):
+        raise PrunedroidError((f"`round_to` {step} rounds the budget away on this model" if step > 1 else
+                               "the budget is too small for this model") + f": every group keeps all its channels "
+                              f"(the widest has {max(original)}), so nothing would be pruned; "
+                              + ("use a smaller `round_to`" if step > 1 else "ask for more"))
+    return counts
 
 
 def step_down(channels: int, step: int) -> int:
