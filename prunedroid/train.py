@@ -173,18 +173,24 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def onednn_fails_on(arch: dict) -> bool:
-    """Whether the model of `arch` has a strided 1x1 convolution with fewer than 8 input channels per group (a narrow
-    ResNet's shortcut, as at the smoke widths or after heavy pruning).
+def onednn_fails_on_conv(module: nn.Module) -> bool:
+    """Whether `module` is a strided 1x1 convolution with fewer than 8 input channels per group (a narrow ResNet's
+    shortcut, as at the smoke widths or after heavy pruning).
 
     Why it matters: with torch 2.13 on an AVX2-only CPU (an AMD EPYC here), oneDNN's kernel for the weight gradient
     of such a convolution in channels-last layout writes out of bounds - training aborts or segfaults on one thread
-    and hangs on two, at random steps. A one-channel input cannot be put in NCHW (its strides read as either layout),
-    so such a model trains with oneDNN off: PyTorch's own kernels, slower and right."""
+    and hangs on two, at random steps (benchmarks/results/onednn_defect.md). A one-channel input cannot be put in
+    NCHW (its strides read as either layout), so a model with one trains with oneDNN off: PyTorch's own kernels,
+    slower and right."""
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+            and module.in_channels // module.groups < 8)
+
+
+def onednn_fails_on(arch: dict) -> bool:
+    """Whether the model of `arch` has a convolution onednn_fails_on_conv names."""
     with torch.device("meta"):
         model = build_model(arch)
-    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
-               and m.in_channels // m.groups < 8 for m in model.modules())
+    return any(onednn_fails_on_conv(module) for module in model.modules())
 
 
 @torch.no_grad()

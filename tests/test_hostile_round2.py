@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -123,31 +124,34 @@ def test_two_processes_locking_one_new_folder_never_lose_the_winners_folder(tmp_
     assert not failures
 
 
-def test_tasks_that_run_a_program_quote_the_interpreter_and_the_arguments(tmp_path):
-    hostile = tmp_path / "x;echo INJECTED;#" / "bin"
+def test_tasks_that_run_a_program_quote_the_interpreter_and_the_arguments(tmp_path, monkeypatch):
+    hostile = tmp_path / "x;echo INJECTED;#" / "with space"
     hostile.mkdir(parents=True)
     (hostile / "python").symlink_to(sys.executable)
-    (hostile.parent / "with space").mkdir()
-    (hostile.parent / "with space" / "python").symlink_to(sys.executable)
     site = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), site])}
+    result = subprocess.run([str(hostile / "python"), "-m", "invoke", "--search-root", str(ROOT), "test", "--workers",
+                             "0", "--args", "--collect-only -q tests/test_elf.py ; echo INJECTED"], cwd=ROOT,
+                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert "INJECTED" not in result.stdout.splitlines(), result.stdout[-2000:]
+    assert "file or directory not found: ;" in result.stdout + result.stderr  # ';' reached pytest as a word
+    from invoke.runners import Result
 
-    def invoke_test(interpreter: Path, args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(interpreter), "-m", "invoke", "--search-root", str(ROOT), "test", "--workers", "0",
-                               "--args", args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
-                              check=False)
+    import tasks
 
-    for interpreter in (hostile / "python", hostile.parent / "with space" / "python"):
-        result = invoke_test(interpreter, "--collect-only -q tests/test_elf.py")
-        assert "INJECTED" not in result.stdout.splitlines(), result.stdout[-2000:]
-        assert result.returncode == 0 and "tests/test_elf.py" in result.stdout, result.stderr[-2000:]
-    result = invoke_test(Path(sys.executable), "--collect-only -q tests/test_elf.py ; echo INJECTED")
-    assert "INJECTED" not in result.stdout.splitlines() and result.returncode != 0, result.stdout[-2000:]
-    for task in ("compare", "sweep"):
-        result = subprocess.run([str(hostile / "python"), "-m", "invoke", "--search-root", str(ROOT), task, "--args",
-                                 "--help"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
-                                check=False)
-        assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
+    class Recorder:  # invoke's Context.run: one shell line, answered with a Result that exited 0
+        def run(self, line: str, **kwargs) -> Result:
+            self.line = line
+            return Result(command=line, exited=0)
+
+    interpreter = str(hostile / "python")
+    monkeypatch.setattr(tasks.sys, "executable", interpreter)
+    for task, script in ((tasks.compare, "compare_methods.py"), (tasks.sweep, "sweep_thresholds.py")):
+        recorder = Recorder()
+        task.body(recorder, args="--out 'a b;c' $(touch PWNED)")
+        assert shlex.split(recorder.line) == [interpreter, f"benchmarks/{script}", "--out", "a b;c", "$(touch",
+                                              "PWNED)"]
+        assert "'$(touch'" in recorder.line  # quoted: the shell runs no command substitution
 
 
 # --- 6-9. wrong numbers at exit 0 ---------------------------------------------------------------------------------
