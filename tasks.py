@@ -483,12 +483,13 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executor
     stem = Path(report)
     host = read_report(stem.with_suffix(".json")) if stem.with_suffix(".json").exists() else {}
     check_writable(stem.parent)
-    same_models(host, {p.stem: Sidecar.read(p) for p in sidecars})  # before the phone is used
+    records = {p.stem: Sidecar.read(p) for p in sidecars}
+    same_models(host, records)  # before the phone is used
     apks = {"executorch": Path(apk), **({"lite": Path(lite_apk)} if lite_apk else {})}
     device = run_on_device(sidecars, apks, serial, whole(warmup, "warmup"), whole(runs, "runs"),
                            whole(threads, "threads"), timeout=_timeout(timeout))
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
-    result = add_device_rows(host, device, {p.stem: Sidecar.read(p) for p in sidecars})
+    result = add_device_rows(host, device, records)
     rows = table_rows(result)
     table = markdown_table(rows, list(rows[0]))
     write_results(stem, result, title="Host and device benchmark", table=table)
