@@ -436,17 +436,31 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", o
 
 
 @command(name="build-apk", help={"model": "sidecar JSON written by `invoke export` (default: export/model.json)",
-                              "variant": "debug (default; what bench-device needs) or release (debug-signed)",
+                              "variant": "debug (default; what bench-device needs) or release",
                               "runtime": "executorch (the .pte, default) or lite (the .ptl on PyTorch Mobile)",
                               "precision": "fp32 (default) or int8 (the -int8.pte of `invoke export --quantize int8`)",
+                              "builder": "auto (default: Gradle when it and an Android SDK are there, else direct), "
+                                         "gradle, or direct (aapt2, javac, D8 and apksigner, no Gradle)",
+                              "abi": "with the direct builder: comma-separated ABIs to package (default: the "
+                                     "flavor's abiFilters, arm64-v8a,x86_64)",
+                              "keystore": "with --variant release and the direct builder: your keystore (password in "
+                                          "$PRUNEDROID_KEYSTORE_PASSWORD; default: the debug key)",
+                              "key_alias": "the key's alias in --keystore",
                               "data_dir": DATA_DIR_HELP})
-def build_apk(c, model="export/model.json", variant="debug", runtime="executorch", precision="fp32", data_dir=None):
-    """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build it with Gradle."""
+def build_apk(c, model="export/model.json", variant="debug", runtime="executorch", precision="fp32", builder="auto",
+              abi=None, keystore=None, key_alias=None, data_dir=None):
+    """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build the APK."""
+    from prunedroid.android import ApkRequest, page_size_warning
     from prunedroid.android import build_apk as build
     from prunedroid.data import load_test
 
-    apk = build(Path(model), lambda: load_test(data_dir), variant, runtime=runtime, precision=precision)
+    request = ApkRequest(variant, runtime, precision, builder, tuple(abi.split(",")) if abi else None,
+                         Path(keystore) if keystore else None, key_alias)
+    apk = build(Path(model), lambda: load_test(data_dir), request)
     print(f"{apk} ({apk.stat().st_size / 1e6:.1f} MB); install: adb install -r {apk}")
+    warning = page_size_warning(apk)
+    if warning:
+        print(warning)
 
 
 RESULT_TIMEOUT_HELP = ("seconds to wait for each result from the phone (default 300); past it the app's benchmark is "

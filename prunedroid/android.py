@@ -21,16 +21,23 @@ import numpy as np
 import torch.jit.mobile
 
 from prunedroid import data as cifar
+from prunedroid import elf
+from prunedroid.apk import direct
+from prunedroid.apk.direct import MIN_JDK, jdk_major
+from prunedroid.apk.gradle_file import read_gradle_app
 from prunedroid.errors import PrunedroidError
+from prunedroid.files import check_writable
 from prunedroid.probe import probe
 from prunedroid.sidecar import Sidecar
 
 APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
 PACKAGE = "org.prunedroid.demo"
-MIN_JDK = 17  # the Android Gradle Plugin 8.x runs on JDK 17 or newer
-# TorchScript bytecode versions each pytorch_android_lite release reads. 1.13.1 is PyTorch 1.13's mobile runtime,
-# which writes v8 itself; prunedroid/deploy.py targets v8.
-READABLE_BYTECODE = {"1.13.1": range(4, 9)}
+# TorchScript bytecode versions each pytorch_android_lite release reads: kMinSupportedBytecodeVersion to
+# kMaxSupportedBytecodeVersion in caffe2/serialize/versions.h at the release's PyTorch tag (v9 was added by
+# pytorch/pytorch#75201 before the 1.12 branch), which the loader passes to its version check; in 1.12.2's
+# libpytorch_jni_lite.so (x86_64) the two constants that check reads are 4 and 9 (docs/android.md, "Bytecode").
+# prunedroid/deploy.py writes v8.
+READABLE_BYTECODE = {"1.12.2": range(4, 10)}
 ASSETS = ("model.json", "labels.txt", "samples")  # beside the model file itself, model.pte or model.ptl
 RUNTIMES = ("executorch", "lite")  # the .pte on ExecuTorch (what a new app should ship) or the .ptl on PyTorch Mobile
 PRECISIONS = ("fp32", "int8")
@@ -155,19 +162,6 @@ class BuildTools:
     gradle: list[str]
 
 
-def _jdk_major(java: str) -> int | None:
-    """`java -version` prints e.g. 'openjdk version "17.0.15" 2025-04-15' (or "1.8.0_392" for 8) on stderr."""
-    try:
-        result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60, check=False)
-    except OSError:
-        return None
-    found = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
-    if not found:
-        return None
-    major = int(found.group(1))
-    return int(found.group(2) or 0) if major == 1 else major
-
-
 def find_build_tools(app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None) -> BuildTools:
     """JDK 17+, an Android SDK and Gradle, or one error listing each that is missing and how to get it."""
     env = os.environ if env is None else env
@@ -175,7 +169,7 @@ def find_build_tools(app_dir: Path = APP_DIR, env: Mapping[str, str] | None = No
     problems = []
     java = (str(Path(env["JAVA_HOME"]) / "bin" / "java") if env.get("JAVA_HOME")
             else shutil.which("java", path=path))
-    major = _jdk_major(java) if java else None
+    major = jdk_major(java) if java else None
     if major is None or major < MIN_JDK:
         problems.append(f"JDK {MIN_JDK} or newer (found: {f'JDK {major}' if major else 'none'}): install one, e.g. "
                         f"`sudo apt install openjdk-17-jdk` or Android Studio's bundled JBR, and set JAVA_HOME")
@@ -203,37 +197,122 @@ def apk_path(runtime: str = "executorch", variant: str = "debug", app_dir: Path 
     return app_dir / "app" / "build" / "outputs" / "apk" / runtime / variant / f"app-{runtime}-{variant}.apk"
 
 
-def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], variant: str = "debug",
-              app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None, runtime: str = "executorch",
-              precision: str = "fp32") -> Path:
-    """Checks the prerequisites, stages the assets and runs `gradle assemble<Runtime><Variant>` (the runtime's product
-    flavor: one runtime per APK); returns the APK path.
+BUILDERS = ("auto", "gradle", "direct")
+KEYSTORE_PASSWORD_ENV = "PRUNEDROID_KEYSTORE_PASSWORD"  # a release keystore's password: never on a command line
+
+
+@dataclass(frozen=True)
+class ApkRequest:
+    """What `invoke build-apk` asks for beside the model: how to build (auto: Gradle when it and an SDK are there,
+    else direct), the ABIs packaged (None: the flavor's abiFilters), and a release keystore (None: the debug key)."""
+
+    variant: str = "debug"
+    runtime: str = "executorch"
+    precision: str = "fp32"
+    builder: str = "auto"
+    abis: tuple[str, ...] | None = None
+    keystore: Path | None = None
+    key_alias: str | None = None
+
+
+def _check_request(request: ApkRequest, env: Mapping[str, str]) -> None:
+    if request.variant not in ("debug", "release"):
+        raise PrunedroidError(f"--variant must be debug or release, got {request.variant!r}")
+    if request.builder not in BUILDERS:
+        raise PrunedroidError(f"--builder must be one of {', '.join(BUILDERS)}, got {request.builder!r}")
+    if (request.keystore is None) != (request.key_alias is None):
+        raise PrunedroidError("--keystore and --key-alias go together: give both to sign with your key, or neither "
+                              "for the debug key")
+    if request.keystore is not None:
+        if request.variant != "release":
+            raise PrunedroidError("--keystore signs a release build: add --variant release (debug builds use the "
+                                  "debug key, which bench-device's run-as needs)")
+        if not request.keystore.is_file():
+            raise PrunedroidError(f"--keystore {request.keystore} is not a file; give the keystore (.jks or .p12) "
+                                  f"that holds your signing key")
+        if not env.get(KEYSTORE_PASSWORD_ENV):
+            raise PrunedroidError(f"--keystore needs its password in the environment variable {KEYSTORE_PASSWORD_ENV}"
+                                  f" (never on the command line): export it and build again")
+
+
+def _gradle_or_direct(request: ApkRequest, app_dir: Path, env: Mapping[str, str]) -> BuildTools | direct.Tools:
+    """The tools of the builder asked for; with auto, Gradle's when they are all there, else the direct build's."""
+    if request.builder != "direct":
+        try:
+            tools = find_build_tools(app_dir, env)
+        except PrunedroidError:
+            if request.builder == "gradle":
+                raise
+        else:
+            if request.abis is not None or request.keystore is not None:
+                raise PrunedroidError("--abi and --keystore apply to the build without Gradle (add --builder direct); "
+                                      "with Gradle, set abiFilters and a signingConfig in app/build.gradle")
+            return tools
+    return direct.find_tools(read_gradle_app(app_dir), env)
+
+
+def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], request: ApkRequest = ApkRequest(),
+              app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None) -> Path:
+    """Checks the prerequisites, stages the assets and builds the runtime's flavor (one runtime per APK): with
+    Gradle (`gradle assemble<Runtime><Variant>`) or without it (prunedroid.apk.direct); returns the APK path, where
+    Gradle writes it (apk_path) either way.
     load_test gives the test images the sample pictures come from; it is called only once the prerequisites hold,
-    so a missing model or SDK is reported before the test set is looked for (or downloaded)."""
-    if variant not in ("debug", "release"):
-        raise PrunedroidError(f"--variant must be debug or release, got {variant!r}")
+    so a missing model or tool is reported before the test set is looked for (or downloaded)."""
     env = dict(os.environ if env is None else env)
+    _check_request(request, env)
     problems = []  # every missing piece at once, not one per try
     try:
-        check_model(sidecar_path, runtime, precision, app_dir)
+        check_model(sidecar_path, request.runtime, request.precision, app_dir)
     except PrunedroidError as error:
         problems.append(str(error))
     try:
-        tools = find_build_tools(app_dir, env)
+        tools = _gradle_or_direct(request, app_dir, env)
     except PrunedroidError as error:
         problems.append(str(error))
     if problems:
         raise PrunedroidError("\n".join(problems))
-    stage_assets(sidecar_path, load_test(), runtime, precision, app_dir)
+    apk = apk_path(request.runtime, request.variant, app_dir)
+    try:
+        check_writable(apk.parent)
+    except OSError as err:
+        raise PrunedroidError(f"cannot write the APK into {apk.parent}: {err.strerror}; make the app's build folder "
+                              f"writable") from None
+    if isinstance(tools, direct.Tools):
+        return _build_direct(sidecar_path, load_test, request, app_dir, env, tools, apk)
+    stage_assets(sidecar_path, load_test(), request.runtime, request.precision, app_dir)
     env["ANDROID_HOME"] = str(tools.sdk)
     if not env.get("JAVA_HOME"):
         env["JAVA_HOME"] = str(Path(tools.java).resolve().parent.parent)
-    command = [*tools.gradle, f"assemble{runtime.capitalize()}{variant.capitalize()}"]
+    command = [*tools.gradle, f"assemble{request.runtime.capitalize()}{request.variant.capitalize()}"]
     result = subprocess.run(command, cwd=app_dir, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
         raise PrunedroidError(f"`{' '.join(command)}` failed in {app_dir} (exit {result.returncode}):\n{tail}")
-    apk = apk_path(runtime, variant, app_dir)
     if not apk.is_file():
         raise PrunedroidError(f"Gradle reported success but wrote no {apk}")
     return apk
+
+
+def _build_direct(sidecar_path: Path, load_test: Callable[[], cifar.Split], request: ApkRequest, app_dir: Path,
+                  env: Mapping[str, str], tools: direct.Tools, apk: Path) -> Path:
+    app = read_gradle_app(app_dir)
+    abis = request.abis or app.abis[request.runtime]
+    signing = (direct.Signing(request.keystore, request.key_alias, KEYSTORE_PASSWORD_ENV)
+               if request.keystore is not None and request.key_alias is not None else direct.debug_signing(tools, env))
+    stage_assets(sidecar_path, load_test(), request.runtime, request.precision, app_dir)
+    return direct.build(direct.Request(app_dir, app, request.runtime, request.variant == "debug", tuple(abis),
+                                       assets_dir(app_dir), apk), tools, signing)
+
+
+def page_size_warning(apk: Path) -> str | None:
+    """One line when the APK packages native libraries whose loadable segments are not 16 KB-aligned: such an app
+    does not load them on a phone with 16 KB pages, and Google Play requires 16 KB support of apps targeting Android
+    15+."""
+    unready = [library for library in elf.native_libraries(apk) if not library.page_16k_ready]
+    if not unready:
+        return None
+    alignment = min(library.load_alignment for library in unready)
+    names = [f"lib/{library.abi}/{library.name}" for library in unready]
+    return (f"warning: {len(unready)} native libraries in {apk.name} are {alignment // 1024} KB-aligned ELF, not 16 KB "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): they will not load on phones with "
+            f"16 KB pages, and Google Play requires 16 KB support for apps targeting Android 15+")

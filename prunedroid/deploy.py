@@ -29,10 +29,9 @@ from prunedroid.options import check, with_options
 from prunedroid.probe import mark_runnable
 from prunedroid.pruning.cost import count_cost
 
-# TorchScript bytecode version of the .ptl files. The Android app's runtime, org.pytorch:pytorch_android_lite 1.13.1
-# (the last release), is PyTorch 1.13, which writes v8 itself; PyTorch's mobile loader reads
-# kMinSupportedBytecodeVersion..kMaxSupportedBytecodeVersion (4..9 in the sources checked). Newer torch builds may
-# write newer bytecode, so exports are backported to v8 when needed.
+# TorchScript bytecode version of the .ptl files: v8, what PyTorch 1.12 and 1.13 write themselves, inside what the
+# app's org.pytorch:pytorch_android_lite 1.12.2 reads (v4..v9: prunedroid/android.py READABLE_BYTECODE). Newer torch
+# builds may write newer bytecode, so exports are backported to v8 when needed.
 TARGET_BYTECODE_VERSION = 8
 ONNX_OPSET = 17
 MAX_ABS_DIFF = 1e-4  # logits, between the eager model and each exported fp32 file

@@ -119,7 +119,7 @@ def start_benchmark(extras: dict) -> None:
               "latency_ms": {"median": median, "p90": 1.1 * median, "min": 0.9 * median, "max": 1.5 * median},
               "device": {"manufacturer": "Google", "model": "Pixel 7", "abi": "arm64-v8a", "android": "14",
                          "sdk": 34},
-              "runtime": "executorch-android 1.5.1" if model.suffix == ".pte" else "pytorch_android_lite 1.13.1",
+              "runtime": "executorch-android 1.5.1" if model.suffix == ".pte" else "pytorch_android_lite 1.12.2",
               "summary": f"{model.name}: ok"}
     if os.environ.get("FAKE_ADB_OLD_APP"):  # an APK from before latencies were reported
         result = {"model": model.name, "time_ms": median}

@@ -15,6 +15,8 @@ import torch
 
 import prunedroid.android as android
 from prunedroid import data as cifar
+from prunedroid.apk import direct
+from prunedroid.apk.gradle_file import read_gradle_app
 from prunedroid.device import read_result
 from tests.conftest import REAL_CIFAR_DIR
 from tests.test_android import APP, SOURCES, app_copy, exported, java_sources  # noqa: F401 (fixtures)
@@ -26,10 +28,8 @@ GRADLE = (APP / "app" / "build.gradle").read_text()
 COMPILE_SDK = int(re.search(r"compileSdk (\d+)", GRADLE).group(1))
 # The Android framework Robolectric publishes for each SDK level, and the suffix of the pre-instrumented build each
 # Robolectric release runs tests on (both from its DefaultSdkProvider; a new pin in build.gradle needs its row here).
-ANDROID_ALL = {35: "15-robolectric-12650502"}[COMPILE_SDK]
+ANDROID_ALL = direct.ANDROID_ALL[COMPILE_SDK].rsplit(":", 1)[1]
 INSTRUMENTED = {"4.14.1": "i7"}[re.search(r"org\.robolectric:robolectric:([^']+)'", GRADLE).group(1)]
-# pytorch_android_lite releases this machine's Maven Central mirror serves (1.13.1, the pin, is not among them).
-LITE_SERVED = ("1.12.2",)
 
 needs_jdk = pytest.mark.skipif(shutil.which("javac") is None or shutil.which("mvn") is None,
                                reason="needs a JDK's javac and Maven (mvn) to fetch the jars")
@@ -115,14 +115,8 @@ def link_resources(folder: Path, assets: Path | None = None) -> Path:
 
 
 def build_config(folder: Path) -> Path:
-    """BuildConfig.java as the Android Gradle Plugin writes it from build.gradle's buildConfigField lines."""
-    package = folder / Path(*android.PACKAGE.split("."))
-    package.mkdir(parents=True, exist_ok=True)
-    versions = dict(re.findall(r"def (\w+) = '([^']+)'", GRADLE))
-    fields = " ".join(f"static final String {name} = \"{versions[variable]}\";" for name, variable in
-                      re.findall(r"buildConfigField 'String', '(\w+)', \"\\\"\$\{(\w+)\}\\\"\"", GRADLE))
-    (package / "BuildConfig.java").write_text(f"package {android.PACKAGE}; final class BuildConfig {{ {fields} }}\n")
-    return package / "BuildConfig.java"
+    """BuildConfig.java as the direct build writes it (the Android Gradle Plugin's fields and build.gradle's)."""
+    return direct.write_build_config(read_gradle_app(APP), "executorch", True, folder)
 
 
 def flavor_sources(flavor: str) -> list[Path]:
@@ -158,13 +152,11 @@ def test_the_manifest_and_resources_link_with_the_sdks_aapt(tmp_path):
 
 def runtime_classes(flavor: str, folder: Path) -> tuple[list[Path], list[Path]]:
     """What a flavor's runtime calls compile against: (jars, stub sources). The lite flavor gets the real
-    pytorch_android_lite classes, at the newest release this machine's Maven Central mirror serves (the pinned one
-    where it is served); executorch-android is served at no version here, so that flavor compiles against the stubs
-    in tests/java_stubs (its published signatures, docs/android.md)."""
+    pytorch_android_lite classes at the pinned release; executorch-android is served at no version here, so that
+    flavor compiles against the stubs in tests/java_stubs (its published signatures, docs/android.md)."""
     if flavor == "lite":
         pinned = android.pinned_version("pytorchLiteVersion")
-        served = pinned if pinned in LITE_SERVED else LITE_SERVED[-1]
-        return maven_jars([f"org.pytorch:pytorch_android_lite:{served}:aar"], folder / "lite"), []
+        return maven_jars([f"org.pytorch:pytorch_android_lite:{pinned}:aar"], folder / "lite"), []
     return [], sorted(JAVA_STUBS.rglob("*.java"))
 
 
