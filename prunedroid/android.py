@@ -12,6 +12,7 @@ import re
 import shutil
 import struct
 import subprocess
+import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -299,9 +300,31 @@ def _build_direct(sidecar_path: Path, load_test: Callable[[], cifar.Split], requ
     abis = request.abis or app.abis[request.runtime]
     signing = (direct.Signing(request.keystore, request.key_alias, KEYSTORE_PASSWORD_ENV)
                if request.keystore is not None and request.key_alias is not None else direct.debug_signing(tools, env))
-    stage_assets(sidecar_path, load_test(), request.runtime, request.precision, app_dir)
+    staged = stage_assets(sidecar_path, load_test(), request.runtime, request.precision, app_dir)
+    model = app_model(Sidecar.read(sidecar_path), request.runtime, request.precision)
+
+    def check_runtime(aar: Path) -> None:
+        if request.runtime == "lite":
+            missing = missing_operators(staged / model.asset, aar)
+            if missing:
+                raise PrunedroidError(f"{model.source} calls {', '.join(missing)}, which {aar.name}'s interpreter does "
+                                      f"not register: it would fail to load on the phone; export a model without them")
+
     return direct.build(direct.Request(app_dir, app, request.runtime, request.variant == "debug", tuple(abis),
-                                       assets_dir(app_dir), apk), tools, signing)
+                                       assets_dir(app_dir), apk), tools, signing, check_runtime)
+
+
+LITE_LIBRARY = re.compile(r"^jni/[\w-]+/libpytorch_jni_lite\.so$")
+
+
+def missing_operators(ptl: Path, aar: Path) -> list[str]:
+    """The operators a .ptl calls (torch's own list of them) whose schema ("name.overload(" as registered) appears
+    in no ABI's libpytorch_jni_lite.so of the lite AAR: operators that runtime does not have. The file was loaded
+    in a child process first (check_model), so loading it here cannot take this process down."""
+    operators = torch.jit.mobile._export_operator_list(torch.jit.mobile._load_for_lite_interpreter(str(ptl)))
+    with zipfile.ZipFile(aar) as zipped:
+        library = next((zipped.read(name) for name in zipped.namelist() if LITE_LIBRARY.match(name)), b"")
+    return sorted(op for op in operators if f"{op.split('::', 1)[-1]}(".encode() not in library)
 
 
 def page_size_warning(apk: Path) -> str | None:

@@ -156,21 +156,22 @@ def fake_m2(tmp_path) -> Path:
     jars, each with the .sha1 Maven records beside what it downloads."""
     repository = tmp_path / "m2"
 
-    def put(coordinates: str, data: bytes) -> Path:
-        group, artifact, version, kind = coordinates.split(":")
-        path = repository / Path(*group.split(".")) / artifact / version / f"{artifact}-{version}.{kind}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.with_name(path.name + ".sha1").write_text(hashlib.sha1(data).hexdigest() + "\n")  # noqa: S324
-        return path
+    put_lite_aar(repository, b"\x7fELF")
+    return repository
 
-    aar = tmp_path / "lite.aar"
-    with zipfile.ZipFile(aar, "w") as zipped:
+
+def put_lite_aar(repository: Path, library: bytes) -> Path:
+    """The lite runtime's AAR in `repository` (classes.jar, and `library` as two ABIs' libpytorch_jni_lite.so), with
+    its .sha1 as Maven writes it."""
+    group, artifact, version = read_gradle_app(android.APP_DIR).runtime_library["lite"].split(":")
+    path = repository / Path(*group.split(".")) / artifact / version / f"{artifact}-{version}.aar"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zipped:
         zipped.writestr("classes.jar", b"PK\x05\x06" + bytes(18))
         for abi in ("arm64-v8a", "x86_64"):
-            zipped.writestr(f"jni/{abi}/libpytorch_jni_lite.so", b"\x7fELF")
-    put(f"{read_gradle_app(android.APP_DIR).runtime_library['lite']}:aar", aar.read_bytes())
-    return repository
+            zipped.writestr(f"jni/{abi}/libpytorch_jni_lite.so", library)
+    path.with_name(path.name + ".sha1").write_text(hashlib.sha1(path.read_bytes()).hexdigest() + "\n")  # noqa: S324
+    return path
 
 
 def fake_maven_env(tmp_path: Path, repository: Path) -> dict[str, str]:
@@ -245,6 +246,20 @@ def test_an_abi_the_runtime_does_not_ship_is_refused(tmp_path, exported, app_dir
     with pytest.raises(PrunedroidError, match=r"--abi mips: pytorch_android_lite-1\.12\.2\.aar ships native code "
                                               r"for arm64-v8a, x86_64 only"):
         android.build_apk(exported, lambda: synthetic_data.test, request, app_dir, env)
+    assert no_apk_left(app_dir)
+
+
+@needs_tools
+def test_a_model_calling_an_operator_the_runtime_lacks_is_refused(tmp_path, exported, app_dir, fake_m2,  # noqa: F811
+                                                                 synthetic_data):
+    """Every operator the .ptl calls must be registered in the pinned runtime's library (its schema string,
+    "name.overload(", is in libpytorch_jni_lite.so): here a runtime with all of the model's but linear."""
+    schemas = b"conv2d(Tensor input) flatten.using_ints(Tensor(a) self) max_pool2d(Tensor self) relu_(Tensor self)"
+    put_lite_aar(fake_m2, b"\x7fELF" + schemas)
+    request = android.ApkRequest(runtime="lite", builder="direct")
+    with pytest.raises(PrunedroidError, match=r"pruned\.ptl calls aten::linear, which pytorch_android_lite-1\.12\.2"
+                                              r"\.aar's interpreter does not register"):
+        android.build_apk(exported, lambda: synthetic_data.test, request, app_dir, fake_maven_env(tmp_path, fake_m2))
     assert no_apk_left(app_dir)
 
 

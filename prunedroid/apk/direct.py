@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,8 +244,10 @@ class Request:
     apk: Path
 
 
-def build(request: Request, tools: Tools, signing: Signing) -> Path:
-    """Builds, signs and verifies request.apk; the APK appears whole or not at all (written beside it, renamed)."""
+def build(request: Request, tools: Tools, signing: Signing,
+          check_runtime: Callable[[Path], None] | None = None) -> Path:
+    """Builds, signs and verifies request.apk; the APK appears whole or not at all (written beside it, renamed).
+    `check_runtime` is called with the runtime's AAR once Maven has it, before anything is compiled."""
     app, flavor = request.app, request.flavor
     work = request.app_dir / "app" / "build" / "direct" / f"{flavor}-{'debug' if request.debug else 'release'}"
     shutil.rmtree(work, ignore_errors=True)
@@ -259,6 +261,8 @@ def build(request: Request, tools: Tools, signing: Signing) -> Path:
                               f"{'; ' + ' or '.join(others) + ' can still be built' if others else ''}") from None
     aar, runtime_jars = _runtime(artifacts, library, work)
     libraries = native_entries(aar, request.abis)
+    if check_runtime is not None:
+        check_runtime(aar)
     tool_jars = maven.resolve([D8, *([] if tools.android_jar else [ANDROID_ALL[app.compile_sdk]])],
                               work / "maven-tools", tools.mvn, tools.env, transitive=False)
     d8_jar, android_jar = tool_jars[0], tools.android_jar or tool_jars[1]
