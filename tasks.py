@@ -398,7 +398,7 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
         int8_report = report["int8"]
         lines += [f"{int8_report[kind]} ({int8_report[f'{kind}_bytes'] / 1e6:.2f} MB, test top-1 "
                   f"{100 * int8_report['test_top1'][runtime]:.2f}% vs fp32 {100 * int8_report['fp32_test_top1']:.2f}%)"
-                  for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime"))]
+                  for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime"), ("ptl", "torchscript-lite"))]
     print("\n".join(lines) + f"\nTorchScript bytecode v{report['torchscript']['bytecode_version']}, "
           f"optimize_for_mobile: {report['torchscript']['optimize_for_mobile']}; ExecuTorch "
           f"{report['executorch']['version']}, {report['executorch']['delegated_fraction']:.0%} of operators on "

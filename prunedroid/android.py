@@ -83,9 +83,10 @@ def app_model(sidecar: Sidecar, runtime: str, precision: str) -> AppModel:
     if runtime not in RUNTIMES or precision not in PRECISIONS:
         raise PrunedroidError(f"--runtime must be one of {', '.join(RUNTIMES)} and --precision one of "
                               f"{', '.join(PRECISIONS)}, got {runtime!r} and {precision!r}")
-    if runtime == "lite" and precision != "fp32":
-        raise PrunedroidError("int8 models run on ExecuTorch only: use --runtime executorch --precision int8")
-    kind, int8 = ("ptl", False) if runtime == "lite" else ("pte", precision == "int8")
+    kind, int8 = ("ptl" if runtime == "lite" else "pte"), precision == "int8"
+    if int8 and sidecar.int8 and kind not in sidecar.int8:
+        raise PrunedroidError(f"{sidecar.path} has no int8 .{kind} (exported before there was one); export again "
+                              f"with --quantize int8")
     source = sidecar.model_file(kind, int8=int8)
     sha256 = (sidecar.int8 if int8 else sidecar.files)[kind].sha256
     return AppModel(source, f"model.{kind}", runtime, precision, sha256)

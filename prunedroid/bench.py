@@ -118,6 +118,8 @@ def _model_files(sidecar: Sidecar) -> dict[str, Path]:
     if sidecar.int8:
         files["executorch-int8"] = sidecar.model_file("pte", int8=True)
         files["onnxruntime-int8"] = sidecar.model_file("onnx", int8=True)
+        if "ptl" in sidecar.int8:  # int8 exports before the int8 .ptl have none
+            files["torchscript-lite-int8"] = sidecar.model_file("ptl", int8=True)
     return files
 
 
@@ -137,9 +139,14 @@ def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> Runti
         return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
     pte.set_threads(threads)
-    lite = torch.jit.mobile._load_for_lite_interpreter(str(files["torchscript-lite"]))
-    load = {"torchscript-lite": lambda path: lambda x: lite(x), "onnxruntime": run_onnx, "onnxruntime-int8": run_onnx,
-            "executorch": pte.predictor, "executorch-int8": pte.predictor}
+    def run_lite(path: Path) -> Predictor:
+        module = torch.jit.mobile._load_for_lite_interpreter(str(path))
+        return lambda x: module(x)
+
+    # The lite interpreter's int8 kernels as on the phone: QNNPACK, the engine its weights are packed for at load.
+    torch.backends.quantized.engine = "qnnpack"
+    load = {"torchscript-lite": run_lite, "torchscript-lite-int8": run_lite, "onnxruntime": run_onnx,
+            "onnxruntime-int8": run_onnx, "executorch": pte.predictor, "executorch-int8": pte.predictor}
     return {"pytorch": (run_eager, state.getbuffer().nbytes),
             **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
 

@@ -7,11 +7,12 @@ export never leaves a model behind.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,39 @@ def run_onnx(path: Path, images: torch.Tensor, dynamic_batch: bool) -> torch.Ten
                       for i in range(0, len(images), step)])
 
 
+@contextlib.contextmanager
+def qnnpack_engine() -> Iterator[None]:
+    """ATen's quantized kernels set to QNNPACK, the engine pytorch_android_lite runs int8 on, for the duration: a
+    .ptl's packed int8 weights are packed for the engine current when it loads."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def quantize_lite_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    """`model` (eval mode) statically quantized for PyTorch Mobile (FX graph mode, QNNPACK's default configuration:
+    uint8 activations and int8 weights per tensor), observers calibrated on `calibration` inputs ((n, 3, 32, 32)
+    normalised images). Call inside qnnpack_engine()."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        try:
+            prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("qnnpack"),
+                                  (calibration[:1],))
+        except Exception as err:  # a user's model FX cannot trace symbolically
+            raise PrunedroidError(f"the int8 .ptl needs a model torch.fx can trace ({type(err).__name__}: "
+                                  f"{str(err)[:200]}); export without --quantize int8") from None
+        with torch.no_grad():
+            for batch in calibration.split(64):
+                prepared(batch)
+        return convert_fx(prepared)
+
+
 def write_onnx_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> dict:
     """onnxruntime's static quantization of the fp32 ONNX file at `fp32` into `path`: QDQ format, int8 weights per
     output channel, uint8 activations with MinMax ranges from `calibration` (n, 3, 32, 32) normalised images."""
@@ -207,7 +241,7 @@ def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: str | Path, na
                  dynamic_batch: bool = True, record: dict | None = None,
                  int8: Int8Writer | None = None) -> ExportResult:
     """Writes `name`.ptl, `name`.onnx, `name`.pte and `name`.json (the sidecar) for `model` into `out_dir`, BatchNorm
-    folded first; with `int8` also `name`-int8.pte and `name`-int8.onnx.
+    folded first; with `int8` also `name`-int8.pte, `name`-int8.onnx and `name`-int8.ptl.
 
     inputs: (n, ...) inputs as the model takes them; every fp32 file must match the eager model's outputs on them
     within MAX_ABS_DIFF with the same argmax, or nothing is written. record: sidecar entries saying what the model
@@ -225,7 +259,8 @@ def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: str | Path, na
         folding = compare(reference, deploy(inputs), "BatchNorm folding")
     paths = {kind: out_dir / f"{name}.{kind}" for kind in ("ptl", "onnx", "pte")}
     if int8 is not None:
-        paths.update(int8_pte=out_dir / f"{name}-int8.pte", int8_onnx=out_dir / f"{name}-int8.onnx")
+        paths.update(int8_pte=out_dir / f"{name}-int8.pte", int8_onnx=out_dir / f"{name}-int8.onnx",
+                     int8_ptl=out_dir / f"{name}-int8.ptl")
     # Last, so it lands after every file it describes; a process killed between two renames leaves files that no
     # longer match the old sidecar's hashes, which every reader checks (prunedroid/sidecar.py).
     paths["sidecar"] = out_dir / f"{name}.json"
@@ -292,8 +327,8 @@ def _size_and_hash(kind: str, path: Path) -> dict:
 
 def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibration: cifar.Split,
                  tmp: dict[str, Path], paths: dict[str, Path], max_drop: float) -> dict:
-    """Writes the int8 .pte and .onnx to their temporary paths and checks each one's top-1 on all of `test` against
-    the fp32 model's; returns their sidecar entry."""
+    """Writes the int8 .pte, .onnx and .ptl to their temporary paths and checks each one's top-1 on all of `test`
+    against the fp32 model's; returns their sidecar entry."""
     if not len(calibration):
         raise PrunedroidError("int8 calibration needs held-out training images, but the base held out none; train it "
                               "with --holdout > 0")
@@ -304,12 +339,19 @@ def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibra
     executorch_notes = pte.write_pte(pte.quantize_int8(deploy, calibration_images), tmp["int8_pte"],
                                      calibration_images[:1])
     onnx_notes = write_onnx_int8(tmp["onnx"], tmp["int8_onnx"], calibration_images)
+    with qnnpack_engine():
+        lite_notes = _write_ptl(quantize_lite_int8(deploy, calibration_images), tmp["int8_ptl"],
+                                calibration_images[:1])
+        with torch.no_grad():
+            lite_top1 = top1(run_lite(tmp["int8_ptl"], every_test_image), test.labels)
     measured = {"executorch": top1(pte.run_pte(tmp["int8_pte"], every_test_image), test.labels),
-                "onnxruntime": top1(run_onnx(tmp["int8_onnx"], every_test_image, dynamic_batch=True), test.labels)}
+                "onnxruntime": top1(run_onnx(tmp["int8_onnx"], every_test_image, dynamic_batch=True), test.labels),
+                "torchscript-lite": lite_top1}
     for runtime, int8_top1 in measured.items():
         check_int8(fp32_top1, int8_top1, runtime, len(test), max_drop)
-    return {"pte": paths["int8_pte"].name, "onnx": paths["int8_onnx"].name,
+    return {"pte": paths["int8_pte"].name, "onnx": paths["int8_onnx"].name, "ptl": paths["int8_ptl"].name,
             **_size_and_hash("pte", tmp["int8_pte"]), **_size_and_hash("onnx", tmp["int8_onnx"]),
+            **_size_and_hash("ptl", tmp["int8_ptl"]), "torchscript": lite_notes,
             "calibration": f"{len(calibration)} held-out training images", "test_images": len(test),
             "fp32_test_top1": fp32_top1, "test_top1": measured, "max_drop_points": max_drop,
             "executorch": executorch_notes, "onnx_quantization": onnx_notes}

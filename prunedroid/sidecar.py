@@ -23,7 +23,8 @@ MAGIC: dict[str, Callable[[bytes], bool]] = {
     ".ptl": lambda head: head[:4] == b"PK\x03\x04",
     ".pte": lambda head: len(head) >= 8 and head[4:6] == b"ET" and head[6:8].isdigit(),
 }
-FILE_KINDS = ("ptl", "onnx", "pte")  # top-level files; the int8 entry names its own pte and onnx
+FILE_KINDS = ("ptl", "onnx", "pte")  # top-level files
+INT8_KINDS = ("pte", "onnx", "ptl")  # the int8 entry's files (no ptl in exports before the int8 .ptl)
 
 
 def existing_sidecar(path: str | Path) -> Path:
@@ -100,7 +101,8 @@ def schema_problems(sidecar: Any) -> list[str]:
         if not isinstance(int8, dict):
             problems.append("int8: null or the int8 files' entry")
         else:
-            problems += _files_problems(int8, ("pte", "onnx"), "int8.")
+            # .ptl since the int8 TorchScript Lite export: optional, so earlier int8 exports still read
+            problems += _files_problems(int8, ("pte", "onnx", *(["ptl"] if "ptl" in int8 else [])), "int8.")
     return problems
 
 
@@ -123,9 +125,10 @@ class Sidecar:
     """The sidecar `invoke export` writes beside its files (<name>.json), its schema checked: what its readers use,
     typed. `record` is the whole JSON as written (the app's model.json and the reports carry its other entries).
 
-    files: "ptl", "onnx", "pte" (an export from before ExecuTorch support has no "pte"); int8: "pte" and "onnx" of
-    `invoke export --quantize int8`, empty otherwise; input_shape: (1, channels, height, width); dynamic_batch: the
-    ONNX file takes any batch size; executorch_version: the ExecuTorch that wrote the .pte."""
+    files: "ptl", "onnx", "pte" (an export from before ExecuTorch support has no "pte"); int8: "pte", "onnx" and
+    "ptl" of `invoke export --quantize int8` (no "ptl" before the int8 .ptl), empty otherwise; input_shape: (1,
+    channels, height, width); dynamic_batch: the ONNX file takes any batch size; executorch_version: the ExecuTorch
+    that wrote the .pte."""
 
     path: Path
     files: dict[str, ModelFile]
@@ -150,7 +153,7 @@ class Sidecar:
                                   f"{'; '.join(problems[:6])}{'; ...' if len(problems) > 6 else ''}); export the "
                                   f"model again")
         return cls(path=Path(path), files=_model_files(record, FILE_KINDS),
-                   int8=_model_files(record.get("int8") or {}, ("pte", "onnx")), checkpoint=Path(record["checkpoint"]),
+                   int8=_model_files(record.get("int8") or {}, INT8_KINDS), checkpoint=Path(record["checkpoint"]),
                    checkpoint_sha256=record["checkpoint_sha256"], arch=record["arch"],
                    classes=tuple(record["classes"]), input_shape=tuple(record["input_shape"]), macs=record["macs"],
                    params=record["params"], dynamic_batch=record["onnx_export"]["dynamic_batch"],

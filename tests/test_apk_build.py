@@ -20,10 +20,13 @@ import pytest
 import prunedroid.android as android
 from prunedroid.apk import archive, direct
 from prunedroid.apk.gradle_file import read_gradle_app
+from prunedroid.checkpoint import Checkpoint
+from prunedroid.deploy import export_checkpoint
 from prunedroid.errors import PrunedroidError
+from prunedroid.models import vgg16_spec
 from prunedroid.sidecar import Sidecar
 from tests.conftest import ROOT, project_env
-from tests.test_android import exported  # noqa: F401 (fixture)
+from tests.test_prune import trained_like
 
 TOOLS = ("java", "javac", "keytool", "mvn", "aapt2", "apksigner", "aapt", "dexdump")
 needs_tools = pytest.mark.skipif(
@@ -55,7 +58,18 @@ def files_below(folder: Path) -> set[Path]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, exported, cifar_dir):  # noqa: F811
+def exported(tmp_path_factory, synthetic_data) -> Path:
+    """A small VGG16-BN exported with its int8 files (calibrated on held-out images; any accuracy accepted, as the
+    weights are untrained): the sidecar."""
+    folder = tmp_path_factory.mktemp("export")
+    model = trained_like(vgg16_spec(0.0625))
+    Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(folder / "m.pt")
+    return export_checkpoint(folder / "m.pt", synthetic_data.test.head(1000), folder / "out", "pruned",
+                             calibration=synthetic_data.holdout.head(32), max_drop=100.0).sidecar
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, exported, cifar_dir):
     """The lite flavor's debug APK, built by `invoke build-apk --builder direct --runtime lite` in a copy of the
     project, with the debug key made in a fresh ANDROID_USER_HOME. Returns (apk, what the command printed, the
     copy, the user home, the copy's files before the build)."""
@@ -90,7 +104,7 @@ def local_data_offsets(apk: Path) -> dict[str, tuple[int, int]]:
 
 
 @needs_tools
-def test_the_apk_passes_the_platforms_own_checks(built, exported):  # noqa: F811
+def test_the_apk_passes_the_platforms_own_checks(built, exported):
     apk, printed, _, _, _ = built
     assert f"{apk} (" in printed and "MB); install: adb install -r" in printed
     verified = real_tool("apksigner", "verify", "--verbose", str(apk))
@@ -113,7 +127,7 @@ def test_the_apk_passes_the_platforms_own_checks(built, exported):  # noqa: F811
 
 
 @needs_tools
-def test_native_libraries_are_stored_at_16_kb_and_the_model_is_the_exported_file(built, exported):  # noqa: F811
+def test_native_libraries_are_stored_at_16_kb_and_the_model_is_the_exported_file(built, exported):
     apk, printed, _, _, _ = built
     offsets = local_data_offsets(apk)
     libraries = {name: where for name, where in offsets.items() if name.startswith("lib/")}
@@ -150,6 +164,23 @@ def test_nothing_outside_the_build_folder_is_written_but_the_debug_key(built):
     assert [path.name for path in apk.parent.iterdir()] == [apk.name]  # no partial APK beside it
 
 
+@needs_tools
+def test_the_int8_ptl_builds_too(tmp_path, app_dir, exported, synthetic_data):
+    """`invoke export --quantize int8` writes an int8 .ptl (QNNPACK's operators, which the pinned runtime's library
+    registers); `build-apk --runtime lite --precision int8` stages it."""
+    sidecar = exported
+    request = android.ApkRequest(runtime="lite", precision="int8", builder="direct")
+    env = {**os.environ, "ANDROID_USER_HOME": str(tmp_path / "android-home")}
+    apk = android.build_apk(sidecar, lambda: synthetic_data.test, request, app_dir, env)
+    assert re.search(r"Verified using v[23] scheme \(APK Signature Scheme v[23]\): true",
+                     real_tool("apksigner", "verify", "--verbose", str(apk)))
+    int8 = Sidecar.read(sidecar).int8["ptl"]
+    with zipfile.ZipFile(apk) as zipped:
+        assert hashlib.sha256(zipped.read("assets/model.ptl")).hexdigest() == int8.sha256
+        staged = json.loads(zipped.read("assets/model.json"))["app_model"]
+    assert (staged["precision"], staged["sha256"]) == ("int8", int8.sha256)
+
+
 @pytest.fixture
 def fake_m2(tmp_path) -> Path:
     """A Maven repository with the lite runtime's AAR (a small one: classes.jar and two ABIs' libraries) and its two
@@ -184,7 +215,7 @@ def fake_maven_env(tmp_path: Path, repository: Path) -> dict[str, str]:
             "ANDROID_USER_HOME": str(tmp_path / "android-home"), "HOME": os.environ.get("HOME", str(tmp_path))}
 
 
-def build_with(tmp_path: Path, exported: Path, app_copy: Path, env: dict[str, str],  # noqa: F811
+def build_with(tmp_path: Path, exported: Path, app_copy: Path, env: dict[str, str],
                **asked: object) -> Path:
     from prunedroid import data as cifar
 
@@ -205,7 +236,7 @@ def no_apk_left(app_dir: Path) -> bool:
 
 
 @needs_tools
-def test_a_runtime_no_repository_serves_stops_that_flavor_only(tmp_path, exported, app_dir, fake_m2,  # noqa: F811
+def test_a_runtime_no_repository_serves_stops_that_flavor_only(tmp_path, exported, app_dir, fake_m2,
                                                                synthetic_data):
     """The executorch flavor goes through the same steps (tools, model check, staging) up to its AAR, which Maven
     Central does not serve (org.pytorch:executorch-android, any version): one line naming it and the flavor that
@@ -221,7 +252,7 @@ def test_a_runtime_no_repository_serves_stops_that_flavor_only(tmp_path, exporte
 
 
 @needs_tools
-def test_a_damaged_library_in_mavens_cache_is_refused(tmp_path, exported, app_dir, fake_m2,  # noqa: F811
+def test_a_damaged_library_in_mavens_cache_is_refused(tmp_path, exported, app_dir, fake_m2,
                                                       synthetic_data):
     env = fake_maven_env(tmp_path, fake_m2)
     aar = next(fake_m2.rglob("*.aar"))
@@ -239,7 +270,7 @@ def test_a_damaged_library_in_mavens_cache_is_refused(tmp_path, exported, app_di
 
 
 @needs_tools
-def test_an_abi_the_runtime_does_not_ship_is_refused(tmp_path, exported, app_dir, fake_m2,  # noqa: F811
+def test_an_abi_the_runtime_does_not_ship_is_refused(tmp_path, exported, app_dir, fake_m2,
                                                      synthetic_data):
     env = fake_maven_env(tmp_path, fake_m2)
     request = android.ApkRequest(runtime="lite", builder="direct", abis=("arm64-v8a", "mips"))
@@ -250,7 +281,7 @@ def test_an_abi_the_runtime_does_not_ship_is_refused(tmp_path, exported, app_dir
 
 
 @needs_tools
-def test_a_model_calling_an_operator_the_runtime_lacks_is_refused(tmp_path, exported, app_dir, fake_m2,  # noqa: F811
+def test_a_model_calling_an_operator_the_runtime_lacks_is_refused(tmp_path, exported, app_dir, fake_m2,
                                                                  synthetic_data):
     """Every operator the .ptl calls must be registered in the pinned runtime's library (its schema string,
     "name.overload(", is in libpytorch_jni_lite.so): here a runtime with all of the model's but linear."""
@@ -280,7 +311,7 @@ def test_missing_tools_are_one_line_naming_the_packages(tmp_path):
 
 
 @needs_tools
-def test_an_unwritable_output_or_a_hostile_sidecar_is_one_line_and_no_apk(tmp_path, exported, app_dir,  # noqa: F811
+def test_an_unwritable_output_or_a_hostile_sidecar_is_one_line_and_no_apk(tmp_path, exported, app_dir,
                                                                           fake_m2, synthetic_data):
     env = fake_maven_env(tmp_path, fake_m2)
     blocked = android.apk_path("lite", "debug", app_dir).parent

@@ -3,12 +3,14 @@ import json
 import onnx
 import pytest
 import torch
+import torch.jit.mobile
 from test_prune import trained_like
 
 import prunedroid.bench as bench_module
 import prunedroid.deploy as export
 import prunedroid.pte as pte
 from prunedroid import data as cifar
+from prunedroid.android import app_model
 from prunedroid.bench import (
     benchmark,
     interleaved_latencies_ms,
@@ -20,6 +22,7 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.data import normalize
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import build_model, vgg16_spec
+from prunedroid.sidecar import Sidecar
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +223,29 @@ def test_int8_files_are_written_checked_by_accuracy_and_much_smaller(tmp_path, s
     int8 = result.report["int8"]
     assert int8["fp32_test_top1"] == 1.0 and int8["test_images"] == 2000
     assert int8["calibration"] == "64 held-out training images" and int8["executorch"]["delegated_fraction"] == 1
-    for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime")):
+    for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime"), ("ptl", "torchscript-lite")):
         assert int8["test_top1"][runtime] >= 0.95, runtime
         assert int8[f"{kind}_bytes"] == (tmp_path / "out" / f"m-int8.{kind}").stat().st_size
         assert int8[f"{kind}_bytes"] <= 0.35 * result.report[f"{kind}_bytes"], kind
     images = normalize(test.images[:200])
     assert top1_of(pte.run_pte(tmp_path / "out" / "m-int8.pte", images), test.labels[:200]) >= 0.95
+    # The int8 .ptl holds quantized operators (QNNPACK's, as the phone runs them) at the bytecode the app reads.
+    engine = torch.backends.quantized.engine  # the export set QNNPACK only while it worked
+    with export.qnnpack_engine():
+        lite = torch.jit.mobile._load_for_lite_interpreter(str(tmp_path / "out" / "m-int8.ptl"))
+        assert top1_of(lite(images), test.labels[:200]) >= 0.95
+    assert {"quantized::linear", "aten::quantize_per_tensor.tensor_qparams"} <= set(
+        torch.jit.mobile._export_operator_list(lite))
+    assert int8["torchscript"]["bytecode_version"] == export.TARGET_BYTECODE_VERSION
+    assert torch.backends.quantized.engine == engine
+    # An int8 export from before the int8 .ptl still reads; the app's lite flavor then asks for a new export.
+    record = json.loads(result.sidecar.read_text())
+    record["int8"] = {key: value for key, value in record["int8"].items() if not key.startswith("ptl")}
+    result.sidecar.write_text(json.dumps(record))
+    older = Sidecar.read(result.sidecar)
+    assert set(older.int8) == {"pte", "onnx"}
+    with pytest.raises(PrunedroidError, match=r"has no int8 \.ptl \(exported before there was one\); export again"):
+        app_model(older, "lite", "int8")
 
 
 def top1_of(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -23,12 +23,12 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     finetuned = Checkpoint.load(run / "finetuned" / "checkpoint.pt")
     assert finetuned.pruning["macs_after"] == finetuned.cost["macs"] < report["macs_before"]
     for name in ("base", "pruned"):
-        for suffix in (".ptl", ".onnx", ".pte", "-int8.pte", "-int8.onnx", ".json"):
+        for suffix in (".ptl", ".onnx", ".pte", "-int8.pte", "-int8.onnx", "-int8.ptl", ".json"):
             assert (run / "export" / f"{name}{suffix}").stat().st_size > 0
     bench = json.loads((run / "bench.json").read_text())
     assert {(r["model"], r["runtime"]) for r in bench["rows"]} == {
         (m, r) for m in ("base", "pruned") for r in ("pytorch", "torchscript-lite", "onnxruntime", "executorch",
-                                                     "executorch-int8", "onnxruntime-int8")}
+                                                     "executorch-int8", "onnxruntime-int8", "torchscript-lite-int8")}
     assert "| pruned | onnxruntime |" in (run / "bench.md").read_text()
     assert bench["processes"] == 2 and all(r["latency_ratio_min"] <= r["latency_ratio"] <= r["latency_ratio_max"]
                                            for r in bench["rows"])

@@ -6,8 +6,10 @@ it. Everything is written below the app's build folder except Maven's cache and 
 the Android tools keep them."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import zipfile
@@ -128,10 +130,16 @@ def debug_signing(tools: Tools, env: Mapping[str, str]) -> Signing:
     home = Path(env["ANDROID_USER_HOME"]) if env.get("ANDROID_USER_HOME") else Path(env.get("HOME", "~")) / ".android"
     keystore = home.expanduser() / "debug.keystore"
     if not keystore.is_file():
-        home.expanduser().mkdir(parents=True, exist_ok=True)
-        _run([tools.keytool, "-genkeypair", "-keystore", str(keystore), "-storepass", DEBUG_PASSWORD, "-alias",
-              DEBUG_ALIAS, "-keypass", DEBUG_PASSWORD, "-keyalg", "RSA", "-keysize", "2048", "-validity", "10000",
-              "-dname", "CN=Android Debug,O=Android,C=US"], "keytool (making the debug key)", tools.env)
+        keystore.parent.mkdir(parents=True, exist_ok=True)
+        made = keystore.with_name(f".debug.keystore.{secrets.token_hex(4)}.tmp")
+        try:
+            _run([tools.keytool, "-genkeypair", "-keystore", str(made), "-storepass", DEBUG_PASSWORD, "-alias",
+                  DEBUG_ALIAS, "-keypass", DEBUG_PASSWORD, "-keyalg", "RSA", "-keysize", "2048", "-validity", "10000",
+                  "-dname", "CN=Android Debug,O=Android,C=US"], "keytool (making the debug key)", tools.env)
+            with contextlib.suppress(FileExistsError):  # another build made one meanwhile: every build uses that one
+                os.link(made, keystore)
+        finally:
+            made.unlink(missing_ok=True)
     return Signing(keystore, DEBUG_ALIAS)
 
 
