@@ -200,6 +200,7 @@ def apk_path(runtime: str = "executorch", variant: str = "debug", app_dir: Path 
 
 
 BUILDERS = ("auto", "gradle", "direct")
+ABIS = ("arm64-v8a", "armeabi-v7a", "x86", "x86_64")  # Android's ABIs (a runtime's AAR ships some of them)
 KEYSTORE_PASSWORD_ENV = "PRUNEDROID_KEYSTORE_PASSWORD"  # a release keystore's password: never on a command line
 
 
@@ -222,6 +223,10 @@ def _check_request(request: ApkRequest, env: Mapping[str, str]) -> None:
         raise PrunedroidError(f"--variant must be debug or release, got {request.variant!r}")
     if request.builder not in BUILDERS:
         raise PrunedroidError(f"--builder must be one of {', '.join(BUILDERS)}, got {request.builder!r}")
+    if request.abis is not None and (not request.abis or len(set(request.abis)) != len(request.abis)
+                                     or not set(request.abis) <= set(ABIS)):
+        raise PrunedroidError(f"--abi takes comma-separated ABIs among {', '.join(ABIS)}, each once; got "
+                              f"{','.join(request.abis)!r}")
     if (request.keystore is None) != (request.key_alias is None):
         raise PrunedroidError("--keystore and --key-alias go together: give both to sign with your key, or neither "
                               "for the debug key")

@@ -25,7 +25,7 @@ from prunedroid.deploy import export_checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import vgg16_spec
 from prunedroid.sidecar import Sidecar
-from tests.conftest import ROOT, project_env
+from tests.conftest import ROOT, project_env, run_invoke_each
 from tests.test_prune import trained_like
 
 TOOLS = ("java", "javac", "keytool", "mvn", "aapt2", "apksigner", "aapt", "dexdump")
@@ -165,16 +165,28 @@ def test_nothing_outside_the_build_folder_is_written_but_the_debug_key(built):
 
 
 @needs_tools
-def test_the_int8_ptl_builds_too(tmp_path, app_dir, exported, synthetic_data):
+def test_the_int8_ptl_builds_too_as_a_release_signed_with_your_key(tmp_path, app_dir, exported, synthetic_data):
     """`invoke export --quantize int8` writes an int8 .ptl (QNNPACK's operators, which the pinned runtime's library
-    registers); `build-apk --runtime lite --precision int8` stages it."""
-    sidecar = exported
-    request = android.ApkRequest(runtime="lite", precision="int8", builder="direct")
+    registers); `build-apk --runtime lite --precision int8 --variant release --keystore K --key-alias A` stages it
+    and signs with that key, its password read from the environment."""
+    keystore = tmp_path / "release.p12"
+    real_tool("keytool", "-genkeypair", "-keystore", str(keystore), "-storepass", "s3cret pass", "-alias", "upload",
+              "-keyalg", "RSA", "-keysize", "2048", "-validity", "2", "-dname", "CN=Prunedroid Test Release")
+    request = android.ApkRequest(variant="release", runtime="lite", precision="int8", builder="direct",
+                                 keystore=keystore, key_alias="upload")
     env = {**os.environ, "ANDROID_USER_HOME": str(tmp_path / "android-home")}
-    apk = android.build_apk(sidecar, lambda: synthetic_data.test, request, app_dir, env)
-    assert re.search(r"Verified using v[23] scheme \(APK Signature Scheme v[23]\): true",
-                     real_tool("apksigner", "verify", "--verbose", str(apk)))
-    int8 = Sidecar.read(sidecar).int8["ptl"]
+    with pytest.raises(PrunedroidError, match="needs its password in the environment variable "
+                                              "PRUNEDROID_KEYSTORE_PASSWORD"):
+        android.build_apk(exported, lambda: synthetic_data.test, request, app_dir, env)
+    env[android.KEYSTORE_PASSWORD_ENV] = "s3cret pass"
+    apk = android.build_apk(exported, lambda: synthetic_data.test, request, app_dir, env)
+    assert apk == android.apk_path("lite", "release", app_dir)
+    verified = real_tool("apksigner", "verify", "--verbose", "--print-certs", str(apk))
+    assert re.search(r"Verified using v[23] scheme \(APK Signature Scheme v[23]\): true", verified)
+    assert "CN=Prunedroid Test Release" in verified
+    assert "application-debuggable" not in real_tool("aapt", "dump", "badging", str(apk))
+    assert not (tmp_path / "android-home").exists()  # a release signed with your key makes no debug key
+    int8 = Sidecar.read(exported).int8["ptl"]
     with zipfile.ZipFile(apk) as zipped:
         assert hashlib.sha256(zipped.read("assets/model.ptl")).hexdigest() == int8.sha256
         staged = json.loads(zipped.read("assets/model.json"))["app_model"]
@@ -292,6 +304,21 @@ def test_a_model_calling_an_operator_the_runtime_lacks_is_refused(tmp_path, expo
                                               r"\.aar's interpreter does not register"):
         android.build_apk(exported, lambda: synthetic_data.test, request, app_dir, fake_maven_env(tmp_path, fake_m2))
     assert no_apk_left(app_dir)
+
+
+def test_odd_build_options_are_refused_before_anything_is_read(tmp_path):
+    missing = tmp_path / "none.json"  # refused before the model is looked for
+    cases = ((("--abi", "arm64-v8a,,x86"), "--abi takes comma-separated ABIs among arm64-v8a, armeabi-v7a, x86, "
+                                           "x86_64, each once; got 'arm64-v8a,,x86'"),
+             (("--abi", "x86_64,x86_64"), "each once; got 'x86_64,x86_64'"),
+             (("--abi", "mips"), "got 'mips'"),
+             (("--builder", "bazel"), "--builder must be one of auto, gradle, direct, got 'bazel'"),
+             (("--keystore", "k.jks"), "--keystore and --key-alias go together"),
+             (("--keystore", str(missing), "--key-alias", "a"), "--keystore signs a release build"))
+    results = run_invoke_each([(("build-apk", "--model", str(missing), *args), tmp_path) for args, _ in cases])
+    for (_, said), result in zip(cases, results):
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
+    assert not tmp_path.joinpath("k.jks").exists()
 
 
 def test_missing_tools_are_one_line_naming_the_packages(tmp_path):
