@@ -438,7 +438,7 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", o
 @command(name="build-apk", help={"model": "sidecar JSON written by `invoke export` (default: export/model.json)",
                               "variant": "debug (default; what bench-device needs) or release",
                               "runtime": "executorch (the .pte, default) or lite (the .ptl on PyTorch Mobile)",
-                              "precision": "fp32 (default) or int8 (the -int8.pte of `invoke export --quantize int8`)",
+                              "precision": "fp32 (default) or int8 (-int8.pte / -int8.ptl of `export --quantize int8`)",
                               "builder": "auto (default: Gradle when it and an Android SDK are there, else direct), "
                                          "gradle, or direct (aapt2, javac, D8 and apksigner, no Gradle)",
                               "abi": "with the direct builder: comma-separated ABIs to package (default: the "

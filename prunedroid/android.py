@@ -1,5 +1,5 @@
 """The Python side of the Android app: check the build prerequisites, stage an exported model and its sidecar, the
-labels and sample images into the app's assets, and run Gradle.
+labels and sample images into the app's assets, and build the APK: with Gradle, or without it (prunedroid.apk).
 
 Everything the app needs to preprocess like training - input shape, mean, std, class names - comes from the export's
 sidecar; the app reads it as an asset and never retypes it.

@@ -42,7 +42,8 @@ def test_evaluate_reports_top1_and_cost(tmp_path, cifar_dir, synthetic_data):
 
 
 def test_no_tests_collected_is_a_failure():
-    result = run_invoke("test", "--args", "-k no_test_has_this_name_zz tests/test_data.py")  # one file: quicker
+    # One file and one process (no xdist workers to start): quicker, and the exit code is pytest's either way.
+    result = run_invoke("test", "--workers", "0", "--args", "-k no_test_has_this_name_zz tests/test_data.py")
     assert result.returncode == 5 and "pytest collected no tests" in result.stderr
 
 
