@@ -86,6 +86,8 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
           + f"), params {report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 "
           f"right after pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})",
           flush=True)
+    for whole in report.get("left_whole") or []:  # a budget is shared among the rest: say which convs never shrink
+        print(f"left whole: {', '.join(whole['convs'])}: {whole['reason']}", flush=True)
     return report
 
 

@@ -105,9 +105,14 @@ def test_a_model_with_nothing_to_prune_and_bad_options_are_clear_errors():
     from prunedroid.errors import PrunedroidError
 
     model, _ = model_and_data()
-    with pytest.raises(PrunedroidError, match="no prunable channel groups"):
+    with pytest.raises(PrunedroidError, match=r"no prunable channel groups .*: 0: not read by any layer \(the "
+                                              r"model's output\)"):
         prunedroid.prune(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), torch.zeros(1, 3, 8, 8), "l1",
                          mac_reduction=0.5)
+    with pytest.raises(PrunedroidError, match=r"0: read or normalised by 1 \(GroupNorm\), which the library does "
+                                              r"not cut"):
+        prunedroid.prune(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Conv2d(4, 4, 3), nn.GroupNorm(2, 4),
+                                       nn.Flatten()), torch.zeros(1, 3, 8, 8), "l1", mac_reduction=0.1)
     with pytest.raises(PrunedroidError, match="unknown scp options: radius"):
         prunedroid.prune(model, torch.zeros(1, 3, 32, 32), "scp", mac_reduction=0.5, radius=3)
     with pytest.raises(PrunedroidError, match="unknown pruning method 'magic'"):
@@ -127,3 +132,26 @@ def test_export_names_stay_in_their_folder(tmp_path):
         with pytest.raises(PrunedroidError, match="plain name"):
             prunedroid.export(model, torch.zeros(1, 3, 32, 32), tmp_path / "out", name)
     assert list(tmp_path.rglob("*")) == [tmp_path / "out"]
+
+
+class _GroupNormBlock(nn.Module):
+    """A conv normalised by GroupNorm (channels the library does not cut) between prunable ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.middle, self.bn = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head, self.fc = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.middle(self.norm(self.stem(x)).relu())
+        return self.fc(self.head(self.bn(x).relu()).mean((2, 3)))
+
+
+def test_channels_left_whole_are_named_with_the_reason():
+    result = prunedroid.prune(_GroupNormBlock().eval(), torch.zeros(1, 3, 8, 8), "l1", ratio=0.5)
+    assert result.report["groups"] == [["middle"], ["head"]]
+    assert result.report["left_whole"] == [
+        {"convs": ["stem"], "reason": "read or normalised by norm (GroupNorm), which the library does not cut"}]
+    assert (result.model.stem.out_channels, result.model.middle.out_channels, result.model.head.out_channels) == \
+        (8, 8, 8)

@@ -211,7 +211,9 @@ def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod,
            remember_curves: Callable[[str, Callable[[], list[Curve]]], list[Curve]] | None) -> tuple[nn.Module, dict]:
     graph = channel_graph(model, example_input)
     if not graph.groups:
-        raise PrunedroidError("the model has no prunable channel groups (a conv whose output another layer reads)")
+        why = "; ".join(f"{', '.join(whole.producers)}: {whole.reason}" for whole in graph.left_whole[:4])
+        raise PrunedroidError(f"the model has no prunable channel groups (a conv whose output another layer reads): "
+                              f"{why or 'it has no ungrouped Conv2d'}")
     allocation, per_group = {"allocation": "uniform"}, budget
     if budget is not None and budget.allocation != "uniform":
         key = json.dumps([method_name(method), method_options(method), seed])
@@ -245,6 +247,7 @@ def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod,
         "params_before": before.params, "params_after": after.params, "mac_reduction": 1 - after.macs / before.macs,
         "param_reduction": 1 - after.params / before.params,
         "groups": [list(group.producers) for group in graph.groups],
+        "left_whole": [{"convs": list(whole.producers), "reason": whole.reason} for whole in graph.left_whole],
     }
     return pruned, report
 

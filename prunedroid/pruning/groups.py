@@ -32,6 +32,15 @@ class Consumer:
 
 
 @dataclass(frozen=True)
+class WholeGroup:
+    """Channels the library leaves whole: the convs producing them, and why (what reads or normalises them that the
+    library does not cut, or that nothing reads them)."""
+
+    producers: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class ChannelGroup:
     """index: position among the model's prunable groups, in module order; channels: how many there are now.
     producers: the convs whose output channels these are (the first creates them; a residual addition adds more, a
@@ -113,6 +122,7 @@ class ChannelGraph:
 
     groups: tuple[ChannelGroup, ...]
     layers: tuple[Layer, ...]
+    left_whole: tuple[WholeGroup, ...] = ()
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -194,27 +204,36 @@ def _group_members(model: nn.Module, graph: Any, conv: nn.Conv2d) -> tuple[list,
 def channel_graph(model: nn.Module, example_input: torch.Tensor) -> ChannelGraph:
     """The prunable groups of `model` (any nn.Module of Conv2d, Linear, BatchNorm and parameter-free operations) and
     its layers' costs, traced on `example_input`, e.g. (1, 3, 32, 32)."""
-    groups = channel_groups(model, dependency_graph(model, example_input))
-    return ChannelGraph(tuple(groups), tuple(_layers(model, example_input, groups)))
+    groups, left_whole = _classified_groups(model, dependency_graph(model, example_input))
+    return ChannelGraph(tuple(groups), tuple(_layers(model, example_input, groups)), tuple(left_whole))
 
 
 def channel_groups(model: nn.Module, dependencies: Any) -> list[ChannelGroup]:
     """The prunable groups in `dependencies` (dependency_graph(model, ...)), ordered by their first producer's place
     in model.modules(); a group that cannot be pruned (see the module docstring) is left out."""
+    return _classified_groups(model, dependencies)[0]
+
+
+def _classified_groups(model: nn.Module, dependencies: Any) -> tuple[list[ChannelGroup], list[WholeGroup]]:
+    """(the prunable groups, in channel_groups' order; the groups left whole, with the reason)."""
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     groups: list[ChannelGroup] = []
+    left_whole: list[WholeGroup] = []
     seen: set[str] = set()
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d) or _is_depthwise(module) or name in seen:
             continue
         producers, norms, consumers, foreign = _group_members(model, dependencies, module)
         seen.update(producers)
-        if not consumers or foreign:
-            continue
         producers.sort(key=order.__getitem__)
+        if not consumers or foreign:
+            reason = (f"read or normalised by {', '.join(sorted(foreign))}, which the library does not cut" if foreign
+                      else "not read by any layer (the model's output)")
+            left_whole.append(WholeGroup(tuple(producers), reason))
+            continue
         groups.append(ChannelGroup(len(groups), module.out_channels, tuple(producers), tuple(sorted(norms)),
                                    tuple(sorted(set(consumers), key=lambda c: order[c.module]))))
-    return groups
+    return groups, left_whole
 
 
 def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[ChannelGroup]) -> list[Layer]:
