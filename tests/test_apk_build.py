@@ -285,8 +285,8 @@ def test_a_damaged_library_in_mavens_cache_is_refused(tmp_path, exported, app_di
 def test_an_abi_the_runtime_does_not_ship_is_refused(tmp_path, exported, app_dir, fake_m2,
                                                      synthetic_data):
     env = fake_maven_env(tmp_path, fake_m2)
-    request = android.ApkRequest(runtime="lite", builder="direct", abis=("arm64-v8a", "mips"))
-    with pytest.raises(PrunedroidError, match=r"--abi mips: pytorch_android_lite-1\.12\.2\.aar ships native code "
+    request = android.ApkRequest(runtime="lite", builder="direct", abis=("arm64-v8a", "x86"))
+    with pytest.raises(PrunedroidError, match=r"--abi x86: pytorch_android_lite-1\.12\.2\.aar ships native code "
                                               r"for arm64-v8a, x86_64 only"):
         android.build_apk(exported, lambda: synthetic_data.test, request, app_dir, env)
     assert no_apk_left(app_dir)
