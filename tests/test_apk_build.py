@@ -383,3 +383,16 @@ def test_the_archive_aligns_stored_entries_and_is_reproducible(tmp_path):
     real_tool("zipalign", "-c", "-p", "4", str(first)) if shutil.which("zipalign") else None
     with pytest.raises(ValueError, match="duplicate APK entries"):
         archive.write_apk(entries[:2] + entries[:1], tmp_path / "c.apk")
+
+
+def test_a_damaged_build_gradle_is_one_line_naming_what_it_lacks(app_dir):
+    gradle = app_dir / "app" / "build.gradle"
+    text = gradle.read_text()
+    assert read_gradle_app(app_dir).build_config["PYTORCH_LITE_VERSION"] == android.runtime_version(app_dir)
+    for removed, said in (("def executorchVersion = '1.5.1'\n", r"uses \$\{executorchVersion\} without a `def "
+                                                                 r"executorchVersion = '...'`"),
+                          ("        minSdk 24\n", "declares no minSdk"),
+                          ("noCompress += ['ptl', 'pte']", "declares no noCompress")):
+        gradle.write_text(text.replace(removed, ""))
+        with pytest.raises(PrunedroidError, match=said):
+            read_gradle_app(app_dir)

@@ -43,6 +43,10 @@ def read_gradle_app(app_dir: Path) -> GradleApp:
     variables = dict(re.findall(r"^def (\w+) = '([^']+)'", text, flags=re.M))
 
     def expand(value: str) -> str:
+        undefined = [name for name in re.findall(r"\$\{(\w+)\}", value) if name not in variables]
+        if undefined:
+            raise PrunedroidError(f"{path} uses ${{{undefined[0]}}} without a `def {undefined[0]} = '...'`; "
+                                  f"restore it from the repository (git checkout {path.name})")
         return re.sub(r"\$\{(\w+)\}", lambda match: variables[match.group(1)], value)
 
     fields = {name: expand(value) for name, value in
