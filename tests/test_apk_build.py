@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,10 @@ def test_missing_tools_are_one_line_naming_the_packages(tmp_path):
     message = str(missing.value)
     assert "\n" not in message and "missing aapt2, apksigner" in message
     assert "sudo apt-get install aapt apksigner" in message
+    newer = replace(read_gradle_app(android.APP_DIR), compile_sdk=99)  # a bump this build has no classes for
+    with pytest.raises(PrunedroidError, match=r"compileSdk 99 without an Android SDK: no Robolectric android-all is "
+                                              r"known for it .*; set ANDROID_HOME to an SDK with platforms/android-99"):
+        direct.find_tools(newer, {"PATH": os.environ.get("PATH", "")})
     with pytest.raises(PrunedroidError, match=r"missing java, javac, keytool, mvn, aapt2, apksigner.*"
                                               r"apt-get install aapt apksigner maven openjdk-17-jdk-headless"):
         direct.find_tools(read_gradle_app(android.APP_DIR), {"PATH": str(tmp_path / "nothing")})

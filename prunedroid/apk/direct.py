@@ -99,6 +99,10 @@ def find_tools(app: GradleApp, env: Mapping[str, str]) -> Tools:
         missing.append(f"java (JDK {MIN_JDK}+, found {f'JDK {major}' if major else 'an unreadable version'})")
     if not sdk and not DEBIAN_FRAMEWORK.is_file():
         missing.append("framework-res.apk")
+    if not sdk and app.compile_sdk not in ANDROID_ALL:
+        raise PrunedroidError(f"compileSdk {app.compile_sdk} without an Android SDK: no Robolectric android-all is "
+                              f"known for it (prunedroid/apk/direct.py ANDROID_ALL: {sorted(ANDROID_ALL)}); set "
+                              f"ANDROID_HOME to an SDK with platforms/android-{app.compile_sdk}, or add its row")
     if missing:
         packages = sorted({PACKAGES[name.split(" ")[0]] for name in missing})
         raise PrunedroidError(f"cannot build the APK without Gradle: missing {', '.join(missing)}; install "
