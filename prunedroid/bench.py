@@ -22,7 +22,7 @@ from torch import nn
 from prunedroid import data as cifar
 from prunedroid import pte
 from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import fold_batchnorm
+from prunedroid.deploy import fold_batchnorm, qnnpack_engine
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import read_json
 from prunedroid.options import MAX_THREADS, is_finite_number
@@ -140,11 +140,10 @@ def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> Runti
 
     pte.set_threads(threads)
     def run_lite(path: Path) -> Predictor:
-        module = torch.jit.mobile._load_for_lite_interpreter(str(path))
+        with qnnpack_engine():  # int8 weights are packed at load for the engine the phone uses; the caller's stays
+            module = torch.jit.mobile._load_for_lite_interpreter(str(path))
         return lambda x: module(x)
 
-    # The lite interpreter's int8 kernels as on the phone: QNNPACK, the engine its weights are packed for at load.
-    torch.backends.quantized.engine = "qnnpack"
     load = {"torchscript-lite": run_lite, "torchscript-lite-int8": run_lite, "onnxruntime": run_onnx,
             "onnxruntime-int8": run_onnx, "executorch": pte.predictor, "executorch-int8": pte.predictor}
     return {"pytorch": (run_eager, state.getbuffer().nbytes),
