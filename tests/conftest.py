@@ -41,7 +41,12 @@ def no_data_unless_given(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("CIFAR10_DIR", str(tmp_path_factory.mktemp("no-cifar10")))
 
 
-def run_invoke(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+# A guard against a hang, not a speed target: a smoke pipeline takes about 2 minutes alone on 2 cores and more than 5
+# when the machine is shared with other work, which must not fail a test.
+HANG_GUARD_S = 1200
+
+
+def run_invoke(*args: str, timeout: float = HANG_GUARD_S, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`invoke ARGS` as a user types it, in a fresh interpreter, from the project root or from `cwd` (tasks.py is
     found through --search-root)."""
     return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args], cwd=cwd,
@@ -54,7 +59,7 @@ def project_env() -> dict[str, str]:
 
 
 def run_invoke_each(calls: list[tuple[tuple[str, ...], Path]], env: dict[str, str] | None = None,
-                    timeout: float = 300) -> list[subprocess.CompletedProcess]:
+                    timeout: float = HANG_GUARD_S) -> list[subprocess.CompletedProcess]:
     """run_invoke for each (args, cwd) in `calls`, with `env` set, all in one fresh interpreter (tests/invoke_each.py):
     one torch import instead of one per command, for command lines that end before any work (help, refusals). A
     command that starts processes of its own is for run_invoke: their output would not be captured here."""
