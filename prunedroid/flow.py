@@ -86,8 +86,12 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
           + f"), params {report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 "
           f"right after pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})",
           flush=True)
-    for whole in report.get("left_whole") or []:  # a budget is shared among the rest: say which convs never shrink
+    wholes = report.get("left_whole") or []
+    for whole in wholes[:3]:  # a budget is shared among the rest: say which convs never shrink
         print(f"left whole: {', '.join(whole['convs'])}: {whole['reason']}", flush=True)
+    if len(wholes) > 3:
+        print(f"left whole: {len(wholes) - 3} more groups ({sum(len(w['convs']) for w in wholes[3:])} convs), listed "
+              f"in the report's left_whole", flush=True)
     return report
 
 

@@ -158,7 +158,7 @@ def reachable_shapes(graph: ChannelGraph, budget: Budget) -> list[LayerShape]:
     grid = reachable_counts(graph, budget)
     shapes = {}
     for layer in graph.layers:
-        varied = [group for group in dict.fromkeys((layer.in_group, layer.out_group)) if group is not None]
+        varied = layer.varied
         for values in itertools.product(*(grid[group] for group in varied)):
             counts = list(graph.channels)
             for group, value in zip(varied, values):

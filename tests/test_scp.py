@@ -10,7 +10,7 @@ from prunedroid.errors import PrunedroidError
 from prunedroid.pruned import example_input, prune_model
 from prunedroid.pruning import Budget, LayerChannels, SCPConfig, kept_counts, scp
 from prunedroid.pruning.l1 import filter_l1
-from prunedroid.pruning.scp import Consumer, Cost, choose_removals, consumers_of, following_norms, removal_costs
+from prunedroid.pruning.scp import Reader, Cost, choose_removals, consumers_of, following_norms, removal_costs
 from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from prunedroid.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
@@ -175,7 +175,7 @@ def test_pruning_loss_equals_the_consumer_output_error(centred):
     generator = torch.Generator().manual_seed(7)
     maps = torch.relu(torch.randn(6, 5, 8, 8, generator=generator)).double()
     weight = torch.randn(4, 5, 3, 3, generator=generator).double()
-    costs = removal_costs([maps], [Consumer(weight, (1, 1))], 1, 3, "lstsq", centred, batch_size=4)
+    costs = removal_costs([maps], [Reader(weight, (1, 1))], 1, 3, "lstsq", centred, batch_size=4)
     original = F.conv2d(maps, weight, padding=1)
 
     def change(removed: int, kept: int, factor: float) -> float:

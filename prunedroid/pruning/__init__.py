@@ -211,8 +211,11 @@ def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod,
            remember_curves: Callable[[str, Callable[[], list[Curve]]], list[Curve]] | None) -> tuple[nn.Module, dict]:
     graph = channel_graph(model, example_input)
     if not graph.groups:
-        why = "; ".join(f"{', '.join(whole.producers)}: {whole.reason}" for whole in graph.left_whole[:4])
-        raise PrunedroidError(f"the model has no prunable channel groups (a conv whose output another layer reads): "
+        why = "; ".join(f"{', '.join(whole.producers[:3])}{' ...' if len(whole.producers) > 3 else ''}: "
+                        f"{whole.reason}" for whole in graph.left_whole[:2])
+        if len(graph.left_whole) > 2:
+            why += f"; and {len(graph.left_whole) - 2} more groups"
+        raise PrunedroidError(f"the model has no channel group the library can prune: "
                               f"{why or 'it has no ungrouped Conv2d'}")
     allocation, per_group = {"allocation": "uniform"}, budget
     if budget is not None and budget.allocation != "uniform":

@@ -61,7 +61,7 @@ def check_reachable(graph: ChannelGraph, budget: Budget,
         fix = "lower `min_keep`" + (" or `round_to`" if rounded else "")
         raise PrunedroidError(f"a {budget.target:.0%} {budget.measure} reduction cannot be reached with every layer "
                               f"keeping at least {budget.min_keep:.0%} of its channels{rounded} (at most {most:.1%}); "
-                              f"{fix}, or ask for less")
+                              f"{fix}, or ask for less" + graph.whole_note)
     return lowest
 
 

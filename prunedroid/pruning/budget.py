@@ -236,7 +236,8 @@ def kept_counts(graph: ChannelGraph, budget: Budget) -> list[int]:
     most = graph.mac_reduction([min(c, step) for c in original])
     if target > most:
         raise PrunedroidError(f"a {target:.0%} MAC reduction cannot be reached: keeping {step} channel(s) per layer "
-                            f"removes only {most:.1%}; ask for less" + (" or a smaller `round_to`" if step > 1 else ""))
+                            f"removes only {most:.1%}; ask for less" + (" or a smaller `round_to`" if step > 1 else "")
+                            + graph.whole_note)
     low, high = 0.0, 1.0
     for _ in range(40):
         middle = (low + high) / 2
@@ -288,7 +289,7 @@ def trim_to_target(graph: ChannelGraph, counts: Sequence[int], budget: Budget, f
                             f"{reached:.1%})"
                             + (f"; channel steps of {step} are too coarse for this model: try a smaller `round_to`"
                                if step > 1 else "")
-                            + ("" if budget.allocation == "uniform" else "; or lower `min_keep`"))
+                            + ("" if budget.allocation == "uniform" else "; or lower `min_keep`") + graph.whole_note)
     return counts
 
 

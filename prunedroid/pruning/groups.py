@@ -6,12 +6,19 @@ producer's channels, a depthwise conv that carries them from its input to its ou
 several input features of a Linear. One group is one such set, and pruning keeps the same channel indices in every
 tensor of it. Nothing here knows a model's name: a VGG, a ResNet or a user's own CNN all take this path.
 
-A group is prunable when its channels are produced by an ungrouped conv and read by at least one layer: a conv whose
-output is the model's output has nothing to fold into, and grouped (not depthwise) convs would need whole groups of
-channels cut at once, which no budget here counts in; both stay whole.
+A concatenation puts a group's channels after other channels in what a consumer reads: each consumer records the
+offset at which the group's channel 0 arrives, so scores, folds and costs read the group's own positions.
+
+A group is prunable when its channels are produced by ungrouped convs and read by at least one layer, each channel in
+its own place. It stays whole, with the reason recorded, when its output is the model's output (nothing to fold
+into), when a grouped (not depthwise) conv produces or reads it (cutting it would need the same channels cut in every
+convolution group), when a layer with parameters the library does not cut (GroupNorm, LayerNorm) normalises it, or
+when its channels reach a layer reordered (a channel shuffle) or only partly (a conv whose output is split).
 """
 from __future__ import annotations
 
+import dataclasses
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,10 +32,17 @@ from prunedroid.errors import PrunedroidError
 @dataclass(frozen=True)
 class Consumer:
     """A layer reading a group's channels as its input: `module` (a Conv2d or a Linear), reading `repeat` input
-    features per channel (a Linear after flattening an H x W map reads H*W per channel, channel-major)."""
+    features per channel (a Linear after flattening an H x W map reads H*W per channel, channel-major). The group's
+    channel c is the layer's input channel `offset` + c (features (offset + c) * repeat ...): a concatenation in
+    front of it puts `offset` other channels first."""
 
     module: str
     repeat: int = 1
+    offset: int = 0
+
+    def channels(self, count: int) -> slice:
+        """The layer's input channels that are the group's (`count` of them)."""
+        return slice(self.offset, self.offset + count)
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,10 @@ class LayerShape:
     groups: int = 1
 
     @property
+    def depthwise(self) -> bool:
+        return 1 < self.groups == self.inputs == self.outputs
+
+    @property
     def key(self) -> str:
         if self.size == 0:
             return f"linear {self.inputs}->{self.outputs}"
@@ -82,35 +100,49 @@ class LayerShape:
 
 
 @dataclass(frozen=True)
+class Read:
+    """A layer's input channels that one group sets: `repeat` input features per channel of group `group`."""
+
+    group: int
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
 class Layer:
-    """A Conv2d or Linear of the model and which groups set its widths (None: fixed).
-    out_group: the group its output channels belong to; in_group: the group it reads (a depthwise conv's input is
-    its own output group); positions: output values per output channel for one input (H_out*W_out; 1 for a
-    Linear on a vector); shape: its LayerShape at full width."""
+    """One call of a Conv2d or Linear of the model (a module called twice is two Layers) and which groups set its
+    widths. out_group: the group its output channels belong to (None: fixed); reads: the groups its input is made of
+    (several behind a concatenation; a depthwise conv reads its own output group), the rest of its input (`fixed`
+    channels or features) comes from channels left whole; positions: output values per output channel for one input
+    (H_out*W_out; 1 for a Linear on a vector); shape: its LayerShape at full width."""
 
     module: str
     out_group: int | None
-    in_group: int | None
-    repeat: int
+    reads: tuple[Read, ...]
+    fixed: int
     positions: int
     shape: LayerShape
+
+    @property
+    def varied(self) -> tuple[int, ...]:
+        """The groups that set its widths, each once."""
+        out = () if self.out_group is None else (self.out_group,)
+        return tuple(dict.fromkeys((*(read.group for read in self.reads), *out)))
 
     def width(self, counts: Sequence[int]) -> tuple[int, int]:
         """(input, output) channels with `counts` channels per group."""
         outputs = self.shape.outputs if self.out_group is None else counts[self.out_group]
-        if self.shape.groups > 1:  # depthwise: one input channel per output channel
+        if self.shape.depthwise:  # one input channel per output channel
             return outputs, outputs
-        inputs = self.shape.inputs if self.in_group is None else counts[self.in_group] * self.repeat
-        return inputs, outputs
+        return self.fixed + sum(counts[read.group] * read.repeat for read in self.reads), outputs
 
     def macs(self, counts: Sequence[int]) -> int:
         inputs, outputs = self.width(counts)
-        per_output = (1 if self.shape.groups > 1 else inputs) * self.shape.kernel ** 2
-        return self.positions * outputs * per_output
+        groups = outputs if self.shape.depthwise else self.shape.groups
+        return self.positions * outputs * inputs // groups * self.shape.kernel ** 2
 
     def shape_at(self, counts: Sequence[int]) -> LayerShape:
         inputs, outputs = self.width(counts)
-        groups = outputs if self.shape.groups > 1 else 1
+        groups = outputs if self.shape.depthwise else self.shape.groups
         return LayerShape(inputs, outputs, self.shape.size, self.shape.kernel, self.shape.stride, self.shape.padding,
                           groups)
 
@@ -138,6 +170,27 @@ class ChannelGraph:
     def mac_reduction(self, counts: Sequence[int]) -> float:
         """Fraction of the model's MACs removed when its groups keep `counts` channels."""
         return 1 - self.macs(counts) / self.macs()
+
+    @property
+    def whole_note(self) -> str:
+        """For an error about what a budget can reach: "; N convs are left whole (the first reason ...)", or ""."""
+        if not self.left_whole:
+            return ""
+        convs = sum(len(whole.producers) for whole in self.left_whole)
+        first = self.left_whole[0]
+        others = len(self.left_whole) - 1
+        more = f"; {others} more groups in the report's left_whole" if others else ""
+        return (f"; {convs} conv{'s' if convs > 1 else ''} {'are' if convs > 1 else 'is'} left whole and cannot "
+                f"shrink ({', '.join(first.producers)}: {first.reason}{more})")
+
+    def at(self, group: ChannelGroup, counts: Sequence[int]) -> ChannelGroup:
+        """`group` as a model whose groups keep `counts` channels reads it (methods that cut group by group): each
+        consumer's offset moved back by the channels cut from the groups concatenated before it."""
+        shift = lambda consumer: sum(other.channels - counts[other.index] for other in self.groups
+                                     for earlier in other.consumers
+                                     if earlier.module == consumer.module and earlier.offset < consumer.offset)
+        return dataclasses.replace(group, consumers=tuple(dataclasses.replace(c, offset=c.offset - shift(c))
+                                                          for c in group.consumers))
 
     def layer_shapes(self, counts: Sequence[int] | None = None) -> list[LayerShape]:
         counts = self.channels if counts is None else counts
@@ -170,35 +223,84 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> Any:
         with torch.enable_grad():  # Torch-Pruning traces through autograd, even when called under no_grad
             return tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_input)
     except Exception as err:  # tracing runs the user's forward: any failure there is theirs to see, in one line
+        if "index_mapping" in traceback.extract_tb(err.__traceback__)[-1].filename:
+            raise PrunedroidError(f"Torch-Pruning's dependency graph cannot follow this model's channels through a "
+                                  f"reshape that splits them into groups (a channel shuffle, as in ShuffleNet: "
+                                  f"{type(err).__name__}: {err}), so no channel group can be found; prune a model "
+                                  f"without one, or leave the reshape out of the traced forward") from None
         raise PrunedroidError(f"could not trace the model on the example input of shape "
                               f"{tuple(example_input.shape)} to find its channel groups: {err}") from err
     finally:
         model.train(was_training)
 
 
-def _group_members(model: nn.Module, graph: Any, conv: nn.Conv2d) -> tuple[list, list, list, set]:
-    """(producers, norms, consumers, other parameterised modules) of the group `conv`'s output channels start."""
+def _group_members(model: nn.Module, graph: Any,
+                   conv: nn.Conv2d) -> tuple[list[str], list[str], list[Consumer], set[str]]:
+    """(producers, norms, consumers, reasons to leave it whole) of the group `conv`'s output channels start. Every
+    member's channels are checked against the group's own: a producer makes all of them in their order, a consumer
+    reads each in one place per read (Consumer.offset); anything else is a reason to leave the group whole."""
     import torch_pruning as tp
 
     names = {module: name for name, module in model.named_modules()}
-    producers, norms, consumers, foreign = [], [], [], set()
-    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-    for dependency, indices in group:
-        module, handler = dependency.target.module, dependency.handler
+    producers: list[str] = []
+    norms: list[str] = []
+    consumers: list[Consumer] = []
+    foreign: set[str] = set()
+    channels = conv.out_channels
+    try:
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(channels)))
+    except Exception as err:  # Torch-Pruning's index mapping fails on some reshapes (a channel shuffle)
+        foreign.add(f"an operation Torch-Pruning cannot follow the channels through ({type(err).__name__}: {err})")
+        return [names[conv]], norms, consumers, foreign
+    for item in group.items:
+        module, handler = item.dep.target.module, item.dep.handler
         if module not in names:  # Torch-Pruning's own nodes for additions, reshapes and activations
             continue
+        name, by_root = names[module], _positions(item.idxs, item.root_idxs, channels)
         cuts_outputs = handler.__name__.endswith("out_channels")
         if isinstance(module, nn.Conv2d) and (cuts_outputs or _is_depthwise(module)):
-            producers.append(names[module])
+            producers.append(name)
+            if module.out_channels != channels or by_root != [[c] for c in range(channels)]:
+                foreign.add(f"{name} (only part of its output, or its output reordered)")
         elif isinstance(module, (nn.Conv2d, nn.Linear)) and not cuts_outputs:
-            consumers.append(Consumer(names[module], len(indices) // conv.out_channels))
+            reads = _reads(name, by_root, isinstance(module, nn.Linear))
+            consumers.extend(reads)
+            if not reads:
+                foreign.add(f"{name} (reads the channels reordered, as after a channel shuffle)")
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            norms.append(names[module])
+            norms.append(name)
         elif any(True for _ in module.parameters(recurse=False)) or isinstance(module, nn.Linear):
-            foreign.add(f"{names[module]} ({type(module).__name__})")
-    if _is_grouped(conv) or any(_is_grouped(model.get_submodule(c.module)) for c in consumers):
+            foreign.add(f"{name} ({type(module).__name__})")
+    if any(_is_grouped(model.get_submodule(name)) for name in [*producers, *(c.module for c in consumers)]):
         foreign.add("a grouped convolution")
     return producers, norms, consumers, foreign
+
+
+def _positions(indices: Sequence[int], roots: Sequence[int] | None, channels: int) -> list[list[int]]:
+    """Per channel of the group (Torch-Pruning's root index), the member's sorted positions it maps to."""
+    by_root: list[list[int]] = [[] for _ in range(channels)]
+    for index, root in zip(indices, roots if roots is not None else indices):
+        if 0 <= root < channels:
+            by_root[root].append(int(index))
+    return [sorted(positions) for positions in by_root]
+
+
+def _reads(module: str, by_root: list[list[int]], linear: bool) -> list[Consumer]:
+    """The Consumers `module` is, one per place it reads the group (`by_root`: per group channel, the layer's input
+    positions), or none when the positions are not each channel in its own place at a fixed offset. A Linear's
+    positions come in runs of `repeat` features per channel (a flattened map); a conv's one per read."""
+    first = by_root[0]
+    if not first:
+        return []
+    runs = [index for index, position in enumerate(first) if index == 0 or position != first[index - 1] + 1]
+    repeat = len(first) // len(runs) if linear else 1
+    if linear and (len(first) % len(runs) or any(first[at] % repeat for at in runs)):
+        return []
+    offsets = [first[at] // repeat for at in runs] if linear else first
+    if any(positions != sorted((offset + channel) * repeat + feature for offset in offsets for feature in range(repeat))
+           for channel, positions in enumerate(by_root)):
+        return []
+    return [Consumer(module, repeat, offset) for offset in offsets]
 
 
 def channel_graph(model: nn.Module, example_input: torch.Tensor) -> ChannelGraph:
@@ -227,29 +329,34 @@ def _classified_groups(model: nn.Module, dependencies: Any) -> tuple[list[Channe
         seen.update(producers)
         producers.sort(key=order.__getitem__)
         if not consumers or foreign:
-            reason = (f"read or normalised by {', '.join(sorted(foreign))}, which the library does not cut" if foreign
+            named = sorted(foreign)
+            listed = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+            reason = (f"read or normalised by {listed}, which the library does not cut" if foreign
                       else "not read by any layer (the model's output)")
             left_whole.append(WholeGroup(tuple(producers), reason))
             continue
-        groups.append(ChannelGroup(len(groups), module.out_channels, tuple(producers), tuple(sorted(norms)),
-                                   tuple(sorted(set(consumers), key=lambda c: order[c.module]))))
+        groups.append(ChannelGroup(len(groups), module.out_channels, tuple(producers), tuple(sorted(set(norms))),
+                                   tuple(sorted(set(consumers), key=lambda c: (order[c.module], c.offset)))))
     return groups, left_whole
 
 
 def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[ChannelGroup]) -> list[Layer]:
-    """Every Conv2d and Linear in call order, with the group setting each width and its output positions."""
+    """Every call of a Conv2d or Linear, in call order, with the groups setting its widths and its output
+    positions."""
     out_group = {name: group.index for group in groups for name in group.producers}
-    in_group = {c.module: (group.index, c.repeat) for group in groups for c in group.consumers}
-    seen: dict[str, tuple[int, int, int]] = {}  # module -> (input size, output positions, first call)
+    reads: dict[str, list[tuple[Read, int]]] = {}  # module -> (what it reads, that group's channels)
+    for group in groups:
+        for consumer in group.consumers:
+            reads.setdefault(consumer.module, []).append((Read(group.index, consumer.repeat), group.channels))
+    calls: list[tuple[str, int, int]] = []  # (module, input size, output positions), one per call
 
     def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if name not in seen:
-                if isinstance(module, nn.Conv2d):
-                    size, width = inputs[0].shape[-1], module.out_channels
-                else:
-                    size, width = 0, cast(nn.Linear, module).out_features
-                seen[name] = (size, output.numel() // output.shape[0] // width, len(seen))
+            if isinstance(module, nn.Conv2d):
+                size, width = inputs[0].shape[-1], module.out_channels
+            else:
+                size, width = 0, cast(nn.Linear, module).out_features
+            calls.append((name, size, output.numel() // output.shape[0] // width))
         return hook
 
     modules = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
@@ -262,21 +369,22 @@ def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[Chan
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    layers = []
-    for name in sorted(seen, key=lambda n: seen[n][2]):
-        module, (size, positions, _) = modules[name], seen[name]
-        if isinstance(module, nn.Conv2d):
-            if len(set(module.kernel_size)) != 1 or len(set(module.stride)) != 1 or not isinstance(
-                    module.padding, tuple) or len(set(module.padding)) != 1:
-                raise PrunedroidError(f"{name}: only square kernels, strides and paddings are supported, got "
-                                      f"{module}")
-            shape = LayerShape(module.in_channels, module.out_channels, size, module.kernel_size[0],
-                               module.stride[0], module.padding[0], module.groups)
-        else:
-            shape = LayerShape(module.in_features, module.out_features)
-        group, repeat = in_group.get(name, (None, 1))
-        if _is_depthwise(module):
-            group, repeat = out_group.get(name), 1
-        layers.append(Layer(name, out_group.get(name) if not isinstance(module, nn.Linear) else None, group,
-                            repeat, positions, shape))
-    return layers
+    return [_layer(name, modules[name], size, positions, out_group.get(name), reads.get(name, []))
+            for name, size, positions in calls]
+
+
+def _layer(name: str, module: nn.Module, size: int, positions: int, out_group: int | None,
+           reads: list[tuple[Read, int]]) -> Layer:
+    if isinstance(module, nn.Conv2d):
+        if len(set(module.kernel_size)) != 1 or len(set(module.stride)) != 1 or not isinstance(
+                module.padding, tuple) or len(set(module.padding)) != 1:
+            raise PrunedroidError(f"{name}: only square kernels, strides and paddings are supported, got {module}")
+        shape = LayerShape(module.in_channels, module.out_channels, size, module.kernel_size[0], module.stride[0],
+                           module.padding[0], module.groups)
+    else:
+        shape = LayerShape(cast(nn.Linear, module).in_features, cast(nn.Linear, module).out_features)
+        out_group = None
+    if shape.depthwise:
+        return Layer(name, out_group, () if out_group is None else (Read(out_group),), 0, positions, shape)
+    fixed = shape.inputs - sum(channels * read.repeat for read, channels in reads)
+    return Layer(name, out_group, tuple(read for read, _ in reads), fixed, positions, shape)

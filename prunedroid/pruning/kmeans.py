@@ -22,7 +22,6 @@ by `min_keep`.
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from prunedroid.options import check, option
 from prunedroid.pruning.budget import Budget, Ratio, kept_counts
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, conv_named
 from prunedroid.pruning.method import Calibration, PruningMethod
-from prunedroid.pruning.surgery import Merge, fold_channels, prune_channels
+from prunedroid.pruning.surgery import Cutter, Merge, fold_channels
 
 if TYPE_CHECKING:
     from sklearn.cluster import KMeans
@@ -222,11 +221,13 @@ def prune_kmeans(model: nn.Module, graph: ChannelGraph, example_input: torch.Ten
         raise PrunedroidError("k-means needs a budget with `clusters` budget, and none with `clusters` "
                               "elbow/silhouette")
     counts = kept_counts(graph, budget) if budget is not None else None
-    current = copy.deepcopy(model).eval()  # cut group by group; the caller's model stays as it is
+    cutter = Cutter(model, example_input)  # cut group by group; the caller's model stays as it is
+    current = cutter.model
     generator = np.random.default_rng(seed)
     rows = []
+    now = list(graph.channels)  # channels per group in `current`
     for group in graph.groups:
-        layer = group.index
+        layer, group = group.index, graph.at(group, now)
         points = filter_points(group_filters(current, group), config.normalize)
         curve: dict[int, float] = {}
         if counts is not None:
@@ -240,10 +241,12 @@ def prune_kmeans(model: nn.Module, graph: ChannelGraph, example_input: torch.Ten
             clustering = fit(points, k, config.restarts, seed)
             kept, merges = representatives(points, clustering, k, config.keep, generator)
             inertia, largest = float(clustering.inertia_), int(np.bincount(clustering.labels_).max())
-            state = {key: value.clone() for key, value in current.state_dict().items()}
+            folded = None
             if config.combine == "sum":
-                fold_channels(state, group, merges)
-            current = prune_channels(current, example_input, {layer: kept}, state)
+                folded = current.state_dict()  # fold_channels replaces the weights it edits, never writes in place
+                fold_channels(folded, group, merges)
+            cutter.cut(group, kept, folded)
+            now[layer] = len(kept)
         total = spread(points)
         rows.append({"layer": layer, "channels_before": group.channels, "channels_after": len(kept), "kept": kept,
                      "k": k, "clusters": config.clusters, "inertia_share": inertia / total if total > 0 else 0.0,

@@ -27,7 +27,7 @@ of a forward pass per candidate. The least-squares factor a = tr(A P_rt) / tr(A 
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import functools
 import math
@@ -38,15 +38,16 @@ from typing import ClassVar, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from prunedroid.errors import PrunedroidError
 from prunedroid.options import check, option
 from prunedroid.pruning.budget import Budget, kept_counts
-from prunedroid.pruning.groups import ChannelGraph, ChannelGroup
+from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, Consumer
 from prunedroid.pruning.l1 import group_l1
 from prunedroid.pruning.method import Calibration, PruningMethod, inputs_of
 from prunedroid.pruning.similarity import CRITERIA, Pair, SimilarityAccumulator, channel_similarity, ranked_pairs
-from prunedroid.pruning.surgery import Merge, consumer_weight, fold_channels, prune_channels
+from prunedroid.pruning.surgery import Cutter, Merge, consumer_weight, fold_channels
 
 # How a removed channel's next-layer weights are folded into its twin: "lstsq" scales them by the factor that
 # minimises the pruning loss, "sum" adds them as they are (the paper), "none" drops them (pruning without combination).
@@ -126,7 +127,7 @@ class SCPConfig(PruningMethod):
 
 
 @dataclass(frozen=True)
-class Consumer:
+class Reader:
     """A layer that reads the group's maps: its weights as (out, channels, kh, kw), how it slides over the maps, and
     which of the group's maps it reads (an index into the maps captured for the group)."""
 
@@ -165,7 +166,7 @@ def following_norms(model: nn.Module, example_input: torch.Tensor) -> dict[str, 
 
 
 def consumers_of(model: nn.Module, group: ChannelGroup, norms: dict[str, str], reads: Sequence[int],
-                 loss_at: str = "conv") -> list[Consumer]:
+                 loss_at: str = "conv") -> list[Reader]:
     """The layers reading `group`'s channels. A Linear reading `repeat` features per channel is a convolution with a
     (repeat x 1) kernel over the channels' values laid out as (repeat x 1) maps. reads: per consumer, which captured
     map it reads. loss_at "bn": each weight row is scaled by its output's BatchNorm gain (gamma / running std, from
@@ -177,17 +178,17 @@ def consumers_of(model: nn.Module, group: ChannelGroup, norms: dict[str, str], r
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             raise PrunedroidError(f"{reader.module}: a consumer must be a Conv2d or Linear, got "
                                   f"{type(module).__name__}")
-        weight = consumer_weight(module.weight.detach(), reader.repeat)
+        weight = consumer_weight(module.weight.detach(), reader, group.channels)
         if loss_at == "bn" and reader.module in norms:
             norm = _norm(model, norms[reader.module])
             gain = cast(torch.Tensor, norm.weight).detach() / (cast(torch.Tensor, norm.running_var) + norm.eps).sqrt()
             weight = weight * gain.view(-1, *[1] * (weight.dim() - 1))
         if isinstance(module, nn.Conv2d):
             pair = lambda value: cast(tuple[int, int], tuple(value))
-            consumers.append(Consumer(weight, pair(module.padding), pair(module.stride), pair(module.dilation),
+            consumers.append(Reader(weight, pair(module.padding), pair(module.stride), pair(module.dilation),
                                       read))
         else:
-            consumers.append(Consumer(weight[..., None], (0, 0), maps=read))
+            consumers.append(Reader(weight[..., None], (0, 0), maps=read))
     return consumers
 
 
@@ -201,7 +202,7 @@ class Cost:
     loss_dropped: float
 
 
-def removal_costs(maps: Sequence[torch.Tensor], consumers: Sequence[Consumer], first: int, second: int,
+def removal_costs(maps: Sequence[torch.Tensor], consumers: Sequence[Reader], first: int, second: int,
                   combine: str, centred: bool, batch_size: int) -> dict[tuple[int, int], Cost]:
     """The costs of removing `first` in favour of `second` and the reverse, keyed by (removed, kept).
     maps: the group's maps, (n, C, H, W) each; consumer.maps says which one a consumer reads. centred: measure the
@@ -242,7 +243,7 @@ def removal_costs(maps: Sequence[torch.Tensor], consumers: Sequence[Consumer], f
     return costs
 
 
-def estimated_losses(maps: Sequence[torch.Tensor], consumers: Sequence[Consumer], combine: str, centred: bool,
+def estimated_losses(maps: Sequence[torch.Tensor], consumers: Sequence[Reader], combine: str, centred: bool,
                      batch_size: int) -> torch.Tensor:
     """(C, C) estimate of removal_costs' loss for every (removed, kept) pair, up to a common factor, from one Gram
     matrix: it treats neighbouring positions of a map as uncorrelated, so A P collapses to |W_r|^2 times the error
@@ -366,10 +367,27 @@ class _Captured(Exception):
     """Raised by a capture hook once every map wanted has been seen: the rest of the forward pass is not needed."""
 
 
-def _as_maps(inputs: torch.Tensor, channels: int) -> torch.Tensor:
-    """A consumer's input as (n, channels, H, W) maps: a conv's as it is, a Linear's flattened features as
-    (n, channels, repeat, 1)."""
-    return inputs if inputs.dim() == 4 else inputs.reshape(inputs.shape[0], channels, -1, 1)
+def _forward_until_captured(model: nn.Module, batch: torch.Tensor) -> None:
+    try:
+        model(batch)
+    except _Captured:
+        pass
+
+
+@contextlib.contextmanager
+def _removed_after(handles: list[RemovableHandle]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _as_maps(inputs: torch.Tensor, consumer: Consumer, channels: int) -> torch.Tensor:
+    """The group's part of a consumer's input as (n, channels, H, W) maps: a conv's input channels from the
+    consumer's offset, a Linear's flattened features as (n, channels, repeat, 1)."""
+    maps = inputs if inputs.dim() == 4 else inputs.reshape(inputs.shape[0], -1, consumer.repeat, 1)
+    return maps[:, consumer.channels(channels)]
 
 
 @dataclass
@@ -383,33 +401,48 @@ class GroupMaps:
 
 def read_maps(model: nn.Module, groups: Sequence[ChannelGroup], batch: torch.Tensor) -> list[GroupMaps]:
     """Per group, the maps its consumers read on one batch of inputs (one forward pass, stopped once every consumer
-    has read)."""
-    wanted = {reader.module: group_at for group_at, group in enumerate(groups) for reader in group.consumers}
-    seen: list[list[torch.Tensor]] = [[] for _ in groups]
-    reads: dict[str, int] = {}
+    has read). A layer reading several groups (behind a concatenation) gives each its own channels."""
+    readers: dict[str, list[tuple[int, int]]] = {}  # module -> (group, consumer) positions it reads as
+    for group_at, group in enumerate(groups):
+        for consumer_at, consumer in enumerate(group.consumers):
+            readers.setdefault(consumer.module, []).append((group_at, consumer_at))
+    read = [GroupMaps([], [0] * len(group.consumers)) for group in groups]
+    sources: list[list[tuple[int, int]]] = [[] for _ in groups]  # per map: (id of the input tensor, offset)
+    done: set[str] = set()
 
     def hook(name: str) -> Callable:
         def capture(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            read = seen[wanted[name]]
-            at = next((i for i, earlier in enumerate(read) if inputs[0] is earlier), None)
-            if at is None:
-                read.append(inputs[0])
-                at = len(read) - 1
-            reads.setdefault(name, at)
-            if len(reads) == len(wanted):
+            if name in done:  # a module called again reads as it did first
+                return
+            done.add(name)
+            for group_at, consumer_at in readers[name]:
+                group, consumer = groups[group_at], groups[group_at].consumers[consumer_at]
+                source = (id(inputs[0]), consumer.offset)  # the slice keeps its input alive: ids stay unique
+                if source not in sources[group_at]:
+                    sources[group_at].append(source)
+                    read[group_at].maps.append(_as_maps(inputs[0], consumer, group.channels))
+                read[group_at].reads[consumer_at] = sources[group_at].index(source)
+            if len(done) == len(readers):
                 raise _Captured
         return capture
 
-    hooks = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in wanted]
-    try:
-        model(batch)
-    except _Captured:
-        pass
-    finally:
-        for handle in hooks:
-            handle.remove()
-    return [GroupMaps([_as_maps(maps, group.channels) for maps in read], [reads[c.module] for c in group.consumers])
-            for read, group in zip(seen, groups)]
+    with _removed_after([model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in readers]):
+        _forward_until_captured(model, batch)
+    return read
+
+
+def _distinct(maps: list[torch.Tensor], reads: list[int]) -> tuple[list[torch.Tensor], list[int]]:
+    """`maps` with exact copies dropped (a concatenation hands the same maps to many layers, as in a DenseNet) and
+    `reads` pointing at the one kept."""
+    kept: list[torch.Tensor] = []
+    index: list[int] = []
+    for candidate in maps:
+        at = next((i for i, earlier in enumerate(kept) if torch.equal(earlier, candidate)), None)
+        if at is None:
+            kept.append(candidate)
+            at = len(kept) - 1
+        index.append(at)
+    return kept, [index[read] for read in reads]
 
 
 @torch.no_grad()
@@ -446,16 +479,20 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
     if len(inputs) < config.batch_size:  # a small calibration set is one batch
         config = dataclasses.replace(config, batch_size=len(inputs), eval_images=len(inputs))
     counts = kept_counts(graph, budget) if budget is not None else None
-    current = copy.deepcopy(model).eval()
+    cutter = Cutter(model, example_input)  # cut group by group; the caller's model stays as it is
+    current = cutter.model
     norms = following_norms(current, example_input)
     rows = []
+    now = list(graph.channels)  # channels per group in `current`
     for group in graph.groups:
+        group = graph.at(group, now)
         wanted = None if counts is None else group.channels - counts[group.index]
         if wanted == 0:  # a group the budget leaves whole needs no maps (sensitivity cuts one group at a time)
             rows.append(_layer_row(group, list(range(group.channels)), [], 0))
             continue
         batches = [read_maps(current, [group], batch)[0] for batch in _batches(inputs, config.batch_size)]
-        maps, reads = [torch.cat(parts) for parts in zip(*(read.maps for read in batches))], batches[0].reads
+        maps, reads = _distinct([torch.cat(parts) for parts in zip(*(read.maps for read in batches))],
+                                batches[0].reads)
         del batches
         similarity = channel_similarity((part for read in maps for part in _batches(read, config.batch_size)),
                                         config.criterion)
@@ -469,26 +506,60 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
         if removals:
             state = current.state_dict()
             fold_channels(state, group, [r.merge for r in removals])
-            current = prune_channels(current, example_input, {group.index: keep}, state_dict=state).eval()
+            cutter.cut(group, keep, state)
+            now[group.index] = len(keep)
             if config.recalibrate:
-                _recalibrate(current, group, norms, maps, consumers, keep, config.batch_size)
+                _recalibrate(current, group, norms, maps, consumers, keep, inputs, config.batch_size)
         rows.append(_layer_row(group, keep, removals, pairs))
     return current, rows
 
 
 def _recalibrate(model: nn.Module, group: ChannelGroup, norms: dict[str, str], maps: Sequence[torch.Tensor],
-                 consumers: Sequence[Consumer], keep: list[int], batch_size: int) -> None:
+                 readers: Sequence[Reader], keep: list[int], inputs: torch.Tensor, batch_size: int) -> None:
     """Re-measures the BatchNorm after each consumer of a just-cut group on the consumer's new outputs, so its
-    normalised output keeps the mean and variance the rest of the network was trained on."""
-    for reader, consumer in zip(group.consumers, consumers):
-        if reader.module not in norms:
+    normalised output keeps the mean and variance the rest of the network was trained on. A consumer reading only
+    the group is run on the kept maps; one reading other channels too (behind a concatenation) is measured in a
+    forward pass of `inputs`."""
+    outputs: dict[str, torch.Tensor] = {}
+    whole: list[str] = []
+    for consumer, reader in zip(group.consumers, readers):
+        if consumer.module not in norms or consumer.module in outputs or consumer.module in whole:
             continue
-        module = model.get_submodule(reader.module)
-        kept = maps[consumer.maps][:, keep]
+        module = model.get_submodule(consumer.module)
+        width = module.in_channels if isinstance(module, nn.Conv2d) else cast(nn.Linear, module).in_features
+        if width != len(keep) * consumer.repeat:
+            whole.append(consumer.module)
+            continue
+        kept = maps[reader.maps][:, keep]
         if isinstance(module, nn.Linear):
             kept = kept.flatten(1)
-        outputs = torch.cat([module(batch) for batch in _batches(kept, batch_size)])
-        _set_statistics(_norm(model, norms[reader.module]), outputs)
+        outputs[consumer.module] = torch.cat([module(batch) for batch in _batches(kept, batch_size)])
+    if whole:
+        outputs.update(_outputs(model, whole, inputs, batch_size))
+    for name, values in outputs.items():
+        _set_statistics(_norm(model, norms[name]), values)
+
+
+def _outputs(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """The outputs of the modules `names` (their first call) on `inputs`, each (n, ...), batch by batch, every
+    forward pass stopped once all have run."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    batch_outputs: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable:
+        def capture(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            batch_outputs.setdefault(name, output)
+            if len(batch_outputs) == len(seen):
+                raise _Captured
+        return capture
+
+    with _removed_after([model.get_submodule(name).register_forward_hook(hook(name)) for name in seen]):
+        for batch in _batches(inputs, batch_size):
+            batch_outputs.clear()
+            _forward_until_captured(model, batch)
+            for name, values in seen.items():
+                values.append(batch_outputs[name])
+    return {name: torch.cat(values) for name, values in seen.items()}
 
 
 def _layer_row(group: ChannelGroup, keep: list[int], removals: list[Removal], pairs: int) -> dict:

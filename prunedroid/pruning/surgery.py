@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.pruning.groups import ChannelGroup, channel_groups, dependency_graph
+from prunedroid.pruning.groups import ChannelGroup, Consumer, channel_groups, dependency_graph
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,12 @@ class Merge:
     factor: float
 
 
-def consumer_weight(weight: torch.Tensor, repeat: int) -> torch.Tensor:
-    """A consumer's weight as (out, channels, ...) over the group's channels: a conv's as it is, a Linear reading
-    `repeat` features per channel (channel-major, as flatten lays them out) as (out, channels, repeat)."""
-    return weight if weight.dim() == 4 else weight.reshape(weight.shape[0], -1, repeat)
+def consumer_weight(weight: torch.Tensor, consumer: Consumer, channels: int) -> torch.Tensor:
+    """The part of a consumer's weight that reads the group's `channels` channels, as (out, channels, ...): a
+    conv's input channels from consumer.offset, a Linear's features as (out, channels, repeat) (channel-major, as
+    flatten lays them out). A view: writing it writes `weight`."""
+    view = weight if weight.dim() == 4 else weight.reshape(weight.shape[0], -1, consumer.repeat)
+    return view[:, consumer.channels(channels)]
 
 
 def fold_channels(state_dict: dict[str, torch.Tensor], group: ChannelGroup, merges: Sequence[Merge]) -> None:
@@ -43,7 +45,7 @@ def fold_channels(state_dict: dict[str, torch.Tensor], group: ChannelGroup, merg
     for consumer in group.consumers:
         key = f"{consumer.module}.weight"
         weight = state_dict[key].clone()
-        view = consumer_weight(weight, consumer.repeat)
+        view = consumer_weight(weight, consumer, group.channels)
         for merge in merges:
             view.select(1, merge.kept).add_(view.select(1, merge.removed), alpha=merge.factor)
         state_dict[key] = weight
@@ -53,11 +55,42 @@ def check_keep(groups: Sequence[ChannelGroup], keep: Mapping[int, Sequence[int]]
     for index, channels in keep.items():
         if not 0 <= index < len(groups):
             raise PrunedroidError(f"group {index} is not prunable (prunable: 0..{len(groups) - 1})")
-        count = groups[index].channels
-        if not channels:
-            raise PrunedroidError(f"group {index} would keep no channels; every group keeps at least one")
-        if len(set(channels)) != len(channels) or min(channels) < 0 or max(channels) >= count:
-            raise PrunedroidError(f"group {index}: kept channels must be distinct indices in 0..{count - 1}")
+        _check_kept(groups[index], channels)
+
+
+def _check_kept(group: ChannelGroup, channels: Sequence[int]) -> None:
+    if not channels:
+        raise PrunedroidError(f"group {group.index} would keep no channels; every group keeps at least one")
+    if len(set(channels)) != len(channels) or min(channels) < 0 or max(channels) >= group.channels:
+        raise PrunedroidError(f"group {group.index}: kept channels must be distinct indices in "
+                              f"0..{group.channels - 1}")
+
+
+class Cutter:
+    """A copy of a model and its dependency graph, cut group by group in place (SCP and k-means cut each group after
+    choosing on the network cut before it): one trace for the model, not one per group, which on a network of a
+    hundred groups is most of the time a cut takes. `model` is the copy, in eval mode."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor,
+                 state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.model = copy.deepcopy(model).eval()
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+        self.dependencies = dependency_graph(self.model, example_input)
+
+    def cut(self, group: ChannelGroup, kept: Sequence[int],
+            state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Keeps only the `kept` channels of `group` (a group of the model as it was before any cut; its own channels
+        still all there), after loading `state_dict` (the weights a fold edited) into the copy."""
+        import torch_pruning as tp
+
+        _check_kept(group, kept)
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)  # copied into the same parameters: the graph still knows them
+        removed = sorted(set(range(group.channels)) - set(kept))
+        if removed:
+            leader = self.model.get_submodule(group.leader)
+            self.dependencies.get_pruning_group(leader, tp.prune_conv_out_channels, idxs=removed).prune()
 
 
 def prune_channels(model: nn.Module, example_input: torch.Tensor, keep: Mapping[int, Sequence[int]],
@@ -66,18 +99,9 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, keep: Mapping[
     channel_graph(model, example_input).groups; others untouched), in the same train/eval mode.
 
     state_dict: the weights to cut, when a method has edited them (weight combination); default the model's own."""
-    import torch_pruning as tp
-
-    pruned = copy.deepcopy(model)
-    if state_dict is not None:
-        pruned.load_state_dict(state_dict)
-    graph = dependency_graph(pruned, example_input)
-    groups = channel_groups(pruned, graph)
+    cutter = Cutter(model, example_input, state_dict)
+    groups = channel_groups(cutter.model, cutter.dependencies)
     check_keep(groups, keep)
     for index, kept in sorted(keep.items()):
-        group = groups[index]
-        removed = sorted(set(range(group.channels)) - set(kept))
-        if removed:
-            leader = pruned.get_submodule(group.leader)
-            graph.get_pruning_group(leader, tp.prune_conv_out_channels, idxs=removed).prune()
-    return pruned.train(model.training)
+        cutter.cut(groups[index], kept)
+    return cutter.model.train(model.training)
