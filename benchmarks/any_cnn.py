@@ -1,7 +1,8 @@
 """Any CNN: every pruning method on torchvision's classification models and on small hand-written models that
 concatenate, group, reuse a layer and normalise by groups - models nobody tuned the library for.
 
-Each model is built at random initialisation (seed 0, ten classes) and pruned to half its MACs with CIFAR-10 test
+Each model is built at random initialisation (seed 0, ten classes; BatchNorm statistics measured on the calibration
+images) and pruned to half its MACs with CIFAR-10 test
 images upsampled to the input size as calibration data (what a method cuts does not need trained weights to be
 checked; no accuracy is measured here). Per model and method the table gives:
 - MACs reached, counted independently of the library by torch.utils.flop_counter.FlopCounterMode (its FLOPs / 2
@@ -9,7 +10,7 @@ checked; no accuracy is measured here). Per model and method the table gives:
 - seconds to prune (this machine, 2 cores, shared);
 - whether the cut is exact: the pruned model's logits against the full model's with, at every consumer's input, each
   removed channel replaced by what the method folded into its place (factor x its twin; nothing: zero) - the cut,
-  the offsets behind concatenations and the folds all have to be right for the two to agree;
+  the offsets behind concatenations and the folds all have to be right for the two to agree (relative_error);
 - whether it exports: ONNX (TorchScript exporter, opset of prunedroid.deploy) run by onnxruntime against PyTorch;
 - or, for a model a method cannot prune to the budget, the one-line refusal.
 A cell that raises anything else than a refusal is a defect and fails the script.
@@ -28,7 +29,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,7 +48,9 @@ from prunedroid.pruning.groups import ChannelGraph
 from prunedroid.report import markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-EXACT = 1e-4  # largest |pruned - substituted full model| relative to the logits' largest magnitude
+# Largest relative_error of a cut or an export that counts as exact: float32 rounding through 80 layers reaches
+# 1e-4 here (EfficientNet-B0, k-means); a channel cut or folded in the wrong place is not rounding.
+EXACT = 1e-3
 
 
 class ConcatBlock(nn.Module):
@@ -173,16 +175,35 @@ def substituted(model: nn.Module, graph: ChannelGraph, rows: list[dict]) -> nn.M
     return full
 
 
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| relative to how much `expected` (n, outputs) varies between inputs: a model whose logits
+    do not depend on its input (vanishing activations) cannot pass a comparison by being constant."""
+    spread = (expected - expected.mean(0)).abs().max().item()
+    return (got - expected).abs().max().item() / spread if spread > 0 else float("inf")
+
+
 def exact_error(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, rows: list[dict],
                 inputs: torch.Tensor) -> float:
-    """max |pruned - substituted full model| over `inputs`, relative to the largest logit magnitude."""
+    """relative_error of the pruned model's logits against the substituted full model's over `inputs`."""
     with torch.no_grad():
-        expected = substituted(model, graph, rows)(inputs)
-        return float((pruned.eval()(inputs) - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        return relative_error(pruned.eval()(inputs), substituted(model, graph, rows)(inputs))
+
+
+def measured_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """`model` in eval mode with its BatchNorm statistics measured on `inputs`, so that activations keep their scale
+    through a randomly initialised network as through a trained one (torchvision's GoogLeNet initialisation
+    otherwise gives the same logits for every input)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: one pass gives the statistics of `inputs`
+    with torch.no_grad():
+        model.train()(inputs)
+    return model.eval()
 
 
 def onnx_error(model: nn.Module, inputs: torch.Tensor) -> float:
-    """max |onnxruntime - PyTorch| over `inputs` for `model` exported to ONNX, relative to the largest logit."""
+    """relative_error of onnxruntime's logits for `model` exported to ONNX against PyTorch's over `inputs`."""
     import onnxruntime
 
     from prunedroid.deploy import ONNX_OPSET
@@ -194,9 +215,8 @@ def onnx_error(model: nn.Module, inputs: torch.Tensor) -> float:
                           input_names=["input"], dynamic_axes={"input": {0: "batch"}})
     session = onnxruntime.InferenceSession(program.getvalue(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        expected = model(inputs).numpy()
-    got = session.run(None, {"input": inputs.numpy()})[0]
-    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+        expected = model(inputs)
+    return relative_error(torch.from_numpy(session.run(None, {"input": inputs.numpy()})[0]), expected)
 
 
 def calibration_images(size: int, count: int, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,20 +278,23 @@ def main() -> None:
             if key in cells:  # resumed: a finished cell is not run again
                 continue
             torch.manual_seed(0)
-            model = MODELS[name]().eval()
+            model = measured_batchnorm(MODELS[name](), images)
             cells[key] = run_cell(model, chosen[method], images, labels, args.target)
             print(key, cell_text(cells[key], args.target), flush=True)
             write_results(args.out, {"settings": settings, "cells": cells}, TITLE, table(cells, args.target),
                           NOTES)
+    write_results(args.out, {"settings": settings, "cells": cells}, TITLE, table(cells, args.target), NOTES)
     defects = [key for key, cell in cells.items() if "refused" not in cell and "MISSED" in cell_text(cell, args.target)
                or "refused" not in cell and cell["exact_error"] > EXACT]
     sys.exit(1 if defects else 0)
 
 
 TITLE = "Any CNN: every method on torchvision's models and hand-written concat/grouped/reused/GroupNorm models"
-NOTES = """Random initialisation, ten classes, half the MACs asked. Reached: MACs removed as FlopCounterMode counts
-them. Cut: max |pruned - full model with each removed channel replaced by its fold| / max |logit| on the calibration
-images (exact: <= 1e-4). ONNX: the pruned model in onnxruntime against PyTorch, same measure. Refused: the library's
+NOTES = """Random initialisation, ten classes, BatchNorm statistics of the calibration images, half the MACs asked.
+Reached: MACs removed as FlopCounterMode counts them. Cut: max |pruned - full model with each removed channel replaced
+by its fold| over the calibration images, divided by the largest deviation of the full model's logits from their mean
+over those images (exact: <= 1e-3; a model whose logits ignore the input cannot pass). ONNX: the pruned model in
+onnxruntime against PyTorch, same measure. Refused: the library's
 one-line error. Made by benchmarks/any_cnn.py; see its docstring."""
 
 

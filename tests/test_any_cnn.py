@@ -94,11 +94,12 @@ def test_half_the_macs_of_a_concatenating_model_go_exactly(method):
 
 
 @pytest.mark.parametrize("build", [ConcatBlock, ReusedConv, GroupedBlock, torchvision_model("googlenet"),
-                                   torchvision_model("densenet121"), torchvision_model("regnet_x_400mf")],
-                         ids=["concat", "reused", "grouped", "googlenet", "densenet121", "regnet_x_400mf"])
+                                   torchvision_model("regnet_x_400mf")],
+                         ids=["concat", "reused", "grouped", "googlenet", "regnet_x_400mf"])
 def test_the_cost_model_counts_what_runs(build):
     """Every call of a reused module, a concatenation's full width, a grouped conv's groups: the channel graph's
-    MACs are FlopCounterMode's, at full width and at other channel counts."""
+    MACs are FlopCounterMode's, at full width and at other channel counts (DenseNet-121 too, in
+    benchmarks/any_cnn.py: 20 s here)."""
     torch.manual_seed(0)
     model = build().eval()
     example = torch.randn(1, 3, 32, 32)
