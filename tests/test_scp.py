@@ -10,7 +10,7 @@ from prunedroid.errors import PrunedroidError
 from prunedroid.pruned import example_input, prune_model
 from prunedroid.pruning import Budget, LayerChannels, SCPConfig, kept_counts, scp
 from prunedroid.pruning.l1 import filter_l1
-from prunedroid.pruning.scp import Reader, Cost, choose_removals, consumers_of, following_norms, removal_costs
+from prunedroid.pruning.scp import Cost, Reader, choose_removals, consumers_of, following_norms, removal_costs
 from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from prunedroid.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
