@@ -357,7 +357,8 @@ QUANTIZE_HELP = {
     "quantize": "also write int8 <name>-int8.pte (ExecuTorch, XNNPACK) and <name>-int8.onnx, each refused when its "
                 "test top-1 drops more than --max-drop",
     "calibration_images": "held-out training images that calibrate int8 (default 512; never test images)",
-    "max_drop": "points of test top-1 int8 may lose against fp32 (default 1.0)",
+    "max_drop": "points of test top-1 int8 may lose against fp32 (default 1.0); a larger drop refuses only when its "
+                "paired 95% interval over the test images excludes zero",
 }
 
 

@@ -281,3 +281,26 @@ def test_bad_quantization_options_are_clear_errors(options, message):
     quantize, overrides = options
     with pytest.raises(PrunedroidError, match=message):
         export.Int8Options.from_options(quantize, {"calibration_images": None, "max_drop": None, **overrides})
+
+
+def test_an_int8_drop_is_refused_only_past_max_drop_and_beyond_chance():
+    """The smoke pipeline on an Intel Xeon lost six images of 500 on a chance-level model (1.2 points, max 1.0): with
+    about thirty images changing answers either way that is chance, and it passes; the same drop on 10,000 images
+    with few changed answers, or a large drop anywhere, is refused."""
+    def pair(images: int, lost: int, gained: int) -> tuple[torch.Tensor, torch.Tensor]:
+        fp32 = torch.zeros(images, dtype=torch.bool)
+        fp32[:lost] = True  # right in fp32, wrong in int8
+        int8 = torch.zeros(images, dtype=torch.bool)
+        int8[lost:lost + gained] = True  # wrong in fp32, right in int8
+        fp32[-50:] = int8[-50:] = True  # right in both
+        return fp32, int8
+
+    drop, low, high = export.paired_drop(*pair(500, 18, 12))
+    assert drop == pytest.approx(1.2) and low < 0 < high
+    export.check_int8(*pair(500, 18, 12), "onnxruntime", max_drop=1.0)  # 1.2 points, but not told from chance
+    with pytest.raises(PrunedroidError, match=r"int8 executorch loses 1\.20 points of top-1 on 10000 test images "
+                                              r"\(95% interval 0\.9"):
+        export.check_int8(*pair(10_000, 130, 10), "executorch", max_drop=1.0)
+    export.check_int8(*pair(10_000, 130, 10), "executorch", max_drop=1.5)  # told from chance, but within the limit
+    with pytest.raises(PrunedroidError, match="more than --max-drop 1.0"):
+        export.check_int8(*pair(500, 100, 0), "torchscript-lite", max_drop=1.0)
