@@ -1,5 +1,5 @@
 """Any CNN: every pruning method on torchvision's classification models and on small hand-written models that
-concatenate, group, reuse a layer and normalise by groups - models nobody tuned the library for.
+concatenate, group, reuse a layer, normalise by groups and factorise kernels (1x7, 7x1) - models nobody tuned the library for.
 
 Each model is built at random initialisation (seed 0, ten classes; BatchNorm statistics measured on the calibration
 images) and pruned to half its MACs with CIFAR-10 test
@@ -113,6 +113,21 @@ class GroupNormNet(nn.Module):
         return self.head(self.body(x).mean((2, 3)))
 
 
+class FactorisedConvs(nn.Module):
+    """Inception-v3's factorised 1x7 and 7x1 convolutions, one with a (2, 1) stride."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.wide = nn.Sequential(nn.Conv2d(16, 24, (1, 7), padding=(0, 3)), nn.BatchNorm2d(24), nn.ReLU())
+        self.tall = nn.Sequential(nn.Conv2d(24, 32, (7, 1), stride=(2, 1), padding=(3, 0)), nn.BatchNorm2d(32),
+                                  nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tall(self.wide(self.stem(x))).mean((2, 3)))
+
+
 def torchvision_model(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
@@ -123,7 +138,8 @@ def torchvision_model(name: str) -> Callable[[], nn.Module]:
 
 
 HAND_WRITTEN: dict[str, Callable[[], nn.Module]] = {"concat": ConcatBlock, "grouped": GroupedBlock,
-                                                     "reused": ReusedConv, "groupnorm": GroupNormNet}
+                                                     "reused": ReusedConv, "groupnorm": GroupNormNet,
+                                                     "factorised": FactorisedConvs}
 TORCHVISION = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
                "densenet121", "squeezenet1_1", "googlenet", "regnet_x_400mf", "convnext_tiny")
 MODELS: dict[str, Callable[[], nn.Module]] = {**HAND_WRITTEN, **{name: torchvision_model(name) for name in TORCHVISION}}
@@ -289,7 +305,8 @@ def main() -> None:
     sys.exit(1 if defects else 0)
 
 
-TITLE = "Any CNN: every method on torchvision's models and hand-written concat/grouped/reused/GroupNorm models"
+TITLE = ("Any CNN: every method on torchvision's models and hand-written concat/grouped/reused/GroupNorm/factorised "
+         "models")
 NOTES = """Random initialisation, ten classes, BatchNorm statistics of the calibration images, half the MACs asked.
 Reached: MACs removed as FlopCounterMode counts them. Cut: max |pruned - full model with each removed channel replaced
 by its fold| over the calibration images, divided by the largest deviation of the full model's logits from their mean
@@ -299,7 +316,7 @@ one-line error. Made by benchmarks/any_cnn.py; see its docstring."""
 
 
 def table(cells: dict, target: float) -> str:
-    names = list(dict.fromkeys(key.split(" ")[0] for key in cells))
+    names = sorted({key.split(" ")[0] for key in cells}, key=lambda name: list(MODELS).index(name))
     chosen = list(dict.fromkeys(key.split(" ")[1] for key in cells))
     rows = []
     for name in names:

@@ -15,6 +15,7 @@ from prunedroid.pruning import channel_graph
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from any_cnn import (  # noqa: E402
     ConcatBlock,
+    FactorisedConvs,
     GroupedBlock,
     GroupNormNet,
     ReusedConv,
@@ -93,11 +94,11 @@ def test_half_the_macs_of_a_concatenating_model_go_exactly(method):
     assert exact_error(model, result.model, channel_graph(model, inputs[:1]), result.report["layers"], inputs) < 1e-4
 
 
-@pytest.mark.parametrize("build", [ConcatBlock, ReusedConv, GroupedBlock, torchvision_model("googlenet"),
-                                   torchvision_model("regnet_x_400mf")],
-                         ids=["concat", "reused", "grouped", "googlenet", "regnet_x_400mf"])
+@pytest.mark.parametrize("build", [ConcatBlock, ReusedConv, GroupedBlock, FactorisedConvs,
+                                   torchvision_model("googlenet"), torchvision_model("regnet_x_400mf")],
+                         ids=["concat", "reused", "grouped", "factorised", "googlenet", "regnet_x_400mf"])
 def test_the_cost_model_counts_what_runs(build):
-    """Every call of a reused module, a concatenation's full width, a grouped conv's groups: the channel graph's
+    """Every call of a reused module, a concatenation's full width, a grouped conv's groups, a 1x7 kernel: the graph's
     MACs are FlopCounterMode's, at full width and at other channel counts (DenseNet-121 too, in
     benchmarks/any_cnn.py: 20 s here)."""
     torch.manual_seed(0)
@@ -133,3 +134,15 @@ def test_a_channel_shuffle_is_refused_in_one_line_naming_it():
     with pytest.raises(PrunedroidError, match=r"cannot follow this model's channels through a reshape that splits "
                                               r"them into groups \(a channel shuffle"):
         prunedroid.prune(model, torch.zeros(1, 3, 32, 32), "l1", mac_reduction=0.5)
+
+
+def test_a_rectangular_kernel_prunes_to_macs_but_is_not_timed():
+    """MAC budgets count a 1x7 kernel; a latency table times square layers only, and says which layer is not."""
+    torch.manual_seed(0)
+    inputs = torch.randn(16, 3, 16, 16)
+    model = calibrated(FactorisedConvs(), inputs)
+    result = prunedroid.prune(model, inputs[:1], "l1", mac_reduction=0.5)
+    assert abs(1 - flop_macs(result.model, inputs[:1]) / flop_macs(model, inputs[:1]) - 0.5) <= 0.01
+    with pytest.raises(PrunedroidError, match=r"wide\.0: its kernel is \(1, 7\), its padding is \(0, 3\) \(not "
+                                              r"square\), which a latency table cannot time; prune to a MAC budget"):
+        channel_graph(model, inputs[:1]).layer_shapes()

@@ -113,7 +113,9 @@ class Layer:
     widths. out_group: the group its output channels belong to (None: fixed); reads: the groups its input is made of
     (several behind a concatenation; a depthwise conv reads its own output group), the rest of its input (`fixed`
     channels or features) comes from channels left whole; positions: output values per output channel for one input
-    (H_out*W_out; 1 for a Linear on a vector); shape: its LayerShape at full width."""
+    (H_out*W_out; 1 for a Linear on a vector); shape: its LayerShape at full width; kernel_area: kernel height x
+    width (1 for a Linear); untimed: why a latency table cannot time it ("" when it can: LayerShape describes square
+    kernels, strides, paddings and maps only)."""
 
     module: str
     out_group: int | None
@@ -121,6 +123,8 @@ class Layer:
     fixed: int
     positions: int
     shape: LayerShape
+    kernel_area: int = 1
+    untimed: str = ""
 
     @property
     def varied(self) -> tuple[int, ...]:
@@ -138,9 +142,14 @@ class Layer:
     def macs(self, counts: Sequence[int]) -> int:
         inputs, outputs = self.width(counts)
         groups = outputs if self.shape.depthwise else self.shape.groups
-        return self.positions * outputs * inputs // groups * self.shape.kernel ** 2
+        return self.positions * outputs * inputs // groups * self.kernel_area
 
     def shape_at(self, counts: Sequence[int]) -> LayerShape:
+        """Its LayerShape with `counts` channels per group, for a latency table (refused for a layer it cannot
+        time)."""
+        if self.untimed:
+            raise PrunedroidError(f"{self.module}: {self.untimed}, which a latency table cannot time; prune to a MAC "
+                                  f"budget instead")
         inputs, outputs = self.width(counts)
         groups = outputs if self.shape.depthwise else self.shape.groups
         return LayerShape(inputs, outputs, self.shape.size, self.shape.kernel, self.shape.stride, self.shape.padding,
@@ -348,14 +357,14 @@ def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[Chan
     for group in groups:
         for consumer in group.consumers:
             reads.setdefault(consumer.module, []).append((Read(group.index, consumer.repeat), group.channels))
-    calls: list[tuple[str, int, int]] = []  # (module, input size, output positions), one per call
+    calls: list[tuple[str, tuple[int, int], int]] = []  # (module, input map (H, W), output positions), per call
 
     def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if isinstance(module, nn.Conv2d):
-                size, width = inputs[0].shape[-1], module.out_channels
+                size, width = (inputs[0].shape[-2], inputs[0].shape[-1]), module.out_channels
             else:
-                size, width = 0, cast(nn.Linear, module).out_features
+                size, width = (0, 0), cast(nn.Linear, module).out_features
             calls.append((name, size, output.numel() // output.shape[0] // width))
         return hook
 
@@ -373,18 +382,24 @@ def _layers(model: nn.Module, example_input: torch.Tensor, groups: Sequence[Chan
             for name, size, positions in calls]
 
 
-def _layer(name: str, module: nn.Module, size: int, positions: int, out_group: int | None,
+def _layer(name: str, module: nn.Module, size: tuple[int, int], positions: int, out_group: int | None,
            reads: list[tuple[Read, int]]) -> Layer:
+    """The Layer of one call: `size` is its input map's (height, width) ((0, 0) for a Linear)."""
+    untimed = ""
     if isinstance(module, nn.Conv2d):
-        if len(set(module.kernel_size)) != 1 or len(set(module.stride)) != 1 or not isinstance(
-                module.padding, tuple) or len(set(module.padding)) != 1:
-            raise PrunedroidError(f"{name}: only square kernels, strides and paddings are supported, got {module}")
-        shape = LayerShape(module.in_channels, module.out_channels, size, module.kernel_size[0], module.stride[0],
-                           module.padding[0], module.groups)
+        uneven = [f"its {what} is {value!r}" for what, value in (("kernel", module.kernel_size), ("stride",
+                  module.stride), ("padding", module.padding), ("input map", size))
+                  if not isinstance(value, tuple) or len(set(value)) != 1]
+        untimed = ", ".join(uneven) + " (not square)" if uneven else ""
+        kernel = module.kernel_size
+        shape = LayerShape(module.in_channels, module.out_channels, size[1], kernel[0], module.stride[0],
+                           module.padding[0] if isinstance(module.padding, tuple) else 0, module.groups)
+        area = kernel[0] * kernel[1]
     else:
-        shape = LayerShape(cast(nn.Linear, module).in_features, cast(nn.Linear, module).out_features)
+        shape, area = LayerShape(cast(nn.Linear, module).in_features, cast(nn.Linear, module).out_features), 1
         out_group = None
     if shape.depthwise:
-        return Layer(name, out_group, () if out_group is None else (Read(out_group),), 0, positions, shape)
+        return Layer(name, out_group, () if out_group is None else (Read(out_group),), 0, positions, shape, area,
+                     untimed)
     fixed = shape.inputs - sum(channels * read.repeat for read, channels in reads)
-    return Layer(name, out_group, tuple(read for read, _ in reads), fixed, positions, shape)
+    return Layer(name, out_group, tuple(read for read, _ in reads), fixed, positions, shape, area, untimed)
