@@ -1,5 +1,6 @@
 """Any CNN: every pruning method on torchvision's classification models and on small hand-written models that
-concatenate, group, reuse a layer, normalise by groups and factorise kernels (1x7, 7x1) - models nobody tuned the library for.
+concatenate, group, reuse a layer, normalise by groups and factorise kernels (1x7, 7x1) - models nobody tuned the
+library for.
 
 Each model is built at random initialisation (seed 0, ten classes; BatchNorm statistics measured on the calibration
 images) and pruned to half its MACs with CIFAR-10 test
