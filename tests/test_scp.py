@@ -10,7 +10,15 @@ from prunedroid.errors import PrunedroidError
 from prunedroid.pruned import example_input, prune_model
 from prunedroid.pruning import Budget, LayerChannels, SCPConfig, kept_counts, scp
 from prunedroid.pruning.l1 import filter_l1
-from prunedroid.pruning.scp import Cost, Reader, choose_removals, consumers_of, following_norms, removal_costs
+from prunedroid.pruning.scp import (
+    Cost,
+    Reader,
+    choose_removals,
+    consumers_of,
+    following_norms,
+    map_grams,
+    removal_costs,
+)
 from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
 from prunedroid.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
@@ -168,6 +176,20 @@ def test_merging_kept_channels_moves_their_group():
     pairs = [Pair(0.9, 0, 1), Pair(0.8, 2, 3), Pair(0.7, 0, 2)]
     removals = choose_removals(pairs, fixed_costs({0: 5.0, 1: 1.0, 2: 4.0, 3: 1.0}), wanted=3, merge_keepers=True)
     assert {(r.merge.removed, r.merge.kept) for r in removals} == {(1, 0), (3, 0), (2, 0)}
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_a_pointwise_consumer_costs_pairs_from_the_shared_gram_matrix(centred):
+    """A 1x1 consumer's pair statistics come from the maps' Gram matrix (map_grams), computed once for all pairs:
+    the same costs as unfolding the two maps per pair."""
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(6, 5, 8, 8, generator=generator))
+    readers = [Reader(torch.randn(4, 5, 1, 1, generator=generator), (0, 0))]
+    shared = removal_costs([maps], readers, 1, 3, "lstsq", centred, 4, map_grams([maps], 4))
+    unfolded = removal_costs([maps], readers, 1, 3, "lstsq", centred, 4)
+    for key, cost in unfolded.items():
+        assert shared[key].loss == pytest.approx(cost.loss, rel=1e-5)  # float32 sums in another order
+        assert shared[key].factor == pytest.approx(cost.factor, rel=1e-5)
 
 
 @pytest.mark.parametrize("centred", [False, True])

@@ -202,28 +202,62 @@ class Cost:
     loss_dropped: float
 
 
+Grams = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def map_grams(maps: Sequence[torch.Tensor], batch_size: int) -> Grams:
+    """map index -> (its (C, C) Gram matrix sum z_i z_j over every value, (C,) sums), float64, each computed once:
+    the statistics every pair of a pointwise consumer and the estimated losses need."""
+    return functools.cache(lambda index: _gram(maps[index], batch_size))
+
+
+def _gram(maps: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    channels = maps.shape[1]
+    gram = torch.zeros(channels, channels, dtype=torch.float64)
+    sums = torch.zeros(channels, dtype=torch.float64)
+    for batch in _batches(maps, batch_size):
+        rows = batch.transpose(0, 1).reshape(channels, -1).float()
+        gram += (rows @ rows.T).double()
+        sums += rows.sum(1, dtype=torch.float64)
+    return gram, sums
+
+
+def _pair_statistics(read: torch.Tensor, consumer: Reader, first: int, second: int, batch_size: int,
+                     grams: Grams | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(correlation (2P, 2P), sums (2P,), positions) of the two channels' P-value patches as `consumer` reads them.
+    A pointwise consumer (1x1 kernel, stride 1, no padding) reads each value once: its patches' statistics are two
+    rows of the map's Gram matrix (`grams`), shared by every pair, instead of a pass over the maps per pair."""
+    kh, kw = consumer.weight.shape[2:]
+    if grams is not None and (kh, kw) == (1, 1) and consumer.stride == (1, 1) and consumer.padding == (0, 0):
+        gram, sums = grams(consumer.maps)
+        pair = [first, second]
+        return gram[pair][:, pair], sums[pair], read.numel() // read.shape[1]
+    correlation = torch.zeros(2 * kh * kw, 2 * kh * kw, dtype=torch.float64)
+    sums = torch.zeros(2 * kh * kw, dtype=torch.float64)
+    for start in range(0, read.shape[0], batch_size):
+        pair_maps = read[start:start + batch_size, [first, second]].float()
+        unfolded = F.unfold(pair_maps, (kh, kw), padding=consumer.padding, stride=consumer.stride,
+                            dilation=consumer.dilation)  # (b, 2*patches, positions)
+        rows = unfolded.transpose(0, 1).reshape(2 * kh * kw, -1)
+        correlation += (rows @ rows.T).double()
+        sums += rows.sum(1, dtype=torch.float64)
+    return correlation, sums, read.shape[0] * unfolded.shape[-1]
+
+
 def removal_costs(maps: Sequence[torch.Tensor], consumers: Sequence[Reader], first: int, second: int,
-                  combine: str, centred: bool, batch_size: int) -> dict[tuple[int, int], Cost]:
+                  combine: str, centred: bool, batch_size: int,
+                  grams: Grams | None = None) -> dict[tuple[int, int], Cost]:
     """The costs of removing `first` in favour of `second` and the reverse, keyed by (removed, kept).
     maps: the group's maps, (n, C, H, W) each; consumer.maps says which one a consumer reads. centred: measure the
     errors less their mean per output channel - what a following BatchNorm re-estimated on the new outputs cancels -
-    so the factor fits the maps' variation."""
+    so the factor fits the maps' variation. grams: map_grams(maps, batch_size), shared between calls."""
     terms = {(first, second): [0.0, 0.0, 0.0], (second, first): [0.0, 0.0, 0.0]}  # a, b, c of the module docstring
     outputs = 0
     for consumer in consumers:
         kh, kw = consumer.weight.shape[2:]
         patches = kh * kw
-        correlation = torch.zeros(2 * patches, 2 * patches, dtype=torch.float64)
-        sums = torch.zeros(2 * patches, dtype=torch.float64)
-        read = maps[consumer.maps]
-        for start in range(0, read.shape[0], batch_size):
-            pair_maps = read[start:start + batch_size, [first, second]].float()
-            unfolded = F.unfold(pair_maps, (kh, kw), padding=consumer.padding, stride=consumer.stride,
-                                dilation=consumer.dilation)  # (b, 2*patches, positions)
-            rows = unfolded.transpose(0, 1).reshape(2 * patches, -1)
-            correlation += (rows @ rows.T).double()
-            sums += rows.sum(1, dtype=torch.float64)
-        positions = read.shape[0] * unfolded.shape[-1]
+        correlation, sums, positions = _pair_statistics(maps[consumer.maps], consumer, first, second, batch_size,
+                                                        grams)
         mean = sums / positions
         if centred:
             correlation -= positions * torch.outer(mean, mean)
@@ -244,32 +278,31 @@ def removal_costs(maps: Sequence[torch.Tensor], consumers: Sequence[Reader], fir
 
 
 def estimated_losses(maps: Sequence[torch.Tensor], consumers: Sequence[Reader], combine: str, centred: bool,
-                     batch_size: int) -> torch.Tensor:
+                     batch_size: int, grams: Grams | None = None) -> torch.Tensor:
     """(C, C) estimate of removal_costs' loss for every (removed, kept) pair, up to a common factor, from one Gram
     matrix: it treats neighbouring positions of a map as uncorrelated, so A P collapses to |W_r|^2 times the error
-    energy. Cheap enough to rank all KNN pairs; the exact loss then decides each pair."""
+    energy. Cheap enough to rank all KNN pairs; the exact loss then decides each pair. grams: map_grams(maps,
+    batch_size) when the caller has them."""
+    grams = grams or map_grams(maps, batch_size)
     channels = maps[0].shape[1]
     total = torch.zeros(channels, channels, dtype=torch.float64)
     for index, read in enumerate(maps):
         readers = [consumer for consumer in consumers if consumer.maps == index]
         if readers:
             weight_energy = torch.stack([consumer.weight.double().pow(2).sum((0, 2, 3)) for consumer in readers])
-            total += weight_energy.sum(0)[:, None] * _error_energy(read, combine, centred, batch_size)
+            total += weight_energy.sum(0)[:, None] * _error_energy(read, grams(index), combine, centred)
     return total
 
 
-def _error_energy(maps: torch.Tensor, combine: str, centred: bool, batch_size: int) -> torch.Tensor:
-    """(C, C): the energy of the error left when channel r's maps are replaced by channel t's (times the factor)."""
+def _error_energy(maps: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor], combine: str,
+                  centred: bool) -> torch.Tensor:
+    """(C, C): the energy of the error left when channel r's maps are replaced by channel t's (times the factor).
+    statistics: the maps' (Gram matrix, sums) (map_grams)."""
     channels = maps.shape[1]
-    gram = torch.zeros(channels, channels, dtype=torch.float64)
-    sums = torch.zeros(channels, dtype=torch.float64)
-    for batch in _batches(maps, batch_size):
-        rows = batch.transpose(0, 1).reshape(channels, -1).float()
-        gram += (rows @ rows.T).double()
-        sums += rows.sum(1, dtype=torch.float64)
+    gram, sums = statistics
     if centred:
         values = maps.numel() // channels
-        gram -= torch.outer(sums, sums) / values
+        gram = gram - torch.outer(sums, sums) / values
     energy = gram.diagonal()
     removed_energy, kept_energy = energy[:, None], energy[None, :]
     error = {"lstsq": removed_energy - gram.pow(2) / kept_energy.clamp_min(1e-30),
@@ -497,10 +530,11 @@ def prune_scp(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor
         similarity = channel_similarity((part for read in maps for part in _batches(read, config.batch_size)),
                                         config.criterion)
         consumers = consumers_of(current, group, norms, reads, config.loss_at)
+        grams = map_grams(maps, config.batch_size)
         cost = functools.cache(lambda i, j: removal_costs(maps, consumers, i, j, config.combine,  # noqa: B023
-                                                          config.recalibrate, config.batch_size))
+                                                          config.recalibrate, config.batch_size, grams))  # noqa: B023
         losses = lambda: estimated_losses(maps, consumers, config.combine, config.recalibrate,  # noqa: B023
-                                          config.batch_size)
+                                          config.batch_size, grams)  # noqa: B023
         removals, pairs = select_layer(similarity, cost, config, wanted, losses, group_l1(current, group))
         keep = sorted(set(range(group.channels)) - {r.merge.removed for r in removals})
         if removals:
