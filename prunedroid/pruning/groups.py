@@ -275,7 +275,7 @@ def _group_members(model: nn.Module, graph: Any,
             reads = _reads(name, by_root, isinstance(module, nn.Linear))
             consumers.extend(reads)
             if not reads:
-                foreign.add(f"{name} (reads the channels reordered, as after a channel shuffle)")
+                foreign.add(f"{name} (reads them through a reshape that splits or reorders channels)")
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             norms.append(name)
         elif any(True for _ in module.parameters(recurse=False)) or isinstance(module, nn.Linear):
