@@ -12,7 +12,8 @@ checked; no accuracy is measured here). Per model and method the table gives:
 - whether the cut is exact: the pruned model's logits against the full model's with, at every consumer's input, each
   removed channel replaced by what the method folded into its place (factor x its twin; nothing: zero) - the cut,
   the offsets behind concatenations and the folds all have to be right for the two to agree (relative_error);
-- whether it exports: ONNX (TorchScript exporter, opset of prunedroid.deploy) run by onnxruntime against PyTorch;
+- whether it exports: ONNX written by prunedroid.deploy.write_onnx (checked by onnx's checker) and run by
+  onnxruntime against PyTorch;
 - or, for a model a method cannot prune to the budget, the one-line refusal.
 A cell that raises anything else than a refusal is a defect and fails the script.
 
@@ -22,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import sys
+import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunedroid import data as cifar
+from prunedroid.deploy import run_onnx, write_onnx
 from prunedroid.errors import PrunedroidError
 from prunedroid.pruning import (
     KMeansConfig,
@@ -47,6 +48,7 @@ from prunedroid.pruning import (
 )
 from prunedroid.pruning.groups import ChannelGraph
 from prunedroid.report import markdown_table, write_results
+from prunedroid.train import measure_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 # Largest relative_error of a cut or an export that counts as exact: float32 rounding through 80 layers reaches
@@ -206,34 +208,13 @@ def exact_error(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, rows: 
         return relative_error(pruned.eval()(inputs), substituted(model, graph, rows)(inputs))
 
 
-def measured_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
-    """`model` in eval mode with its BatchNorm statistics measured on `inputs`, so that activations keep their scale
-    through a randomly initialised network as through a trained one (torchvision's GoogLeNet initialisation
-    otherwise gives the same logits for every input)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average: one pass gives the statistics of `inputs`
-    with torch.no_grad():
-        model.train()(inputs)
-    return model.eval()
-
-
 def onnx_error(model: nn.Module, inputs: torch.Tensor) -> float:
-    """relative_error of onnxruntime's logits for `model` exported to ONNX against PyTorch's over `inputs`."""
-    import onnxruntime
-
-    from prunedroid.deploy import ONNX_OPSET
-
-    program = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (inputs[:1],), program, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
-    session = onnxruntime.InferenceSession(program.getvalue(), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(inputs)
-    return relative_error(torch.from_numpy(session.run(None, {"input": inputs.numpy()})[0]), expected)
+    """relative_error of onnxruntime's logits for `model` exported by the product's ONNX writer against PyTorch's over
+    `inputs`."""
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        path = Path(folder) / "model.onnx"
+        write_onnx(model.eval(), path, dynamic_batch=True, example=inputs[:1])
+        return relative_error(run_onnx(path, inputs, dynamic_batch=True), model(inputs))
 
 
 def calibration_images(size: int, count: int, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,7 +276,9 @@ def main() -> None:
             if key in cells:  # resumed: a finished cell is not run again
                 continue
             torch.manual_seed(0)
-            model = measured_batchnorm(MODELS[name](), images)
+            # BatchNorm statistics of the images keep activations at their scale through random weights, as
+            # through trained ones (torchvision's GoogLeNet initialisation otherwise gives one output for all).
+            model = measure_batchnorm(MODELS[name](), [images])
             cells[key] = run_cell(model, chosen[method], images, labels, args.target)
             print(key, cell_text(cells[key], args.target), flush=True)
             write_results(args.out, {"settings": settings, "cells": cells}, TITLE, table(cells, args.target),

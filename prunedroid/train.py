@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,14 +224,21 @@ def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     if augment_seed is not None:
         images = cifar.augment(images, torch.Generator().manual_seed(augment_seed))
     measured = copy.deepcopy(model)  # not Checkpoint.model: its shape checks cost more than a small model's pass
-    for module in measured.modules():
-        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+    return measure_batchnorm(measured, cifar.normalize(images).split(batch_size))
+
+
+def measure_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """`model` itself, its BatchNorm running statistics set to the plain average over `batches` (inputs as it takes
+    them, e.g. normalised images (n, 3, H, W)); no weight changes. Returned in eval mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
-            module.momentum = None
-    measured.train()
-    for batch in cifar.normalize(images).split(batch_size):
-        measured(batch)
-    return measured.eval()
+            module.momentum = None  # a cumulative average, not an exponential one
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    return model.eval()
 
 
 def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, path: Path, init: dict | None,

@@ -11,6 +11,7 @@ from torch import nn
 import prunedroid
 from prunedroid.errors import PrunedroidError
 from prunedroid.pruning import channel_graph
+from prunedroid.train import measure_batchnorm
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from any_cnn import (  # noqa: E402
@@ -26,17 +27,14 @@ from any_cnn import (  # noqa: E402
 
 
 def calibrated(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
-    """`model` in eval mode with BatchNorm statistics measured on `inputs` (so re-measuring them changes little)."""
+    """`model` with random BatchNorm gains and shifts and its statistics measured on `inputs` (so re-measuring them
+    changes little), in eval mode."""
     torch.manual_seed(0)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-            module.reset_running_stats()
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
-    with torch.no_grad():
-        model.train()(inputs)
-    return model.eval()
+    return measure_batchnorm(model, [inputs])
 
 
 def concat_with_twins() -> tuple[nn.Module, torch.Tensor]:
