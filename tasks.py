@@ -11,6 +11,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
+from prunedroid.cli_help import RECOMMENDED, flag, option_help
 from prunedroid.errors import PrunedroidError, ReportedByRankZero, os_error_message, unexpected_error_message
 from prunedroid.options import parse_option
 
@@ -27,15 +28,8 @@ RUN_HELP = {
 }
 
 
-def _recipe_help() -> dict[str, str]:
-    """TrainConfig's options; their defaults are the preset's, so the help states none."""
-    from prunedroid.options import option_fields
-    from prunedroid.train import TrainConfig
-
-    return {field.name: field.metadata["help"] for field in option_fields(TrainConfig)}
-
-
-RECIPE_HELP = _recipe_help()
+OPTION_HELP = option_help()  # generated from the option dataclasses; imports no torch while fresh
+RECIPE_HELP = OPTION_HELP["recipe"]
 
 
 def command(name: str | None = None, help: dict[str, str] | None = None, generated: dict[str, str] | None = None,
@@ -147,24 +141,6 @@ def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
           f"{cost.macs / 1e6:.1f}M MACs, {cost.params / 1e6:.3f}M params")
 
 
-def flag(option: str) -> str:
-    """The command line's flag for an option field: mac_reduction -> --mac-reduction."""
-    return "--" + option.replace("_", "-")
-
-
-def flagged(text: str) -> str:
-    """Help or an error message with each `field` the library names as this command line's flag."""
-    from prunedroid.errors import OPTION
-
-    return OPTION.sub(lambda match: flag(match.group(1)), text)
-
-
-# What `prune` and `pipeline` share a MAC target by when --allocation / --round-to are not given: the recipe measured
-# best for a phone (benchmarks/results/defaults_quick.md). The library's Budget keeps uniform and unrounded defaults:
-# sensitivity needs held-out data its caller must pass.
-RECOMMENDED = {"allocation": "sensitivity", "round_to": 16}
-
-
 def _recommended(budget_options: dict) -> dict:
     """`budget_options` with RECOMMENDED filled in where not given, for a MAC target only (any other amount is taken
     as typed)."""
@@ -173,43 +149,9 @@ def _recommended(budget_options: dict) -> dict:
     return {**budget_options, **{key: value for key, value in RECOMMENDED.items() if budget_options.get(key) is None}}
 
 
-def _budget_help() -> dict[str, str]:
-    """The budget's options: its amounts (exact per-group channel counts come from an allocation, not a flag) and
-    its settings."""
-    from prunedroid.options import described, option_fields
-    from prunedroid.pruning.budget import AMOUNTS, Budget, LayerChannels
-
-    amounts = {cls.option: cls.help for cls in AMOUNTS if cls is not LayerChannels}
-    settings = {field.name: f"{field.metadata['help']} (default {RECOMMENDED[field.name]} with a `mac_reduction`, "
-                            f"the recipe measured best for a phone; else {field.default})"
-                if field.name in RECOMMENDED else described(field) for field in option_fields(Budget)}
-    return {name: flagged(text) for name, text in {**amounts, **settings}.items()}
-
-
-def _method_help() -> tuple[str, dict[str, str]]:
-    """--method's help, and every registered method's options (an option several methods share lists each one's)."""
-    from prunedroid.options import described, option_fields
-    from prunedroid.pruning import BUDGET_OPTIONS, REGISTRY
-
-    options: dict[str, list[str]] = {}
-    for name, method in REGISTRY.items():
-        for field in option_fields(method):
-            if field.name not in BUDGET_OPTIONS:
-                options.setdefault(field.name, []).append(f"{name}: {flagged(described(field))}")
-    methods = "; ".join(f"{name}: {REGISTRY[name].summary}" for name in sorted(REGISTRY))
-    return methods, {option: "; ".join(helps) for option, helps in options.items()}
-
-
-def _latency_help() -> dict[str, str]:
-    from prunedroid.latency import LatencyOptions
-    from prunedroid.options import described, option_fields
-
-    return {field.name: flagged(described(field)) for field in option_fields(LatencyOptions)}
-
-
-BUDGET_HELP = _budget_help()
-METHOD_HELP, METHOD_OPTIONS_HELP = _method_help()
-LATENCY_HELP = _latency_help()
+BUDGET_HELP = OPTION_HELP["budget"]
+METHOD_HELP, METHOD_OPTIONS_HELP = OPTION_HELP["method"], OPTION_HELP["method_options"]
+LATENCY_HELP = OPTION_HELP["latency"]
 PRUNE_OPTIONS = {**BUDGET_HELP, **METHOD_OPTIONS_HELP, **LATENCY_HELP}
 
 

@@ -4,6 +4,8 @@ import errno
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,40 @@ def test_train_help_documents_every_option():
     for field in dataclasses.fields(TrainConfig):
         assert f"--{field.name.replace('_', '-')}=" in result.stdout, field.name
     assert "--resume" in result.stdout and "--preset" in result.stdout
+
+
+def test_listing_the_tasks_and_their_help_imports_no_torch():
+    """`invoke --list` and `invoke <task> --help` read the stored generated help (prunedroid/cli_help.json) while
+    its sources are unchanged: no torch import (5-7 s on 2 cores)."""
+    probe = ("import sys, tasks; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'onnx', 'executorch'}))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    listed = run_invoke("--list")
+    assert listed.returncode == 0 and {"prune", "pipeline", "build-apk"} <= set(listed.stdout.split())
+
+
+def test_the_stored_help_is_what_the_dataclasses_generate():
+    """A stale prunedroid/cli_help.json is never used (the help is generated again), but keeps the fast path off:
+    regenerate it with `python -m prunedroid.cli_help`."""
+    from prunedroid import cli_help
+
+    kept = cli_help.stored()
+    assert kept is not None, "prunedroid/cli_help.json is stale: run `python -m prunedroid.cli_help`"
+    generated = cli_help.generate()
+    assert {key: kept[key] for key in generated if key != "sources"} == {
+        key: value for key, value in generated.items() if key != "sources"}
+
+
+def test_a_changed_source_makes_the_stored_help_stale(tmp_path, monkeypatch):
+    from prunedroid import cli_help
+
+    copy = tmp_path / "cli_help.json"
+    kept = json.loads(cli_help.STORED.read_text())
+    copy.write_text(json.dumps({**kept, "sources": {**kept["sources"], "options.py": "0" * 64}}))
+    monkeypatch.setattr(cli_help, "STORED", copy)
+    assert cli_help.stored() is None and cli_help.option_help()["recipe"] == kept["recipe"]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cifar_dir):
