@@ -321,6 +321,7 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
     from prunedroid.data import load_cifar10, load_test
     from prunedroid.deploy import export_checkpoint
     from prunedroid.files import plain_name
+    from prunedroid.formats import FORMATS, int8_formats
 
     required(checkpoint=checkpoint)
     plain_name(name, "--name")
@@ -335,13 +336,13 @@ def export(c, checkpoint=None, out="export", name="model", static_batch=False, d
                                max_drop=int8.max_drop if int8 else 0.0)
     report, checks = result.report, result.report["verification"]
     lines = [f"{report[kind]} ({report[f'{kind}_bytes'] / 1e6:.2f} MB, max |diff| vs PyTorch "
-             f"{checks[check]['max_abs_diff']:.1e} on {checks[check]['images']} test images)"
-             for kind, check in (("ptl", "torchscript_lite"), ("onnx", "onnx"), ("pte", "executorch"))]
+             f"{checks[entry.check]['max_abs_diff']:.1e} on {checks[entry.check]['images']} test images)"
+             for kind, entry in FORMATS.items()]
     if report["int8"]:
         int8_report = report["int8"]
-        lines += [f"{int8_report[kind]} ({int8_report[f'{kind}_bytes'] / 1e6:.2f} MB, test top-1 "
-                  f"{100 * int8_report['test_top1'][runtime]:.2f}% vs fp32 {100 * int8_report['fp32_test_top1']:.2f}%)"
-                  for kind, runtime in (("pte", "executorch"), ("onnx", "onnxruntime"), ("ptl", "torchscript-lite"))]
+        lines += [f"{int8_report[entry.kind]} ({int8_report[f'{entry.kind}_bytes'] / 1e6:.2f} MB, test top-1 "
+                  f"{100 * int8_report['test_top1'][entry.runtime]:.2f}% vs fp32 "
+                  f"{100 * int8_report['fp32_test_top1']:.2f}%)" for entry in int8_formats()]
     print("\n".join(lines) + f"\nTorchScript bytecode v{report['torchscript']['bytecode_version']}, "
           f"optimize_for_mobile: {report['torchscript']['optimize_for_mobile']}; ExecuTorch "
           f"{report['executorch']['version']}, {report['executorch']['delegated_fraction']:.0%} of operators on "

@@ -12,7 +12,7 @@ checked; no accuracy is measured here). Per model and method the table gives:
 - whether the cut is exact: the pruned model's logits against the full model's with, at every consumer's input, each
   removed channel replaced by what the method folded into its place (factor x its twin; nothing: zero) - the cut,
   the offsets behind concatenations and the folds all have to be right for the two to agree (relative_error);
-- whether it exports: ONNX written by prunedroid.deploy.write_onnx (checked by onnx's checker) and run by
+- whether it exports: ONNX written by prunedroid.formats.write_onnx (checked by onnx's checker) and run by
   onnxruntime against PyTorch;
 - or, for a model a method cannot prune to the budget, the one-line refusal.
 A cell that raises anything else than a refusal is a defect and fails the script.
@@ -35,8 +35,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunedroid import data as cifar
-from prunedroid.deploy import run_onnx, write_onnx
 from prunedroid.errors import PrunedroidError
+from prunedroid.formats import run, write_onnx
 from prunedroid.pruning import (
     KMeansConfig,
     L1Config,
@@ -214,7 +214,7 @@ def onnx_error(model: nn.Module, inputs: torch.Tensor) -> float:
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
         path = Path(folder) / "model.onnx"
         write_onnx(model.eval(), path, dynamic_batch=True, example=inputs[:1])
-        return relative_error(run_onnx(path, inputs, dynamic_batch=True), model(inputs))
+        return relative_error(run(path, inputs), model(inputs))
 
 
 def calibration_images(size: int, count: int, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:

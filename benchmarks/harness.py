@@ -26,12 +26,13 @@ from torch import nn
 
 from prunedroid import data as cifar
 from prunedroid import pte
-from prunedroid.bench import benchmark, interleaved_latencies_ms, onnx_session, paired_difference
+from prunedroid.bench import benchmark, interleaved_latencies_ms, paired_difference
 from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import export_checkpoint, fold_batchnorm, write_onnx
+from prunedroid.deploy import export_checkpoint, fold_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
+from prunedroid.formats import onnx_session, write_onnx
 from prunedroid.latency import RUNTIMES, LatencyOptions
 from prunedroid.models import MODELS, build_model
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, prune_checkpoint, prune_model

@@ -29,7 +29,8 @@ from harness import PROGRAM_RUNS, instruction_ratios, program_instructions, repe
 
 from prunedroid import data as cifar
 from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
-from prunedroid.deploy import fold_batchnorm, write_onnx
+from prunedroid.deploy import fold_batchnorm
+from prunedroid.formats import write_onnx
 from prunedroid.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block, write_timing_pte
 from prunedroid.models import build_model
 from prunedroid.models.vgg import VGGSpec, vgg16_spec

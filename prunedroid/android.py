@@ -37,7 +37,7 @@ PACKAGE = "org.prunedroid.demo"
 # kMaxSupportedBytecodeVersion in caffe2/serialize/versions.h at the release's PyTorch tag (v9 was added by
 # pytorch/pytorch#75201 before the 1.12 branch), which the loader passes to its version check; in 1.12.2's
 # libpytorch_jni_lite.so (x86_64) the two constants that check reads are 4 and 9 (docs/android.md, "Bytecode").
-# prunedroid/deploy.py writes v8.
+# prunedroid/formats.py writes v8.
 READABLE_BYTECODE = {"1.12.2": range(4, 10)}
 ASSETS = ("model.json", "labels.txt", "samples")  # beside the model file itself, model.pte or model.ptl
 RUNTIMES = ("executorch", "lite")  # the .pte on ExecuTorch (what a new app should ship) or the .ptl on PyTorch Mobile

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.jit.mobile
 from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid import pte
 from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import fold_batchnorm, qnnpack_engine
+from prunedroid.deploy import fold_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import read_json
+from prunedroid.formats import FORMATS, ModelFormat, Predictor, int8_formats, predict
 from prunedroid.options import MAX_THREADS, is_finite_number
 from prunedroid.probe import probe
 from prunedroid.pruning.cost import ModelCost, count_cost
@@ -33,18 +32,7 @@ from prunedroid.sidecar import Sidecar, unique_names
 ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, 32, 32) normalised images -> (N, 10) logits
 Runtimes = dict[str, tuple[Predictor, int]]  # runtime -> (its predictor, the file it runs, bytes)
-
-
-def onnx_session(path: Path, threads: int):  # -> onnxruntime.InferenceSession (imported lazily)
-    """A CPU session with `threads` intra-op threads and no inter-op parallelism, as on a phone's core."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 MAX_PROCESSES = 100  # separate timing processes: 5 is the default, and each starts a Python with torch
@@ -110,22 +98,17 @@ def paired_difference(correct: torch.Tensor, reference: torch.Tensor, resamples:
             **({"over_runs": True} if over_runs else {})}
 
 
-def _model_files(sidecar: Sidecar) -> dict[str, Path]:
-    """runtime -> the exported file it runs, each checked against the sidecar (Sidecar.model_file)."""
-    files = {"torchscript-lite": sidecar.model_file("ptl"), "onnxruntime": sidecar.model_file("onnx")}
-    if "pte" in sidecar.files:  # exports before ExecuTorch support have none
-        files["executorch"] = sidecar.model_file("pte")
-    if sidecar.int8:
-        files["executorch-int8"] = sidecar.model_file("pte", int8=True)
-        files["onnxruntime-int8"] = sidecar.model_file("onnx", int8=True)
-        if "ptl" in sidecar.int8:  # int8 exports before the int8 .ptl have none
-            files["torchscript-lite-int8"] = sidecar.model_file("ptl", int8=True)
-    return files
+def _model_files(sidecar: Sidecar) -> dict[str, tuple[ModelFormat, Path]]:
+    """runtime -> (format, the exported file it runs), each checked against the sidecar (Sidecar.model_file)."""
+    fp32 = {entry.runtime: (entry, sidecar.model_file(kind)) for kind, entry in FORMATS.items()
+            if kind in sidecar.files}
+    return {**fp32, **{entry.int8_runtime: (entry, sidecar.model_file(entry.kind, int8=True))
+                       for entry in int8_formats() if entry.kind in sidecar.int8}}
 
 
-def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> Runtimes:
+def _predictors(model: nn.Module, files: dict[str, tuple[ModelFormat, Path]], threads: int) -> Runtimes:
     """runtime -> (batch -> logits, file size in bytes) for one exported model: `model` (its checkpoint's) in eager
-    PyTorch and each of `files` (runtime -> checked and probed file) in its runtime."""
+    PyTorch and each of `files` (runtime -> format and checked, probed file) in its runtime."""
     eager = fold_batchnorm(model)
     state = io.BytesIO()
     torch.save(eager.state_dict(), state)
@@ -134,20 +117,9 @@ def _predictors(model: nn.Module, files: dict[str, Path], threads: int) -> Runti
         with torch.no_grad():
             return eager(x)
 
-    def run_onnx(path: Path) -> Predictor:
-        session = onnx_session(path, threads)
-        return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-
-    pte.set_threads(threads)
-    def run_lite(path: Path) -> Predictor:
-        with qnnpack_engine():  # int8 weights are packed at load for the engine the phone uses; the caller's stays
-            module = torch.jit.mobile._load_for_lite_interpreter(str(path))
-        return lambda x: module(x)
-
-    load = {"torchscript-lite": run_lite, "torchscript-lite-int8": run_lite, "onnxruntime": run_onnx,
-            "onnxruntime-int8": run_onnx, "executorch": pte.predictor, "executorch-int8": pte.predictor}
     return {"pytorch": (run_eager, state.getbuffer().nbytes),
-            **{runtime: (load[runtime](path), path.stat().st_size) for runtime, path in files.items()}}
+            **{runtime: (entry.load(path, threads), path.stat().st_size)
+               for runtime, (entry, path) in files.items()}}
 
 
 def _exported_model(sidecar: Sidecar) -> nn.Module:
@@ -169,7 +141,7 @@ def load_models(sidecars: list[str | Path], threads: int = 1) -> dict[str, tuple
     torch.set_num_threads(threads)
     described = [Sidecar.read(path) for path in paths]
     exported = [(sidecar, _exported_model(sidecar), _model_files(sidecar)) for sidecar in described]
-    probe({file: list(sidecar.input_shape) for sidecar, _, files in exported for file in files.values()})
+    probe({file: list(sidecar.input_shape) for sidecar, _, files in exported for _, file in files.values()})
     return {sidecar.name: (sidecar, _predictors(model, files, threads), count_cost(model))
             for sidecar, model, files in exported}
 
@@ -219,9 +191,8 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
     baseline = next(iter(models))
     rows = []
     for model_name, (sidecar, predictors, cost) in models.items():
-        for runtime, (predict, size) in predictors.items():
-            batch = 100 if runtime != "onnxruntime" or sidecar.dynamic_batch else 1
-            predictions = torch.cat([predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+        for runtime, (predictor, size) in predictors.items():
+            predictions = predict(predictor, images).argmax(1)
             ratios = [timing[model_name, runtime]["median"] / timing[baseline, runtime]["median"]
                       for timing in timings]
             rows.append({"model": model_name, "runtime": runtime, "checkpoint_sha256": sidecar.checkpoint_sha256,

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from prunedroid import pte
-from prunedroid.bench import interleaved_latencies_ms, onnx_session
-from prunedroid.deploy import ONNX_OPSET
+from prunedroid.bench import interleaved_latencies_ms
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
+from prunedroid.formats import ONNX_OPSET, onnx_session
 from prunedroid.options import check, is_finite_number, option
 from prunedroid.pruning.allocation import reachable_counts
 from prunedroid.pruning.budget import Budget

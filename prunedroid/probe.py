@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
+from prunedroid.formats import format_of
 
 TIMEOUT_S = 300
 # SHA-256s of files this process has seen run: probed here, or written and run by export. Identical bytes run
@@ -28,9 +29,9 @@ def mark_runnable(sha256: str) -> None:
 
 
 def probe(files: dict[Path, Sequence[int]]) -> None:
-    """Raises an error naming the first of `files` (.ptl, .onnx, .pte -> its input shape) that its runtime cannot
-    load and run on a zero input, whether it raised or crashed the child process (one child for all of them). Files
-    whose bytes already ran in this process are not run again."""
+    """Raises an error naming the first of `files` (a registered format's file -> its input shape) that its runtime
+    cannot load and run on a zero input, whether it raised or crashed the child process (one child for all of them).
+    Files whose bytes already ran in this process are not run again."""
     hashes = {path: file_sha256(path) for path in files}
     paths = [path for path in files if hashes[path] not in _RUNNABLE]
     if not paths:
@@ -56,32 +57,14 @@ def probe(files: dict[Path, Sequence[int]]) -> None:
                           f"by `invoke export`: export again")
 
 
-def _run_once(path: Path, zeros) -> None:  # zeros: torch.Tensor
-    if path.suffix == ".ptl":
-        import torch.jit.mobile
-
-        torch.jit.mobile._load_for_lite_interpreter(str(path))(zeros)
-    elif path.suffix == ".onnx":
-        import numpy as np
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        session.run(None, {session.get_inputs()[0].name: np.zeros(tuple(zeros.shape), dtype=np.float32)})
-    elif path.suffix == ".pte":
-        from prunedroid import pte
-
-        pte.load_pte(path).execute([zeros])
-    else:
-        raise ValueError(f"unknown model format {path.suffix!r}")
-
-
 def main(arguments: list[str]) -> int:
     import torch
 
     for argument in arguments:
         shape, name = argument.split(":", 1)
         try:
-            _run_once(Path(name), torch.zeros(*(int(s) for s in shape.split(","))))
+            path = Path(name)
+            format_of(path).load(path, None)(torch.zeros(*(int(s) for s in shape.split(","))))
         except Exception as err:  # any refusal of the runtime means the same: this file cannot run
             print(f"fail {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
                   flush=True)

@@ -4,27 +4,20 @@ must sit beside it and match its recorded size and SHA-256, before any runtime, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import beside, file_sha256, read_json
+from prunedroid.formats import FORMATS, format_of, int8_formats
 from prunedroid.options import is_finite_number
 
 MAX_COUNT = 10**15  # MACs and parameters: far above any CNN a phone runs; more is damage
 MAX_FILE_BYTES = 1 << 34  # 16 GiB
 HEX64 = re.compile(r"[0-9a-f]{64}")
 VERSION = re.compile(r"\d+\.\d+(\.\d+)?([.+-][0-9A-Za-z.+-]*)?")
-# The first bytes each format starts with: a .ptl is a zip archive; an ExecuTorch program carries the flatbuffer
-# identifier "ET" and two digits at offset 4. ONNX (protobuf) has no magic: its runtime check is the probe's.
-MAGIC: dict[str, Callable[[bytes], bool]] = {
-    ".ptl": lambda head: head[:4] == b"PK\x03\x04",
-    ".pte": lambda head: len(head) >= 8 and head[4:6] == b"ET" and head[6:8].isdigit(),
-}
-FILE_KINDS = ("ptl", "onnx", "pte")  # top-level files
-INT8_KINDS = ("pte", "onnx", "ptl")  # the int8 entry's files (no ptl in exports before the int8 .ptl)
 
 
 def existing_sidecar(path: str | Path) -> Path:
@@ -60,7 +53,7 @@ def schema_problems(sidecar: Any) -> list[str]:
     """What is wrong with a parsed sidecar, as 'key: what it should be' (empty when it is sound)."""
     if not isinstance(sidecar, dict):
         return ["the whole file: a JSON object"]
-    problems = _files_problems(sidecar, [k for k in FILE_KINDS if k != "pte" or "pte" in sidecar], "")
+    problems = _files_problems(sidecar, [k for k, entry in FORMATS.items() if entry.required or k in sidecar], "")
     checkpoint = sidecar.get("checkpoint")
     if not isinstance(checkpoint, str) or not checkpoint or any(ord(ch) < 32 for ch in checkpoint):
         problems.append("checkpoint: the exported checkpoint's path")
@@ -101,8 +94,8 @@ def schema_problems(sidecar: Any) -> list[str]:
         if not isinstance(int8, dict):
             problems.append("int8: null or the int8 files' entry")
         else:
-            # .ptl since the int8 TorchScript Lite export: optional, so earlier int8 exports still read
-            problems += _files_problems(int8, ("pte", "onnx", *(["ptl"] if "ptl" in int8 else [])), "int8.")
+            problems += _files_problems(int8, [e.kind for e in int8_formats() if e.int8_required or e.kind in int8],
+                                        "int8.")
     return problems
 
 
@@ -152,8 +145,9 @@ class Sidecar:
             raise PrunedroidError(f"{path} is not a sound sidecar of `invoke export` (wanted: "
                                   f"{'; '.join(problems[:6])}{'; ...' if len(problems) > 6 else ''}); export the "
                                   f"model again")
-        return cls(path=Path(path), files=_model_files(record, FILE_KINDS),
-                   int8=_model_files(record.get("int8") or {}, INT8_KINDS), checkpoint=Path(record["checkpoint"]),
+        int8_kinds = [entry.kind for entry in int8_formats()]
+        return cls(path=Path(path), files=_model_files(record, list(FORMATS)),
+                   int8=_model_files(record.get("int8") or {}, int8_kinds), checkpoint=Path(record["checkpoint"]),
                    checkpoint_sha256=record["checkpoint_sha256"], arch=record["arch"],
                    classes=tuple(record["classes"]), input_shape=tuple(record["input_shape"]), macs=record["macs"],
                    params=record["params"], dynamic_batch=record["onnx_export"]["dynamic_batch"],
@@ -192,7 +186,8 @@ class Sidecar:
             raise PrunedroidError(f"{stale}: {path.stat().st_size} bytes, the sidecar says {entry.size}; export again")
         with open(path, "rb") as handle:
             head = handle.read(8)
-        if path.suffix in MAGIC and not MAGIC[path.suffix](head):
+        magic = format_of(path).magic
+        if magic is not None and not magic(head):
             raise PrunedroidError(f"{path} is not a {path.suffix} file (its first bytes are not the format's); "
                                   "export again")
         if file_sha256(path) != entry.sha256:

@@ -19,8 +19,9 @@ import prunedroid.android as android
 from prunedroid import data as cifar
 from prunedroid.apk.gradle_file import read_gradle_app
 from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import TARGET_BYTECODE_VERSION, export_checkpoint
+from prunedroid.deploy import export_checkpoint
 from prunedroid.errors import PrunedroidError
+from prunedroid.formats import TARGET_BYTECODE_VERSION
 from prunedroid.models import vgg16_spec
 from tests.conftest import run_invoke
 from tests.test_prune import trained_like

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import onnx
@@ -8,6 +9,7 @@ from test_prune import trained_like
 
 import prunedroid.bench as bench_module
 import prunedroid.deploy as export
+import prunedroid.formats as formats
 import prunedroid.pte as pte
 from prunedroid import data as cifar
 from prunedroid.android import app_model
@@ -49,7 +51,7 @@ def test_batchnorm_folding_keeps_outputs():
 def test_files_load_back_and_match_pytorch(exported, synthetic_data):
     out = exported / "out"
     sidecar = json.loads((out / "base.json").read_text())
-    assert sidecar["torchscript"]["bytecode_version"] <= export.TARGET_BYTECODE_VERSION
+    assert sidecar["torchscript"]["bytecode_version"] <= formats.TARGET_BYTECODE_VERSION
     assert sidecar["mean"] == list(cifar.MEAN) and sidecar["std"] == list(cifar.STD)
     assert sidecar["classes"] == list(cifar.CLASSES)
     assert sidecar["input_shape"] == [1, 3, 32, 32] and sidecar["macs"] > 0
@@ -68,16 +70,21 @@ def test_files_load_back_and_match_pytorch(exported, synthetic_data):
     graph = onnx.load(str(out / "base.onnx"))
     onnx.checker.check_model(graph)
     assert graph.opset_import[0].version >= 17
-    assert (export.run_onnx(out / "base.onnx", images, dynamic_batch=True) - reference).abs().max() <= 1e-4
+    assert (formats.run(out / "base.onnx", images) - reference).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("module, runner, runtime", [(export, "run_onnx", "ONNX"), (pte, "run_pte", "ExecuTorch")])
-def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypatch, module, runner, runtime):
+@pytest.mark.parametrize("kind", list(formats.FORMATS))
+def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypatch, kind):
     model = trained_like(vgg16_spec(0.0625))
     Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(tmp_path / "m.pt")
-    real_run = getattr(module, runner)
-    monkeypatch.setattr(module, runner, lambda *a, **k: real_run(*a, **k) + 1e-3)  # a broken runtime
-    with pytest.raises(PrunedroidError, match=f"{runtime} export disagrees with PyTorch.*max \\|diff\\|"):
+    entry = formats.FORMATS[kind]
+
+    def broken(path, threads):
+        run = entry.load(path, threads)
+        return lambda images: run(images) + 1e-3
+
+    monkeypatch.setitem(formats.FORMATS, kind, dataclasses.replace(entry, load=broken))  # a broken runtime
+    with pytest.raises(PrunedroidError, match=f"{entry.title} export disagrees with PyTorch.*max \\|diff\\|"):
         export.export_checkpoint(tmp_path / "m.pt", synthetic_data.test, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # not even the folder the export made for itself
 
@@ -231,12 +238,12 @@ def test_int8_files_are_written_checked_by_accuracy_and_much_smaller(tmp_path, s
     assert top1_of(pte.run_pte(tmp_path / "out" / "m-int8.pte", images), test.labels[:200]) >= 0.95
     # The int8 .ptl holds quantized operators (QNNPACK's, as the phone runs them) at the bytecode the app reads.
     engine = torch.backends.quantized.engine  # the export set QNNPACK only while it worked
-    with export.qnnpack_engine():
+    with formats.qnnpack_engine():
         lite = torch.jit.mobile._load_for_lite_interpreter(str(tmp_path / "out" / "m-int8.ptl"))
         assert top1_of(lite(images), test.labels[:200]) >= 0.95
     assert {"quantized::linear", "aten::quantize_per_tensor.tensor_qparams"} <= set(
         torch.jit.mobile._export_operator_list(lite))
-    assert int8["torchscript"]["bytecode_version"] == export.TARGET_BYTECODE_VERSION
+    assert int8["torchscript"]["bytecode_version"] == formats.TARGET_BYTECODE_VERSION
     assert torch.backends.quantized.engine == engine
     # An int8 export from before the int8 .ptl still reads; the app's lite flavor then asks for a new export.
     record = json.loads(result.sidecar.read_text())

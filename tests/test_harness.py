@@ -97,7 +97,7 @@ def test_architecture_timing_is_repeated_per_process_and_resumes(tmp_path):
 
     programs = tmp_path / "programs"
     programs.mkdir()
-    from harness import write_onnx
+    from prunedroid.formats import write_onnx
 
     paths = {}
     for name, spec in (("base", base), ("narrow", narrow)):
