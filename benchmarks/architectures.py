@@ -19,6 +19,7 @@ from harness import Bench, arguments, base_title, percent, repeated_latencies
 
 from prunedroid.bench import paired_difference
 from prunedroid.deploy import export_checkpoint
+from prunedroid.formats import FORMATS
 from prunedroid.pruning import Budget, LibraryConfig, SCPConfig
 from prunedroid.report import markdown_table
 from prunedroid.train import evaluate
@@ -65,8 +66,7 @@ def deploy_and_time(bench: Bench, data_dir: str | None, processes: int, runs: in
     """Exports the base and every fine-tuned cell (.ptl, .onnx, .pte, each checked in its runtime), then times them
     all together in `processes` separate processes."""
     base_export = export_checkpoint(bench.base_path, bench.data.test, bench.work / "base-export", "base")
-    bench.payload["base"].update({f"{kind}_bytes": base_export.report[f"{kind}_bytes"]
-                                  for kind in ("ptl", "onnx", "pte")})
+    bench.payload["base"].update({f"{kind}_bytes": base_export.report[f"{kind}_bytes"] for kind in FORMATS})
     names = {}
     for key in bench.cells:
         method, allocation = key.split("/")
@@ -111,7 +111,7 @@ def deploy_rows(payload: dict) -> list[dict]:
             continue
         row = {"model": key, "MACs vs base": f"{1 - cell['mac_reduction']:.2f}x",
                **{f".{kind} size vs base": f"{cell[f'{kind}_bytes'] / base[f'{kind}_bytes']:.2f}x"
-                  for kind in ("ptl", "onnx", "pte")}}
+                  for kind in FORMATS}}
         for runtime, timed in cell["latency"].items():
             row[f"{runtime} latency vs base"] = (f"{timed['latency_ratio']:.2f}x "
                                                  f"[{timed['latency_ratio_min']:.2f}-{timed['latency_ratio_max']:.2f}]")

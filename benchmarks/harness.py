@@ -32,7 +32,7 @@ from prunedroid.deploy import export_checkpoint, fold_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
-from prunedroid.formats import onnx_session, write_onnx
+from prunedroid.formats import FORMATS, onnx_session, write_onnx
 from prunedroid.latency import RUNTIMES, LatencyOptions
 from prunedroid.models import MODELS, build_model
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, prune_checkpoint, prune_model
@@ -285,7 +285,7 @@ class Bench:
                 pruned.save(checkpoint)
             exported = export_checkpoint(checkpoint, self.data.test, folder / "export", name)
             cell.update(exported=source, sidecar=str(exported.sidecar),
-                        **{f"{kind}_bytes": exported.report[f"{kind}_bytes"] for kind in ("ptl", "onnx", "pte")})
+                        **{f"{kind}_bytes": exported.report[f"{kind}_bytes"] for kind in FORMATS})
         return cell
 
     def time_onnx(self, keys: list[str], processes: int = 5) -> None:

@@ -1,5 +1,6 @@
-"""Export to TorchScript Lite (.ptl, for PyTorch Mobile), ONNX and ExecuTorch (.pte, XNNPACK), each loaded back in
-the runtime that will run it and checked against PyTorch; optionally int8 .pte and .onnx, checked by test accuracy.
+"""Export to every registered format (prunedroid/formats.py: TorchScript Lite .ptl for PyTorch Mobile, ONNX, and
+ExecuTorch .pte with XNNPACK), each loaded back in the runtime that will run it and checked against PyTorch;
+optionally their int8 files, checked by test accuracy.
 
 BatchNorm is folded into the preceding conv/linear first, so the files hold only what inference runs. Files are
 written to temporary names, verified, and renamed into place only when they match the eager model, so a failed

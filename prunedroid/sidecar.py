@@ -118,8 +118,9 @@ class Sidecar:
     """The sidecar `invoke export` writes beside its files (<name>.json), its schema checked: what its readers use,
     typed. `record` is the whole JSON as written (the app's model.json and the reports carry its other entries).
 
-    files: "ptl", "onnx", "pte" (an export from before ExecuTorch support has no "pte"); int8: "pte", "onnx" and
-    "ptl" of `invoke export --quantize int8` (no "ptl" before the int8 .ptl), empty otherwise; input_shape: (1,
+    files: format kind (prunedroid/formats.py) -> the file: "ptl", "onnx", "pte" (an export from before ExecuTorch
+    support has no "pte"); int8: "ptl", "onnx" and "pte" of `invoke export --quantize int8` (no "ptl" before the
+    int8 .ptl), empty otherwise; input_shape: (1,
     channels, height, width); dynamic_batch: the ONNX file takes any batch size; executorch_version: the ExecuTorch
     that wrote the .pte."""
 

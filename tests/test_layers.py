@@ -31,6 +31,36 @@ def test_the_pruning_library_imports_nothing_above_it(path):
     assert not upward, f"{path.name} imports {sorted(upward)}"
 
 
+# Every module of the package, by layer, lowest first: a module imports its own layer and those below, never above.
+LAYERS = {
+    "base": ("errors", "options", "files"),
+    "library": ("pruning",),
+    "models and data": ("models", "data"),
+    "training": ("checkpoint", "distributed", "train"),
+    "deployment": ("pte", "formats", "probe", "sidecar", "deploy"),
+    "measurement": ("bench", "latency", "report"),
+    "app": ("apk", "elf", "android", "device"),
+    "runs": ("pruned", "flow", "cli_help", "__init__"),
+}
+LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
+
+
+def top_module(name: str) -> str:
+    """prunedroid.pruning.groups -> pruning; prunedroid -> __init__."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_module_imports_only_its_layer_and_below(path):
+    relative = path.relative_to(PACKAGE)
+    module = relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 or relative.stem != "__init__" \
+        else "__init__"
+    assert module in LAYER_OF, f"{relative} is in no layer: add it to tests/test_layers.py LAYERS"
+    upward = {name for name in project_imports(path) if LAYER_OF[top_module(name)] > LAYER_OF[module]}
+    assert not upward, f"{relative} ({list(LAYERS)[LAYER_OF[module]]}) imports {sorted(upward)} from above it"
+
+
 def test_the_base_modules_import_no_project_layer():
     for name in LIBRARY_MAY_IMPORT:
         path = PACKAGE / f"{name.split('.')[-1]}.py"
