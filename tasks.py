@@ -8,10 +8,11 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import cast
 
 from invoke import Exit, task
 
-from prunedroid.cli_help import RECOMMENDED, flag, option_help
+from prunedroid.cli_help import flag, flagged, option_help
 from prunedroid.errors import PrunedroidError, ReportedByRankZero, os_error_message, unexpected_error_message
 from prunedroid.options import parse_option
 
@@ -83,7 +84,7 @@ def required(**options: str | None) -> None:
 
 
 def whole(value: str | int, option: str) -> int:
-    return parse_option(str(value), "int", option)
+    return cast(int, parse_option(str(value), "int", option))
 
 
 def _launched(config, data_dir) -> bool:
@@ -141,104 +142,14 @@ def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
           f"{cost.macs / 1e6:.1f}M MACs, {cost.params / 1e6:.3f}M params")
 
 
-def _recommended(budget_options: dict) -> dict:
-    """`budget_options` with RECOMMENDED filled in where not given, for a MAC target only (any other amount is taken
-    as typed)."""
-    if budget_options.get("mac_reduction") is None:
-        return budget_options
-    return {**budget_options, **{key: value for key, value in RECOMMENDED.items() if budget_options.get(key) is None}}
+def _say(note: str) -> None:
+    print(flagged(note), flush=True)
 
 
 BUDGET_HELP = OPTION_HELP["budget"]
 METHOD_HELP, METHOD_OPTIONS_HELP = OPTION_HELP["method"], OPTION_HELP["method_options"]
 LATENCY_HELP = OPTION_HELP["latency"]
 PRUNE_OPTIONS = {**BUDGET_HELP, **METHOD_OPTIONS_HELP, **LATENCY_HELP}
-
-
-def _split_options(options: dict) -> tuple[dict, dict]:
-    """A task's generated options as (budget options, method options); one not given is None."""
-    return {k: options.get(k) for k in BUDGET_HELP}, {k: options.get(k) for k in METHOD_OPTIONS_HELP}
-
-
-def _latency_options(options: dict, budget):
-    """The latency options, refused where no latency budget would use them."""
-    from prunedroid.latency import LatencyOptions
-    from prunedroid.options import with_options
-
-    given = {k: options.get(k) for k in LATENCY_HELP}
-    if any(value is not None for value in given.values()) and (budget is None or budget.allocation != "latency"):
-        raise PrunedroidError("--latency-runtime and --latency-table say where --allocation latency takes its layer "
-                              "timings from; add --allocation latency --latency-reduction F, or leave them out")
-    if given["latency_runtime"] is not None and given["latency_table"] is not None:
-        raise PrunedroidError("--latency-table is a phone's table, measured in the runtime it names: give it or "
-                              "--latency-runtime, not both")
-    return with_options(LatencyOptions(), given, "latency")
-
-
-def _fitted_budget(arch: dict, budget, round_to_typed: bool):
-    """The budget, checked against the model before any data is read or model trained (a --layer-ratios count that
-    cannot apply, an unreachable MAC target fail here). Where --round-to was not typed, the recommended multiple
-    steps down (16, 8, 4, 2, 1) until the target is reachable on this model - narrow models have groups of fewer
-    channels than it - saying so."""
-
-    import torch
-
-    from prunedroid.models import build_model
-    from prunedroid.pruned import example_input
-    from prunedroid.pruning import channel_graph, kept_counts
-    from prunedroid.pruning.allocation import check_reachable
-
-    if budget is None or budget.allocation == "latency":  # a latency target is checked once the layers are measured
-        return budget
-    with torch.device("meta"):  # shapes only: no memory for the weights
-        model = build_model(arch)
-    graph = channel_graph(model, example_input().to("meta"))
-    check = kept_counts if budget.allocation == "uniform" else check_reachable
-    if round_to_typed:
-        check(graph, budget)
-        return budget
-    for multiple in [m for m in (16, 8, 4, 2, 1) if m < budget.round_to]:
-        try:
-            check(graph, budget)
-            break
-        except PrunedroidError:
-            print(f"note: --round-to {budget.round_to} cannot reach the target on this model (its groups are too "
-                  f"narrow); trying multiples of {multiple}", flush=True)
-            budget = dataclasses.replace(budget, round_to=multiple)
-    else:
-        check(graph, budget)  # the last multiple left: fits, or the error names the fix
-    return budget
-
-
-def _method_and_budget(method, options, default_budget=None):
-    """The method and its budget from the task's generated options; default_budget: the fraction of MACs (or, with
-    --allocation latency, of latency) removed when no amount is given. --min-keep is the floor of a non-uniform
-    allocation, or else k-means' own floor for its automatic K."""
-    from prunedroid.pruning import Budget, resolve_method
-    from prunedroid.pruning.budget import AMOUNT_OPTIONS, BUDGET_SETTINGS
-
-    budget_options, method_options = _split_options(options)
-    allocation = budget_options["allocation"]
-    amount_given = any(budget_options.get(name) is not None for name in AMOUNT_OPTIONS)
-    mac_target = budget_options["mac_reduction"] is not None or (default_budget is not None and not amount_given)
-    shared_by = allocation or (RECOMMENDED["allocation"] if mac_target else None)
-    if budget_options["min_keep"] is not None and shared_by in (None, "uniform"):
-        if method != "kmeans":
-            raise PrunedroidError("--min-keep is the per-layer floor of --allocation global, sensitivity or latency "
-                                  "(or of kmeans' automatic K); add --allocation global, sensitivity or latency")
-        method_options = {**method_options, "min_keep": budget_options.pop("min_keep")}
-    budget = Budget.from_options(_recommended(budget_options))
-    target = "latency_reduction" if allocation == "latency" else "mac_reduction"
-    default = (Budget.from_options(_recommended({**budget_options, target: default_budget}))
-               if budget is None and default_budget is not None else None)
-    pruning, resolved = resolve_method(method, method_options, budget, default)
-    for setting, does in (("round_to", "rounds"), ("allocation", "shares out")):
-        given = budget_options[setting]
-        if given is not None and (resolved is None or getattr(resolved, setting) != parse_option(
-                str(given), BUDGET_SETTINGS[setting], setting)):
-            raise PrunedroidError(f"{flag(setting)} {does} a budget's channel counts; give --mac-reduction with it (a "
-                                  f"threshold or an automatic K sets no budget)")
-    return pruning, resolved
 
 
 @command(help={"checkpoint": "trained checkpoint to prune (required)", "method": METHOD_HELP,
@@ -251,16 +162,17 @@ def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", ov
     from prunedroid.data import load_cifar10
     from prunedroid.flow import prune_stage
     from prunedroid.options import check_seed
+    from prunedroid.request import fitted_budget, latency_options, method_and_budget
 
     required(checkpoint=checkpoint)
-    pruning, budget = _method_and_budget(method, options)
+    pruning, budget = method_and_budget(method, options)
     seed = check_seed(whole(seed, "seed"))
     out = Path(out) if out else Path(f"{Path(checkpoint).parent}-{method}")
     if out.exists() and not overwrite:
         raise PrunedroidError(f"{out} already exists; pass --overwrite or another --out")
     base = Checkpoint.load(checkpoint)
-    latency = _latency_options(options, budget)
-    budget = _fitted_budget(base.arch, budget, options.get("round_to") is not None)
+    latency = latency_options(options, budget)
+    budget = fitted_budget(base.arch, budget, options.get("round_to") is not None, say=_say)
     prune_stage(Path(checkpoint), out, pruning, budget, load_cifar10(data_dir, holdout=base.held_out_images), seed,
                 latency)
 
@@ -527,11 +439,12 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
     from prunedroid.files import plain_name
     from prunedroid.flow import run_pipeline
     from prunedroid.models import fresh_arch
+    from prunedroid.request import fitted_budget, latency_options, method_and_budget
     from prunedroid.train import make_config
 
     run_name = plain_name(name or preset, "--name")
-    pruning, budget = _method_and_budget(method, options, default_budget=0.5)
-    latency = _latency_options(options, budget)
+    pruning, budget = method_and_budget(method, options, default_budget=0.5)
+    latency = latency_options(options, budget)
     timed_runs, timing_processes = whole(bench_runs, "bench_runs"), whole(bench_processes, "bench_processes")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS, processes=timing_processes)  # not after training
@@ -540,9 +453,9 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
                                            "distill_weight": distill_weight,
                                            "distill_temperature": distill_temperature}, finetune=True)
     base_checkpoint = Checkpoint.load(base) if base else None
-    budget = _fitted_budget(base_checkpoint.arch if base_checkpoint else fresh_arch(train_config.model,
+    budget = fitted_budget(base_checkpoint.arch if base_checkpoint else fresh_arch(train_config.model,
                                                                                      train_config.width),
-                            budget, options.get("round_to") is not None)
+                            budget, options.get("round_to") is not None, say=_say)
     held_out = base_checkpoint.held_out_images if base_checkpoint else train_config.holdout
     data = load_cifar10(data_dir, holdout=held_out)
     run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,

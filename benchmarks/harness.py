@@ -482,13 +482,10 @@ def chosen(option: str, every: list[str]) -> list[str]:
     return {"all": every, "none": []}.get(option, option.split(","))
 
 
-MODEL_TITLES = {"vgg16": "VGG16-BN", "resnet56": "ResNet-56", "mobilenetv2": "MobileNetV2"}
-
-
 def base_title(payload: dict) -> str:
     base = payload["base"]
     name = (base.get("arch") or {}).get("name", "vgg16")
-    title = MODEL_TITLES.get(name if name in MODELS else "vgg16", name)
+    title = MODELS[name if name in MODELS else "vgg16"].title
     return (f"{title} width {base['width']}, {base['epochs']} epochs, test top-1 {100 * base['test_top1']:.2f}% "
             f"(real CIFAR-10 test set, 10,000 images)")
 

@@ -62,8 +62,10 @@ def runtime_version(app_dir: Path = APP_DIR) -> str:
 
 
 def _minor(version: str) -> tuple[int, int]:
-    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
-    return int(major), int(minor)
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise PrunedroidError(f"{version!r} is not a version such as 1.5.1")
+    return int(found.group(1)), int(found.group(2))
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def check_model(sidecar_path: Path, runtime: str = "executorch", precision: str 
     model = app_model(sidecar, runtime, precision)
     if runtime == "executorch":
         exporter, pinned = sidecar.executorch_version, pinned_version("executorchVersion", app_dir)
-        if _minor(exporter) > _minor(pinned):
+        if exporter is not None and _minor(exporter) > _minor(pinned):
             raise PrunedroidError(f"{model.source} was written by ExecuTorch {exporter}, newer than the app's "
                                   f"executorch-android {pinned}, which is only guaranteed to read files from its own "
                                   f"and earlier releases; raise executorchVersion in app/build.gradle to "
@@ -185,11 +187,12 @@ def find_build_tools(app_dir: Path = APP_DIR, env: Mapping[str, str] | None = No
                         f"tools (https://developer.android.com/studio#command-tools), then set ANDROID_HOME or write "
                         f"sdk.dir=<path> into {properties}")
     wrapper = app_dir / "gradlew"
-    gradle = [str(wrapper)] if wrapper.is_file() else [found] if (found := shutil.which("gradle", path=path)) else []
+    on_path = shutil.which("gradle", path=path)
+    gradle = [str(wrapper)] if wrapper.is_file() else [on_path] if on_path else []
     if not gradle:
         problems.append(f"Gradle: install Gradle 8.10 or newer and either put `gradle` on PATH or run `gradle wrapper` "
                         f"once in {app_dir} (Android Studio also creates the wrapper when it opens the project)")
-    if problems:
+    if problems or java is None or sdk is None:  # each missing one has its problem listed
         raise PrunedroidError("cannot build the APK; missing:\n  - " + "\n  - ".join(problems))
     return BuildTools(java=java, sdk=Path(sdk), gradle=gradle)
 

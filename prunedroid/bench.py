@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup
     for call in calls.values():
         for _ in range(warmup):
             call()
-    timings = {key: [] for key in calls}
+    timings: dict[Hashable, list[float]] = {key: [] for key in calls}
     for _ in range(rounds):
         for key, call in calls.items():
             for _ in range(runs // rounds):
@@ -132,7 +133,7 @@ def _exported_model(sidecar: Sidecar) -> nn.Module:
     return checkpoint.model()
 
 
-def load_models(sidecars: list[str | Path], threads: int = 1) -> dict[str, tuple[Sidecar, Runtimes, ModelCost]]:
+def load_models(sidecars: Sequence[str | Path], threads: int = 1) -> dict[str, tuple[Sidecar, Runtimes, ModelCost]]:
     """Each exported model, by its sidecar's name: the sidecar, runtime -> (predictor, file bytes) for eager PyTorch
     and every file it names, and the model's cost. Every file is checked against its sidecar's hash and run once in
     a child process first, so no damaged or crafted file reaches a runtime in this one."""
@@ -175,7 +176,7 @@ def _time_in_processes(sidecars: list[Path], processes: int, threads: int, warmu
     return timings
 
 
-def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
+def benchmark(sidecars: Sequence[str | Path], test: cifar.Split, threads: int = 1, warmup: int = 20, runs: int = 200,
               rounds: int = ROUNDS, processes: int = 1) -> dict:
     """Top-1 on `test` and batch-1 latency per model and runtime. Latency is measured in `rounds` interleaved blocks
     (every model and runtime once per round), so drift on a shared machine hits all of them alike; median and p90
@@ -189,7 +190,7 @@ def benchmark(sidecars: list[str | Path], test: cifar.Split, threads: int = 1, w
                _time_in_processes([Path(p) for p in sidecars], processes, threads, warmup, runs, rounds))
     images = cifar.normalize(test.images)
     baseline = next(iter(models))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model_name, (sidecar, predictors, cost) in models.items():
         for runtime, (predictor, size) in predictors.items():
             predictions = predict(predictor, images).argmax(1)

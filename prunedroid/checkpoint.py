@@ -150,9 +150,9 @@ def record_problems(checkpoint: dict) -> list[str]:
     for key in ("pruning", "teacher", "init", "optimizer", "versions"):
         if checkpoint.get(key) is not None and not isinstance(checkpoint[key], dict):
             problems.append(f"{key}: null or an object")
-    for key, kind in (("seed", int), ("device", str)):
-        if checkpoint.get(key) is not None and type(checkpoint[key]) is not kind:
-            problems.append(f"{key}: null or {'a whole number' if kind is int else 'text'}")
+    for key, wanted in (("seed", int), ("device", str)):
+        if checkpoint.get(key) is not None and type(checkpoint[key]) is not wanted:
+            problems.append(f"{key}: null or {'a whole number' if wanted is int else 'text'}")
     held_out = checkpoint.get("data", {}).get("holdout_images", 0) if isinstance(checkpoint.get("data"), dict) else 0
     if not (type(held_out) is int and held_out >= 0):
         problems.append("data.holdout_images: a whole number >= 0")

@@ -18,10 +18,6 @@ from prunedroid.errors import OPTION
 
 PACKAGE = Path(__file__).resolve().parent
 STORED = PACKAGE / "cli_help.json"
-# A MAC target typed on the command line (or the pipeline's default) is shared out by the recipe measured best for a
-# phone (benchmarks/results/defaults_quick.md) unless --allocation / --round-to say otherwise. The library's Budget
-# keeps uniform, unrounded defaults: sensitivity needs held-out data its caller must pass.
-RECOMMENDED = {"allocation": "sensitivity", "round_to": 16}
 
 
 def flag(option: str) -> str:
@@ -47,6 +43,7 @@ def budget_help() -> dict[str, str]:
     its settings."""
     from prunedroid.options import described, option_fields
     from prunedroid.pruning.budget import AMOUNTS, Budget, LayerChannels
+    from prunedroid.request import RECOMMENDED
 
     amounts = {cls.option: cls.help for cls in AMOUNTS if cls is not LayerChannels}
     settings = {field.name: f"{field.metadata['help']} (default {RECOMMENDED[field.name]} with a `mac_reduction`, "

@@ -158,7 +158,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}:
-            return np._core.multiarray._reconstruct  # numpy >= 2 (pyproject): numpy 1.x named it numpy.core
+            return np._core.multiarray._reconstruct  # type: ignore[attr-defined]  # numpy >= 2 (pyproject): numpy 1.x named it numpy.core
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         raise pickle.UnpicklingError(f"refusing to load {module!r}.{name!r}")
@@ -272,20 +272,21 @@ def batches(split: Split, batch_size: int, *, generator: torch.Generator | None 
     `generator`, which alone decides order and augmentation, so a seeded epoch is reproducible.
     """
     count = len(split)
+    shuffled: tuple[torch.Tensor, torch.Generator] | None = None  # (order, generator) when training
     if train:
         if generator is None:
             raise ValueError("train=True needs a generator")
-        order = torch.randperm(count, generator=generator).to(split.images.device)
+        shuffled = torch.randperm(count, generator=generator).to(split.images.device), generator
         stops = range(batch_size, count + 1, batch_size)
     else:
-        order = None
         stops = range(batch_size, count + batch_size, batch_size)
     for stop in stops:
         index = slice(stop - batch_size, min(stop, count))
-        images = split.images[order[index]] if train else split.images[index]
-        labels = split.labels[order[index]] if train else split.labels[index]
-        if train:
-            images = augment(images, generator)
+        if shuffled is None:
+            images, labels = split.images[index], split.labels[index]
+        else:
+            order, rng = shuffled
+            images, labels = augment(split.images[order[index]], rng), split.labels[order[index]]
         images = normalize(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -135,16 +135,16 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
     `paths` in order (so the last is the one to land last: put a sidecar that describes the others there), and on
     failure all are removed, so a full disk or an error mid-way leaves every old file as it was. A process killed
     mid-way leaves temporaries that the next folder_lock on the folder removes."""
-    paths = [Path(p) for p in paths]
+    targets = [Path(p) for p in paths]
     temporaries: list[Path] = []
     try:
-        for path in paths:
+        for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporaries.append(_temporary(path))
         yield temporaries
         for tmp in temporaries:
             _fsync(tmp)
-        for tmp, path in zip(temporaries, paths):
+        for tmp, path in zip(temporaries, targets):
             os.replace(tmp, path)
     finally:
         for tmp in temporaries:

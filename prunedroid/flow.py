@@ -78,7 +78,7 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
         with atomic_paths([out_dir / "report.json", out_dir / CHECKPOINT_NAME]) as (report_tmp, checkpoint_tmp):
             report_tmp.write_text(json.dumps(report, indent=2) + "\n")
             checkpoint_tmp.write_bytes(pruned.to_bytes())
-    print(f"pruned with {method_name(method)} ({(budget or method).to_dict()}): MACs "
+    print(f"pruned with {method_name(method)} ({(budget or method_of(method)).to_dict()}): MACs "
           f"{report['macs_before'] / 1e6:.1f}M -> {report['macs_after'] / 1e6:.1f}M "
           f"({report['mac_reduction']:.1%} fewer"
           + (f"; {report['mac_reduction_from_original']:.1%} fewer than the unpruned original"
@@ -236,7 +236,7 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
     table = markdown_table(rows, list(rows[0]))
     stages = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in result["stage_seconds"].items())
     write_results(run / "bench", result, title=f"{run.name}: base vs {method_name(method)}-pruned "
-                                                 f"({(budget or method).to_dict()}), fine-tuned",
+                                                 f"({(budget or method_of(method)).to_dict()}), fine-tuned",
                   table=table, notes=f"Batch-1 latency, {result['threads']} thread(s), median/p90 of {bench_runs} "
                                      f"runs in {result['rounds']} interleaved rounds{processes_note(result)}. "
                                      f"Stages: {stages}.")

@@ -128,7 +128,8 @@ def write_ptl(model: nn.Module, path: Path, example: torch.Tensor, dynamic_batch
     import torch.jit.mobile
 
     try:
-        scripted, notes = torch.jit.script(model), {"compiled_by": "torch.jit.script"}
+        scripted = torch.jit.script(model)
+        notes: dict[str, object] = {"compiled_by": "torch.jit.script"}
     except Exception as err:  # a user's model may use Python TorchScript cannot compile
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings: the file is checked against the eager model anyway
@@ -201,8 +202,8 @@ def write_onnx(model: nn.Module, path: Path, example: torch.Tensor, dynamic_batc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         program = io.BytesIO()  # written by Python below: a full disk is an OSError, not a C++ abort
-        torch.onnx.export(model, (example,), program, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["logits"],
+        torch.onnx.export(model, (example,), program,  # type: ignore[arg-type]  # it takes a file object too
+                          dynamo=False, opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None)
     path.write_bytes(program.getvalue())
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)

@@ -90,7 +90,7 @@ def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: i
     count = 0 if holdout is None else len(holdout)
     try:
         result = prune(model, example, method, budget, calibration=calibration(evaluation), seed=seed,
-                       evaluate=held_out_top1(holdout) if measures else None,
+                       evaluate=held_out_top1(holdout) if measures and holdout is not None else None,
                        model_ms=None if table is None else table.model_ms,
                        remember_curves=lambda key, measure: cached_curves(sensitivity_cache,
                                                                           json.dumps([*json.loads(key), count]),

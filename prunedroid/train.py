@@ -23,6 +23,7 @@ from prunedroid.distributed import World, joined, with_global_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256, folder_lock, refuse_holding
 from prunedroid.models import MODELS, build_model, fresh_arch
+from prunedroid.models.registry import width_help
 from prunedroid.options import MAX_SEED, MAX_THREADS, option, with_options
 from prunedroid.pruning.cost import count_cost
 
@@ -36,8 +37,7 @@ class TrainConfig:
     preset's; the command line starts from a preset (PRESETS) and each option overrides it."""
 
     model: str = option("vgg16", f"architecture: {', '.join(MODELS)} (CIFAR variants)")
-    width: float = option(1.0, "width multiplier of every layer (1.0: VGG16's 64..512 channels, ResNet-56's 16..64, "
-                               "MobileNetV2's 32..320)")
+    width: float = option(1.0, width_help())
     epochs: int = option(160, "training epochs")
     batch_size: int = option(128, "images per optimiser step")
     lr: float = option(0.1, "peak learning rate (SGD)")
@@ -98,14 +98,6 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(width=1.0, epochs=160, batch_size=128, lr=0.1, warmup_epochs=1.0, schedule="cosine"),
 }
 
-# Per model, what its presets change in the VGG16 recipes above. quick: about 30 minutes on 2 CPU cores. ResNet-56's
-# ran 12 epochs of ~113 s, MobileNetV2's 7 of ~210-230 s where nothing else ran
-# (benchmarks/results/training_*_quick.md).
-MODEL_PRESETS: dict[str, dict[str, dict[str, object]]] = {
-    "resnet56": {"quick": {"width": 0.5, "epochs": 12}},
-    "mobilenetv2": {"quick": {"width": 0.5, "epochs": 7}},
-}
-
 # Fine-tuning a pruned model: the training preset's recipe with a short, gentle schedule.
 FINETUNE_OVERRIDES: dict[str, dict] = {
     "smoke": {"epochs": 1, "lr": 0.01, "warmup_epochs": 0.0},
@@ -116,13 +108,14 @@ FINETUNE_OVERRIDES: dict[str, dict] = {
 
 def make_config(preset: str, overrides: dict[str, str | int | float | bool | None] | None = None,
                 finetune: bool = False) -> TrainConfig:
-    """A preset for the model the overrides name (VGG16 unless they name one; MODEL_PRESETS), its fine-tuning
+    """A preset for the model the overrides name (VGG16 unless they name one; its entry's `presets`), its fine-tuning
     variant with finetune=True, with command-line overrides applied; an override of None leaves the preset's
     value."""
     if preset not in PRESETS:
         raise PrunedroidError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     model = str((overrides or {}).get("model") or PRESETS[preset].model)
-    base = dataclasses.replace(PRESETS[preset], **MODEL_PRESETS.get(model, {}).get(preset, {}))
+    changes = MODELS[model].presets.get(preset, {}) if model in MODELS else {}  # an unknown model: TrainConfig says
+    base = dataclasses.replace(PRESETS[preset], **changes)
     if finetune:
         base = dataclasses.replace(base, **FINETUNE_OVERRIDES[preset])
     return with_options(base, overrides, "training")
@@ -136,6 +129,8 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfi
     cross_entropy = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     if not config.distill_weight:
         return cross_entropy
+    if teacher_logits is None:
+        raise ValueError("a recipe with distill_weight > 0 needs the teacher's logits")
     temperature = config.distill_temperature
     distillation = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
                             reduction="batchmean", log_target=True) * temperature ** 2
@@ -314,7 +309,8 @@ def _start(config: TrainConfig, path: Path, resume: bool, overwrite: bool, init:
                               f"pass a multiple of {world.size}")
     teacher, teacher_record = None, None
     if teacher_path is not None:
-        teacher = Checkpoint.load(teacher_path).model().to(device, memory_format=memory_format).eval()
+        teacher = Checkpoint.load(teacher_path).model().eval()
+        teacher = teacher.to(device, memory_format=memory_format)  # type: ignore[call-overload]
         teacher_record = {"checkpoint": str(teacher_path), "sha256": file_sha256(teacher_path)}
     init_record = None if init is None else {"weights_sha256": weights_sha256(init.state_dict)}
     # What training starts from: the weights given (fine-tuning), a checkpoint to resume, or None (a fresh model).
@@ -356,7 +352,8 @@ def _train(config: TrainConfig, data: cifar.Cifar10, path: Path, resume: bool, o
     arch = checkpoint.arch if checkpoint else fresh_arch(config.model, config.width, len(cifar.CLASSES))
     model = checkpoint.model() if checkpoint else build_model(arch)
     cost = count_cost(model)
-    model = model.to(device, memory_format=memory_format)
+    # torch's stubs lack Module.to's memory_format, which it takes (and documents).
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
     stepped: nn.Module = model  # what the optimiser's steps run: the model, or its data-parallel wrapper
     if world.distributed:
         stepped = DistributedDataParallel(with_global_batchnorm(model), forward_sync_buffers=False,

@@ -16,7 +16,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     run = runs / "e2e"
     report = json.loads((run / "pruned" / "report.json").read_text())
     assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["method"] == "l1"
-    # tasks.RECOMMENDED's multiple of 16 steps down to 8: this narrow model's 50% needs its 8-channel groups cut
+    # request.RECOMMENDED's multiple of 16 steps down to 8: this narrow model's 50% needs its 8-channel groups cut
     assert (report["budget"]["allocation"], report["budget"]["round_to"]) == ("sensitivity", 8)
     assert "--round-to 16 cannot reach the target on this model (its groups are too narrow); trying multiples of 8" \
         in result.stdout

@@ -55,3 +55,41 @@ def test_cost_counter_restores_training_mode():
     model = build_model(vgg16_spec(0.0625)).train()
     count_cost(model)
     assert model.training
+
+
+@pytest.fixture
+def tinynet():
+    """The documented example (docs/development.md, "Adding a model"), executed; unregistered afterwards."""
+    import re
+
+    from conftest import ROOT
+
+    from prunedroid.models import MODELS
+
+    guide = (ROOT / "docs" / "development.md").read_text().split("## Adding a model", 1)[1]
+    namespace: dict = {}
+    exec(re.search(r"```python\n(.*?)```", guide, re.S).group(1), namespace)
+    yield namespace["TinyNet"]
+    MODELS.pop("tinynet")
+
+
+def test_a_model_registered_in_one_file_trains_prunes_and_rebuilds(tinynet, tmp_path, synthetic_data):
+    from prunedroid.checkpoint import Checkpoint
+    from prunedroid.models import fresh_arch
+    from prunedroid.pruned import prune_checkpoint
+    from prunedroid.pruning import Budget
+    from prunedroid.train import make_config, train
+
+    config = make_config("smoke", {"model": "tinynet", "train_limit": "256", "test_limit": "100"})
+    assert config.epochs == 1 and config.model == "tinynet"  # its entry's change to the smoke preset
+    train(config, synthetic_data, tmp_path, progress=False)
+    base = Checkpoint.load(tmp_path / "checkpoint.pt")
+    assert isinstance(base.model(), tinynet) and base.arch == fresh_arch("tinynet", config.width)
+    pruned = prune_checkpoint(base, "l1", Budget.of(ratio=0.5))
+    pruned.save(tmp_path / "pruned.pt")
+    rebuilt = Checkpoint.load(tmp_path / "pruned.pt")
+    assert rebuilt.arch["channels"] == [1, 2] and rebuilt.arch["name"] == "tinynet"  # width 0.0625: 2 and 4 channels
+    images = torch.randn(4, 3, 32, 32)
+    model, reference = rebuilt.model().eval(), pruned.model().eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), reference(images))

@@ -262,13 +262,14 @@ def test_round_to_and_allocation_need_a_budget(tmp_path):
 
 
 def test_a_mac_target_from_the_command_line_gets_the_recommended_recipe_unless_told_otherwise():
-    """`prune` and `pipeline` share a MAC target by tasks.RECOMMENDED (benchmarks/results/defaults_quick.md); what is
-    typed wins, and other amounts, a latency target and a method's own choice (no budget) are left as typed."""
+    """`prune` and `pipeline` share a MAC target by request.RECOMMENDED (benchmarks/results/defaults_quick.md); what
+    is typed wins, and other amounts, a latency target and a method's own choice (no budget) are left as typed."""
     import tasks
+    from prunedroid.request import method_and_budget
 
     def budget(method="l1", default=None, **typed):
-        options = {name: None for name in tasks.PRUNE_OPTIONS}
-        return tasks._method_and_budget(method, {**options, **typed}, default_budget=default)[1]
+        options = {name: None for name in tasks.PRUNE_OPTIONS}  # every option the command line generates
+        return method_and_budget(method, {**options, **typed}, default_budget=default)[1]
 
     recommended = budget(mac_reduction="0.5")
     assert (recommended.allocation, recommended.round_to) == ("sensitivity", 16)
@@ -284,18 +285,18 @@ def test_a_mac_target_from_the_command_line_gets_the_recommended_recipe_unless_t
 
 
 def test_the_recommended_multiple_steps_down_on_a_narrow_model_but_a_typed_one_is_kept(capsys):
-    import tasks
     from prunedroid.models import fresh_arch
     from prunedroid.pruning import Budget
+    from prunedroid.request import fitted_budget
 
     narrow = fresh_arch("resnet56", 0.0625)  # groups of 1, 2 and 4 channels
     recommended = Budget.of(mac_reduction=0.5, allocation="sensitivity", round_to=16)
-    assert tasks._fitted_budget(narrow, recommended, round_to_typed=False).round_to == 1
-    assert "--round-to 16 cannot reach the target on this model" in capsys.readouterr().out
+    assert fitted_budget(narrow, recommended, round_to_typed=False).round_to == 1
+    assert "`round_to` 16 cannot reach the target on this model" in capsys.readouterr().out
     with pytest.raises(PrunedroidError, match="and a multiple of 16 .*lower `min_keep` or `round_to`"):
-        tasks._fitted_budget(narrow, recommended, round_to_typed=True)
+        fitted_budget(narrow, recommended, round_to_typed=True)
     wide_enough = fresh_arch("vgg16", 0.25)
-    assert tasks._fitted_budget(wide_enough, recommended, round_to_typed=False) == recommended
+    assert fitted_budget(wide_enough, recommended, round_to_typed=False) == recommended
 
 
 def test_pruning_in_steps_from_the_command_line_keeps_the_base_held_out_images_out(tmp_path, cifar_dir):

@@ -1,5 +1,6 @@
-"""The model registry: an architecture is a name and a builder taking (width, num_classes), all for 32x32 CIFAR
-images. A checkpoint records a model as `arch`, plain data that rebuilds it alone:
+"""The models: each registers itself (prunedroid/models/registry.py: a name, a builder taking (width, num_classes),
+its input, title and preset changes), all for 32x32 CIFAR images. A checkpoint records a model as `arch`, plain data
+that rebuilds it alone:
 
 - VGG16 as its VGGSpec (every layer's width, so a pruned VGG is described layer by layer);
 - every other model as a ModelConfig: its name, width and classes, and once pruned the channels each of its channel
@@ -12,7 +13,6 @@ images. A checkpoint records a model as `arch`, plain data that rebuilds it alon
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,16 +21,14 @@ from torch import nn
 
 from prunedroid.data import IMAGE_SHAPE
 from prunedroid.errors import PrunedroidError
-from prunedroid.models.mobilenetv2 import MobileNetV2Cifar
-from prunedroid.models.resnet import ResNetCifar
+from prunedroid.models.registry import MODELS, ModelEntry, register_model
 from prunedroid.models.vgg import VGG, VGG16_CHANNELS, VGGSpec, vgg16_spec
 from prunedroid.pruning import Budget, LayerChannels, channel_graph, kept_counts, prune_channels
 
-MODELS: dict[str, Callable[[float, int], nn.Module]] = {
-    "vgg16": lambda width, classes: VGG(vgg16_spec(width, classes)),
-    "resnet56": ResNetCifar,
-    "mobilenetv2": MobileNetV2Cifar,
-}
+# Each model registers itself on import, in this order (VGG16 first: the presets' model).
+from prunedroid.models import resnet  # noqa: F401  # isort: skip
+from prunedroid.models import mobilenetv2  # noqa: F401  # isort: skip
+
 MAX_WIDTH = 4.0  # far above any width trained here; a larger one in a checkpoint is damage, and would not fit memory
 MAX_CLASSES = 10_000
 MAX_GROUPS = 1_000
@@ -81,8 +79,9 @@ def new_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module
     if name == "vgg16":
         return VGG(vgg16_spec(width, num_classes))
     config = ModelConfig(name, width, num_classes)
-    model = MODELS[name](width, num_classes)
-    model.config = config  # what arch_of reads back; TorchScript leaves an attribute forward never reads alone
+    model = MODELS[name].build(width, num_classes)
+    # What arch_of reads back; TorchScript leaves an attribute forward never reads alone.
+    model.config = config  # type: ignore[assignment]  # nn.Module's __setattr__ is typed for tensors and modules
     return model
 
 
@@ -100,8 +99,10 @@ def is_vgg(arch: dict[str, Any] | VGGSpec | ModelConfig) -> bool:
 
 def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     """The model `arch` (a checkpoint's record, a VGGSpec or a ModelConfig) describes, freshly initialised."""
-    if is_vgg(arch):
-        return VGG(arch if isinstance(arch, VGGSpec) else VGGSpec.from_dict(arch))
+    if isinstance(arch, VGGSpec):
+        return VGG(arch)
+    if isinstance(arch, dict) and is_vgg(arch):
+        return VGG(VGGSpec.from_dict(arch))
     config = ModelConfig.from_dict(arch) if isinstance(arch, dict) else arch
     model = new_model(config.name, config.width, config.num_classes)
     if config.channels is None:
@@ -109,7 +110,7 @@ def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     example = example_input().to(next(model.parameters()).device)
     counts = kept_counts(channel_graph(model, example), Budget(LayerChannels(config.channels)))
     pruned = prune_channels(model, example, {group: list(range(kept)) for group, kept in enumerate(counts)})
-    pruned.config = config
+    pruned.config = config  # type: ignore[assignment]
     return pruned
 
 
@@ -126,5 +127,6 @@ def arch_of(model: nn.Module) -> dict[str, Any]:
     return ModelConfig(config.name, config.width, config.num_classes, tuple(channels)).to_dict()
 
 
-__all__ = ["MODELS", "VGG", "VGG16_CHANNELS", "ModelConfig", "VGGSpec", "arch_of", "build_model", "example_input",
+__all__ = ["MODELS", "VGG", "VGG16_CHANNELS", "ModelConfig", "ModelEntry", "VGGSpec", "arch_of", "build_model",
+           "example_input", "register_model",
            "fresh_arch", "new_model", "vgg16_spec"]

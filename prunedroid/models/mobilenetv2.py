@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunedroid.models.registry import ModelEntry, register_model
+
 # (expansion, output channels, blocks, stride of the first block) per stage
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 STEM, LAST = 32, 1280
@@ -69,3 +71,9 @@ class MobileNetV2Cifar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+# quick: about 30 minutes on 2 CPU cores: 7 epochs of ~210-230 s where nothing else ran
+# (benchmarks/results/training_mobilenetv2_quick.md).
+register_model(ModelEntry("mobilenetv2", "MobileNetV2", MobileNetV2Cifar, "32..320 channels",
+                          presets={"quick": {"width": 0.5, "epochs": 7}}))

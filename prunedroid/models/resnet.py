@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunedroid.models.registry import ModelEntry, register_model
+
 STAGE_CHANNELS = (16, 32, 64)
 BLOCKS_PER_STAGE = 9  # 6n + 2 layers with n = 9: ResNet-56
 
@@ -66,3 +68,9 @@ class ResNetCifar(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+# quick: about 30 minutes on 2 CPU cores: 12 epochs of ~113 s where nothing else ran
+# (benchmarks/results/training_resnet56_quick.md).
+register_model(ModelEntry("resnet56", "ResNet-56", ResNetCifar, "16..64 channels",
+                          presets={"quick": {"width": 0.5, "epochs": 12}}))

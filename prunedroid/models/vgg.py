@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunedroid.errors import PrunedroidError
+from prunedroid.models.registry import ModelEntry, register_model
 
 # Channels of the 13 conv layers of VGG16 and the conv indices after which a 2x2 max-pool halves the map.
 VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
@@ -120,10 +121,14 @@ class VGG(nn.Module):
                 convs.append(module)
             elif isinstance(module, nn.MaxPool2d):
                 pool_after.append(len(convs) - 1)
-        head = self.classifier
+        head = [layer for layer in self.classifier if isinstance(layer, nn.Linear)]
         return VGGSpec(conv_channels=tuple(conv.out_channels for conv in convs), pool_after=tuple(pool_after),
                        hidden=head[0].out_features if len(head) > 1 else 0, num_classes=head[-1].out_features,
                        in_channels=convs[0].in_channels, name=self.name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+register_model(ModelEntry("vgg16", "VGG16-BN", lambda width, classes: VGG(vgg16_spec(width, classes)),
+                          "64..512 channels"))
