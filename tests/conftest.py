@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import shutil
 import stat
 import subprocess
@@ -76,6 +77,15 @@ def run_invoke_each(calls: list[tuple[tuple[str, ...], Path]], env: dict[str, st
         shutil.rmtree(folder)
     return [subprocess.CompletedProcess(["invoke", *args], answer["code"], answer["stdout"], answer["stderr"])
             for (args, _), answer in zip(calls, answers)]
+
+
+def documented_example(section: str) -> dict:
+    """The names the first Python example under `## <section>` in docs/development.md defines, once executed: a
+    recipe the guide gives is a recipe the suite runs."""
+    guide = (ROOT / "docs" / "development.md").read_text().split(f"## {section}\n", 1)[1]
+    namespace: dict = {}
+    exec(re.search(r"```python\n(.*?)```", guide, re.S).group(1), namespace)
+    return namespace
 
 
 def write_batch(path: Path, seed: int, images: int = cifar.IMAGES_PER_BATCH_FILE) -> None:

@@ -1,9 +1,8 @@
 """The format registry: a format is one entry, and export, the sidecar, its checks and the benchmark follow it."""
-import re
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, documented_example
 from test_prune import trained_like
 
 from prunedroid import formats
@@ -20,11 +19,8 @@ from prunedroid.sidecar import Sidecar
 def pt2_format():
     """The documented example (docs/development.md, "Adding an export format"), executed; registered for this test
     only."""
-    guide = (ROOT / "docs" / "development.md").read_text().split("## Adding an export format", 1)[1]
     registered = dict(formats.FORMATS)
-    namespace: dict = {}
-    exec(re.search(r"```python\n(.*?)```", guide, re.S).group(1), namespace)
-    yield namespace["PT2"]
+    yield documented_example("Adding an export format")["PT2"]
     formats.FORMATS.clear()
     formats.FORMATS.update(registered)
 

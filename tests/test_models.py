@@ -60,16 +60,11 @@ def test_cost_counter_restores_training_mode():
 @pytest.fixture
 def tinynet():
     """The documented example (docs/development.md, "Adding a model"), executed; unregistered afterwards."""
-    import re
-
-    from conftest import ROOT
+    from conftest import documented_example
 
     from prunedroid.models import MODELS
 
-    guide = (ROOT / "docs" / "development.md").read_text().split("## Adding a model", 1)[1]
-    namespace: dict = {}
-    exec(re.search(r"```python\n(.*?)```", guide, re.S).group(1), namespace)
-    yield namespace["TinyNet"]
+    yield documented_example("Adding a model")["TinyNet"]
     MODELS.pop("tinynet")
 
 

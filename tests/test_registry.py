@@ -1,11 +1,10 @@
 """A method is one class: the example in docs/development.md, defined as written, is a method the library, the
 option parser and the command line's help all know, with nothing else edited."""
 import importlib.util
-import re
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, documented_example
 
 import prunedroid
 from prunedroid.errors import PrunedroidError
@@ -16,10 +15,7 @@ from tests.test_api import model_and_data
 @pytest.fixture
 def lp_method():
     """The documented example, executed; unregistered afterwards so no other test sees it."""
-    guide = (ROOT / "docs" / "development.md").read_text().split("## Adding a pruning method", 1)[1]
-    namespace: dict = {}
-    exec(re.search(r"```python\n(.*?)```", guide, re.S).group(1), namespace)
-    yield namespace["LpConfig"]
+    yield documented_example("Adding a pruning method")["LpConfig"]
     REGISTRY.pop("lp")
 
 
