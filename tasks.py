@@ -208,12 +208,8 @@ def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume
 
 
 QUANTIZE_HELP = {
-    "quantize": "also write int8 <name>-int8.pte (ExecuTorch, XNNPACK) and <name>-int8.onnx, each refused when its "
-                "test top-1 drops more than --max-drop",
-    "calibration_images": "held-out training images that calibrate int8 (default 512; never test images)",
-    "max_drop": "points of test top-1 int8 may lose against fp32 (default 1.0); a larger drop refuses only when its "
-                "paired 95% interval over the test images excludes zero",
-}
+    "quantize": "int8: also write each format's int8 file (<name>-int8.pte, .onnx, .ptl), each refused when its test "
+                "top-1 drops more than --max-drop", **OPTION_HELP["int8"]}
 
 
 def _int8_options(quantize, calibration_images, max_drop):
@@ -332,16 +328,18 @@ def _timeout(value: str) -> int:
 
 @command(name="bench-device", help={
     "models": "comma-separated sidecar JSON files written by `invoke export` (required)",
-    "apk": "the ExecuTorch build of the app (`invoke build-apk`, debug): each model's .pte runs on it",
+    "apk": "the ExecuTorch build of the app (default: where `invoke build-apk` writes its debug build): each model's "
+           ".pte runs on it",
     "lite_apk": "also the lite build (`invoke build-apk --runtime lite`): each model's .ptl runs on it",
     "serial": "the device to use when several are attached",
     "runs": "timed runs per model on the device (default 100)", "warmup": "untimed runs first (default 20)",
     "threads": "runtime threads on the phone (default 1)", "timeout": RESULT_TIMEOUT_HELP,
     "report": "results stem: rows are added to <report>.json/.md from `invoke bench`, or a new report is started"},
          out="--report")
-def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executorch/debug/app-executorch-debug.apk",
-                 lite_apk=None, serial=None, runs="100", warmup="20", threads="1", timeout="300", report="bench"):
+def bench_device(c, models=None, apk=None, lite_apk=None, serial=None, runs="100", warmup="20", threads="1",
+                 timeout="300", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
+    from prunedroid.android import apk_path
     from prunedroid.bench import add_device_rows, read_report, same_models, table_rows
     from prunedroid.device import bench_device as run_on_device
     from prunedroid.files import check_writable
@@ -355,7 +353,7 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executor
     check_writable(stem.parent)
     records = {p.stem: Sidecar.read(p) for p in sidecars}
     same_models(host, records)  # before the phone is used
-    apks = {"executorch": Path(apk), **({"lite": Path(lite_apk)} if lite_apk else {})}
+    apks = {"executorch": Path(apk) if apk else apk_path(), **({"lite": Path(lite_apk)} if lite_apk else {})}
     device = run_on_device(sidecars, apks, serial, whole(warmup, "warmup"), whole(runs, "runs"),
                            whole(threads, "threads"), timeout=_timeout(timeout))
     host = {("host_command" if k == "command" else k): v for k, v in host.items() if k != "machine"}
@@ -373,46 +371,36 @@ def bench_device(c, models=None, apk="android_app/app/build/outputs/apk/executor
            "--checkpoint` looks (beside the checkpoint's folder)",
     "round_to": BUDGET_HELP["round_to"], "min_keep": BUDGET_HELP["min_keep"],
     "latency_runtime": LATENCY_HELP["latency_runtime"],
-    "apk": "with --device: the debug APK `invoke build-apk` built", "serial": "with --device: which device",
+    "apk": "with --device: the debug APK `invoke build-apk` built (default: where it writes the ExecuTorch one)",
+    "serial": "with --device: which device",
     "runs": "with --device: timed runs per shape (default 50)", "warmup": "with --device: untimed runs first "
     "(default 10)", "threads": "with --device: runtime threads on the phone (default 1)",
     "timeout": f"with --device: {RESULT_TIMEOUT_HELP}"})
 def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min_keep=None, latency_runtime=None,
-                  apk="android_app/app/build/outputs/apk/executorch/debug/app-executorch-debug.apk", serial=None,
-                  runs="50", warmup="10", threads="1", timeout="300"):
+                  apk=None, serial=None, runs="50", warmup="10", threads="1", timeout="300"):
     """Time every layer shape a --allocation latency prune of a checkpoint can reach, here or on a phone (resumable)."""
+    from prunedroid.android import apk_path
     from prunedroid.checkpoint import Checkpoint
-    from prunedroid.latency import LatencyOptions, LatencyTable, reachable_shapes
-    from prunedroid.models import build_model
+    from prunedroid.latency import LatencyOptions, LatencyTable, model_shapes
     from prunedroid.options import with_options
-    from prunedroid.pruned import example_input
-    from prunedroid.pruning import Budget, channel_graph
 
     required(checkpoint=checkpoint)
     options = with_options(LatencyOptions(), {"latency_runtime": latency_runtime}, "latency")
-    # The target does not change the grid: only the step and the floor do.
-    budget = Budget.from_options({"latency_reduction": 0.5, "allocation": "latency", "round_to": round_to,
-                                  "min_keep": min_keep})
-    model = build_model(Checkpoint.load(checkpoint).arch)
-    shapes = reachable_shapes(channel_graph(model, example_input()), budget)
+    shapes, budget = model_shapes(Checkpoint.load(checkpoint).arch, round_to, min_keep)
     print(f"{len(shapes)} layer shapes at --round-to {budget.round_to}, --min-keep {budget.min_keep}", flush=True)
     if device:
         from prunedroid.device import device_latency_table
 
         required(out=out)
-        table = device_latency_table(shapes, Path(out), Path(apk), options.latency_runtime, serial,
-                                     whole(warmup, "warmup"), whole(runs, "runs"), whole(threads, "threads"),
+        table = device_latency_table(shapes, Path(out), Path(apk) if apk else apk_path(), options.latency_runtime,
+                                     serial, whole(warmup, "warmup"), whole(runs, "runs"), whole(threads, "threads"),
                                      timeout=_timeout(timeout), progress=print)
         print(f"{out}: {len(table['ms'])} shapes timed on {table['where']['device']['model']}; use it with `invoke "
               f"prune --allocation latency --latency-table {out}`")
         return
     path = Path(out) if out else options.table_path(Path(checkpoint).resolve().parent.parent)
     table = LatencyTable.load(path, options.latency_runtime)
-    try:
-        for shape in shapes:
-            table.layer_ms(shape)
-    finally:
-        table.save()  # every shape timed so far is kept: a rerun resumes
+    table.fill(shapes)
     print(f"{path}: {len(table.ms)} shapes ({table.measured} timed now) in {table.where['runtime']}")
 
 

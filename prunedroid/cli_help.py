@@ -73,6 +73,13 @@ def latency_help() -> dict[str, str]:
     return {field.name: flagged(described(field)) for field in option_fields(LatencyOptions)}
 
 
+def int8_help() -> dict[str, str]:
+    from prunedroid.deploy import Int8Options
+    from prunedroid.options import described, option_fields
+
+    return {field.name: flagged(described(field)) for field in option_fields(Int8Options)}
+
+
 def _source_hashes(paths: list[str]) -> dict[str, str]:
     """package-relative path -> SHA-256 of that source file ("" where it is gone)."""
     return {path: hashlib.sha256((PACKAGE / path).read_bytes()).hexdigest() if (PACKAGE / path).is_file() else ""
@@ -80,11 +87,11 @@ def _source_hashes(paths: list[str]) -> dict[str, str]:
 
 
 def generate() -> dict:
-    """{"recipe", "budget", "method", "method_options", "latency"}: the generated help (option -> text; "method": the
-    list of methods), and "sources": the hash of every prunedroid module the generation imported."""
+    """{"recipe", "budget", "method", "method_options", "latency", "int8"}: the generated help (option -> text;
+    "method": the list of methods), and "sources": the hash of every prunedroid module the generation imported."""
     methods, method_options = method_help()
     help_text = {"recipe": recipe_help(), "budget": budget_help(), "method": methods, "method_options": method_options,
-                 "latency": latency_help()}
+                 "latency": latency_help(), "int8": int8_help()}
     files = [module.__file__ for name, module in sys.modules.items()
              if name == "prunedroid" or name.startswith("prunedroid.")]
     read = sorted(str(Path(file).resolve().relative_to(PACKAGE)) for file in files if file)

@@ -23,7 +23,7 @@ from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_paths, file_sha256, folder_lock, plain_name, refuse_holding
 from prunedroid.formats import FORMATS, int8_formats, predict
-from prunedroid.options import check, with_options
+from prunedroid.options import check, option, with_options
 from prunedroid.probe import mark_runnable
 from prunedroid.pruning.cost import count_cost
 
@@ -79,12 +79,13 @@ class Int8Options:
     """What `--quantize int8` asks for: how many held-out training images calibrate it, and how many points of test
     top-1 it may lose against fp32."""
 
-    calibration_images: int = 512
-    max_drop: float = MAX_INT8_DROP
+    calibration_images: int = option(512, "held-out training images that calibrate int8 (never test images)")
+    max_drop: float = option(MAX_INT8_DROP, "points of test top-1 int8 may lose against fp32; a larger drop refuses "
+                                            "only when its paired 95% interval over the test images excludes zero")
 
     def __post_init__(self) -> None:
-        check([(self.calibration_images >= 1, "--calibration-images must be >= 1"),
-               (0 <= self.max_drop <= 100, "--max-drop is in points of top-1, 0..100")], "quantization")
+        check([(self.calibration_images >= 1, "`calibration_images` must be >= 1"),
+               (0 <= self.max_drop <= 100, "`max_drop` is in points of top-1, 0..100")], "quantization")
 
     @classmethod
     def from_options(cls, quantize: str | None, overrides: dict[str, str | None]) -> Int8Options | None:
@@ -92,11 +93,11 @@ class Int8Options:
         parsed and checked."""
         if quantize in (None, "none"):
             if any(value is not None for value in overrides.values()):
-                given = ", ".join("--" + k.replace("_", "-") for k, v in overrides.items() if v is not None)
-                raise PrunedroidError(f"{given} given without --quantize int8, the only export it applies to")
+                given = ", ".join(f"`{k}`" for k, v in overrides.items() if v is not None)
+                raise PrunedroidError(f"{given} given without `quantize` int8, the only export it applies to")
             return None
         if quantize != "int8":
-            raise PrunedroidError(f"--quantize is int8 or none, got {quantize!r}")
+            raise PrunedroidError(f"`quantize` is int8 or none, got {quantize!r}")
         return with_options(cls(), overrides, "quantization")
 
 

@@ -28,10 +28,11 @@ from prunedroid.bench import interleaved_latencies_ms
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
 from prunedroid.formats import ONNX_OPSET, onnx_session
+from prunedroid.models import build_model, example_input
 from prunedroid.options import check, is_finite_number, option
 from prunedroid.pruning.allocation import reachable_counts
 from prunedroid.pruning.budget import Budget
-from prunedroid.pruning.groups import ChannelGraph, LayerShape
+from prunedroid.pruning.groups import ChannelGraph, LayerShape, channel_graph
 from prunedroid.report import machine_info
 
 RUNS = 60  # timed runs per shape, after WARMUP; the median is kept
@@ -168,6 +169,14 @@ def reachable_shapes(graph: ChannelGraph, budget: Budget) -> list[LayerShape]:
     return list(shapes.values())
 
 
+def model_shapes(arch: dict, round_to: str | int | None = None,
+                 min_keep: str | float | None = None) -> tuple[list[LayerShape], Budget]:
+    """Every layer shape a latency prune of the model `arch` (a checkpoint's record) can reach with this step and
+    floor (the target does not change the grid), and the budget that says so (its round_to and min_keep as used)."""
+    budget = Budget.of(latency_reduction=0.5, allocation="latency", round_to=round_to, min_keep=min_keep)
+    return reachable_shapes(channel_graph(build_model(arch), example_input()), budget), budget
+
+
 @dataclass
 class LatencyTable:
     """Measured ms per layer shape (LayerShape.key -> ms) in one runtime, filled on first use of a shape; `save`
@@ -230,6 +239,15 @@ class LatencyTable:
     def save(self) -> None:
         if self.path is not None:
             write_table(self.path, self.where, self.ms)
+
+    def fill(self, shapes: Sequence[LayerShape]) -> None:
+        """Times every one of `shapes` not yet in the table; what was timed is saved even when one fails, so a
+        rerun resumes."""
+        try:
+            for shape in shapes:
+                self.layer_ms(shape)
+        finally:
+            self.save()
 
 
 @dataclass(frozen=True)

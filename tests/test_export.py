@@ -279,9 +279,9 @@ def test_an_int8_file_past_max_drop_is_refused_and_nothing_is_written(tmp_path, 
 
 
 @pytest.mark.parametrize("options, message", [
-    (("int4", {}), "--quantize is int8 or none"),
-    ((None, {"max_drop": "2"}), "--max-drop given without --quantize int8"),
-    (("int8", {"calibration_images": "0"}), "--calibration-images must be >= 1"),
+    (("int4", {}), "`quantize` is int8 or none"),
+    ((None, {"max_drop": "2"}), "`max_drop` given without `quantize` int8"),
+    (("int8", {"calibration_images": "0"}), "`calibration_images` must be >= 1"),
     (("int8", {"max_drop": "nan"}), "`max_drop` expects a finite number"),
 ])
 def test_bad_quantization_options_are_clear_errors(options, message):
