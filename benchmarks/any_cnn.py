@@ -40,9 +40,9 @@ from prunedroid.formats import run, write_onnx
 from prunedroid.pruning import (
     KMeansConfig,
     L1Config,
-    LibraryConfig,
     PruningMethod,
     SCPConfig,
+    TorchPruningConfig,
     channel_graph,
     prune,
 )
@@ -153,7 +153,7 @@ def methods(images: int) -> dict[str, PruningMethod]:
     BatchNorm re-measurement (which changes statistics, not the cut), k-means folding its clusters (sum)."""
     return {"l1": L1Config(), "kmeans": KMeansConfig(combine="sum", restarts=1),
             "scp": SCPConfig(recalibrate=False, eval_images=images, batch_size=images),
-            "torch-pruning": LibraryConfig()}
+            "torch-pruning": TorchPruningConfig()}
 
 
 def flop_macs(model: nn.Module, example: torch.Tensor) -> int:

@@ -20,13 +20,13 @@ from harness import Bench, arguments, base_title, percent, repeated_latencies
 from prunedroid.bench import paired_difference
 from prunedroid.deploy import export_checkpoint
 from prunedroid.formats import FORMATS
-from prunedroid.pruning import Budget, LibraryConfig, SCPConfig
+from prunedroid.pruning import Budget, SCPConfig, TorchPruningConfig
 from prunedroid.report import markdown_table
 from prunedroid.train import evaluate
 
 # Torch-Pruning's group-norm criterion: the L2 norm over every weight a channel group couples
 # (GroupMagnitudeImportance, p=2; `--method torch-pruning --importance magnitude`).
-METHODS = {"l1": "l1", "scp": SCPConfig(), "tp-group-norm": LibraryConfig(importance="magnitude")}
+METHODS = {"l1": "l1", "scp": SCPConfig(), "tp-group-norm": TorchPruningConfig(importance="magnitude")}
 ALLOCATIONS = ("uniform", "sensitivity")
 RUNTIMES = ("pytorch", "torchscript-lite", "onnxruntime", "executorch")
 

@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from harness import Bench, arguments, base_title, chosen, paired_table, percent  # noqa: E402
 
-from prunedroid.pruning import Budget, KMeansConfig, LibraryConfig, SCPConfig  # noqa: E402
+from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig  # noqa: E402
 from prunedroid.pruning.similarity import CRITERIA  # noqa: E402
 from prunedroid.report import markdown_table  # noqa: E402
 
@@ -31,8 +31,8 @@ LIBRARY = ("tp-magnitude", "tp-taylor")
 
 def methods() -> dict[str, object]:
     """Methods compared at each MAC target."""
-    chosen: dict[str, object] = {"l1": "l1", "random": "random", "tp-magnitude": LibraryConfig(),
-                                 "tp-taylor": LibraryConfig(importance="taylor"), "kmeans": KMeansConfig(),
+    chosen: dict[str, object] = {"l1": "l1", "random": "random", "tp-magnitude": TorchPruningConfig(),
+                                 "tp-taylor": TorchPruningConfig(importance="taylor"), "kmeans": KMeansConfig(),
                                  "kmeans-blog": KMeansConfig(keep="random")}
     for criterion in CRITERIA:
         chosen[f"scp-{criterion}"] = SCPConfig(criterion=criterion)

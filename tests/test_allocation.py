@@ -8,7 +8,7 @@ from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import cached_curves, prune_model
-from prunedroid.pruning import Budget, KMeansConfig, LibraryConfig, SCPConfig
+from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig
 from prunedroid.pruning.allocation import floors, global_counts, predicted_loss, sensitivity_counts
 from prunedroid.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
@@ -32,7 +32,7 @@ def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, alloc
     budget = Budget.of(mac_reduction=0.5, allocation=allocation, min_keep=0.3)
     lowest = floors(vgg_graph(SMALL), budget)
     for method in ("l1", "random", SCPConfig(eval_images=32, batch_size=32), KMeansConfig(restarts=1),
-                   LibraryConfig(), LibraryConfig(importance="taylor", eval_images=32, batch_size=32)):
+                   TorchPruningConfig(), TorchPruningConfig(importance="taylor", eval_images=32, batch_size=32)):
         pruned, report = prune_model(model, method, budget, evaluation=evaluation, holdout=holdout)
         channels = pruned.spec.conv_channels
         assert abs(report["mac_reduction"] - 0.5) <= 0.01, (method, channels)

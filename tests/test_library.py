@@ -6,8 +6,8 @@ from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
 from prunedroid.flow import evaluation_set
 from prunedroid.pruned import example_input, prune_model
-from prunedroid.pruning import Budget, LibraryConfig, kept_counts, resolve_method
-from prunedroid.pruning.library import library_scores
+from prunedroid.pruning import Budget, TorchPruningConfig, kept_counts, resolve_method
+from prunedroid.pruning.torchpruning import library_scores
 from tests.conftest import vgg_graph
 from tests.test_prune import SMALL, trained_like
 
@@ -34,7 +34,7 @@ def with_dead_channel(layer: int, channel: int) -> nn.Module:
 def test_a_channel_nothing_uses_scores_lowest_and_goes(importance):
     model = with_dead_channel(3, 5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = LibraryConfig(importance=importance, eval_images=48, batch_size=16)
+    config = TorchPruningConfig(importance=importance, eval_images=48, batch_size=16)
     labelled = [(cifar.normalize(EVAL_SET.images[start:start + 16]), EVAL_SET.labels[start:start + 16])
                 for start in range(0, 48, 16)]
     scores = library_scores(model, vgg_graph(SMALL), example_input(), config, labelled)
@@ -51,15 +51,15 @@ def test_a_channel_nothing_uses_scores_lowest_and_goes(importance):
 
 def test_taylor_needs_labelled_images_and_magnitude_needs_none():
     holdout = cifar.Split(EVAL_SET.images.repeat(30, 1, 1, 1), EVAL_SET.labels.repeat(30))
-    assert len(evaluation_set(LibraryConfig(importance="taylor"), holdout)) == 1024
-    assert evaluation_set(LibraryConfig(), holdout) is None
+    assert len(evaluation_set(TorchPruningConfig(importance="taylor"), holdout)) == 1024
+    assert evaluation_set(TorchPruningConfig(), holdout) is None
     with pytest.raises(PrunedroidError, match="Taylor importance needs labelled calibration batches"):
-        prune_model(trained_like(SMALL), LibraryConfig(importance="taylor"), Budget.of(ratio=0.5))
+        prune_model(trained_like(SMALL), TorchPruningConfig(importance="taylor"), Budget.of(ratio=0.5))
 
 
 def test_library_options_resolve_or_explain():
     assert resolve_method("torch-pruning", {"importance": "taylor", "eval_images": "512"}, Budget.of(ratio=0.3)) == (
-        LibraryConfig(importance="taylor", eval_images=512), Budget.of(ratio=0.3))
+        TorchPruningConfig(importance="taylor", eval_images=512), Budget.of(ratio=0.3))
     for options, budget, message in [({"importance": "hessian"}, Budget.of(ratio=0.5), "unknown importance 'hessian'"),
                                      ({}, None, "torch-pruning needs a budget"),
                                      ({"knn": "3"}, Budget.of(ratio=0.5), "`knn` applies to `method` scp only")]:

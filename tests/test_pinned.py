@@ -12,7 +12,7 @@ import torch
 from prunedroid import data as cifar
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import prune_model
-from prunedroid.pruning import Budget, KMeansConfig, LibraryConfig, SCPConfig
+from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig
 from prunedroid.train import remeasure_batchnorm
 
 PINNED = json.loads((Path(__file__).parent / "data" / "vgg_cuts.json").read_text())
@@ -29,8 +29,9 @@ CASES = {
     "scp-global-mac50": (SCPConfig(criterion="chebyshev", **SCP), dict(mac_reduction=0.5, allocation="global")),
     "kmeans-ratio50-sum": (KMeansConfig(combine="sum", restarts=2), dict(ratio=0.5)),
     "kmeans-elbow": (KMeansConfig(clusters="elbow", restarts=1), None),
-    "tp-magnitude-mac50": (LibraryConfig(), dict(mac_reduction=0.5)),
-    "tp-taylor-mac50": (LibraryConfig(importance="taylor", eval_images=256, batch_size=64), dict(mac_reduction=0.5)),
+    "tp-magnitude-mac50": (TorchPruningConfig(), dict(mac_reduction=0.5)),
+    "tp-taylor-mac50": (TorchPruningConfig(importance="taylor", eval_images=256, batch_size=64),
+                        dict(mac_reduction=0.5)),
 }
 
 

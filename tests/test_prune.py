@@ -142,14 +142,14 @@ def test_unreachable_targets_and_bad_choices_are_errors():
 
 def test_a_zero_layer_ratio_leaves_that_layer_whole_for_every_method(synthetic_data):
     """--layer-ratios 0,...,0 protects layers (the first and last convs, say); the others are pruned as asked."""
-    from prunedroid.pruning import KMeansConfig, LibraryConfig, SCPConfig
+    from prunedroid.pruning import KMeansConfig, SCPConfig, TorchPruningConfig
 
     ratios = (0.0,) + (0.5,) * 11 + (0.0,)
     budget = Budget.of(layer_ratios=",".join(map(str, ratios)))
     model = trained_like(SMALL)
     evaluation = synthetic_data.holdout.head(128)
     for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(),
-                   LibraryConfig(), LibraryConfig(importance="taylor", eval_images=128, batch_size=64)):
+                   TorchPruningConfig(), TorchPruningConfig(importance="taylor", eval_images=128, batch_size=64)):
         pruned, report = prune_model(model, method, budget, evaluation=evaluation)
         channels = pruned.spec.conv_channels
         assert channels[0] == SMALL.conv_channels[0] and channels[-1] == SMALL.conv_channels[-1], method
@@ -179,14 +179,14 @@ def test_rounded_counts_are_multiples_and_still_meet_the_mac_target(spec, step, 
 def test_rounding_applies_to_every_budget_and_method(synthetic_data):
     """The budget says how many (rounded), whichever method says which; a layer no wider than one step and a layer
     given ratio 0 stay whole."""
-    from prunedroid.pruning import KMeansConfig, LibraryConfig, SCPConfig
+    from prunedroid.pruning import KMeansConfig, SCPConfig, TorchPruningConfig
 
     spec = vgg16_spec(0.125)  # 8..64 channels
     model = trained_like(spec)
     evaluation = synthetic_data.holdout.head(128)
     assert kept_counts(vgg_graph(spec), Budget.of(ratio=0.5, round_to=16))[:4] == [8, 8, 16, 16]
     assert kept_counts(vgg_graph(spec), Budget.of(layer_ratios=(0.5,) * 12 + (0.0,), round_to=8))[-1] == 64
-    for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(), LibraryConfig()):
+    for method in ("l1", "random", SCPConfig(eval_images=128, batch_size=64), KMeansConfig(), TorchPruningConfig()):
         pruned, report = prune_model(model, method, Budget.of(mac_reduction=0.5, round_to=8), evaluation=evaluation)
         assert all(c % 8 == 0 for c in pruned.spec.conv_channels), (method, pruned.spec.conv_channels)
         assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["budget"]["round_to"] == 8

@@ -41,11 +41,11 @@ from prunedroid.pruning.cost import ModelCost, count_cost
 from prunedroid.pruning.groups import ChannelGraph, ChannelGroup, channel_graph
 from prunedroid.pruning.kmeans import KMeansConfig
 from prunedroid.pruning.l1 import L1Config
-from prunedroid.pruning.library import LibraryConfig
 from prunedroid.pruning.method import REGISTRY, Calibration, PruningMethod, method_of
 from prunedroid.pruning.random_choice import RandomConfig
 from prunedroid.pruning.scp import SCPConfig
 from prunedroid.pruning.surgery import prune_channels
+from prunedroid.pruning.torchpruning import TorchPruningConfig
 
 Method = str | PruningMethod  # a registered method's name (its default options) or its options
 
@@ -257,6 +257,6 @@ def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod,
 
 __all__ = ["BUDGET_OPTIONS", "REGISTRY", "Amount", "Budget", "LatencyReduction", "LayerChannels", "LayerRatios",
            "MacReduction", "Ratio", "Calibration", "ChannelGraph", "ChannelGroup", "KMeansConfig", "L1Config",
-           "LibraryConfig", "Method", "ModelCost", "PruneResult", "PruningMethod", "RandomConfig", "SCPConfig",
+           "TorchPruningConfig", "Method", "ModelCost", "PruneResult", "PruningMethod", "RandomConfig", "SCPConfig",
            "channel_graph", "channel_scores", "count_cost", "cut", "kept_counts", "method_name", "method_options",
            "prune", "prune_channels", "resolve_method"]

@@ -29,7 +29,7 @@ IMPORTANCES = ("magnitude", "taylor")
 
 
 @dataclass(frozen=True)
-class LibraryConfig(PruningMethod):
+class TorchPruningConfig(PruningMethod):
     """Torch-Pruning's group criteria (see the module docstring)."""
 
     name: ClassVar[str] = "torch-pruning"
@@ -54,7 +54,7 @@ class LibraryConfig(PruningMethod):
         return library_scores(model, graph, example_input, self, labelled_batches(calibration, self.batch_size))
 
 
-def library_scores(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, config: LibraryConfig,
+def library_scores(model: nn.Module, graph: ChannelGraph, example_input: torch.Tensor, config: TorchPruningConfig,
                    labelled: Sequence[tuple[torch.Tensor, torch.Tensor]] | None) -> list[torch.Tensor]:
     """Per group, (channels,) importance scores from Torch-Pruning; higher means keep.
     labelled: (inputs, class indices) batches, inputs as the model takes them (Taylor's gradients)."""
