@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from prunedroid.bench import processes_note
 from prunedroid.checkpoint import library_versions
-from prunedroid.files import atomic_path, atomic_paths
+from prunedroid.files import atomic_path, atomic_paths, file_sha256
 
 
 def machine_info() -> dict[str, Any]:
@@ -33,6 +34,29 @@ def command_line() -> str:
                                                  else sys.argv[0], *sys.argv[1:]])
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def script_version() -> dict[str, Any] | None:
+    """The benchmark script that is running (sys.argv[0], one of benchmarks/*.py), so a result names the code that
+    reproduces it: its path, SHA-256 and, in a git checkout, the commit and whether the script differs from it
+    ("modified"). None for anything else (a task, a test)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.parent != BENCHMARKS or script.suffix != ".py" or not script.is_file():
+        return None
+    version: dict[str, Any] = {"script": f"benchmarks/{script.name}", "sha256": file_sha256(script)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True,
+                                timeout=30, check=False)
+        if commit.returncode == 0:
+            diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", script.name], cwd=BENCHMARKS,
+                                  capture_output=True, timeout=30, check=False)
+            version.update(commit=commit.stdout.strip(), modified=diff.returncode != 0)
+    except (OSError, subprocess.TimeoutExpired):  # no git here: the hash still names the script
+        pass
+    return version
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """rows of dicts -> a Markdown table of `columns` (missing values blank)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -44,11 +68,17 @@ def write_results(stem: str | Path, payload: dict[str, Any], title: str, table: 
     """Writes `stem`.json (payload + command + machine) and `stem`.md (title, command, table, notes) as a unit: both
     land, or neither changes (a full disk part-way leaves the old pair)."""
     stem = Path(stem)
-    payload = {"command": command_line(), "machine": machine_info(), **payload}
+    script = script_version()
+    payload = {"command": command_line(), "machine": machine_info(), **({"script": script} if script else {}),
+               **payload}
     machine, commands = payload["machine"], payload.get("commands") or [payload["command"]]
     ran = (f"Command: `{commands[0]}`" if len(commands) == 1 else
            "Commands, in order (each resumed the cells of those before it):\n\n"
            + "\n".join(f"- `{c}`" for c in commands))
+    if script:
+        ran += (f"\n\nScript: `{script['script']}`, SHA-256 {script['sha256'][:12]}"
+                + (f", commit {script['commit'][:12]}{' (modified since)' if script['modified'] else ''}"
+                   if "commit" in script else ""))
     markdown = (f"# {title}\n\n{ran}\n\nMachine: {machine['cpu']}, {machine['cores']} cores, "
                 f"torch {machine['torch']} ({machine['torch_threads']} threads)\n\n{table}"
                 + (f"\n{notes.strip()}\n" if notes else ""))

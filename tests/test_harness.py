@@ -169,3 +169,25 @@ def test_counting_alone_keeps_the_earlier_timing_of_the_same_architecture(tmp_pa
     with pytest.raises(PrunedroidError, match="no timing of 1 of the width-0.0625 architectures .* --processes 5"):
         timed_architectures(0.0625, [0.5], [4, 8], runs=10, processes=0, counting_processes=0, earlier=timed,
                             results=results)
+
+
+def test_a_benchmark_result_names_the_script_version_that_made_it(tmp_path, monkeypatch):
+    """write_results records the running benchmark script's SHA-256 and commit (and whether it was modified since),
+    so every committed result names the code that reproduces it; a task or a test records none."""
+    import json
+
+    from prunedroid.files import file_sha256
+    from prunedroid.report import write_results
+
+    script = ROOT / "benchmarks" / "any_cnn.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--models", "vgg11"])
+    write_results(tmp_path / "result", {"rows": []}, "t", "table")
+    recorded = json.loads((tmp_path / "result.json").read_text())["script"]
+    assert recorded["script"] == "benchmarks/any_cnn.py" and recorded["sha256"] == file_sha256(script)
+    if "commit" in recorded:  # a git checkout (CI's clean clone is one)
+        assert len(recorded["commit"]) == 40 and isinstance(recorded["modified"], bool)
+    assert f"Script: `benchmarks/any_cnn.py`, SHA-256 {file_sha256(script)[:12]}" in (
+        tmp_path / "result.md").read_text()
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "tasks.py")])
+    write_results(tmp_path / "task", {"rows": []}, "t", "table")
+    assert "script" not in json.loads((tmp_path / "task.json").read_text())
