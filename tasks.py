@@ -422,13 +422,10 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
     from prunedroid.bench import ROUNDS, check_timing
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.files import plain_name
-    from prunedroid.flow import run_pipeline
-    from prunedroid.models import fresh_arch
+    from prunedroid.flow import plan_run, run_pipeline
     from prunedroid.request import fitted_budget, latency_options, method_and_budget
-    from prunedroid.train import make_config
 
     run_name = plain_name(name or preset, "--name")
     pruning, budget = method_and_budget(method, options, default_budget=0.5)
@@ -436,17 +433,12 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
     timed_runs, timing_processes = whole(bench_runs, "bench_runs"), whole(bench_processes, "bench_processes")
     int8 = _int8_options(quantize, calibration_images, max_drop)
     check_timing(threads=1, warmup=0, runs=timed_runs, rounds=ROUNDS, processes=timing_processes)  # not after training
-    train_config = make_config(preset, {"model": model, "device": device})
-    finetune_config = make_config(preset, {"model": model, "epochs": finetune_epochs, "device": device,
-                                           "distill_weight": distill_weight,
-                                           "distill_temperature": distill_temperature}, finetune=True)
-    base_checkpoint = Checkpoint.load(base) if base else None
-    budget = fitted_budget(base_checkpoint.arch if base_checkpoint else fresh_arch(train_config.model,
-                                                                                     train_config.width),
-                            budget, options.get("round_to") is not None, say=_say)
-    held_out = base_checkpoint.held_out_images if base_checkpoint else train_config.holdout
-    data = load_cifar10(data_dir, holdout=held_out)
-    run_pipeline(run_name, train_config, finetune_config, pruning, budget, data, base=base, runs_dir=runs_dir,
+    plan = plan_run(preset, {"model": model, "device": device},
+                    {"model": model, "epochs": finetune_epochs, "device": device, "distill_weight": distill_weight,
+                     "distill_temperature": distill_temperature}, base)
+    budget = fitted_budget(plan.arch, budget, options.get("round_to") is not None, say=_say)
+    data = load_cifar10(data_dir, holdout=plan.held_out)
+    run_pipeline(run_name, plan.train, plan.finetune, pruning, budget, data, base=base, runs_dir=runs_dir,
                  resume=resume, overwrite=overwrite, progress=sys.stderr.isatty(), bench_runs=timed_runs,
                  bench_processes=timing_processes,
                  int8=int8, latency=latency)

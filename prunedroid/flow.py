@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunedroid import data as cifar
@@ -33,11 +34,12 @@ from prunedroid.files import (
     refuse_holding,
 )
 from prunedroid.latency import APP_LATENCY, LatencyOptions
+from prunedroid.models import fresh_arch
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, Method, method_name, method_options
 from prunedroid.pruning.method import method_of
 from prunedroid.report import markdown_table, run_report, write_results
-from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, recipe_of, train
+from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, recipe_of, train
 
 
 def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:
@@ -152,6 +154,33 @@ def _where_they_differ(stored: object, now: object) -> str:
     if not (isinstance(stored, dict) and isinstance(now, dict)):
         return ""
     return f" (they differ in {', '.join(path.rstrip('.') for path in paths(stored, now, '')[:5])})"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a pipeline run trains and fine-tunes with, decided before any data is read: the training and fine-tuning
+    recipes, the base's architecture (a --base's record, or the preset's model as built) and the training images
+    the base holds out (which pruning chooses on and fine-tuning never trains on)."""
+
+    train: TrainConfig
+    finetune: TrainConfig
+    arch: dict
+    held_out: int
+
+
+Overrides = dict[str, str | int | float | bool | None]  # option -> value as typed (None: the preset's)
+
+
+def plan_run(preset: str, recipe: Overrides, finetune_recipe: Overrides, base: str | Path | None = None) -> RunPlan:
+    """The run's plan from a preset and option overrides (strings as typed; None: the preset's), for a fresh base or
+    the checkpoint at `base`."""
+    train_config = make_config(preset, recipe)
+    finetune_config = make_config(preset, finetune_recipe, finetune=True)
+    if base is None:
+        return RunPlan(train_config, finetune_config, fresh_arch(train_config.model, train_config.width),
+                       train_config.holdout)
+    checkpoint = Checkpoint.load(base)
+    return RunPlan(train_config, finetune_config, checkpoint.arch, checkpoint.held_out_images)
 
 
 def run_pipeline(name: str, train_config: TrainConfig, finetune_config: TrainConfig, method: Method,
