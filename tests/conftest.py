@@ -84,7 +84,9 @@ def documented_example(section: str) -> dict:
     recipe the guide gives is a recipe the suite runs."""
     guide = (ROOT / "docs" / "development.md").read_text().split(f"## {section}\n", 1)[1]
     namespace: dict = {}
-    exec(re.search(r"```python\n(.*?)```", guide, re.S).group(1), namespace)
+    code = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
+    # Compiled as a reader would run it: not under this file's `from __future__ import annotations`.
+    exec(compile(code, f"docs/development.md ({section})", "exec", dont_inherit=True), namespace)
     return namespace
 
 
