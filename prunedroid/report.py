@@ -48,10 +48,13 @@ def script_version() -> dict[str, Any] | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True,
                                 timeout=30, check=False)
-        if commit.returncode == 0:
-            diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", script.name], cwd=BENCHMARKS,
-                                  capture_output=True, timeout=30, check=False)
-            version.update(commit=commit.stdout.strip(), modified=diff.returncode != 0)
+        if commit.returncode == 0:  # the script as committed (none: not in the commit) against the file as it runs
+            committed, running = (subprocess.run(["git", *words], cwd=BENCHMARKS, capture_output=True, text=True,
+                                                 timeout=30, check=False)
+                                  for words in (["rev-parse", "--verify", "-q", f"HEAD:./{script.name}"],
+                                                ["hash-object", script.name]))
+            version.update(commit=commit.stdout.strip(),
+                           modified=committed.returncode != 0 or committed.stdout.strip() != running.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):  # no git here: the hash still names the script
         pass
     return version
