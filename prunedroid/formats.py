@@ -249,8 +249,9 @@ def load_onnx(path: Path, threads: int | None) -> Predictor:
     step = fixed if isinstance(fixed, int) else None
 
     def run_batch(images: torch.Tensor) -> torch.Tensor:
-        chunks = images.split(step) if step else (images,)
-        return torch.cat([torch.from_numpy(session.run(None, {name: chunk.numpy()})[0]) for chunk in chunks])
+        if step is None or len(images) == step:  # one call, nothing added to what is timed
+            return torch.from_numpy(session.run(None, {name: images.numpy()})[0])
+        return torch.cat([run_batch(chunk) for chunk in images.split(step)])
 
     return run_batch
 
