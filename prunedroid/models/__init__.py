@@ -97,6 +97,12 @@ def is_vgg(arch: dict[str, Any] | VGGSpec | ModelConfig) -> bool:
     return isinstance(arch, VGGSpec) or (isinstance(arch, dict) and "conv_channels" in arch)
 
 
+def entry_input(name: str, model: nn.Module) -> torch.Tensor:
+    """A zero input of the registered model `name`'s entry's shape, (1, C, H, W), on `model`'s device: what its
+    channel groups are traced with."""
+    return torch.zeros(1, *MODELS[name].input_shape, device=next(model.parameters()).device)
+
+
 def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     """The model `arch` (a checkpoint's record, a VGGSpec or a ModelConfig) describes, freshly initialised."""
     if isinstance(arch, VGGSpec):
@@ -107,7 +113,7 @@ def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     model = new_model(config.name, config.width, config.num_classes)
     if config.channels is None:
         return model
-    example = example_input().to(next(model.parameters()).device)
+    example = entry_input(config.name, model)
     counts = kept_counts(channel_graph(model, example), Budget(LayerChannels(config.channels)))
     pruned = prune_channels(model, example, {group: list(range(kept)) for group, kept in enumerate(counts)})
     pruned.config = config  # type: ignore[assignment]
@@ -123,7 +129,8 @@ def arch_of(model: nn.Module) -> dict[str, Any]:
     if not isinstance(config, ModelConfig):
         raise PrunedroidError(f"a {type(model).__name__} is not a registered model (prunedroid.models.MODELS): "
                               f"only those can be saved as a checkpoint; export it with prunedroid.export instead")
-    channels = channel_graph(model, example_input().to(next(model.parameters()).device)).channels
+    example = entry_input(config.name, model)
+    channels = channel_graph(model, example).channels
     return ModelConfig(config.name, config.width, config.num_classes, tuple(channels)).to_dict()
 
 
