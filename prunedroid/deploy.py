@@ -223,17 +223,17 @@ def _export_int8(deploy: nn.Module, eager: nn.Module, test: cifar.Split, calibra
     with torch.no_grad():
         fp32_correct = torch.cat([eager(batch) for batch in every_test_image.split(500)]).argmax(1) == test.labels
     formats = int8_formats()
-    notes = {entry.kind: entry.write_int8(deploy, tmp[f"int8_{entry.kind}"], calibration_images, tmp[entry.kind])
+    written = {entry.kind: tmp[f"int8_{entry.kind}"] for entry in formats}  # kind -> the int8 file's temporary path
+    notes = {entry.kind: entry.write_int8(deploy, written[entry.kind], calibration_images, tmp[entry.kind])
              for entry in formats if entry.write_int8 is not None}
-    correct = {entry.runtime: predict(entry.load(tmp[f"int8_{entry.kind}"], None), every_test_image).argmax(1)
+    correct = {entry.runtime: predict(entry.load(written[entry.kind], None), every_test_image).argmax(1)
                == test.labels for entry in formats}
     for runtime, int8_correct in correct.items():
         check_int8(fp32_correct, int8_correct, runtime, max_drop)
     fp32_top1 = fp32_correct.float().mean().item()
     measured = {runtime: values.float().mean().item() for runtime, values in correct.items()}
     return {**{entry.kind: paths[f"int8_{entry.kind}"].name for entry in formats},
-            **{key: value for entry in formats for key, value in _size_and_hash(entry.kind,
-                                                                                 tmp[f"int8_{entry.kind}"]).items()},
+            **{key: value for kind, path in written.items() for key, value in _size_and_hash(kind, path).items()},
             **{entry.int8_notes: notes[entry.kind] for entry in formats},
             "calibration": f"{len(calibration)} held-out training images", "test_images": len(test),
             "fp32_test_top1": fp32_top1, "test_top1": measured, "max_drop_points": max_drop}

@@ -12,10 +12,22 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
+
 from prunedroid.errors import PrunedroidError
 from prunedroid.latency import LatencyOptions
+from prunedroid.models import build_model, example_input
 from prunedroid.options import option_fields, parse_option, with_options
-from prunedroid.pruning import BUDGET_OPTIONS, REGISTRY, Budget, PruningMethod, resolve_method
+from prunedroid.pruning import (
+    BUDGET_OPTIONS,
+    REGISTRY,
+    Budget,
+    PruningMethod,
+    channel_graph,
+    kept_counts,
+    resolve_method,
+)
+from prunedroid.pruning.allocation import check_reachable
 from prunedroid.pruning.budget import AMOUNT_OPTIONS, BUDGET_SETTINGS, LayerChannels
 
 # A MAC target is shared out by the recipe measured best for a phone (benchmarks/results/defaults_quick.md) unless
@@ -90,12 +102,6 @@ def fitted_budget(arch: dict, budget: Budget | None, round_to_typed: bool,
     cannot apply, an unreachable MAC target fail here). Where `round_to` was not given, the recommended multiple
     steps down (16, 8, 4, 2, 1) until the target is reachable on this model - narrow models have groups of fewer
     channels than it - saying so."""
-    import torch
-
-    from prunedroid.models import build_model, example_input
-    from prunedroid.pruning import channel_graph, kept_counts
-    from prunedroid.pruning.allocation import check_reachable
-
     if budget is None or budget.allocation == "latency":  # a latency target is checked once the layers are measured
         return budget
     with torch.device("meta"):  # shapes only: no memory for the weights

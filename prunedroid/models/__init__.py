@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunedroid.data import IMAGE_SHAPE
 from prunedroid.errors import PrunedroidError
 from prunedroid.models.registry import MODELS, ModelEntry, register_model
 from prunedroid.models.vgg import VGG, VGG16_CHANNELS, VGGSpec, vgg16_spec
@@ -69,9 +68,10 @@ class ModelConfig:
             raise PrunedroidError(f"not an architecture description ({err}): {str(arch)[:300]}") from err
 
 
-def example_input() -> torch.Tensor:
-    """One 32x32 RGB image, the input every registered model is traced with."""
-    return torch.zeros(1, *IMAGE_SHAPE)
+def example_input(name: str = "vgg16") -> torch.Tensor:
+    """A zero input (1, C, H, W) of the registered model `name`'s entry's shape (every model here takes a 32x32 RGB
+    image): what its channel groups are traced with."""
+    return torch.zeros(1, *MODELS[name].input_shape)
 
 
 def new_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
@@ -97,12 +97,6 @@ def is_vgg(arch: dict[str, Any] | VGGSpec | ModelConfig) -> bool:
     return isinstance(arch, VGGSpec) or (isinstance(arch, dict) and "conv_channels" in arch)
 
 
-def entry_input(name: str, model: nn.Module) -> torch.Tensor:
-    """A zero input of the registered model `name`'s entry's shape, (1, C, H, W), on `model`'s device: what its
-    channel groups are traced with."""
-    return torch.zeros(1, *MODELS[name].input_shape, device=next(model.parameters()).device)
-
-
 def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     """The model `arch` (a checkpoint's record, a VGGSpec or a ModelConfig) describes, freshly initialised."""
     if isinstance(arch, VGGSpec):
@@ -113,7 +107,7 @@ def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     model = new_model(config.name, config.width, config.num_classes)
     if config.channels is None:
         return model
-    example = entry_input(config.name, model)
+    example = example_input(config.name).to(next(model.parameters()).device)
     counts = kept_counts(channel_graph(model, example), Budget(LayerChannels(config.channels)))
     pruned = prune_channels(model, example, {group: list(range(kept)) for group, kept in enumerate(counts)})
     pruned.config = config  # type: ignore[assignment]
@@ -129,7 +123,7 @@ def arch_of(model: nn.Module) -> dict[str, Any]:
     if not isinstance(config, ModelConfig):
         raise PrunedroidError(f"a {type(model).__name__} is not a registered model (prunedroid.models.MODELS): "
                               f"only those can be saved as a checkpoint; export it with prunedroid.export instead")
-    example = entry_input(config.name, model)
+    example = example_input(config.name).to(next(model.parameters()).device)
     channels = channel_graph(model, example).channels
     return ModelConfig(config.name, config.width, config.num_classes, tuple(channels)).to_dict()
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from prunedroid.data import IMAGE_SHAPE
+
 if TYPE_CHECKING:
     from torch import nn
-
-CIFAR_INPUT = (3, 32, 32)  # (channels, height, width) of a CIFAR-10 image
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ModelEntry:
     title: str
     build: Callable[[float, int], nn.Module]
     widths: str
-    input_shape: tuple[int, int, int] = CIFAR_INPUT
+    input_shape: tuple[int, int, int] = IMAGE_SHAPE
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
