@@ -481,7 +481,9 @@ def test(c, args="", workers="2"):
     if processes < 0:
         raise PrunedroidError(f"--workers is a number of test processes, 0 or more; got {processes}")
     # A test file stays in one process (--dist loadfile): its module fixtures (exports, trained bases) are built once.
-    parallel = ["-n", str(processes), "--dist", "loadfile"] if processes > 0 else ["-p", "no:xdist"]
+    # Files are handed out in collection order, longest first (tests/conftest.py LONGEST_FILES).
+    parallel = ["-n", str(processes), "--dist", "loadfile", "--no-loadscope-reorder"] if processes > 0 \
+        else ["-p", "no:xdist"]
     code = _run(c, sys.executable, "-m", "pytest", *parallel, args=args)
     if code == 5:
         raise Exit("error: pytest collected no tests", code=5)

@@ -1,6 +1,7 @@
 """Shared fixtures: synthetic CIFAR-10 batches written in the official python format (no network, no real data)."""
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +27,25 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_CIFAR_DIR = ROOT.parent / "shared" / cifar.ARCHIVE_FOLDER
 PHONE = "R5CT1234ABC            device usb:1-1 product:panther model:Pixel_7 device:panther transport_id:3"
 
-# The test processes share the cores (pytest-xdist: `invoke test` starts one per core): each one, and each process a
-# test starts, computes on its share instead of on every core, as torch would by default. Oversubscribed, two
-# processes ran the ResNet-56 and MobileNetV2 pipelines in 164 s each; with a thread each, in 60 s.
-TEST_PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, (os.cpu_count() or 1) // TEST_PROCESSES)
-torch.set_num_threads(THREADS)
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
+# One compute thread in every test process and every process a test starts (`invoke test` runs a test process per
+# core): the machine's core count decides nothing, and no process spins on cores the others hold. Oversubscribed (two
+# processes of two threads on 2 cores), a ResNet-56 smoke epoch ran at 10 images/s; with a thread each, at 178.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# The test files that take longest (whole pipelines, exports, the JVM), longest first, as measured on 2 cores: `invoke
+# test` has pytest-xdist hand files out in collection order (--no-loadscope-reorder; by default it starts with the
+# files of most tests, which left a one-test, three-minute file for the end), so no process ends alone on a long one.
+LONGEST_FILES = ("test_hostile.py", "test_flow.py", "test_architectures.py", "test_hostile_round2.py", "test_export.py",
+                 "test_architecture_pipeline.py", "test_tasks.py", "test_harness.py", "test_apk_build.py",
+                 "test_android_jvm.py", "test_device.py", "test_latency.py", "test_distributed.py", "test_fuzz.py",
+                 "test_api.py", "test_layers.py", "test_allocation.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +132,59 @@ def cifar_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_data(cifar_dir) -> cifar.Cifar10:
     return cifar.load_cifar10(cifar_dir, holdout=500, download=False)
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name` that `build(folder)` fills once per test run, for every test process: pytest-xdist's workers
+    share their base temp folder's parent, so the first to ask builds under a lock and the others wait and reuse.
+    Treat it as read-only."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            build(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vgg_exports(tmp_path_factory, synthetic_data) -> dict[str, Path]:
+    """Two VGG16-BN with non-trivial BatchNorm statistics (test_prune.trained_like), "base" at width 1/16 and "small"
+    at 1/32, exported as `invoke export` does (fp32: .ptl, .onnx, .pte): name -> sidecar, its checkpoint <name>.pt
+    in the sidecar's parent's parent. Exported once per test run (built_once); copy_export to change one."""
+    from test_prune import trained_like
+
+    from prunedroid.checkpoint import Checkpoint
+    from prunedroid.deploy import export_checkpoint
+    from prunedroid.models import vgg16_spec
+
+    widths = {"base": 0.0625, "small": 0.03125}
+
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        for name, width in widths.items():
+            model = trained_like(vgg16_spec(width))
+            Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(folder / f"{name}.pt")
+            export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name)
+
+    folder = built_once(tmp_path_factory, "vgg-exports", build)
+    return {name: folder / "out" / f"{name}.json" for name in widths}
+
+
+def copy_export(sidecar: Path, folder: Path, stem: str | None = None) -> Path:
+    """The export of `sidecar` (its .json, .ptl, .onnx, .pte) copied into `folder`, optionally under another stem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = stem or sidecar.stem
+    for suffix in (".ptl", ".onnx", ".pte"):
+        shutil.copyfile(sidecar.with_suffix(suffix), folder / f"{stem}{suffix}")
+    data = json.loads(sidecar.read_text())
+    data.update(ptl=f"{stem}.ptl", onnx=f"{stem}.onnx", pte=f"{stem}.pte")
+    (folder / f"{stem}.json").write_text(json.dumps(data))
+    return folder / f"{stem}.json"
 
 
 def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -> Path:

@@ -113,5 +113,7 @@ def run_the_pipeline(tmp_path, cifar_dir, model, method, *method_options):
 
 
 def test_resnet56_runs_the_whole_pipeline(tmp_path, cifar_dir):
-    """SCP on residual groups: a removed channel is folded into its twin in every block of the stage."""
-    run_the_pipeline(tmp_path, cifar_dir, "resnet56", "scp", "--eval-images", "128", "--batch-size", "64")
+    """SCP on residual groups: a removed channel is folded into its twin in every block of the stage. Uniform
+    allocation: the sensitivity curves on ResNet-56's groups are test_a_pruned_model_rebuilds_from_its_record's."""
+    run_the_pipeline(tmp_path, cifar_dir, "resnet56", "scp", "--allocation", "uniform", "--round-to", "1",
+                     "--eval-images", "128", "--batch-size", "64")

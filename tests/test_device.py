@@ -7,8 +7,6 @@ import torch
 
 from prunedroid import device
 from prunedroid.bench import add_device_rows, table_rows
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import export_checkpoint
 from prunedroid.device import Device, bench_device, device_latency_table, find_adb, parse_devices, pick_device
 from prunedroid.errors import PrunedroidError
 from prunedroid.latency import LatencyOptions, LatencyTable, reachable_shapes, where_measured
@@ -17,7 +15,7 @@ from prunedroid.pruned import example_input, prune_model
 from prunedroid.pruning import Budget, channel_graph
 from prunedroid.pruning.groups import LayerShape
 from prunedroid.sidecar import Sidecar
-from tests.conftest import PHONE, run_invoke
+from tests.conftest import PHONE, copy_export, run_invoke
 from tests.test_prune import trained_like
 
 EMULATOR = "emulator-5554          device product:sdk_gphone64_x86_64 model:sdk_gphone64_x86_64 transport_id:1"
@@ -45,14 +43,10 @@ def test_a_missing_adb_says_where_to_get_it(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, synthetic_data) -> list[Path]:
+def models(vgg_exports, tmp_path_factory) -> list[Path]:
+    """conftest.vgg_exports as a base and a pruned model: their sidecars."""
     folder = tmp_path_factory.mktemp("device-export")
-    sidecars = []
-    for name, width in (("base", 0.0625), ("pruned", 0.03125)):
-        model = trained_like(vgg16_spec(width))
-        Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(folder / f"{name}.pt")
-        sidecars.append(export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name).sidecar)
-    return sidecars
+    return [copy_export(vgg_exports["base"], folder), copy_export(vgg_exports["small"], folder, "pruned")]
 
 
 @pytest.fixture

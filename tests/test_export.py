@@ -27,18 +27,6 @@ from prunedroid.models import build_model, vgg16_spec
 from prunedroid.sidecar import Sidecar
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_data):
-    """Two tiny models (a base and a narrower one) exported the way `invoke export` does."""
-    folder = tmp_path_factory.mktemp("export")
-    for name, width in (("base", 0.0625), ("narrow", 0.03125)):
-        model = trained_like(vgg16_spec(width))
-        Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(),
-                   metrics={"test": {"top1": 0.1, "images": 10}}).save(folder / f"{name}.pt")
-        export.export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name)
-    return folder
-
-
 def test_batchnorm_folding_keeps_outputs():
     model = trained_like(vgg16_spec(0.0625))
     folded = export.fold_batchnorm(model)
@@ -48,8 +36,8 @@ def test_batchnorm_folding_keeps_outputs():
         assert torch.allclose(folded(x), model(x), atol=1e-5)
 
 
-def test_files_load_back_and_match_pytorch(exported, synthetic_data):
-    out = exported / "out"
+def test_files_load_back_and_match_pytorch(vgg_exports, synthetic_data):
+    out = vgg_exports["base"].parent
     sidecar = json.loads((out / "base.json").read_text())
     assert sidecar["torchscript"]["bytecode_version"] <= formats.TARGET_BYTECODE_VERSION
     assert sidecar["mean"] == list(cifar.MEAN) and sidecar["std"] == list(cifar.STD)
@@ -58,7 +46,7 @@ def test_files_load_back_and_match_pytorch(exported, synthetic_data):
     for check in sidecar["verification"].values():
         assert check["max_abs_diff"] <= 1e-4 and check["top1_agreement"] == 1.0 and check["images"] >= 1000
     model = build_model(sidecar["arch"]).eval()
-    model.load_state_dict(torch.load(exported / "base.pt", weights_only=True)["state_dict"])
+    model.load_state_dict(torch.load(out.parent / "base.pt", weights_only=True)["state_dict"])
     images = normalize(synthetic_data.test.images[:64])
     with torch.no_grad():
         reference = model(images)
@@ -89,46 +77,46 @@ def test_a_disagreeing_export_leaves_nothing(tmp_path, synthetic_data, monkeypat
     assert not (tmp_path / "out").exists()  # not even the folder the export made for itself
 
 
-def test_benchmark_reports_every_runtime_side_by_side(exported, synthetic_data):
-    result = benchmark([exported / "out" / "base.json", exported / "out" / "narrow.json"],
+def test_benchmark_reports_every_runtime_side_by_side(vgg_exports, synthetic_data):
+    result = benchmark([vgg_exports["base"], vgg_exports["small"]],
                        synthetic_data.test.head(1000), warmup=2, runs=20, rounds=4)
     rows = {(r["model"], r["runtime"]): r for r in result["rows"]}
     runtimes = ("pytorch", "torchscript-lite", "onnxruntime", "executorch")
-    assert set(rows) == {(m, r) for m in ("base", "narrow") for r in runtimes}
-    for model in ("base", "narrow"):
+    assert set(rows) == {(m, r) for m in ("base", "small") for r in runtimes}
+    for model in ("base", "small"):
         top1 = {rows[model, r]["test_top1"] for r in runtimes}
         assert len(top1) == 1  # the runtimes agree on every image's class
-    assert rows["narrow", "onnxruntime"]["mac_ratio"] == pytest.approx(
-        rows["narrow", "onnxruntime"]["macs"] / rows["base", "onnxruntime"]["macs"])
+    assert rows["small", "onnxruntime"]["mac_ratio"] == pytest.approx(
+        rows["small", "onnxruntime"]["macs"] / rows["base", "onnxruntime"]["macs"])
     assert all(r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"] and r["file_bytes"] > 0
                for r in result["rows"])
 
 
-def test_latency_repeated_in_separate_processes_reports_the_median_and_spread(exported, synthetic_data):
-    sidecars = [exported / "out" / "base.json", exported / "out" / "narrow.json"]
-    result = benchmark(sidecars, synthetic_data.test.head(200), warmup=1, runs=10, rounds=2, processes=3)
-    assert result["processes"] == 3
+def test_latency_repeated_in_separate_processes_reports_the_median_and_spread(vgg_exports, synthetic_data):
+    sidecars = [vgg_exports["base"], vgg_exports["small"]]
+    result = benchmark(sidecars, synthetic_data.test.head(64), warmup=1, runs=10, rounds=2, processes=2)
+    assert result["processes"] == 2
     for row in result["rows"]:
         assert row["latency_ratio_min"] <= row["latency_ratio"] <= row["latency_ratio_max"]
         if row["model"] == "base":  # each process's ratio is against the base in that process
             assert row["latency_ratio_min"] == row["latency_ratio_max"] == 1.0
-    narrow = next(r for r in result["rows"] if r["model"] == "narrow" and r["runtime"] == "onnxruntime")
-    shown = next(r for r in table_rows(result) if r["model"] == "narrow" and r["runtime"] == "onnxruntime")
-    assert shown["latency vs base"] == (f"{narrow['latency_ratio']:.2f}x [{narrow['latency_ratio_min']:.2f}-"
-                                        f"{narrow['latency_ratio_max']:.2f}]")
+    small = next(r for r in result["rows"] if r["model"] == "small" and r["runtime"] == "onnxruntime")
+    shown = next(r for r in table_rows(result) if r["model"] == "small" and r["runtime"] == "onnxruntime")
+    assert shown["latency vs base"] == (f"{small['latency_ratio']:.2f}x [{small['latency_ratio_min']:.2f}-"
+                                        f"{small['latency_ratio_max']:.2f}]")
     # a model is flagged slow for its MACs when its slowest process says so, though its median does not
     assert speed_for_macs(0.54, 0.5, worst=0.56) == "1.08x SLOW for its MACs"
 
 
-def test_a_timing_process_that_fails_is_one_error_naming_it(exported, synthetic_data, monkeypatch, tmp_path):
+def test_a_timing_process_that_fails_is_one_error_naming_it(vgg_exports, synthetic_data, monkeypatch, tmp_path):
     failing = tmp_path / "python"
     failing.write_text("#!/bin/sh\necho 'RuntimeError: out of memory' >&2\nexit 1\n")
     failing.chmod(0o755)
     monkeypatch.setattr(bench_module.sys, "executable", str(failing))
     with pytest.raises(PrunedroidError, match=r"timing process 1 of 2 failed \(RuntimeError: out of memory\)"):
-        benchmark([exported / "out" / "base.json"], synthetic_data.test.head(10), warmup=0, runs=10, processes=2)
+        benchmark([vgg_exports["base"]], synthetic_data.test.head(10), warmup=0, runs=10, processes=2)
     with pytest.raises(PrunedroidError, match="need at least 1 timing process"):
-        benchmark([exported / "out" / "base.json"], synthetic_data.test.head(10), runs=10, processes=0)
+        benchmark([vgg_exports["base"]], synthetic_data.test.head(10), runs=10, processes=0)
 
 
 def test_latencies_are_timed_in_interleaved_rounds():
@@ -204,10 +192,10 @@ def test_compare_fails_on_non_finite_logits(broken):
     assert export.compare(reference, reference.clone(), "ONNX")["max_abs_diff"] == 0
 
 
-def test_models_slower_than_their_macs_are_flagged(exported, synthetic_data):
+def test_models_slower_than_their_macs_are_flagged(vgg_exports, synthetic_data):
     assert speed_for_macs(0.56, 0.5) == "1.12x SLOW for its MACs"
     assert speed_for_macs(0.54, 0.5) == "1.08x" and speed_for_macs(1.0, 1.0) == "1.00x"
-    result = benchmark([exported / "out" / "base.json", exported / "out" / "narrow.json"],
+    result = benchmark([vgg_exports["base"], vgg_exports["small"]],
                        synthetic_data.test.head(1000), warmup=1, runs=10, rounds=2)
     for row, shown in zip(result["rows"], table_rows(result)):
         assert shown["latency / MAC ratio"].startswith(f"{row['latency_ratio'] / row['mac_ratio']:.2f}x")

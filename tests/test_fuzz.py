@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_untrained_base
+from conftest import copy_export, save_untrained_base
 
 from prunedroid.bench import read_report
 from prunedroid.checkpoint import Checkpoint
@@ -25,7 +25,7 @@ from prunedroid.device import read_result
 from prunedroid.errors import PrunedroidError
 from prunedroid.latency import LatencyTable, is_latency, where_measured
 from prunedroid.sidecar import Sidecar
-from tests.test_hostile import copy_export, exported, tree  # noqa: F401 (exported is a fixture)
+from tests.test_hostile import tree
 
 FUZZ_CASES = int(os.environ.get("PRUNEDROID_FUZZ_CASES", "500"))
 HOSTILE_VALUES = [None, True, -1, 0, 1e308, -1e308, float("nan"), float("inf"), "", "garbage", "../../etc/passwd",
@@ -107,9 +107,9 @@ def run_cases(kind: str, folder: Path, case: Callable[[random.Random, Path], Non
     return counts
 
 
-def test_sidecars(tmp_path, exported):  # noqa: F811
+def test_sidecars(tmp_path, vgg_exports):
     folder = tmp_path / "export"
-    sidecar = copy_export(exported["base"], folder, "model")
+    sidecar = copy_export(vgg_exports["base"], folder, "model")
     (tmp_path / "decoy.ptl").write_bytes(b"a file beside the folder")
     original = json.loads(sidecar.read_text())
 
@@ -184,15 +184,15 @@ def test_reports_and_device_results(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sidecar", "checkpoint", "report"])
-def test_the_command_line_answers_hostile_files_in_one_line(tmp_path, exported, cifar_dir, kind):  # noqa: F811
+def test_the_command_line_answers_hostile_files_in_one_line(tmp_path, vgg_exports, cifar_dir, kind):
     """A few seeded cases through the real command line: exit 2 or success, never a traceback."""
     from conftest import run_invoke
 
     rng = random.Random(f"cli-{kind}")
-    sidecar = copy_export(exported["base"], tmp_path / "export", "model")
+    sidecar = copy_export(vgg_exports["base"], tmp_path / "export", "model")
     for _ in range(1 if kind == "sidecar" else 2):  # a bench process costs about 8 s, an evaluate 2 s
         if kind == "sidecar":
-            sidecar.write_bytes(hostile_text(json.loads(copy_export(exported["base"], tmp_path / "fresh",
+            sidecar.write_bytes(hostile_text(json.loads(copy_export(vgg_exports["base"], tmp_path / "fresh",
                                                                     "model").read_text()), rng))
             result = run_invoke("bench", "--models", str(sidecar), "--runs", "10", "--warmup", "0", "--data-dir",
                                 str(cifar_dir), "--out", str(tmp_path / "bench"), cwd=tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_invoke, run_invoke_each, save_untrained_base
+from conftest import ROOT, copy_export, run_invoke, run_invoke_each, save_untrained_base
 
 from prunedroid.bench import benchmark, read_report
 from prunedroid.checkpoint import KIND, Checkpoint
@@ -43,30 +43,6 @@ def one_line_exit_2(result: subprocess.CompletedProcess, message: str) -> None:
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes: what a test compares before and after."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_data) -> dict[str, Path]:
-    """Two exports (checkpoints beside them): name -> sidecar. Treat as read-only; copy_export to change one."""
-    folder = tmp_path_factory.mktemp("hostile-export")
-    sidecars = {}
-    for name, width in (("base", 0.0625), ("small", 0.03125)):
-        model = trained_like(vgg16_spec(width))
-        Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict()).save(folder / f"{name}.pt")
-        sidecars[name] = export_checkpoint(folder / f"{name}.pt", synthetic_data.test, folder / "out", name).sidecar
-    return sidecars
-
-
-def copy_export(sidecar: Path, folder: Path, stem: str | None = None) -> Path:
-    """The export of `sidecar` (its .json, .ptl, .onnx, .pte) copied into `folder`, optionally under another stem."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = stem or sidecar.stem
-    for suffix in (".ptl", ".onnx", ".pte"):
-        shutil.copyfile(sidecar.with_suffix(suffix), folder / f"{stem}{suffix}")
-    data = json.loads(sidecar.read_text())
-    data.update(ptl=f"{stem}.ptl", onnx=f"{stem}.onnx", pte=f"{stem}.pte")
-    (folder / f"{stem}.json").write_text(json.dumps(data))
-    return folder / f"{stem}.json"
 
 
 def edit_sidecar(path: Path, **changes) -> Path:
@@ -131,9 +107,9 @@ def test_overwrite_and_resume_touch_only_folders_the_pipeline_made(tmp_path):
     assert tree(tmp_path) == before and (runs / "link").is_symlink()
 
 
-def test_export_names_stay_inside_the_output_folder(tmp_path, exported, synthetic_data):
+def test_export_names_stay_inside_the_output_folder(tmp_path, vgg_exports, synthetic_data):
     out = tmp_path / "a" / "out"
-    checkpoint = exported["base"].parent.parent / "base.pt"
+    checkpoint = vgg_exports["base"].parent.parent / "base.pt"
     for name in ("../escaped", "/tmp/escaped", "..", "sub/model"):
         with pytest.raises(PrunedroidError, match="--name must be a plain name"):
             export_checkpoint(checkpoint, synthetic_data.test, out, name)
@@ -169,8 +145,8 @@ def test_every_word_reaches_the_device_shell_quoted(phone, tmp_path, word):
     assert not planted(tmp_path / "state")
 
 
-def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, exported):
-    hostile = copy_export(exported["base"], tmp_path / "models", "x;touch${IFS}PWNED;#")
+def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, vgg_exports):
+    hostile = copy_export(vgg_exports["base"], tmp_path / "models", "x;touch${IFS}PWNED;#")
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
     with pytest.raises(PrunedroidError, match="letters, digits and . _ - only"):
@@ -181,12 +157,12 @@ def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, exported)
 # --- 3. files a sidecar names ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../elsewhere/model.ptl"])
-def test_a_sidecar_cannot_send_or_stage_a_file_outside_its_folder(phone, tmp_path, exported, name):
+def test_a_sidecar_cannot_send_or_stage_a_file_outside_its_folder(phone, tmp_path, vgg_exports, name):
     from prunedroid.android import check_model
 
-    sidecar = copy_export(exported["base"], tmp_path / "models")
+    sidecar = copy_export(vgg_exports["base"], tmp_path / "models")
     (tmp_path / "elsewhere").mkdir()
-    shutil.copyfile(exported["base"].with_suffix(".ptl"), tmp_path / "elsewhere" / "model.ptl")
+    shutil.copyfile(vgg_exports["base"].with_suffix(".ptl"), tmp_path / "elsewhere" / "model.ptl")
     target = (sidecar.parent / name).resolve()
     edit_sidecar(sidecar, ptl=name, ptl_bytes=target.stat().st_size, ptl_sha256=file_sha256(target))
     apk = tmp_path / "app-debug.apk"
@@ -215,7 +191,7 @@ def test_a_checkpoint_with_a_compressed_or_unknown_entry_is_refused(tmp_path):
     one_line_exit_2(run_invoke("evaluate", "--checkpoint", str(bomb), cwd=tmp_path), "compressed")
 
 
-def test_huge_json_files_are_refused_without_being_read(tmp_path, exported):
+def test_huge_json_files_are_refused_without_being_read(tmp_path, vgg_exports):
     """Sparse files: 8 GiB on paper, no disk used; each reader refuses them by size."""
     huge = tmp_path / "huge.json"
     with open(huge, "wb") as handle:
@@ -289,18 +265,18 @@ def test_a_pipeline_on_a_given_base_reports_the_bases_recipe_and_refuses_another
 
 # --- 6. a sidecar and its files out of step ----------------------------------------------------------------------
 
-def test_files_out_of_step_with_their_sidecar_are_refused(tmp_path, exported, synthetic_data):
+def test_files_out_of_step_with_their_sidecar_are_refused(tmp_path, vgg_exports, synthetic_data):
     """A kill between export's renames leaves the new model files beside the old sidecar; a sidecar whose checkpoint
     was swapped would mix two models in one row. bench refuses both before any runtime loads a file."""
     folder = tmp_path / "out"
-    sidecar = copy_export(exported["base"], folder, "model")
+    sidecar = copy_export(vgg_exports["base"], folder, "model")
     old_sidecar = sidecar.read_text()
-    copy_export(exported["small"], folder, "model")  # the new export's files ...
+    copy_export(vgg_exports["small"], folder, "model")  # the new export's files ...
     sidecar.write_text(old_sidecar)  # ... under the old sidecar
     with pytest.raises(PrunedroidError, match="is not the file model.json describes"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
-    sidecar = copy_export(exported["base"], tmp_path / "swapped", "model")
-    small_checkpoint = exported["small"].parent.parent / "small.pt"
+    sidecar = copy_export(vgg_exports["base"], tmp_path / "swapped", "model")
+    small_checkpoint = vgg_exports["small"].parent.parent / "small.pt"
     edit_sidecar(sidecar, checkpoint=str(small_checkpoint))
     with pytest.raises(PrunedroidError, match="has changed since the export"):
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
@@ -309,7 +285,7 @@ def test_files_out_of_step_with_their_sidecar_are_refused(tmp_path, exported, sy
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
 
 
-def test_the_sidecar_lands_last_and_temporaries_of_a_killed_export_are_removed(tmp_path, exported, synthetic_data,
+def test_the_sidecar_lands_last_and_temporaries_of_a_killed_export_are_removed(tmp_path, vgg_exports, synthetic_data,
                                                                               monkeypatch):
     from prunedroid import files
 
@@ -323,7 +299,7 @@ def test_the_sidecar_lands_last_and_temporaries_of_a_killed_export_are_removed(t
     replace = os.replace
     monkeypatch.setattr(files.os, "replace", lambda source, target: (landed.append(Path(target).name),
                                                                      replace(source, target)))
-    export_checkpoint(exported["base"].parent.parent / "base.pt", synthetic_data.test, out, "model")
+    export_checkpoint(vgg_exports["base"].parent.parent / "base.pt", synthetic_data.test, out, "model")
     assert landed == ["model.ptl", "model.onnx", "model.pte", "model.json"]
     assert not any(p.exists() for p in stale) and (out / ".notes.txt").exists()
     with pytest.raises(RuntimeError), atomic_paths([tmp_path / "a", tmp_path / "b"]) as (first, second):
@@ -334,9 +310,9 @@ def test_the_sidecar_lands_last_and_temporaries_of_a_killed_export_are_removed(t
 
 # --- 7. two models of one name -----------------------------------------------------------------------------------
 
-def test_two_sidecars_with_one_name_are_refused(phone, tmp_path, exported, synthetic_data):
-    first = copy_export(exported["base"], tmp_path / "a", "model")
-    second = copy_export(exported["small"], tmp_path / "b", "model")
+def test_two_sidecars_with_one_name_are_refused(phone, tmp_path, vgg_exports, synthetic_data):
+    first = copy_export(vgg_exports["base"], tmp_path / "a", "model")
+    second = copy_export(vgg_exports["small"], tmp_path / "b", "model")
     with pytest.raises(PrunedroidError, match="names two models called 'model'"):
         benchmark([first, second], synthetic_data.test, runs=10, warmup=0)
     apk = tmp_path / "app-debug.apk"
@@ -406,11 +382,11 @@ def test_prune_with_a_tampered_or_foreign_latency_table_is_one_line(tmp_path, ci
      '"max": 1}}', "not what this version writes"),
     ("{not json", "is not JSON"), ("[1, 2]", "not what this version writes"), ("12", "not what this version writes"),
 ])
-def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, exported, result, message):
+def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, vgg_exports, result, message):
     apk = tmp_path / "app-debug.apk"
     apk.write_bytes(b"PK")
     with pytest.raises(PrunedroidError, match=message):
-        bench_device([exported["base"]], {"executorch": apk}, warmup=1, runs=2,
+        bench_device([vgg_exports["base"]], {"executorch": apk}, warmup=1, runs=2,
                      env={**phone, "FAKE_ADB_RESULT": result})
 
 
@@ -421,8 +397,8 @@ def test_broken_numbers_from_the_phone_are_refused(phone, tmp_path, exported, re
     ({"ptl_sha256": "0" * 63}, "ptl_sha256"), ({"executorch": {"version": "garbage"}}, "executorch.version"),
     ({"int8": {"pte": "m-int8.pte"}}, "int8.pte_bytes"), ({"ptl": 7}, "ptl: a file name"),
 ])
-def test_a_sidecar_with_absurd_values_is_refused(tmp_path, exported, changes, problem):
-    sidecar = edit_sidecar(copy_export(exported["base"], tmp_path), **changes)
+def test_a_sidecar_with_absurd_values_is_refused(tmp_path, vgg_exports, changes, problem):
+    sidecar = edit_sidecar(copy_export(vgg_exports["base"], tmp_path), **changes)
     with pytest.raises(PrunedroidError, match=re.escape(problem)):
         Sidecar.read(sidecar)
 
@@ -467,14 +443,14 @@ Path(sys.argv[2]).unlink()
 """
 
 
-def test_a_pte_that_aborts_the_runtime_is_refused_not_run(tmp_path, exported, synthetic_data):
+def test_a_pte_that_aborts_the_runtime_is_refused_not_run(tmp_path, vgg_exports, synthetic_data):
     """A crafted program whose key holds a byte that is not UTF-8 makes ExecuTorch's loader call std::terminate; a
     child process finds one, and bench and build-apk must report it in one line rather than die of SIGABRT."""
     from prunedroid.android import check_model
 
-    sidecar = copy_export(exported["base"], tmp_path / "m")
+    sidecar = copy_export(vgg_exports["base"], tmp_path / "m")
     crafted = sidecar.with_suffix(".pte")
-    finder = subprocess.run([sys.executable, "-c", CRASH_FINDER, str(exported["base"].with_suffix(".pte")),
+    finder = subprocess.run([sys.executable, "-c", CRASH_FINDER, str(vgg_exports["base"].with_suffix(".pte")),
                              str(crafted)], cwd=ROOT, capture_output=True, timeout=300, check=False)
     assert finder.returncode < 0, "no crafted program crashed ExecuTorch: the control no longer holds"
     refresh(sidecar, "pte")
@@ -486,8 +462,8 @@ def test_a_pte_that_aborts_the_runtime_is_refused_not_run(tmp_path, exported, sy
 
 @pytest.mark.parametrize("kind, content", [("pte", b"random bytes, no program"), ("ptl", b"PK\x03\x04 not a zip"),
                                            ("onnx", b"\x08\x07 truncated protobuf"), ("ptl", b"")])
-def test_random_or_truncated_model_files_are_one_line(tmp_path, exported, synthetic_data, kind, content):
-    sidecar = copy_export(exported["base"], tmp_path / "m")
+def test_random_or_truncated_model_files_are_one_line(tmp_path, vgg_exports, synthetic_data, kind, content):
+    sidecar = copy_export(vgg_exports["base"], tmp_path / "m")
     bad = sidecar.with_suffix(f".{kind}")
     bad.write_bytes(content)
     if content:
@@ -496,7 +472,7 @@ def test_random_or_truncated_model_files_are_one_line(tmp_path, exported, synthe
         benchmark([sidecar], synthetic_data.test, runs=10, warmup=0)
 
 
-def test_a_broken_report_is_refused_before_the_phone_is_used(phone, tmp_path, exported, monkeypatch):
+def test_a_broken_report_is_refused_before_the_phone_is_used(phone, tmp_path, vgg_exports, monkeypatch):
     for key, value in phone.items():
         monkeypatch.setenv(key, value)
     report = tmp_path / "bench"
@@ -505,7 +481,7 @@ def test_a_broken_report_is_refused_before_the_phone_is_used(phone, tmp_path, ex
     for text in ("{broken", '{"rows": [{"model": "m"}]}', "[]", '{"rows": [{"model": "m", "runtime": "r", "macs": '
                  'NaN}]}'):
         report.with_suffix(".json").write_text(text)
-        result = run_invoke("bench-device", "--models", str(exported["base"]), "--apk", str(apk), "--report",
+        result = run_invoke("bench-device", "--models", str(vgg_exports["base"]), "--apk", str(apk), "--report",
                             str(report), cwd=tmp_path)
         one_line_exit_2(result, "not a report of `invoke bench`|not valid JSON")
     assert not (tmp_path / "state" / "installed").exists()
@@ -551,8 +527,8 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_disk, tmp_path, exported, cifar_dir):
-    checkpoint = exported["base"].parent.parent / "base.pt"  # its files are about 300 KB: more than the disk holds
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_disk, tmp_path, vgg_exports, cifar_dir):
+    checkpoint = vgg_exports["base"].parent.parent / "base.pt"  # its files are about 300 KB: more than the disk holds
     one_line_exit_2(run_invoke("export", "--checkpoint", str(checkpoint), "--out", str(tiny_disk / "export"),
                                "--data-dir", str(cifar_dir), cwd=tmp_path), "the disk is full")
     assert list(tiny_disk.iterdir()) == []  # no temporaries, no half files, no folder

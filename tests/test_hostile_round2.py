@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_invoke, run_invoke_each, save_untrained_base, write_batch
+from conftest import ROOT, copy_export, run_invoke, run_invoke_each, save_untrained_base, write_batch
 from torch import nn
 
 import prunedroid
@@ -31,7 +31,7 @@ from prunedroid.models import vgg16_spec
 from prunedroid.pruning import Budget, SCPConfig, resolve_method
 from prunedroid.sidecar import Sidecar
 from prunedroid.train import evaluate, make_config, train
-from tests.test_hostile import copy_export, exported, one_line_exit_2, tree  # noqa: F401 (a fixture)
+from tests.test_hostile import one_line_exit_2, tree
 from tests.test_prune import trained_like
 
 # --- 1-3. what a run folder holds, and what lies below it --------------------------------------------------------
@@ -176,17 +176,17 @@ def test_a_model_whose_activations_overflow_is_refused():
         prunedroid.prune(model, torch.zeros(1, 3, 32, 32), "scp", ratio=0.5, calibration=[torch.randn(8, 3, 32, 32)])
 
 
-def test_device_rows_join_host_rows_of_the_same_file_only(tmp_path, exported, synthetic_data):  # noqa: F811
+def test_device_rows_join_host_rows_of_the_same_file_only(tmp_path, vgg_exports, synthetic_data):
     folder = tmp_path / "export"
-    sidecar = copy_export(exported["base"], folder, "m")
+    sidecar = copy_export(vgg_exports["base"], folder, "m")
     host = benchmark([sidecar], synthetic_data.test.head(100), runs=5, warmup=0, rounds=5)
-    copy_export(exported["small"], folder, "m")  # exported again under the same name: another model
+    copy_export(vgg_exports["small"], folder, "m")  # exported again under the same name: another model
     device = {"device": {"manufacturer": "Google", "model": "Pixel 7"}, "models": {"executorch": {"m": {
         "model_bytes": 1000, "threads": 1, "latency_ms": {"median": 1.0, "p90": 1.1, "min": 0.9, "max": 1.2}}}}}
     with pytest.raises(PrunedroidError, match=r"rows for m were measured on another export of it"):
         add_device_rows(host, device, {"m": Sidecar.read(sidecar)})
-    joined = add_device_rows(host, device, {"m": Sidecar.read(copy_export(exported["base"], folder, "m"))})
-    assert {row["macs"] for row in joined["rows"]} == {Sidecar.read(exported["base"]).macs}
+    joined = add_device_rows(host, device, {"m": Sidecar.read(copy_export(vgg_exports["base"], folder, "m"))})
+    assert {row["macs"] for row in joined["rows"]} == {Sidecar.read(vgg_exports["base"]).macs}
 
 
 def test_prune_compares_before_and_after_on_the_same_images_and_refuses_a_budget_rounded_away(tmp_path, cifar_dir):
@@ -448,13 +448,13 @@ def test_each_device_state_gets_its_own_advice(line, advice):
     assert "re-plug it" not in str(caught.value)
 
 
-def test_android_serial_chooses_among_several_devices(phone, tmp_path, exported, apk):  # noqa: F811
+def test_android_serial_chooses_among_several_devices(phone, tmp_path, vgg_exports, apk):
     two = f"{phone['FAKE_ADB_DEVICES']};emulator-5554          device product:sdk model:sdk transport_id:1"
     devices = parse_devices(f"List of devices attached\n{two.replace(';', chr(10))}\n")
     assert pick_device(devices, None, {"ANDROID_SERIAL": "emulator-5554"}).serial == "emulator-5554"
     with pytest.raises(PrunedroidError, match="2 devices attached"):
         pick_device(devices, None, {})
-    result = bench_device([exported["small"]], {"executorch": apk}, warmup=0, runs=2,
+    result = bench_device([vgg_exports["small"]], {"executorch": apk}, warmup=0, runs=2,
                           env={**phone, "FAKE_ADB_DEVICES": two, "ANDROID_SERIAL": "emulator-5554"})
     assert result["serial"] == "emulator-5554"
     assert pick_device([Device("a", "device", "")], None, {"ANDROID_SERIAL": "a"}).serial == "a"
@@ -467,19 +467,19 @@ def apk(tmp_path) -> Path:
     return path
 
 
-def test_an_old_adb_client_that_exits_0_on_errors_waits_for_the_result(phone, exported, apk):  # noqa: F811
-    result = bench_device([exported["small"]], {"executorch": apk}, warmup=0, runs=2,
+def test_an_old_adb_client_that_exits_0_on_errors_waits_for_the_result(phone, vgg_exports, apk):
+    result = bench_device([vgg_exports["small"]], {"executorch": apk}, warmup=0, runs=2,
                           env={**phone, "FAKE_ADB_OLD_CLIENT": "1", "FAKE_ADB_SLOW_SECONDS": "1.5"})
     assert result["models"]["executorch"]["small"]["runs"] == 2
 
 
-def test_a_result_timeout_is_an_option_and_stops_the_apps_benchmark(phone, tmp_path, exported, apk):  # noqa: F811
+def test_a_result_timeout_is_an_option_and_stops_the_apps_benchmark(phone, tmp_path, vgg_exports, apk):
     state = Path(phone["FAKE_ADB_STATE"])
     with pytest.raises(PrunedroidError, match=r"no result for small after 2 s.*--timeout"):
-        bench_device([exported["small"]], {"executorch": apk}, warmup=0, runs=2, timeout=2,
+        bench_device([vgg_exports["small"]], {"executorch": apk}, warmup=0, runs=2, timeout=2,
                      env={**phone, "FAKE_ADB_SLOW_SECONDS": "3600"})
     assert (state / "force-stopped").exists() and not (state / "pending").exists()
-    result = run_invoke_each([(("bench-device", "--models", str(exported["small"]), "--apk", str(apk), "--timeout",
+    result = run_invoke_each([(("bench-device", "--models", str(vgg_exports["small"]), "--apk", str(apk), "--timeout",
                                 "0"), tmp_path)], env=phone)[0]
     one_line_exit_2(result, r"--timeout must be at least 1 second")
 
