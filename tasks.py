@@ -484,7 +484,8 @@ def test(c, args="", workers="2"):
     # Files are handed out in collection order, longest first (tests/conftest.py LONGEST_FILES).
     parallel = ["-n", str(processes), "--dist", "loadfile", "--no-loadscope-reorder"] if processes > 0 \
         else ["-p", "no:xdist"]
-    code = _run(c, sys.executable, "-m", "pytest", *parallel, args=args)
+    # The slowest tests are listed after the verdict: where a run's minutes went, in every log (CI's included).
+    code = _run(c, sys.executable, "-m", "pytest", *parallel, "--durations=15", args=args)
     if code == 5:
         raise Exit("error: pytest collected no tests", code=5)
     if code:
