@@ -239,15 +239,16 @@ def _stages(run: Path, train_config: TrainConfig, finetune_config: TrainConfig, 
         # The folder is new or --resume was given, so resuming is always what is wanted here.
         base_checkpoint = train(train_config, data, run / "base", resume=True, progress=progress)
     lap("train")
+    test = data.test.head(train_config.test_limit)  # the preset's test images (smoke: 500), as training scored
     if not (run / "pruned" / CHECKPOINT_NAME).exists():
-        prune_stage(base_path, run / "pruned", method, budget, data, train_config.seed, latency)
+        prune_stage(base_path, run / "pruned", method, budget, dataclasses.replace(data, test=test), train_config.seed,
+                    latency)
     lap("prune")
     finetuned = train(finetune_config, data, run / "finetuned", resume=True, progress=progress,
                       init=Checkpoint.load(run / "pruned" / CHECKPOINT_NAME),
                       teacher=base_path if finetune_config.distill_weight else None)
     lap("finetune")
     calibration = data.holdout.head(int8.calibration_images) if int8 else None
-    test = data.test.head(train_config.test_limit)  # the preset's test images (smoke: 500), as training scored
     sidecars = [export_checkpoint(path, test, run / "export", label, verify_images=min(VERIFY_IMAGES, len(test)),
                                   calibration=calibration, max_drop=int8.max_drop if int8 else 0.0).sidecar
                 for label, path in (("base", base_path), ("pruned", run / "finetuned" / CHECKPOINT_NAME))]

@@ -16,6 +16,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):
     run = runs / "e2e"
     report = json.loads((run / "pruned" / "report.json").read_text())
     assert abs(report["mac_reduction"] - 0.5) <= 0.01 and report["method"] == "l1"
+    # scored before and after on the preset's test images (smoke: 500), as training and export score, not on 10,000
+    assert report["parent_test_images"] == report["test_images_after_pruning"] == 500
     # request.RECOMMENDED's multiple of 16 steps down to 8: this narrow model's 50% needs its 8-channel groups cut
     assert (report["budget"]["allocation"], report["budget"]["round_to"]) == ("sensitivity", 8)
     assert "--round-to 16 cannot reach the target on this model (its groups are too narrow); trying multiples of 8" \

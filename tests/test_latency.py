@@ -23,7 +23,7 @@ from prunedroid.pruned import prune_model
 from prunedroid.pruning import Budget
 from prunedroid.pruning.allocation import floors, latency_counts, sensitivity_counts
 from prunedroid.pruning.groups import LayerShape
-from tests.conftest import run_invoke, save_untrained_base, vgg_graph
+from tests.conftest import run_invoke, run_invoke_each, save_untrained_base, vgg_graph
 from tests.test_prune import trained_like
 
 TINY = vgg_graph(vgg16_spec(0.125))  # 8..64 channels
@@ -213,8 +213,8 @@ def test_latency_table_from_the_command_line_is_what_prune_then_reads(tmp_path, 
                         cwd=tmp_path)
     assert pruned.returncode == 0, pruned.stderr[-2000:]
     assert table.read_text() == before  # every shape the search needed was in the table
-    for args, message in [(("--device",), "missing --out"),
-                          (("--device", "--out", "t.json", "--latency-runtime", "onnxruntime"),
-                           "the app times .pte programs")]:
-        failed = run_invoke("latency-table", "--checkpoint", str(base), *args, cwd=tmp_path)
+    wrong = [(("--device",), "missing --out"),
+             (("--device", "--out", "t.json", "--latency-runtime", "onnxruntime"), "the app times .pte programs")]
+    refusals = run_invoke_each([(("latency-table", "--checkpoint", str(base), *args), tmp_path) for args, _ in wrong])
+    for (_, message), failed in zip(wrong, refusals):
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr[-2000:]
