@@ -106,7 +106,7 @@ def fitted_budget(arch: dict, budget: Budget | None, round_to_typed: bool,
         return budget
     with torch.device("meta"):  # shapes only: no memory for the weights
         model = build_model(arch)
-    graph = channel_graph(model, example_input().to("meta"))
+    graph = channel_graph(model, example_input(device="meta"))
     check = kept_counts if budget.allocation == "uniform" else check_reachable
     if round_to_typed:
         check(graph, budget)

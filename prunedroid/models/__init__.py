@@ -68,10 +68,10 @@ class ModelConfig:
             raise PrunedroidError(f"not an architecture description ({err}): {str(arch)[:300]}") from err
 
 
-def example_input(name: str = "vgg16") -> torch.Tensor:
+def example_input(name: str = "vgg16", device: torch.device | str = "cpu") -> torch.Tensor:
     """A zero input (1, C, H, W) of the registered model `name`'s entry's shape (every model here takes a 32x32 RGB
-    image): what its channel groups are traced with."""
-    return torch.zeros(1, *MODELS[name].input_shape)
+    image) on `device`: what its channel groups are traced with."""
+    return torch.zeros(1, *MODELS[name].input_shape, device=device)
 
 
 def new_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
@@ -107,7 +107,7 @@ def build_model(arch: dict[str, Any] | VGGSpec | ModelConfig) -> nn.Module:
     model = new_model(config.name, config.width, config.num_classes)
     if config.channels is None:
         return model
-    example = example_input(config.name).to(next(model.parameters()).device)
+    example = example_input(config.name, next(model.parameters()).device)
     counts = kept_counts(channel_graph(model, example), Budget(LayerChannels(config.channels)))
     pruned = prune_channels(model, example, {group: list(range(kept)) for group, kept in enumerate(counts)})
     pruned.config = config  # type: ignore[assignment]
@@ -123,7 +123,7 @@ def arch_of(model: nn.Module) -> dict[str, Any]:
     if not isinstance(config, ModelConfig):
         raise PrunedroidError(f"a {type(model).__name__} is not a registered model (prunedroid.models.MODELS): "
                               f"only those can be saved as a checkpoint; export it with prunedroid.export instead")
-    example = example_input(config.name).to(next(model.parameters()).device)
+    example = example_input(config.name, next(model.parameters()).device)
     channels = channel_graph(model, example).channels
     return ModelConfig(config.name, config.width, config.num_classes, tuple(channels)).to_dict()
 
