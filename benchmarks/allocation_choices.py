@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from harness import arguments, base_title
 
 from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint
+from prunedroid.experiment import arguments, base_title
 from prunedroid.flow import evaluation_set
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, calibration, example_input, prune_model
 from prunedroid.pruning import Budget, SCPConfig, channel_graph, channel_scores, cut

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from harness import Bench, arguments, base_title, percent, repeated_latencies
 
 from prunedroid.bench import paired_difference
 from prunedroid.deploy import export_checkpoint
+from prunedroid.experiment import Bench, arguments, base_title, percent, repeated_latencies
 from prunedroid.formats import FORMATS
 from prunedroid.pruning import Budget, SCPConfig, TorchPruningConfig
 from prunedroid.report import markdown_table

@@ -11,10 +11,10 @@ from __future__ import annotations
 import statistics
 
 import torch
-from harness import arguments, percent
 
 from prunedroid import data as cifar
 from prunedroid.checkpoint import Checkpoint
+from prunedroid.experiment import arguments, percent
 from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
 from prunedroid.pruned import prune_model

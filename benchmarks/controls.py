@@ -24,10 +24,10 @@ import dataclasses
 from collections.abc import Iterable
 
 import torch
-from harness import Bench, arguments, base_title, interval, mean_sd
 
 from prunedroid.bench import paired_difference
 from prunedroid.checkpoint import Checkpoint
+from prunedroid.experiment import Bench, arguments, base_title, interval, mean_sd
 from prunedroid.models import build_model
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import statistics
 
-from harness import Bench, arguments, base_title, interval, mean_sd, percent, ratio_spread
-
+from prunedroid.experiment import Bench, arguments, base_title, interval, mean_sd, percent, ratio_spread
 from prunedroid.pruning import Budget
 from prunedroid.report import markdown_table
 

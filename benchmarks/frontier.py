@@ -24,7 +24,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from harness import (  # noqa: E402
+
+from prunedroid.bench import speed_for_macs  # noqa: E402
+from prunedroid.experiment import (  # noqa: E402
     Bench,
     architecture_latencies,
     arguments,
@@ -34,8 +36,6 @@ from harness import (  # noqa: E402
     percent,
     ratio_spread,
 )
-
-from prunedroid.bench import speed_for_macs  # noqa: E402
 from prunedroid.pruning import Budget, SCPConfig  # noqa: E402
 from prunedroid.pruning.budget import ALLOCATIONS  # noqa: E402
 from prunedroid.report import markdown_table  # noqa: E402

@@ -19,9 +19,9 @@ import dataclasses
 import statistics
 
 import torch
-from harness import Bench, arguments, base_title, interval, mean_sd
 
 from prunedroid.checkpoint import Checkpoint
+from prunedroid.experiment import Bench, arguments, base_title, interval, mean_sd
 from prunedroid.files import file_sha256
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, count_cost

@@ -13,51 +13,19 @@ a phone's ARM ones); and instructions are not time - memory stalls and instructi
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
-import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from prunedroid.bench import load_models, speed_for_macs
+from prunedroid.callgrind import count_calls, count_instructions
+from prunedroid.errors import PrunedroidError
 from prunedroid.report import markdown_table, write_results
 from prunedroid.sidecar import Sidecar
-
-# Client requests of valgrind/callgrind.h, compiled once into a small library the worker calls through ctypes: the
-# count is zeroed and switched on just before the calls and dumped, named, just after them.
-HELPER = r"""
-#include <valgrind/callgrind.h>
-void counting_start(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; CALLGRIND_TOGGLE_COLLECT; }
-void counting_stop(const char *name) {
-    CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS_AT(name); CALLGRIND_STOP_INSTRUMENTATION;
-}
-"""
-
-
-def build_helper(folder: Path) -> Path:
-    source, library = folder / "counting.c", folder / "libcounting.so"
-    source.write_text(HELPER)
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
-    return library
-
-
-def count_calls(calls: dict[str, Callable[[], object]], repeats: int, warmup: int, library: Path) -> None:
-    """Runs under callgrind: each call `warmup` times, then `repeats` times counted, dumped under its key."""
-    helper = ctypes.CDLL(str(library))
-    for key, call in calls.items():
-        for _ in range(warmup):
-            call()
-        helper.counting_start()
-        for _ in range(repeats):
-            call()
-        helper.counting_stop(key.encode())
 
 
 def sidecar_calls(sidecars: list[str], runtimes: set[str] | None = None) -> dict[str, Callable[[], object]]:
@@ -65,44 +33,13 @@ def sidecar_calls(sidecars: list[str], runtimes: set[str] | None = None) -> dict
     runtimes in `runtimes` when given."""
     models = load_models(sidecars, threads=1)
     generator = torch.Generator().manual_seed(0)
-    calls = {}
+    calls: dict[str, Callable[[], object]] = {}
     for name, (sidecar, predictors, _) in models.items():
         image = torch.randn(tuple(sidecar.input_shape), generator=generator)
         for runtime, (predict, _) in predictors.items():
             if runtimes is None or runtime in runtimes:
                 calls[f"{name}/{runtime}"] = functools.partial(predict, image)
     return calls
-
-
-def read_dumps(folder: Path) -> dict[str, int]:
-    """"model/runtime" -> instructions (Ir) counted, from callgrind's dump files in `folder`."""
-    counted = {}
-    # callgrind.out.<n>: one file per dump, numbered in the order they were made (models, then runtimes, in order).
-    for dump in sorted(folder.glob("callgrind.out.*"), key=lambda path: int(path.suffix[1:])):
-        text = dump.read_text(errors="replace")
-        trigger = re.search(r"^desc: Trigger: Client Request: (.+)$", text, flags=re.M)
-        total = re.search(r"^(?:totals|summary): (\d+)", text, flags=re.M)
-        if trigger and total:
-            counted[trigger.group(1).strip()] = int(total.group(1))
-    return counted
-
-
-def count_instructions(worker: list[str], repeats: int, processes: int) -> list[dict[str, int]]:
-    """Runs `worker` (a command line that calls count_calls with the helper library given as its last argument)
-    under callgrind in `processes` separate processes; per process, key -> instructions per call."""
-    if shutil.which("valgrind") is None or shutil.which("cc") is None:
-        sys.exit("needs valgrind (with its headers, valgrind/callgrind.h) and a C compiler")
-    results = []
-    with tempfile.TemporaryDirectory() as scratch:
-        library = build_helper(Path(scratch))
-        for index in range(processes):
-            dumps = Path(scratch) / f"process-{index}"
-            dumps.mkdir()
-            subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
-                            f"--callgrind-out-file={dumps / 'callgrind.out'}", "--quiet", *worker, str(library)],
-                           check=True)
-            results.append({key: round(total / repeats) for key, total in read_dumps(dumps).items()})
-    return results
 
 
 def main() -> None:
@@ -123,7 +60,10 @@ def main() -> None:
         return
     worker = [sys.executable, __file__, "--models", args.models, "--calls", str(args.calls), "--warmup",
               str(args.warmup), *(["--runtimes", args.runtimes] if args.runtimes else []), "--worker"]
-    results = count_instructions(worker, args.calls, args.processes)
+    try:
+        results = count_instructions(worker, args.calls, args.processes)
+    except PrunedroidError as error:
+        sys.exit(str(error))
     macs = {sidecar.name: sidecar.macs for sidecar in map(Sidecar.read, sidecars)}
     keys = list(results[0])
     base = keys[0].split("/")[0]

@@ -10,10 +10,10 @@ Run from the project root with the package installed (pip install -e .).
 """
 from __future__ import annotations
 
-from harness import Bench, arguments, base_title, percent
 from sklearn.metrics import silhouette_score
 from torch import nn
 
+from prunedroid.experiment import Bench, arguments, base_title, percent
 from prunedroid.pruning import Budget, KMeansConfig, SCPConfig
 from prunedroid.pruning.kmeans import filter_points, fit, spread
 from prunedroid.report import markdown_table

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import PROGRAM_RUNS, instruction_ratios, program_instructions, repeated_program_latencies
 
 from prunedroid import data as cifar
 from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
 from prunedroid.deploy import fold_batchnorm
+from prunedroid.experiment import PROGRAM_RUNS, instruction_ratios, program_instructions, repeated_program_latencies
 from prunedroid.formats import write_onnx
 from prunedroid.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block, write_timing_pte
 from prunedroid.models import build_model

@@ -19,8 +19,7 @@ Cells, exports and fine-tunes resume from <out>.json and --work.
 """
 from __future__ import annotations
 
-from harness import Bench, arguments, base_title, mean_sd, percent, ratio_spread
-
+from prunedroid.experiment import Bench, arguments, base_title, mean_sd, percent, ratio_spread
 from prunedroid.pruning import Budget
 from prunedroid.report import markdown_table
 

@@ -22,10 +22,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from harness import Bench, architecture_latencies, arguments, paired_table, percent, ratio_spread, resumed
-
 from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
 from prunedroid.errors import PrunedroidError
+from prunedroid.experiment import Bench, architecture_latencies, arguments, paired_table, percent, ratio_spread, resumed
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import example_input
 from prunedroid.pruning import Budget, SCPConfig, channel_graph, kept_counts

@@ -9,8 +9,7 @@ Run from the project root with the package installed (pip install -e .).
 """
 from __future__ import annotations
 
-from harness import Bench, arguments, base_title, paired_table, percent
-
+from prunedroid.experiment import Bench, arguments, base_title, paired_table, percent
 from prunedroid.pruning import Budget, SCPConfig
 from prunedroid.pruning.similarity import CRITERIA
 from prunedroid.report import markdown_table

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread ov
 Runtimes = dict[str, tuple[Predictor, int]]  # runtime -> (its predictor, the file it runs, bytes)
 
 
+Key = TypeVar("Key", bound=Hashable)  # what names a timed call: the same key comes back with its times
 MAX_PROCESSES = 100  # separate timing processes: 5 is the default, and each starts a Python with torch
 
 
@@ -49,15 +50,15 @@ def check_timing(threads: int, warmup: int, runs: int, rounds: int, processes: i
                               f"--bench-processes), got {processes}")
 
 
-def interleaved_latencies_ms(calls: dict[Hashable, Callable[[], object]], warmup: int = 20, runs: int = 200,
-                             rounds: int = ROUNDS) -> dict[Hashable, dict[str, float]]:
+def interleaved_latencies_ms(calls: Mapping[Key, Callable[[], object]], warmup: int = 20, runs: int = 200,
+                             rounds: int = ROUNDS) -> dict[Key, dict[str, float]]:
     """Median and p90 (ms) of `runs` calls of each of `calls`, timed in `rounds` interleaved blocks (every call
     runs / rounds times per round), so drift on a shared machine hits all of them alike."""
     check_timing(1, warmup, runs, rounds)
     for call in calls.values():
         for _ in range(warmup):
             call()
-    timings: dict[Hashable, list[float]] = {key: [] for key in calls}
+    timings: dict[Key, list[float]] = {key: [] for key in calls}
     for _ in range(rounds):
         for key, call in calls.items():
             for _ in range(runs // rounds):

@@ -38,7 +38,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 # test` has pytest-xdist hand files out in collection order (--no-loadscope-reorder; by default it starts with the
 # files of most tests, which left a one-test, three-minute file for the end), so no process ends alone on a long one.
 LONGEST_FILES = ("test_hostile.py", "test_flow.py", "test_architectures.py", "test_hostile_round2.py", "test_export.py",
-                 "test_architecture_pipeline.py", "test_tasks.py", "test_harness.py", "test_apk_build.py",
+                 "test_architecture_pipeline.py", "test_tasks.py", "test_experiment.py", "test_apk_build.py",
                  "test_android_jvm.py", "test_device.py", "test_latency.py", "test_distributed.py", "test_fuzz.py",
                  "test_api.py", "test_layers.py", "test_allocation.py", "test_train.py")
 

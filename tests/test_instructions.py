@@ -1,10 +1,5 @@
-"""benchmarks/instructions.py's reading of callgrind's dumps (the counting itself needs valgrind and minutes)."""
-import sys
-
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from instructions import read_dumps  # noqa: E402
+"""prunedroid.callgrind's reading of callgrind's dumps (the counting itself needs valgrind and minutes)."""
+from prunedroid.callgrind import read_dumps
 
 DUMP = """# callgrind format
 version: 1

@@ -1,5 +1,7 @@
-"""What every pruning benchmark shares: one base checkpoint, and each method judged the same way - test top-1 right
-after pruning, after re-measuring BatchNorm on the same evaluation images, and after one identical short fine-tune.
+"""The experiment layer: what the scripts under benchmarks/ share. One base checkpoint, and each method judged the
+same way - test top-1 right after pruning, after re-measuring BatchNorm on the same evaluation images, and after one
+identical short fine-tune; paired differences and their tables; programs timed in separate processes and their
+instructions counted (prunedroid.callgrind); this module is also those processes' worker (`python -m`).
 
 Cells are keyed by name and kept in <out>.json as soon as they are measured, so an interrupted run resumes without
 redoing them; fine-tuned checkpoints go under `work` (and resume mid-fine-tune too).
@@ -21,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from instructions import count_calls, count_instructions
 from torch import nn
 
 from prunedroid import data as cifar
 from prunedroid import pte
 from prunedroid.bench import benchmark, interleaved_latencies_ms, paired_difference
+from prunedroid.callgrind import count_calls, count_instructions
 from prunedroid.checkpoint import Checkpoint
 from prunedroid.deploy import export_checkpoint, fold_batchnorm
 from prunedroid.errors import PrunedroidError
@@ -44,6 +46,7 @@ PROGRAM_RUNS = 200  # timed batch-1 calls per program and process, after PROGRAM
 PROGRAM_WARMUP = 20
 COUNTED_CALLS = 3  # under callgrind, per program: the count repeats to within 0.05% between processes
 COUNT_WARMUP = 2
+WORKER = "prunedroid.experiment"  # this module, run by the timing and counting processes
 
 
 def resumed(previous: dict) -> dict:
@@ -212,8 +215,9 @@ class Bench:
         `finetune_seed` other than the recipe's, the same recipe under that seed, in top1_finetuned_seeds[seed] -
         how far one fine-tune's top-1 moves with its seed alone."""
         cell = self.cells[key]
-        recipe = finetune_seed is None or finetune_seed == self.finetune_config.seed
-        config = self.finetune_config if recipe else dataclasses.replace(self.finetune_config, seed=finetune_seed)
+        config = dataclasses.replace(self.finetune_config, seed=self.finetune_config.seed if finetune_seed is None
+                                     else finetune_seed)
+        recipe = config == self.finetune_config
         if (recipe and "top1_finetuned" in cell) or str(config.seed) in cell.get("top1_finetuned_seeds", {}):
             return cell
         pruned = prune_checkpoint(self.base_checkpoint, method, budget, seed, **self.cell_pruning_data(key, method))
@@ -245,13 +249,13 @@ class Bench:
         done = self.payload.setdefault("paired", {}).get(f"{key} vs {reference}")
         if not seeds or (done and done["seeds"] == seeds):
             return
-        result = {"seeds": seeds}
+        result: dict[str, object] = {"seeds": seeds}
         for name, split in (("test", self.data.test), ("unused_holdout", self.unused_holdout)):
             if not len(split):  # a base that held out no more than SCP's evaluation set
                 continue
             tables = [torch.stack([self.per_image_correct(k, seed, name, split) for seed in seeds])
                       for k in (key, reference)]
-            result[name] = paired_difference(*tables, over_runs=over_runs)
+            result[name] = paired_difference(tables[0], tables[1], over_runs=over_runs)
         self.payload["paired"][f"{key} vs {reference}"] = result
 
     def finetune_seeds(self, key: str) -> list[int]:
@@ -383,7 +387,7 @@ def repeated_program_latencies(runtime: str, paths: dict[str, Path], processes: 
         out = work / f"{runtime}-timing-{index}.json"
         if not out.exists():
             partial = out.with_suffix(".partial")
-            subprocess.run([sys.executable, __file__, "--time", runtime, str(request), str(partial), str(runs)],
+            subprocess.run([sys.executable, "-m", WORKER, "--time", runtime, str(request), str(partial), str(runs)],
                            check=True)
             partial.replace(out)
         per_process.append(json.loads(out.read_text()))
@@ -394,7 +398,7 @@ def program_instructions(runtime: str, paths: dict[str, Path], processes: int, w
     """Per program, instructions per call under valgrind's callgrind in each of `processes` processes: a count no
     other job can move (valgrind emulates up to AVX2, so these are the runtimes' AVX2 code paths)."""
     request = program_request(runtime, paths, work)
-    worker = [sys.executable, __file__, "--count", runtime, str(request), str(COUNTED_CALLS), str(COUNT_WARMUP)]
+    worker = [sys.executable, "-m", WORKER, "--count", runtime, str(request), str(COUNTED_CALLS), str(COUNT_WARMUP)]
     per_process = count_instructions(worker, COUNTED_CALLS, processes)
     return {key: [counts[key] for counts in per_process] for key in paths}
 

@@ -1,26 +1,31 @@
-"""The benchmark harness on a tiny untrained base and synthetic data: cells resume, fine-tunes land where pairing
-finds them, a paired difference agrees with the two cells' own top-1, and a later run keeps it."""
+"""The experiment layer (prunedroid.experiment, what benchmarks/ shares) on a tiny untrained base and synthetic data:
+cells resume, fine-tunes land where pairing finds them, a paired difference agrees with the two cells' own top-1, and
+a later run keeps it."""
 import dataclasses
 import sys
 
 import pytest
 from conftest import ROOT, save_untrained_base
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import (  # noqa: E402
+from prunedroid.deploy import fold_batchnorm
+from prunedroid.errors import PrunedroidError
+from prunedroid.experiment import (
     Bench,
     architecture_latencies,
     paired_table,
     ratios_to,
     repeated_program_latencies,
 )
+from prunedroid.models import build_model, vgg16_spec
+from prunedroid.pruned import example_input
+from prunedroid.pruning import Budget
+from prunedroid.train import CHECKPOINT_NAME
 
-from prunedroid.deploy import fold_batchnorm  # noqa: E402
-from prunedroid.errors import PrunedroidError  # noqa: E402
-from prunedroid.models import build_model, vgg16_spec  # noqa: E402
-from prunedroid.pruned import example_input  # noqa: E402
-from prunedroid.pruning import Budget  # noqa: E402
-from prunedroid.train import CHECKPOINT_NAME  # noqa: E402
+
+@pytest.fixture
+def scripts(monkeypatch):
+    """The scripts under benchmarks/ importable, as each imports its neighbours when it runs."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
 
 
 def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_dir):
@@ -112,7 +117,7 @@ def test_architecture_timing_is_repeated_per_process_and_resumes(tmp_path):
     assert sorted(path.name for path in tmp_path.glob("onnxruntime-timing-*.json")) == ["onnxruntime-timing-0.json"]
 
 
-def test_pruning_in_steps_reaches_the_target_from_the_base_and_resumes(tmp_path, cifar_dir, monkeypatch):
+def test_pruning_in_steps_reaches_the_target_from_the_base_and_resumes(tmp_path, cifar_dir, monkeypatch, scripts):
     from goal import measure_cell, pruned_in_steps, step_reduction, verdict
 
     import prunedroid.pruned
@@ -153,7 +158,7 @@ def test_pruning_in_steps_reaches_the_target_from_the_base_and_resumes(tmp_path,
     assert verdict({"a": cell}).startswith("No cell stays within 0.5 point")
 
 
-def test_counting_alone_keeps_the_earlier_timing_of_the_same_architecture(tmp_path):
+def test_counting_alone_keeps_the_earlier_timing_of_the_same_architecture(tmp_path, scripts):
     """round_to --processes 0 times nothing: each counted row takes the timing its architecture (width and channels)
     had in the earlier run, and a width with an architecture the earlier run did not time is refused before anything
     is counted, not left blank."""
