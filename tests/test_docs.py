@@ -1,5 +1,6 @@
 """The README and docs/ as a user reads them: every relative link resolves, and the README starts with the two
 fresh-machine commands, the second of which is exactly what CI runs."""
+import json
 import re
 from pathlib import Path
 
@@ -59,3 +60,19 @@ def test_every_number_in_the_readme_results_table_is_in_the_results_its_row_link
         values = _values(sources)
         missing = [n for n in NUMBER.findall(answer) if not _quoted(n, values)]
         assert not missing, f"README row {question!r} quotes {missing}, which its results files do not hold"
+
+
+def test_every_committed_result_names_the_code_that_reproduces_it():
+    """Each results JSON records its script's version itself or has a row in versions.json (benchmarks/
+    result_versions.py: the commit it came with), naming the script its command ran."""
+    results = ROOT / "benchmarks" / "results"
+    listed = {row["result"]: row for row in json.loads((results / "versions.json").read_text())["rows"]}
+    for path in sorted(results.rglob("*.json")):
+        if path.name in ("versions.json", "run.json"):
+            continue
+        payload = json.loads(path.read_text())
+        recorded = payload.get("script", {}).get("commit")
+        row = listed.get(str(path.relative_to(results)))
+        assert recorded or (row and len(row["commit"]) == 40), f"{path.name}: run benchmarks/result_versions.py"
+        command = (payload.get("commands") or [payload["command"]])[0]
+        assert row is None or command.startswith(row["script"]), path.name
