@@ -1,6 +1,7 @@
-"""Which code reproduces each committed result: for every results JSON under benchmarks/results/ that does not name
-its script's version itself (those written before report.write_results recorded one), the commit that added or last
-changed it, the script its command ran, and whether that script has changed since.
+"""Which code reproduces each committed result: for every results JSON under benchmarks/results/ and
+benchmarks/archive/results/ that does not name its script's version itself (those written before
+report.write_results recorded one), the commit that added or last changed it, the script its command ran, and whether
+that script has changed since.
 
     python benchmarks/result_versions.py
 
@@ -19,7 +20,9 @@ from pathlib import Path
 from prunedroid.report import markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+FOLDERS = (RESULTS, BENCHMARKS / "archive" / "results")  # live results, and those of archived scripts
 
 
 def git(*words: str) -> str:
@@ -37,13 +40,13 @@ def script_of(payload: dict) -> str:
 def version_row(path: Path) -> dict:
     """One result's version: recorded by itself, or inferred from git (see the module's docstring)."""
     payload = json.loads(path.read_text())
-    row = {"result": str(path.relative_to(RESULTS)), "script": script_of(payload)}
+    row = {"result": str(path.relative_to(BENCHMARKS)), "script": script_of(payload)}
     if "script" in payload:
         recorded = payload["script"]
         return {**row, "commit": recorded.get("commit", ""), "source": "recorded by the result",
                 "script_since": "modified when run" if recorded.get("modified") else "as committed when run"}
     relative = str(path.relative_to(ROOT))
-    commit = git("log", "-1", "--diff-filter=AM", "--format=%H", "--", relative)
+    commit = git("log", "-1", "--follow", "--diff-filter=AM", "--format=%H", "--", relative)  # not its move
     row.update(commit=commit, source="the commit that added or last changed it")
     if not row["script"].endswith(".py"):
         return {**row, "script_since": "a task: the whole checkout at that commit"}
@@ -59,7 +62,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "versions"), help="results stem (.json, .md)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
-    paths = sorted(path for path in RESULTS.rglob("*.json") if path.stem != out.stem and path.name != "run.json")
+    paths = sorted(path for folder in FOLDERS for path in folder.rglob("*.json")
+                   if path != out.with_suffix(".json") and path.name != "run.json")
     rows = [version_row(path) for path in paths]
     table = [{**row, "commit": row["commit"][:12]} for row in rows]
     write_results(out, {"rows": rows}, "Which commit reproduces each committed result",

@@ -215,7 +215,7 @@ def remeasure_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     plain average over the batches; no weight changes. Returned in eval mode.
 
     augment_seed: measure on one seeded random crop and flip of each image - the statistics training normalised
-    with - instead of the images as they are (benchmarks/results/bn_calibration.md compares the two)."""
+    with - instead of the images as they are (benchmarks/archive/results/bn_calibration.md compares the two)."""
     if augment_seed is not None:
         images = cifar.augment(images, torch.Generator().manual_seed(augment_seed))
     measured = copy.deepcopy(model)  # not Checkpoint.model: its shape checks cost more than a small model's pass

@@ -10,7 +10,7 @@ group (a residual stream read before and after an addition), a channel's map is 
 is summed over consumers. One group's maps are held at a time (n x C x H x W floats: 268 MB for 1,024 images at
 VGG16's widest layer); each group costs a forward pass up to its last consumer.
 
-Three measured additions to the paper, each an option (benchmarks/results/scp_quick.md compares them):
+Three measured additions to the paper, each an option (benchmarks/archive/results/scp_quick.md compares them):
 - rank "loss": under a budget, the KNN pairs whose removal is estimated to cost least go first, rather than the most
   similar ones - similarity alone ignores how much a channel contributes; "similarity" is the paper's order.
 - recalibrate: after a layer is cut and folded, the next layer's BatchNorm statistics are re-measured on the

@@ -2,7 +2,7 @@
 the paper's setting, top-1 right after pruning, after re-measuring BatchNorm on the same evaluation images (the
 trick SCP uses internally, given to every method so the comparison is fair), and after one identical short fine-tune.
 
-    python benchmarks/scp_vs_l1.py --base runs/quick/checkpoint.pt --out benchmarks/results/scp_quick
+    python benchmarks/archive/scp_vs_l1.py --base runs/quick/checkpoint.pt --out benchmarks/archive/results/scp_quick
 
 Cells already in <out>.json are kept (an interrupted run resumes); fine-tuned checkpoints go under --work.
 Run from the project root with the package installed (pip install -e .).
@@ -28,7 +28,7 @@ def methods() -> dict[str, object]:
 
 
 def main() -> None:
-    parser = arguments(__doc__, work="runs/bench-scp", out="benchmarks/results/scp_quick")
+    parser = arguments(__doc__, work="runs/bench-scp", out="benchmarks/archive/results/scp_quick")
     parser.add_argument("--targets", default="0.3,0.5", help="MAC reductions")
     parser.add_argument("--extra-seeds", default="", help="fine-tune the same cells again with these seeds")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 each fine-tuned with the preset's recipe twice - plain cross-entropy, and with --distill-weight from the base - and
 the two compared on the same test images (paired difference with a 95% bootstrap interval).
 
-    python benchmarks/distill.py --base runs/quick/checkpoint.pt --out benchmarks/results/distill_quick
+    python benchmarks/archive/distill.py --base runs/quick/checkpoint.pt --out benchmarks/archive/results/distill_quick
 
 Fine-tunes go under --work and resume there.
 """
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="runs/quick/checkpoint.pt")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="benchmarks/results/distill_quick")
+    parser.add_argument("--out", default="benchmarks/archive/results/distill_quick")
     parser.add_argument("--work", default="runs/bench-distill")
     parser.add_argument("--target", type=float, default=0.5, help="MAC reduction")
     parser.add_argument("--distill-weight", default="0.5")

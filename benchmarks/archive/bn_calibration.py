@@ -1,7 +1,8 @@
 """Re-measuring BatchNorm statistics after pruning: on held-out images as they are, or on one seeded random crop and
 flip of each (what training normalised with), against keeping the trained statistics. Real CIFAR-10, test top-1.
 
-    python benchmarks/bn_calibration.py --base runs/quick/checkpoint.pt --out benchmarks/results/bn_calibration
+    python benchmarks/archive/bn_calibration.py --base runs/quick/checkpoint.pt \\
+        --out benchmarks/archive/results/bn_calibration
 
 Target 0 is the unpruned base: there re-measuring should change nothing, so any loss is the measurement's own.
 Run from the project root with the package installed (pip install -e .).
@@ -26,7 +27,7 @@ METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 
 
 def main() -> None:
-    parser = arguments(__doc__, out="benchmarks/results/bn_calibration")
+    parser = arguments(__doc__, out="benchmarks/archive/results/bn_calibration")
     parser.add_argument("--targets", default="0,0.3,0.5,0.7", help="MAC reductions (0: unpruned)")
     parser.add_argument("--images", default="1024,4096", help="held-out images the statistics are measured on")
     parser.add_argument("--seeds", default="0,1,2", help="augmentation draws")

@@ -4,7 +4,8 @@ score alone or by its score per MAC it saves. For L1 and SCP at each MAC target:
 and top-1 with BatchNorm re-measured (no fine-tune), on held-out training images no method analysed (the choice
 is made on those, never on test images), beside uniform and sensitivity allocation.
 
-    python benchmarks/allocation_choices.py --base runs/quick/checkpoint.pt --out benchmarks/results/allocation_quick
+    python benchmarks/archive/allocation_choices.py --base runs/quick/checkpoint.pt \\
+        --out benchmarks/archive/results/allocation_quick
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ VARIANTS = [(normalization, per_mac) for normalization in ("mean", "max", "none"
 
 
 def main() -> None:
-    parser = arguments(__doc__, out="benchmarks/results/allocation_quick")
+    parser = arguments(__doc__, out="benchmarks/archive/results/allocation_quick")
     parser.add_argument("--targets", default="0.5,0.7")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
     parser.add_argument("--cache", default="runs/bench-allocation/sensitivity.json",
