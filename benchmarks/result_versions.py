@@ -50,10 +50,13 @@ def version_row(path: Path) -> dict:
     row.update(commit=commit, source="the commit that added or last changed it")
     if not row["script"].endswith(".py"):
         return {**row, "script_since": "a task: the whole checkout at that commit"}
-    then, now = git("rev-parse", "-q", "--verify", f"{commit}:{row['script']}"), \
-        git("rev-parse", "-q", "--verify", f"HEAD:{row['script']}")
-    row["script_since"] = ("not in that commit" if not then else "removed since" if not now
-                           else "unchanged since" if then == now else "changed since")
+    archived = f"benchmarks/archive/{Path(row['script']).name}"
+    then, now, now_archived = (git("rev-parse", "-q", "--verify", f"{revision}:{script}")
+                               for revision, script in ((commit, row["script"]), ("HEAD", row["script"]),
+                                                        ("HEAD", archived)))
+    since = "unchanged since" if then == (now or now_archived) else "changed since"
+    row["script_since"] = ("not in that commit" if not then else since if now
+                           else f"archived as {archived}, {since}" if now_archived else "removed since")
     return row
 
 

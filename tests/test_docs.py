@@ -45,8 +45,8 @@ def _quoted(number: str, values: set[float]) -> bool:
 
 
 def test_every_number_in_the_readme_results_table_is_in_the_results_its_row_links_to():
-    """A row of "Results at a glance" quotes only what its linked benchmarks/results files (Markdown and the JSON
-    beside it) hold, so a result that moves cannot leave a stale number behind."""
+    """A row of "Results at a glance" quotes only what its linked benchmarks/results files, live or archived
+    (Markdown and the JSON beside it), hold, so a result that moves cannot leave a stale number behind."""
     text = (ROOT / "README.md").read_text()
     table = text.split("## Results at a glance", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
     rows = [line for line in ("|" + table).splitlines()[2:] if line.startswith("|")]
@@ -54,7 +54,8 @@ def test_every_number_in_the_readme_results_table_is_in_the_results_its_row_link
     for row in rows:
         question, answer, evidence = (cell.strip() for cell in row.strip("|").split("|"))
         files = [ROOT / target.split("#")[0] for target in LINK.findall(evidence)]
-        assert files and all(f.is_relative_to(ROOT / "benchmarks" / "results") for f in files), question
+        assert files and all(f.is_relative_to(ROOT / "benchmarks" / "results")
+                             or f.is_relative_to(ROOT / "benchmarks" / "archive" / "results") for f in files), question
         sources = "".join(f.read_text() + (f.with_suffix(".json").read_text() if f.with_suffix(".json").exists()
                                            else "") for f in files)
         values = _values(sources)
@@ -63,16 +64,16 @@ def test_every_number_in_the_readme_results_table_is_in_the_results_its_row_link
 
 
 def test_every_committed_result_names_the_code_that_reproduces_it():
-    """Each results JSON records its script's version itself or has a row in versions.json (benchmarks/
-    result_versions.py: the commit it came with), naming the script its command ran."""
-    results = ROOT / "benchmarks" / "results"
-    listed = {row["result"]: row for row in json.loads((results / "versions.json").read_text())["rows"]}
-    for path in sorted(results.rglob("*.json")):
+    """Each results JSON (live or archived) records its script's version itself or has a row in versions.json
+    (benchmarks/result_versions.py: the commit it came with), naming the script its command ran."""
+    benchmarks = ROOT / "benchmarks"
+    listed = {row["result"]: row for row in json.loads((benchmarks / "results/versions.json").read_text())["rows"]}
+    for path in sorted([*benchmarks.glob("results/**/*.json"), *benchmarks.glob("archive/results/*.json")]):
         if path.name in ("versions.json", "run.json"):
             continue
         payload = json.loads(path.read_text())
         recorded = payload.get("script", {}).get("commit")
-        row = listed.get(str(path.relative_to(results)))
+        row = listed.get(str(path.relative_to(benchmarks)))
         assert recorded or (row and len(row["commit"]) == 40), f"{path.name}: run benchmarks/result_versions.py"
         command = (payload.get("commands") or [payload["command"]])[0]
         assert row is None or command.startswith(row["script"]), path.name
