@@ -91,7 +91,7 @@ def _launched(config, data_dir) -> bool:
     """With `nproc` above 1, runs this command line in that many processes under torchrun and says so (True);
     False where this process is to train: a plain run, or one of the processes torchrun started."""
     from prunedroid.data import locate_cifar10
-    from prunedroid.distributed import World, launch
+    from prunedroid.training.distributed import World, launch
 
     world = World.from_environment()
     if world.distributed or config.nproc == 1:
@@ -110,8 +110,8 @@ def _launched(config, data_dir) -> bool:
 def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, teacher=None, **recipe):
     """Train VGG16-BN on CIFAR-10; writes <out>/checkpoint.pt every epoch."""
     from prunedroid.data import load_cifar10
-    from prunedroid.train import make_config
-    from prunedroid.train import train as run_training
+    from prunedroid.training.train import make_config
+    from prunedroid.training.train import train as run_training
 
     config = make_config(preset, recipe)
     if _launched(config, data_dir):
@@ -125,10 +125,10 @@ def train(c, preset="quick", out=None, data_dir=None, resume=False, overwrite=Fa
             "data_dir": DATA_DIR_HELP, "test_limit": "evaluate on the first N test images only"})
 def evaluate(c, checkpoint=None, data_dir=None, test_limit=None):
     """Top-1 on the CIFAR-10 test set (all 10,000 images), with MACs and parameters."""
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_test
     from prunedroid.pruning.cost import count_cost
-    from prunedroid.train import evaluate as run_evaluation
+    from prunedroid.training.checkpoint import Checkpoint
+    from prunedroid.training.train import evaluate as run_evaluation
 
     required(checkpoint=checkpoint)
     limit = None if test_limit is None else whole(test_limit, "test_limit")
@@ -158,11 +158,11 @@ PRUNE_OPTIONS = {**BUDGET_HELP, **METHOD_OPTIONS_HELP, **LATENCY_HELP}
                "overwrite": "replace an existing output folder"}, generated=PRUNE_OPTIONS)
 def prune(c, checkpoint=None, method="l1", out=None, data_dir=None, seed="0", overwrite=False, **options):
     """Remove whole channels; writes the smaller model and a per-layer report, with top-1 right after pruning."""
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.flow import prune_stage
     from prunedroid.options import check_seed
     from prunedroid.request import fitted_budget, latency_options, method_and_budget
+    from prunedroid.training.checkpoint import Checkpoint
 
     required(checkpoint=checkpoint)
     pruning, budget = method_and_budget(method, options)
@@ -188,11 +188,11 @@ NOT_FOR_FINETUNING = ("model", "width", "momentum", "nesterov", "holdout", "chan
 def finetune(c, checkpoint=None, preset="quick", out=None, data_dir=None, resume=False, overwrite=False, teacher=None,
              **recipe):
     """Fine-tune a pruned model with the training loop and a shorter, gentler schedule."""
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.data import load_cifar10
     from prunedroid.files import refuse_holding
-    from prunedroid.train import make_config
-    from prunedroid.train import train as run_training
+    from prunedroid.training.checkpoint import Checkpoint
+    from prunedroid.training.train import make_config
+    from prunedroid.training.train import train as run_training
 
     required(checkpoint=checkpoint)
     out = out or Path(f"{Path(checkpoint).parent}-finetuned")
@@ -213,7 +213,7 @@ QUANTIZE_HELP = {
 
 
 def _int8_options(quantize, calibration_images, max_drop):
-    from prunedroid.deploy import Int8Options
+    from prunedroid.deploy.export import Int8Options
 
     return Int8Options.from_options(quantize, {"calibration_images": calibration_images, "max_drop": max_drop})
 
@@ -225,11 +225,11 @@ def _int8_options(quantize, calibration_images, max_drop):
 def export(c, checkpoint=None, out="export", name="model", static_batch=False, data_dir=None, quantize=None,
            calibration_images=None, max_drop=None):
     """Export to TorchScript Lite (.ptl), ONNX and ExecuTorch (.pte), each checked in its runtime against PyTorch."""
-    from prunedroid.checkpoint import Checkpoint, existing_checkpoint
     from prunedroid.data import load_cifar10, load_test
-    from prunedroid.deploy import export_checkpoint
+    from prunedroid.deploy.export import export_checkpoint
+    from prunedroid.deploy.formats import FORMATS, int8_formats
     from prunedroid.files import plain_name
-    from prunedroid.formats import FORMATS, int8_formats
+    from prunedroid.training.checkpoint import Checkpoint, existing_checkpoint
 
     required(checkpoint=checkpoint)
     plain_name(name, "--name")
@@ -268,11 +268,11 @@ PROCESSES_HELP = ("separate processes the timing is repeated in (default 5): eac
             "data_dir": DATA_DIR_HELP})
 def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", out="bench", data_dir=None):
     """Batch-1 latency, size, MACs, params and top-1 for each model in eager PyTorch, TorchScript Lite, onnxruntime."""
-    from prunedroid.bench import ROUNDS, benchmark, check_timing, table_rows
     from prunedroid.data import load_test
+    from prunedroid.deploy.sidecar import existing_sidecar
     from prunedroid.files import check_writable
-    from prunedroid.report import markdown_table, write_results
-    from prunedroid.sidecar import existing_sidecar
+    from prunedroid.measure.bench import ROUNDS, benchmark, check_timing, table_rows
+    from prunedroid.measure.report import markdown_table, write_results
 
     required(models=models)
     timing = dict(threads=whole(threads, "threads"), warmup=whole(warmup, "warmup"), runs=whole(runs, "runs"),
@@ -302,8 +302,8 @@ def bench(c, models=None, threads="1", runs="200", warmup="20", processes="5", o
 def build_apk(c, model="export/model.json", variant="debug", runtime="executorch", precision="fp32", builder="auto",
               abi=None, keystore=None, key_alias=None, data_dir=None):
     """Stage the model, its sidecar, labels and CIFAR-10 test samples into android_app/ and build the APK."""
-    from prunedroid.android import ApkRequest, page_size_warning
-    from prunedroid.android import build_apk as build
+    from prunedroid.android.build import ApkRequest, page_size_warning
+    from prunedroid.android.build import build_apk as build
     from prunedroid.data import load_test
 
     request = ApkRequest(variant, runtime, precision, builder, tuple(abi.split(",")) if abi else None,
@@ -339,12 +339,12 @@ def _timeout(value: str) -> int:
 def bench_device(c, models=None, apk=None, lite_apk=None, serial=None, runs="100", warmup="20", threads="1",
                  timeout="300", report="bench"):
     """Latency of each exported model on an Android phone or emulator over adb, beside the host runtimes."""
-    from prunedroid.android import apk_path
-    from prunedroid.bench import add_device_rows, read_report, same_models, table_rows
-    from prunedroid.device import bench_device as run_on_device
+    from prunedroid.android.build import apk_path
+    from prunedroid.android.device import bench_device as run_on_device
+    from prunedroid.deploy.sidecar import Sidecar
     from prunedroid.files import check_writable
-    from prunedroid.report import markdown_table, write_results
-    from prunedroid.sidecar import Sidecar
+    from prunedroid.measure.bench import add_device_rows, read_report, same_models, table_rows
+    from prunedroid.measure.report import markdown_table, write_results
 
     required(models=models)
     sidecars = [Path(m) for m in models.split(",")]
@@ -379,17 +379,17 @@ def bench_device(c, models=None, apk=None, lite_apk=None, serial=None, runs="100
 def latency_table(c, checkpoint=None, device=False, out=None, round_to=None, min_keep=None, latency_runtime=None,
                   apk=None, serial=None, runs="50", warmup="10", threads="1", timeout="300"):
     """Time every layer shape a --allocation latency prune of a checkpoint can reach, here or on a phone (resumable)."""
-    from prunedroid.android import apk_path
-    from prunedroid.checkpoint import Checkpoint
-    from prunedroid.latency import LatencyOptions, LatencyTable, model_shapes
+    from prunedroid.android.build import apk_path
+    from prunedroid.measure.latency import LatencyOptions, LatencyTable, model_shapes
     from prunedroid.options import with_options
+    from prunedroid.training.checkpoint import Checkpoint
 
     required(checkpoint=checkpoint)
     options = with_options(LatencyOptions(), {"latency_runtime": latency_runtime}, "latency")
     shapes, budget = model_shapes(Checkpoint.load(checkpoint).arch, round_to, min_keep)
     print(f"{len(shapes)} layer shapes at --round-to {budget.round_to}, --min-keep {budget.min_keep}", flush=True)
     if device:
-        from prunedroid.device import device_latency_table
+        from prunedroid.android.device import device_latency_table
 
         required(out=out)
         table = device_latency_table(shapes, Path(out), Path(apk) if apk else apk_path(), options.latency_runtime,
@@ -421,10 +421,10 @@ def pipeline(c, preset="quick", name=None, base=None, model=None, method="l1", f
              quantize="int8",
              calibration_images=None, max_drop=None, distill_weight=None, distill_temperature=None, **options):
     """Train (or reuse --base) -> prune -> fine-tune -> export -> benchmark, into runs/<name>/."""
-    from prunedroid.bench import ROUNDS, check_timing
     from prunedroid.data import load_cifar10
     from prunedroid.files import plain_name
     from prunedroid.flow import plan_run, run_pipeline
+    from prunedroid.measure.bench import ROUNDS, check_timing
     from prunedroid.request import fitted_budget, latency_options, method_and_budget
 
     run_name = plain_name(name or preset, "--name")

@@ -12,7 +12,7 @@ checked; no accuracy is measured here). Per model and method the table gives:
 - whether the cut is exact: the pruned model's logits against the full model's with, at every consumer's input, each
   removed channel replaced by what the method folded into its place (factor x its twin; nothing: zero) - the cut,
   the offsets behind concatenations and the folds all have to be right for the two to agree (relative_error);
-- whether it exports: ONNX written by prunedroid.formats.write_onnx (checked by onnx's checker) and run by
+- whether it exports: ONNX written by prunedroid.deploy.formats.write_onnx (checked by onnx's checker) and run by
   onnxruntime against PyTorch;
 - or, for a model a method cannot prune to the budget, the one-line refusal.
 A cell that raises anything else than a refusal is a defect and fails the script.
@@ -35,8 +35,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunedroid import data as cifar
+from prunedroid.deploy.formats import run, write_onnx
 from prunedroid.errors import PrunedroidError
-from prunedroid.formats import run, write_onnx
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.pruning import (
     KMeansConfig,
     L1Config,
@@ -47,8 +48,7 @@ from prunedroid.pruning import (
     prune,
 )
 from prunedroid.pruning.groups import ChannelGraph
-from prunedroid.report import markdown_table, write_results
-from prunedroid.train import measure_batchnorm
+from prunedroid.training.train import measure_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 # Largest relative_error of a cut or an export that counts as exact: float32 rounding through 80 layers reaches

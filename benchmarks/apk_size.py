@@ -1,5 +1,5 @@
 """The demo app's APK size per runtime, precision, ABI set and model, built by `invoke build-apk --builder direct`'s
-code (prunedroid.android.build_apk) in a copy of android_app/: what a user weighs when choosing a runtime and the
+code (prunedroid.android.build.build_apk) in a copy of android_app/: what a user weighs when choosing a runtime and the
 ABIs to ship. Each APK's bytes are split into native libraries, dex and the model as stored in the zip.
 
     python benchmarks/apk_size.py --out benchmarks/results/apk_size
@@ -17,14 +17,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from prunedroid import android
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import export_checkpoint
-from prunedroid.elf import native_libraries
+from prunedroid.android import build as android
+from prunedroid.android.elf import native_libraries
+from prunedroid.deploy.export import export_checkpoint
 from prunedroid.errors import PrunedroidError
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.models import build_model, vgg16_spec
-from prunedroid.report import markdown_table, write_results
+from prunedroid.training.checkpoint import Checkpoint
 
 ABI_SETS = ("arm64-v8a", "arm64-v8a,x86_64", "arm64-v8a,armeabi-v7a,x86,x86_64")
 MB = 1e6

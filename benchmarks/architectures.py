@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from prunedroid.bench import paired_difference
-from prunedroid.deploy import export_checkpoint
+from prunedroid.deploy.export import export_checkpoint
+from prunedroid.deploy.formats import FORMATS
 from prunedroid.experiment import Bench, arguments, base_title, percent, repeated_latencies
-from prunedroid.formats import FORMATS
+from prunedroid.measure.bench import paired_difference
+from prunedroid.measure.report import markdown_table
 from prunedroid.pruning import Budget, SCPConfig, TorchPruningConfig
-from prunedroid.report import markdown_table
-from prunedroid.train import evaluate
+from prunedroid.training.train import evaluate
 
 # Torch-Pruning's group-norm criterion: the L2 norm over every weight a channel group couples
 # (GroupMagnitudeImportance, p=2; `--method torch-pruning --importance magnitude`).

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from prunedroid.cli_help import stored
-from prunedroid.report import markdown_table, write_results
+from prunedroid.measure.report import markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {

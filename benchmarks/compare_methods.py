@@ -22,9 +22,9 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from prunedroid.experiment import Bench, arguments, base_title, chosen, paired_table, percent  # noqa: E402
+from prunedroid.measure.report import markdown_table  # noqa: E402
 from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig  # noqa: E402
 from prunedroid.pruning.similarity import CRITERIA  # noqa: E402
-from prunedroid.report import markdown_table  # noqa: E402
 
 LIBRARY = ("tp-magnitude", "tp-taylor")
 

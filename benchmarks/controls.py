@@ -25,14 +25,14 @@ from collections.abc import Iterable
 
 import torch
 
-from prunedroid.bench import paired_difference
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.experiment import Bench, arguments, base_title, interval, mean_sd
+from prunedroid.measure.bench import paired_difference
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.models import build_model
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget
-from prunedroid.report import markdown_table, write_results
-from prunedroid.train import TrainConfig, evaluate, make_config, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import TrainConfig, evaluate, make_config, train
 
 
 def recipe_bench(args, name: str, epochs: int, distill_weight: str | None) -> Bench:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import statistics
 
 from prunedroid.experiment import Bench, arguments, base_title, interval, mean_sd, percent, ratio_spread
+from prunedroid.measure.report import markdown_table
 from prunedroid.pruning import Budget
-from prunedroid.report import markdown_table
 
 CURRENT = "uniform/r1"  # what the pipeline shipped before this benchmark
 SLACK = 1.1  # a latency ratio may exceed its MAC ratio by this factor

@@ -22,11 +22,11 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from prunedroid import data as cifar  # noqa: E402
-from prunedroid.bench import benchmark  # noqa: E402
-from prunedroid.checkpoint import Checkpoint  # noqa: E402
-from prunedroid.deploy import MAX_INT8_DROP, export_checkpoint  # noqa: E402
+from prunedroid.deploy.export import MAX_INT8_DROP, export_checkpoint  # noqa: E402
 from prunedroid.experiment import ratio_spread  # noqa: E402
-from prunedroid.report import markdown_table, write_results  # noqa: E402
+from prunedroid.measure.bench import benchmark  # noqa: E402
+from prunedroid.measure.report import markdown_table, write_results  # noqa: E402
+from prunedroid.training.checkpoint import Checkpoint  # noqa: E402
 
 FORMATS = {"torchscript-lite": ".ptl fp32", "onnxruntime": ".onnx fp32", "onnxruntime-int8": ".onnx int8",
            "executorch": ".pte fp32 (XNNPACK)", "executorch-int8": ".pte int8 (XNNPACK)"}

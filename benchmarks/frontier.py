@@ -25,7 +25,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prunedroid.bench import speed_for_macs  # noqa: E402
 from prunedroid.experiment import (  # noqa: E402
     Bench,
     architecture_latencies,
@@ -36,9 +35,10 @@ from prunedroid.experiment import (  # noqa: E402
     percent,
     ratio_spread,
 )
+from prunedroid.measure.bench import speed_for_macs  # noqa: E402
+from prunedroid.measure.report import markdown_table  # noqa: E402
 from prunedroid.pruning import Budget, SCPConfig  # noqa: E402
 from prunedroid.pruning.budget import ALLOCATIONS  # noqa: E402
-from prunedroid.report import markdown_table  # noqa: E402
 
 METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 

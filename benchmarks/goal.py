@@ -20,13 +20,13 @@ import statistics
 
 import torch
 
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.experiment import Bench, arguments, base_title, interval, mean_sd
 from prunedroid.files import file_sha256
+from prunedroid.measure.report import markdown_table
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, count_cost
-from prunedroid.report import markdown_table
-from prunedroid.train import CHECKPOINT_NAME, evaluate, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import CHECKPOINT_NAME, evaluate, train
 
 WITHIN = 0.005  # the goal's tolerance: top-1 (fraction) below the base's
 

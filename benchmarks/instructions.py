@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from prunedroid.bench import load_models, speed_for_macs
-from prunedroid.callgrind import count_calls, count_instructions
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
-from prunedroid.report import markdown_table, write_results
-from prunedroid.sidecar import Sidecar
+from prunedroid.measure.bench import load_models, speed_for_macs
+from prunedroid.measure.callgrind import count_calls, count_instructions
+from prunedroid.measure.report import markdown_table, write_results
 
 
 def sidecar_calls(sidecars: list[str], runtimes: set[str] | None = None) -> dict[str, Callable[[], object]]:

@@ -14,9 +14,9 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 
 from prunedroid.experiment import Bench, arguments, base_title, percent
+from prunedroid.measure.report import markdown_table
 from prunedroid.pruning import Budget, KMeansConfig, SCPConfig
 from prunedroid.pruning.kmeans import filter_points, fit, spread
-from prunedroid.report import markdown_table
 
 HALF = Budget.of(ratio=0.5)  # the blog's K = N/2 in every layer
 

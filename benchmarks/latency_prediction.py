@@ -27,17 +27,17 @@ import numpy as np
 import torch
 
 from prunedroid import data as cifar
-from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
-from prunedroid.deploy import fold_batchnorm
+from prunedroid.deploy.export import fold_batchnorm
+from prunedroid.deploy.formats import write_onnx
 from prunedroid.experiment import PROGRAM_RUNS, instruction_ratios, program_instructions, repeated_program_latencies
-from prunedroid.formats import write_onnx
-from prunedroid.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block, write_timing_pte
+from prunedroid.measure.bench import SLOW_FOR_MACS, speed_for_macs
+from prunedroid.measure.latency import RUNTIMES, LatencyOptions, LatencyTable, layer_block, write_timing_pte
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.models import build_model
 from prunedroid.models.vgg import VGGSpec, vgg16_spec
 from prunedroid.pruned import example_input
 from prunedroid.pruning import channel_graph, count_cost
 from prunedroid.pruning.groups import LayerShape
-from prunedroid.report import markdown_table, write_results
 
 OVERHEAD = "call overhead"  # the program whose time is one call's overhead: a 1x1 conv of one channel
 OVERHEAD_SHAPE = LayerShape(1, 1, 1, 1, 1, 0)

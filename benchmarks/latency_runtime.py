@@ -20,8 +20,8 @@ Cells, exports and fine-tunes resume from <out>.json and --work.
 from __future__ import annotations
 
 from prunedroid.experiment import Bench, arguments, base_title, mean_sd, percent, ratio_spread
+from prunedroid.measure.report import markdown_table
 from prunedroid.pruning import Budget
-from prunedroid.report import markdown_table
 
 RUNTIMES = ("executorch", "onnxruntime", "torchscript-lite", "pytorch")
 

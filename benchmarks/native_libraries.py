@@ -15,11 +15,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from prunedroid import android
-from prunedroid.apk import maven
-from prunedroid.apk.gradle_file import read_gradle_app
-from prunedroid.elf import PAGE_16K, native_libraries
-from prunedroid.report import markdown_table, write_results
+from prunedroid.android import build as android
+from prunedroid.android.apk import maven
+from prunedroid.android.apk.gradle_file import read_gradle_app
+from prunedroid.android.elf import PAGE_16K, native_libraries
+from prunedroid.measure.report import markdown_table, write_results
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
 
 
 NOTES = """
-"align" is the smallest p_align of the library's PT_LOAD segments (prunedroid/elf.py, checked against readelf in
+"align" is the smallest p_align of the library's PT_LOAD segments (prunedroid/android/elf.py, checked against readelf in
 the tests); 16 KB pages need at least 0x4000. Sizes are the uncompressed .so: native libraries are stored
 uncompressed in the APK (mmapped in place; `build-apk` stores them at 16 KB boundaries), so that is what each ABI
 adds; an APK carries its flavor's abiFilters (app/build.gradle) or `build-apk --abi`'s.

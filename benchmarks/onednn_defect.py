@@ -1,7 +1,7 @@
 """Which convolutions torch's oneDNN trains wrongly on this CPU: each shape's forward and backward is run `--steps`
 times in a fresh process (a crash there cannot take this one down), in channels-last and in NCHW, with oneDNN on
 and off, on 1 and 2 threads; the exit is recorded (0, a signal, or a hang past --seconds). What
-prunedroid.train.onednn_fails_on_conv predicts for the shape is beside it.
+prunedroid.training.train.onednn_fails_on_conv predicts for the shape is beside it.
 
     python benchmarks/onednn_defect.py --out benchmarks/results/onednn_defect --tries 3
 """
@@ -17,8 +17,8 @@ import sys
 import torch
 from torch import nn
 
-from prunedroid.report import markdown_table, write_results
-from prunedroid.train import onednn_fails_on_conv
+from prunedroid.measure.report import markdown_table, write_results
+from prunedroid.training.train import onednn_fails_on_conv
 
 # (input channels, output channels, kernel, stride, input height and width)
 SHAPES = [(1, 2, 1, 2, 32), (2, 4, 1, 2, 16), (4, 8, 1, 2, 16), (6, 12, 1, 2, 16), (8, 16, 1, 2, 16),

@@ -25,10 +25,10 @@ import torch
 def measure(base: str, setting: str, target: float, eval_images: int, data_dir: str | None) -> dict:
     """Runs in the child: load, prune once, report seconds and peak resident memory (bytes)."""
     from prunedroid import data as cifar
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.flow import evaluation_set
     from prunedroid.pruned import prune_model
     from prunedroid.pruning import Budget, resolve_method
+    from prunedroid.training.checkpoint import Checkpoint
 
     name, _, options = setting.partition(":")
     given = dict(option.split("=", 1) for option in options.split("+") if option)
@@ -63,8 +63,8 @@ def main() -> None:
         print(json.dumps(measure(args.base, args.child, args.mac_reduction, args.eval_images, args.data_dir)))
         return
 
-    from prunedroid.checkpoint import Checkpoint
-    from prunedroid.report import markdown_table, write_results
+    from prunedroid.measure.report import markdown_table, write_results
+    from prunedroid.training.checkpoint import Checkpoint
 
     recipe = Checkpoint.load(args.base).recipe
     rows = []

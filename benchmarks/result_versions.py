@@ -17,7 +17,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from prunedroid.report import markdown_table, write_results
+from prunedroid.measure.report import markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"

@@ -22,13 +22,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from prunedroid.bench import SLOW_FOR_MACS, speed_for_macs
 from prunedroid.errors import PrunedroidError
 from prunedroid.experiment import Bench, architecture_latencies, arguments, paired_table, percent, ratio_spread, resumed
+from prunedroid.measure.bench import SLOW_FOR_MACS, speed_for_macs
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import example_input
 from prunedroid.pruning import Budget, SCPConfig, channel_graph, kept_counts
-from prunedroid.report import markdown_table, write_results
 
 
 def timed_architectures(width: float, targets: list[float], steps: list[int], runs: int, processes: int,

@@ -17,9 +17,9 @@ import numpy as np  # noqa: E402
 
 from prunedroid.errors import PrunedroidError  # noqa: E402
 from prunedroid.experiment import Bench, arguments, base_title, chosen, percent  # noqa: E402
+from prunedroid.measure.report import markdown_table  # noqa: E402
 from prunedroid.pruning import SCPConfig  # noqa: E402
 from prunedroid.pruning.similarity import CRITERIA  # noqa: E402
-from prunedroid.report import markdown_table  # noqa: E402
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from prunedroid import data as cifar
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.models import build_model, vgg16_spec
-from prunedroid.report import markdown_table, write_results
 
 
 class PerImageCifar(torch.utils.data.Dataset):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.pruning.cost import count_cost
-from prunedroid.report import markdown_table, write_results
-from prunedroid.train import NON_RECIPE_OPTIONS, PRESETS, evaluate, make_config
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import NON_RECIPE_OPTIONS, PRESETS, evaluate, make_config
 
 
 def preset_command(recipe: dict) -> str:

@@ -5,8 +5,8 @@
     prunedroid.export(result.model, example_input, "export", "small")
 
 `prune` is the pruning library's (prunedroid.pruning: torch and its pruning methods only); `export` is the
-deployment layer's (prunedroid.deploy: ExecuTorch, TorchScript Lite and ONNX, each checked in its runtime). Both are
-imported on first use, so `import prunedroid.<module>` stays light.
+deployment layer's (prunedroid.deploy.export: ExecuTorch, TorchScript Lite and ONNX, each checked in its runtime).
+Both are imported on first use, so `import prunedroid.<module>` stays light.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from prunedroid.deploy import ExportResult
+    from prunedroid.deploy.export import ExportResult
     from prunedroid.pruning import PruneResult
 
 VERIFY_INPUTS = 64  # random inputs each exported file must reproduce the model's outputs on
@@ -39,7 +39,7 @@ def export(model: nn.Module, example_input: torch.Tensor, out_dir: str | Path, n
     normalised ones to check on what the model will see). Nothing is written unless every file passes."""
     import torch
 
-    from prunedroid.deploy import export_model
+    from prunedroid.deploy.export import export_model
 
     if inputs is None:
         generator = torch.Generator().manual_seed(0)

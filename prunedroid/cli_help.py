@@ -33,7 +33,7 @@ def flagged(text: str) -> str:
 def recipe_help() -> dict[str, str]:
     """TrainConfig's options; their defaults are the preset's, so the help states none."""
     from prunedroid.options import option_fields
-    from prunedroid.train import TrainConfig
+    from prunedroid.training.train import TrainConfig
 
     return {field.name: field.metadata["help"] for field in option_fields(TrainConfig)}
 
@@ -67,14 +67,14 @@ def method_help() -> tuple[str, dict[str, str]]:
 
 
 def latency_help() -> dict[str, str]:
-    from prunedroid.latency import LatencyOptions
+    from prunedroid.measure.latency import LatencyOptions
     from prunedroid.options import described, option_fields
 
     return {field.name: flagged(described(field)) for field in option_fields(LatencyOptions)}
 
 
 def int8_help() -> dict[str, str]:
-    from prunedroid.deploy import Int8Options
+    from prunedroid.deploy.export import Int8Options
     from prunedroid.options import described, option_fields
 
     return {field.name: flagged(described(field)) for field in option_fields(Int8Options)}

@@ -1,7 +1,7 @@
 """The experiment layer: what the scripts under benchmarks/ share. One base checkpoint, and each method judged the
 same way - test top-1 right after pruning, after re-measuring BatchNorm on the same evaluation images, and after one
 identical short fine-tune; paired differences and their tables; programs timed in separate processes and their
-instructions counted (prunedroid.callgrind); this module is also those processes' worker (`python -m`).
+instructions counted (prunedroid.measure.callgrind); this module is also those processes' worker (`python -m`).
 
 Cells are keyed by name and kept in <out>.json as soon as they are measured, so an interrupted run resumes without
 redoing them; fine-tuned checkpoints go under `work` (and resume mid-fine-tune too).
@@ -26,21 +26,21 @@ import torch
 from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid import pte
-from prunedroid.bench import benchmark, interleaved_latencies_ms, paired_difference
-from prunedroid.callgrind import count_calls, count_instructions
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import export_checkpoint, fold_batchnorm
+from prunedroid.deploy import pte
+from prunedroid.deploy.export import export_checkpoint, fold_batchnorm
+from prunedroid.deploy.formats import FORMATS, onnx_session, write_onnx
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
-from prunedroid.formats import FORMATS, onnx_session, write_onnx
-from prunedroid.latency import RUNTIMES, LatencyOptions
+from prunedroid.measure.bench import benchmark, interleaved_latencies_ms, paired_difference
+from prunedroid.measure.callgrind import count_calls, count_instructions
+from prunedroid.measure.latency import RUNTIMES, LatencyOptions
+from prunedroid.measure.report import command_line, markdown_table, write_results
 from prunedroid.models import MODELS, build_model
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, prune_checkpoint, prune_model
 from prunedroid.pruning import Budget, Method, SCPConfig, method_name
-from prunedroid.report import command_line, markdown_table, write_results
-from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 PROGRAM_RUNS = 200  # timed batch-1 calls per program and process, after PROGRAM_WARMUP untimed ones
 PROGRAM_WARMUP = 20
@@ -164,7 +164,7 @@ class Bench:
     def against_base(self, tables: dict[str, torch.Tensor]) -> dict:
         """Models judged against the base: `tables` holds, per judged split, bool (runs, N) - which images each run
         (a fine-tune seed) gets right. Returns each run's top-1 ("per_seed") and the paired difference to the base
-        over images and runs ("vs_base", prunedroid.bench.paired_difference with over_runs)."""
+        over images and runs ("vs_base", prunedroid.measure.bench.paired_difference with over_runs)."""
         return {"per_seed": {name: [row.float().mean().item() for row in table] for name, table in tables.items()},
                 "vs_base": {name: paired_difference(table, self.base_correct(name), over_runs=True)
                             for name, table in tables.items()}}
@@ -241,8 +241,8 @@ class Bench:
 
     def pair(self, key: str, reference: str, over_runs: bool = False) -> None:
         """`key`'s fine-tuned top-1 minus `reference`'s on the same images, averaged over the fine-tune seeds both
-        cells have (prunedroid.bench.paired_difference): on the test set, and on the held-out training images that no
-        method analysed (those past SCP's evaluation set) - a second, independent sample. Kept in the payload's
+        cells have (prunedroid.measure.bench.paired_difference): on the test set, and on the held-out training images
+        that no method analysed (those past SCP's evaluation set) - a second, independent sample. Kept in the payload's
         "paired"; skipped unless both cells are fine-tuned, and not redone for the same seeds. over_runs: the interval
         also resamples the seeds (it then includes seed variance)."""
         seeds = sorted(set(self.finetune_seeds(key)) & set(self.finetune_seeds(reference)))
@@ -454,7 +454,7 @@ LATENCY_IMAGES = 100  # top-1 beside the timing: a check that each runtime runs 
 
 def repeated_latencies(sidecars: list[Path], data_dir: str | None, processes: int = 5, runs: int = 200) -> dict:
     """Batch-1 latency of each exported model in each runtime (eager PyTorch, TorchScript Lite, onnxruntime,
-    ExecuTorch/XNNPACK; 1 thread) timed in `processes` separate processes (prunedroid.bench.benchmark): per
+    ExecuTorch/XNNPACK; 1 thread) timed in `processes` separate processes (prunedroid.measure.bench.benchmark): per
     "model/runtime", the median over the processes of the median latency (ms) and of the ratio to the first model in
     the same runtime, with the ratios' min and max - one process on this shared host has moved a ratio by up to
     1.7x."""

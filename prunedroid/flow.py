@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunedroid import data as cifar
-from prunedroid.bench import benchmark, processes_note, table_rows
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import VERIFY_IMAGES, Int8Options, export_checkpoint
+from prunedroid.deploy.export import VERIFY_IMAGES, Int8Options, export_checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import (
     atomic_path,
@@ -33,13 +31,15 @@ from prunedroid.files import (
     read_json,
     refuse_holding,
 )
-from prunedroid.latency import APP_LATENCY, LatencyOptions
+from prunedroid.measure.bench import benchmark, processes_note, table_rows
+from prunedroid.measure.latency import APP_LATENCY, LatencyOptions
+from prunedroid.measure.report import markdown_table, run_report, write_results
 from prunedroid.models import fresh_arch
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, Method, method_name, method_options
 from prunedroid.pruning.method import method_of
-from prunedroid.report import markdown_table, run_report, write_results
-from prunedroid.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, recipe_of, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, recipe_of, train
 
 
 def evaluation_set(method: Method, holdout: cifar.Split) -> cifar.Split | None:

@@ -12,14 +12,14 @@ from pathlib import Path
 from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
-from prunedroid.latency import APP_LATENCY, LatencyOptions
+from prunedroid.measure.latency import APP_LATENCY, LatencyOptions
 from prunedroid.models import arch_of, example_input
 from prunedroid.pruning import Budget, Calibration, Method, prune
 from prunedroid.pruning.allocation import Curve
-from prunedroid.train import evaluate, remeasure_batchnorm
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import evaluate, remeasure_batchnorm
 
 BATCHNORM_IMAGES = 1024  # held-out images a pruned model's BatchNorm statistics are re-measured on
 SCORED_IMAGES = 2048  # the held-out images after those, whose top-1 is the sensitivity measure

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from prunedroid.errors import PrunedroidError
-from prunedroid.latency import LatencyOptions
+from prunedroid.measure.latency import LatencyOptions
 from prunedroid.models import build_model, example_input
 from prunedroid.options import option_fields, parse_option, with_options
 from prunedroid.pruning import (

@@ -158,9 +158,9 @@ def vgg_exports(tmp_path_factory, synthetic_data) -> dict[str, Path]:
     in the sidecar's parent's parent. Exported once per test run (built_once); copy_export to change one."""
     from test_prune import trained_like
 
-    from prunedroid.checkpoint import Checkpoint
-    from prunedroid.deploy import export_checkpoint
+    from prunedroid.deploy.export import export_checkpoint
     from prunedroid.models import vgg16_spec
+    from prunedroid.training.checkpoint import Checkpoint
 
     widths = {"base": 0.0625, "small": 0.03125}
 
@@ -189,8 +189,8 @@ def copy_export(sidecar: Path, folder: Path, stem: str | None = None) -> Path:
 
 def save_untrained_base(path: Path, width: float = 0.0625, holdout: int = 500) -> Path:
     """An untrained VGG16-BN checkpoint shaped like a trained base's (recipe, held-out count, test top-1)."""
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.models import build_model, vgg16_spec
+    from prunedroid.training.checkpoint import Checkpoint
 
     model = build_model(vgg16_spec(width))
     Checkpoint(arch=model.spec.to_dict(), state_dict=model.state_dict(), recipe={"width": width},

@@ -10,7 +10,7 @@ from prunedroid.models import vgg16_spec
 from prunedroid.pruned import cached_curves, prune_model
 from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig
 from prunedroid.pruning.allocation import floors, global_counts, predicted_loss, sensitivity_counts
-from prunedroid.train import remeasure_batchnorm
+from prunedroid.training.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
 from tests.test_prune import SMALL, conv_blocks, trained_like
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 import torch.jit.mobile
 
-import prunedroid.android as android
+import prunedroid.android.build as android
 from prunedroid import data as cifar
-from prunedroid.apk.gradle_file import read_gradle_app
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import export_checkpoint
+from prunedroid.android.apk.gradle_file import read_gradle_app
+from prunedroid.deploy.export import export_checkpoint
+from prunedroid.deploy.formats import TARGET_BYTECODE_VERSION
 from prunedroid.errors import PrunedroidError
-from prunedroid.formats import TARGET_BYTECODE_VERSION
 from prunedroid.models import vgg16_spec
+from prunedroid.training.checkpoint import Checkpoint
 from tests.conftest import run_invoke
 from tests.test_prune import trained_like
 
@@ -159,7 +159,7 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 def test_staged_assets_match_the_exported_model(staged, exported, synthetic_data):
-    from prunedroid.pte import predictor
+    from prunedroid.deploy.pte import predictor
 
     sidecar = json.loads((staged / "model.json").read_text())
     assert sidecar["mean"] == list(cifar.MEAN) and sidecar["std"] == list(cifar.STD)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import prunedroid.android as android
+import prunedroid.android.build as android
 from prunedroid import data as cifar
-from prunedroid.apk import direct
-from prunedroid.apk.gradle_file import read_gradle_app
-from prunedroid.device import read_result
+from prunedroid.android.apk import direct
+from prunedroid.android.apk.gradle_file import read_gradle_app
+from prunedroid.android.device import read_result
 from tests.conftest import REAL_CIFAR_DIR
 from tests.test_android import APP, SOURCES, app_copy, exported, java_sources  # noqa: F401 (fixtures)
 
@@ -235,7 +235,7 @@ def test_the_default_flavors_native_libraries_load_on_16k_page_phones(tmp_path):
     """Google Play requires apps targeting Android 15+ to load on 16 KB-page phones: every .so of the default
     flavor's runtime, in every ABI the flavor packages, has its loadable segments 16 KB-aligned. (The lite flavor's
     are not - benchmarks/results/native_libraries.md - which docs/android.md says.)"""
-    from prunedroid.elf import native_libraries
+    from prunedroid.android.elf import native_libraries
 
     pinned = android.pinned_version("executorchVersion")
     aar = maven_artifacts([f"org.pytorch:executorch-android:{pinned}:aar"], tmp_path, transitive=False,

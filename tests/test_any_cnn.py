@@ -11,7 +11,7 @@ from torch import nn
 import prunedroid
 from prunedroid.errors import PrunedroidError
 from prunedroid.pruning import channel_graph
-from prunedroid.train import measure_batchnorm
+from prunedroid.training.train import measure_batchnorm
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from any_cnn import (  # noqa: E402

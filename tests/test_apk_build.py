@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-import prunedroid.android as android
-from prunedroid.apk import archive, direct
-from prunedroid.apk.gradle_file import read_gradle_app
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import export_checkpoint
+import prunedroid.android.build as android
+from prunedroid.android.apk import archive, direct
+from prunedroid.android.apk.gradle_file import read_gradle_app
+from prunedroid.deploy.export import export_checkpoint
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import vgg16_spec
-from prunedroid.sidecar import Sidecar
+from prunedroid.training.checkpoint import Checkpoint
 from tests.conftest import ROOT, project_env, run_invoke_each
 from tests.test_prune import trained_like
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import run_invoke
 
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import ModelConfig, arch_of, build_model, new_model
 from prunedroid.pruning import channel_graph, prune
 from prunedroid.pruning.cost import count_cost
+from prunedroid.training.checkpoint import Checkpoint
 
 
 def test_the_literature_sizes():
@@ -70,7 +70,7 @@ def test_hostile_records_are_refused_before_building(arch, message):
 
 
 def test_each_model_has_its_own_quick_preset():
-    from prunedroid.train import make_config
+    from prunedroid.training.train import make_config
 
     resnet, mobilenet, vgg = (make_config("quick", {"model": name}) for name in ("resnet56", "mobilenetv2", None))
     assert (resnet.model, resnet.width, resnet.epochs) == ("resnet56", 0.5, 12)

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import run_invoke
 
-from prunedroid.checkpoint import KIND, Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path
 from prunedroid.models import build_model, vgg16_spec
+from prunedroid.training.checkpoint import KIND, Checkpoint
 
 
 def test_round_trip_is_plain_data(tmp_path):
@@ -81,7 +81,7 @@ def _tampered(tmp_path, **arch_changes) -> Path:
 def test_tampered_architecture_fails_before_allocating(tmp_path, monkeypatch, changes, message):
     """No real module may be built from a description that is not checked against the weights (a 10^9-channel
     conv would ask for ~108 GB)."""
-    import prunedroid.checkpoint as checkpoint_module
+    import prunedroid.training.checkpoint as checkpoint_module
 
     def no_real_build(spec):
         raise AssertionError(f"a real model was built before the description was checked: {spec}")
@@ -102,7 +102,7 @@ def test_a_locked_run_folder_refuses_a_second_writer(tmp_path, synthetic_data):
     """Two processes writing one run folder: the second is refused at once and the first's files are untouched.
     flock conflicts between two open descriptors even in one process, so the holder here stands for the other one."""
     from prunedroid.files import folder_lock
-    from prunedroid.train import CHECKPOINT_NAME, make_config, train
+    from prunedroid.training.train import CHECKPOINT_NAME, make_config, train
 
     config = make_config("smoke", {"train_limit": "256", "test_limit": "100", "epochs": "1"})
     with folder_lock(tmp_path / "run"):

@@ -5,16 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunedroid import device
-from prunedroid.bench import add_device_rows, table_rows
-from prunedroid.device import Device, bench_device, device_latency_table, find_adb, parse_devices, pick_device
+from prunedroid.android import device
+from prunedroid.android.device import Device, bench_device, device_latency_table, find_adb, parse_devices, pick_device
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
-from prunedroid.latency import LatencyOptions, LatencyTable, reachable_shapes, where_measured
+from prunedroid.measure.bench import add_device_rows, table_rows
+from prunedroid.measure.latency import LatencyOptions, LatencyTable, reachable_shapes, where_measured
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import example_input, prune_model
 from prunedroid.pruning import Budget, channel_graph
 from prunedroid.pruning.groups import LayerShape
-from prunedroid.sidecar import Sidecar
 from tests.conftest import PHONE, copy_export, run_invoke
 from tests.test_prune import trained_like
 

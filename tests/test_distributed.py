@@ -11,10 +11,10 @@ import torch.multiprocessing as mp
 from conftest import run_invoke
 from torch import nn
 
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.distributed import World, with_global_batchnorm
 from prunedroid.errors import PrunedroidError
-from prunedroid.train import CHECKPOINT_NAME
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.distributed import World, with_global_batchnorm
+from prunedroid.training.train import CHECKPOINT_NAME
 
 # One optimiser step of the same global batch in one process and in two differs only in the order floats are summed
 # (per-half sums then all-reduced, in batch norm and in the gradients): about 3e-6 here. SGD amplifies such rounding

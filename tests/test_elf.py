@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunedroid.elf import PAGE_16K, load_alignment, native_libraries
+from prunedroid.android.elf import PAGE_16K, load_alignment, native_libraries
 from prunedroid.errors import PrunedroidError
 
 

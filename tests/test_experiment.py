@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, save_untrained_base
 
-from prunedroid.deploy import fold_batchnorm
+from prunedroid.deploy.export import fold_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.experiment import (
     Bench,
@@ -19,7 +19,7 @@ from prunedroid.experiment import (
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import example_input
 from prunedroid.pruning import Budget
-from prunedroid.train import CHECKPOINT_NAME
+from prunedroid.training.train import CHECKPOINT_NAME
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_architecture_timing_is_repeated_per_process_and_resumes(tmp_path):
 
     programs = tmp_path / "programs"
     programs.mkdir()
-    from prunedroid.formats import write_onnx
+    from prunedroid.deploy.formats import write_onnx
 
     paths = {}
     for name, spec in (("base", base), ("narrow", narrow)):
@@ -182,7 +182,7 @@ def test_a_benchmark_result_names_the_script_version_that_made_it(tmp_path, monk
     import json
 
     from prunedroid.files import file_sha256
-    from prunedroid.report import write_results
+    from prunedroid.measure.report import write_results
 
     script = ROOT / "benchmarks" / "any_cnn.py"
     monkeypatch.setattr(sys, "argv", [str(script), "--models", "vgg11"])

@@ -7,24 +7,24 @@ import torch
 import torch.jit.mobile
 from test_prune import trained_like
 
-import prunedroid.bench as bench_module
-import prunedroid.deploy as export
-import prunedroid.formats as formats
-import prunedroid.pte as pte
+import prunedroid.deploy.export as export
+import prunedroid.deploy.formats as formats
+import prunedroid.deploy.pte as pte
+import prunedroid.measure.bench as bench_module
 from prunedroid import data as cifar
-from prunedroid.android import app_model
-from prunedroid.bench import (
+from prunedroid.android.build import app_model
+from prunedroid.data import normalize
+from prunedroid.deploy.sidecar import Sidecar
+from prunedroid.errors import PrunedroidError
+from prunedroid.measure.bench import (
     benchmark,
     interleaved_latencies_ms,
     paired_difference,
     speed_for_macs,
     table_rows,
 )
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.data import normalize
-from prunedroid.errors import PrunedroidError
 from prunedroid.models import build_model, vgg16_spec
-from prunedroid.sidecar import Sidecar
+from prunedroid.training.checkpoint import Checkpoint
 
 
 def test_batchnorm_folding_keeps_outputs():

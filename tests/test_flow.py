@@ -3,8 +3,8 @@ import json
 
 from conftest import run_invoke, run_invoke_each, save_untrained_base
 
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.models import build_model, vgg16_spec
+from prunedroid.training.checkpoint import Checkpoint
 
 
 def test_smoke_pipeline_end_to_end(tmp_path, cifar_dir):

@@ -5,14 +5,14 @@ import torch
 from conftest import ROOT, documented_example
 from test_prune import trained_like
 
-from prunedroid import formats
-from prunedroid.bench import benchmark
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.data import normalize
-from prunedroid.deploy import export_checkpoint
+from prunedroid.deploy import formats
+from prunedroid.deploy.export import export_checkpoint
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
+from prunedroid.measure.bench import benchmark
 from prunedroid.models import vgg16_spec
-from prunedroid.sidecar import Sidecar
+from prunedroid.training.checkpoint import Checkpoint
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import copy_export, save_untrained_base
 
-from prunedroid.bench import read_report
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.device import read_result
+from prunedroid.android.device import read_result
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
-from prunedroid.latency import LatencyTable, is_latency, where_measured
-from prunedroid.sidecar import Sidecar
+from prunedroid.measure.bench import read_report
+from prunedroid.measure.latency import LatencyTable, is_latency, where_measured
+from prunedroid.training.checkpoint import Checkpoint
 from tests.test_hostile import tree
 
 FUZZ_CASES = int(os.environ.get("PRUNEDROID_FUZZ_CASES", "500"))

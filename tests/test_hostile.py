@@ -16,20 +16,20 @@ import pytest
 import torch
 from conftest import ROOT, copy_export, run_invoke, run_invoke_each, save_untrained_base
 
-from prunedroid.bench import benchmark, read_report
-from prunedroid.checkpoint import KIND, Checkpoint
-from prunedroid.deploy import export_checkpoint
-from prunedroid.device import PACKAGE, Adb, bench_device
+from prunedroid.android.device import PACKAGE, Adb, bench_device
+from prunedroid.deploy.export import export_checkpoint
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_paths, file_sha256
 from prunedroid.flow import RUN_KIND, RUN_RECORD, _check_run_folder, prune_stage, run_options, run_pipeline
-from prunedroid.latency import LatencyTable, where_measured
+from prunedroid.measure.bench import benchmark, read_report
+from prunedroid.measure.latency import LatencyTable, where_measured
 from prunedroid.models import vgg16_spec
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, resolve_method
 from prunedroid.pruning.budget import trim_to_target
-from prunedroid.sidecar import Sidecar
-from prunedroid.train import make_config, train
+from prunedroid.training.checkpoint import KIND, Checkpoint
+from prunedroid.training.train import make_config, train
 from tests.conftest import vgg_graph
 from tests.test_prune import trained_like
 
@@ -158,7 +158,7 @@ def test_a_hostile_model_name_never_reaches_the_phone(phone, tmp_path, vgg_expor
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../elsewhere/model.ptl"])
 def test_a_sidecar_cannot_send_or_stage_a_file_outside_its_folder(phone, tmp_path, vgg_exports, name):
-    from prunedroid.android import check_model
+    from prunedroid.android.build import check_model
 
     sidecar = copy_export(vgg_exports["base"], tmp_path / "models")
     (tmp_path / "elsewhere").mkdir()
@@ -430,7 +430,7 @@ def test_pruning_a_pruned_checkpoint_keeps_the_first_record(synthetic_data):
 CRASH_FINDER = """
 import re, sys
 from pathlib import Path
-from prunedroid import pte
+from prunedroid.deploy import pte
 program = Path(sys.argv[1]).read_bytes()
 for found in re.finditer(rb"[0-9a-f]{64}", program):  # ExecuTorch's named-data keys
     crafted = program[:found.start() + 10] + b"\\xdd" + program[found.start() + 11:]
@@ -446,7 +446,7 @@ Path(sys.argv[2]).unlink()
 def test_a_pte_that_aborts_the_runtime_is_refused_not_run(tmp_path, vgg_exports, synthetic_data):
     """A crafted program whose key holds a byte that is not UTF-8 makes ExecuTorch's loader call std::terminate; a
     child process finds one, and bench and build-apk must report it in one line rather than die of SIGABRT."""
-    from prunedroid.android import check_model
+    from prunedroid.android.build import check_model
 
     sidecar = copy_export(vgg_exports["base"], tmp_path / "m")
     crafted = sidecar.with_suffix(".pte")
@@ -536,7 +536,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_disk, tmp_
                         str(cifar_dir), "--out", str(tiny_disk / "run"), cwd=tmp_path)
     one_line_exit_2(result, "the disk is full")
     assert "Traceback" not in result.stderr and list(tiny_disk.iterdir()) == []
-    from prunedroid.report import write_results
+    from prunedroid.measure.report import write_results
 
     (tiny_disk / "bench.json").write_text("{}")
     with pytest.raises(OSError):

@@ -21,16 +21,16 @@ from torch import nn
 
 import prunedroid
 from prunedroid import data as cifar
-from prunedroid.bench import add_device_rows, benchmark, check_timing
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.device import Device, bench_device, parse_devices, pick_device
+from prunedroid.android.device import Device, bench_device, parse_devices, pick_device
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import folder_lock, plain_name, read_json
 from prunedroid.flow import RUN_KIND, RUN_RECORD, evaluation_set, prune_stage, run_options, run_pipeline
+from prunedroid.measure.bench import add_device_rows, benchmark, check_timing
 from prunedroid.models import vgg16_spec
 from prunedroid.pruning import Budget, SCPConfig, resolve_method
-from prunedroid.sidecar import Sidecar
-from prunedroid.train import evaluate, make_config, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import evaluate, make_config, train
 from tests.test_hostile import one_line_exit_2, tree
 from tests.test_prune import trained_like
 
@@ -486,7 +486,7 @@ def test_a_result_timeout_is_an_option_and_stops_the_apps_benchmark(phone, tmp_p
 
 def test_a_missing_result_file_on_an_old_client_is_not_a_result(phone, tmp_path):
     """The poll's `cat` of a file not yet written answers on stdout with exit 0 on an old client: not JSON to read."""
-    from prunedroid.device import result_ready
+    from prunedroid.android.device import result_ready
 
     assert not result_ready(0, "cat: files/bench/m.json: No such file or directory\n")
     assert not result_ready(1, "")

@@ -1,5 +1,5 @@
-"""prunedroid.callgrind's reading of callgrind's dumps (the counting itself needs valgrind and minutes)."""
-from prunedroid.callgrind import read_dumps
+"""prunedroid.measure.callgrind's reading of callgrind's dumps (the counting itself needs valgrind and minutes)."""
+from prunedroid.measure.callgrind import read_dumps
 
 DUMP = """# callgrind format
 version: 1

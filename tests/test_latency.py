@@ -8,7 +8,7 @@ import pytest
 from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
 from prunedroid.flow import prune_stage
-from prunedroid.latency import (
+from prunedroid.measure.latency import (
     APP_RUNTIME,
     RUNTIMES,
     LatencyOptions,

@@ -69,11 +69,11 @@ def tinynet():
 
 
 def test_a_model_registered_in_one_file_trains_prunes_and_rebuilds(tinynet, tmp_path, synthetic_data):
-    from prunedroid.checkpoint import Checkpoint
     from prunedroid.models import fresh_arch
     from prunedroid.pruned import prune_checkpoint
     from prunedroid.pruning import Budget
-    from prunedroid.train import make_config, train
+    from prunedroid.training.checkpoint import Checkpoint
+    from prunedroid.training.train import make_config, train
 
     config = make_config("smoke", {"model": "tinynet", "train_limit": "256", "test_limit": "100"})
     assert config.epochs == 1 and config.model == "tinynet"  # its entry's change to the smoke preset

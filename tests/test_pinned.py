@@ -13,7 +13,7 @@ from prunedroid import data as cifar
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import prune_model
 from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig
-from prunedroid.train import remeasure_batchnorm
+from prunedroid.training.train import remeasure_batchnorm
 
 PINNED = json.loads((Path(__file__).parent / "data" / "vgg_cuts.json").read_text())
 SCP = dict(eval_images=256, batch_size=64)

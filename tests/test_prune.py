@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
 from prunedroid.models import VGGSpec, build_model, vgg16_spec
 from prunedroid.pruned import example_input, prune_checkpoint, prune_model
 from prunedroid.pruning import Budget, kept_counts, prune_channels
 from prunedroid.pruning.cost import count_cost
 from prunedroid.pruning.l1 import l1_scores
+from prunedroid.training.checkpoint import Checkpoint
 from tests.conftest import vgg_graph
 
 SMALL = VGGSpec(conv_channels=(6, 8, 10, 12, 9, 7, 11, 5, 6, 8, 7, 9, 10), hidden=12)

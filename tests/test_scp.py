@@ -20,7 +20,7 @@ from prunedroid.pruning.scp import (
     removal_costs,
 )
 from prunedroid.pruning.similarity import CRITERIA, Pair, channel_similarity, ranked_pairs
-from prunedroid.train import remeasure_batchnorm
+from prunedroid.training.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
 from tests.test_prune import SMALL, conv_blocks, trained_like
 

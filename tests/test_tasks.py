@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_invoke, run_invoke_each, save_untrained_base
 
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
-from prunedroid.train import TrainConfig, make_config, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import TrainConfig, make_config, train
 
 
 def test_train_help_documents_every_option():
@@ -148,7 +148,7 @@ def test_a_full_disk_or_unwritable_folder_is_one_line_and_keeps_the_old_file(tmp
     import invoke
 
     import tasks
-    from prunedroid.checkpoint import Checkpoint
+    from prunedroid.training.checkpoint import Checkpoint
 
     base = save_untrained_base(tmp_path / "run" / "checkpoint.pt")
     before = base.read_bytes()

@@ -10,9 +10,9 @@ import torch
 from conftest import ROOT, project_env
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.errors import PrunedroidError
-from prunedroid.train import (
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import (
     CHECKPOINT_NAME,
     PRESETS,
     evaluate,
@@ -183,7 +183,7 @@ def test_models_with_a_narrow_strided_1x1_convolution_train_without_onednn():
     """oneDNN's channels-last weight gradient of such a convolution writes out of bounds on AVX2-only CPUs (a crash
     or a hang at a random step); the narrow ResNet-56 shortcuts have them, the presets' wider models do not."""
     from prunedroid.models import fresh_arch
-    from prunedroid.train import onednn_fails_on
+    from prunedroid.training.train import onednn_fails_on
 
     assert onednn_fails_on(fresh_arch("resnet56", 0.0625, 10))  # 1 -> 2 and 2 -> 4 channel shortcuts
     for model, width in (("resnet56", 0.5), ("vgg16", 0.0625), ("mobilenetv2", 0.5), ("resnet56", 1.0)):

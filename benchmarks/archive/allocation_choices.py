@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.experiment import arguments, base_title
 from prunedroid.flow import evaluation_set
+from prunedroid.measure.report import command_line, markdown_table, write_results
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, calibration, example_input, prune_model
 from prunedroid.pruning import Budget, SCPConfig, channel_graph, channel_scores, cut
 from prunedroid.pruning.allocation import global_counts
-from prunedroid.report import command_line, markdown_table, write_results
-from prunedroid.train import evaluate, remeasure_batchnorm
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import evaluate, remeasure_batchnorm
 
 METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 VARIANTS = [(normalization, per_mac) for normalization in ("mean", "max", "none") for per_mac in (False, True)]

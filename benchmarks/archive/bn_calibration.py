@@ -14,14 +14,14 @@ import statistics
 import torch
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.experiment import arguments, percent
 from prunedroid.files import file_sha256
 from prunedroid.flow import evaluation_set
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.pruned import prune_model
 from prunedroid.pruning import Budget, SCPConfig
-from prunedroid.report import markdown_table, write_results
-from prunedroid.train import evaluate, remeasure_batchnorm
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import evaluate, remeasure_batchnorm
 
 METHODS = {"l1": "l1", "scp-cosine": SCPConfig()}
 

@@ -12,13 +12,13 @@ import argparse
 from pathlib import Path
 
 from prunedroid import data as cifar
-from prunedroid.bench import paired_difference
-from prunedroid.checkpoint import Checkpoint
 from prunedroid.flow import evaluation_set
+from prunedroid.measure.bench import paired_difference
+from prunedroid.measure.report import markdown_table, write_results
 from prunedroid.pruned import prune_checkpoint
 from prunedroid.pruning import Budget, SCPConfig, method_name
-from prunedroid.report import markdown_table, write_results
-from prunedroid.train import evaluate, make_config, train
+from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.train import evaluate, make_config, train
 
 
 def main() -> None:

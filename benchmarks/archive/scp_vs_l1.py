@@ -10,9 +10,9 @@ Run from the project root with the package installed (pip install -e .).
 from __future__ import annotations
 
 from prunedroid.experiment import Bench, arguments, base_title, paired_table, percent
+from prunedroid.measure.report import markdown_table
 from prunedroid.pruning import Budget, SCPConfig
 from prunedroid.pruning.similarity import CRITERIA
-from prunedroid.report import markdown_table
 
 
 def methods() -> dict[str, object]:

@@ -76,8 +76,8 @@ def global_counts(graph: ChannelGraph, budget: Budget, scores: Sequence[torch.Te
     """Kept channels per layer from per-channel scores ((C,) per layer, higher means keep).
     normalization: "mean" divides a layer's scores by their mean, "max" by their maximum, "none" leaves them;
     per_mac: a step's priority is its mean score divided by the MACs it saves, else its mean score alone.
-    The defaults are what benchmarks/archive/results/allocation_quick.md measured best (per-MAC priorities hollow out the
-    high-resolution layers)."""
+    The defaults are what benchmarks/archive/results/allocation_quick.md measured best (per-MAC priorities hollow out
+    the high-resolution layers)."""
     scale = {"mean": lambda s: s.mean(), "max": lambda s: s.max(), "none": lambda s: torch.ones(())}[normalization]
     ordered = [torch.sort(s.double() / scale(s.double()).clamp_min(1e-12), descending=True).values for s in scores]
     lowest = check_reachable(graph, budget)

@@ -73,7 +73,7 @@ public class BenchmarkActivityTest {
         assertEquals(21, result.getLong("model_bytes"));
         assertEquals(7, result.getJSONArray("latencies_ms").length());
         File out = Settle.out();
-        if (out != null) {  // tests/test_android.py reads it with prunedroid.device.read_result, as bench-device does
+        if (out != null) {  // tests/test_android.py reads it with prunedroid.android.device.read_result, as bench-device does
             Files.copy(new File(files, "bench/pruned.json").toPath(), new File(out, "bench-result.json").toPath());
         }
     }

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunedroid.apk import maven
-from prunedroid.apk.archive import Entry, entries_of, write_apk
-from prunedroid.apk.gradle_file import GradleApp
+from prunedroid.android.apk import maven
+from prunedroid.android.apk.archive import Entry, entries_of, write_apk
+from prunedroid.android.apk.gradle_file import GradleApp
 from prunedroid.errors import PrunedroidError
 
 MIN_JDK = 17  # the app's Java level (compileOptions), and what the Android Gradle Plugin 8.x runs on
@@ -101,8 +101,8 @@ def find_tools(app: GradleApp, env: Mapping[str, str]) -> Tools:
         missing.append("framework-res.apk")
     if not sdk and app.compile_sdk not in ANDROID_ALL:
         raise PrunedroidError(f"compileSdk {app.compile_sdk} without an Android SDK: no Robolectric android-all is "
-                              f"known for it (prunedroid/apk/direct.py ANDROID_ALL: {sorted(ANDROID_ALL)}); set "
-                              f"ANDROID_HOME to an SDK with platforms/android-{app.compile_sdk}, or add its row")
+                              f"known for it (prunedroid/android/apk/direct.py ANDROID_ALL: {sorted(ANDROID_ALL)}); "
+                              f"set ANDROID_HOME to an SDK with platforms/android-{app.compile_sdk}, or add its row")
     if missing:
         packages = sorted({PACKAGES[name.split(" ")[0]] for name in missing})
         raise PrunedroidError(f"cannot build the APK without Gradle: missing {', '.join(missing)}; install "

@@ -3,7 +3,7 @@ native runtime (ExecuTorch's loader calls std::terminate on some malformed progr
 process however Python code is written. The child loads each file in its runtime and runs it once on zeros; only if
 it exits cleanly does the caller load the files itself.
 
-    python -m prunedroid.probe <input shape>:<file> [...]     e.g. 1,3,32,32:export/model.pte
+    python -m prunedroid.deploy.probe <input shape>:<file> [...]     e.g. 1,3,32,32:export/model.pte
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from prunedroid.deploy.formats import format_of
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256
-from prunedroid.formats import format_of
 
 TIMEOUT_S = 300
 # SHA-256s of files this process has seen run: probed here, or written and run by export. Identical bytes run
@@ -36,11 +36,11 @@ def probe(files: dict[Path, Sequence[int]]) -> None:
     paths = [path for path in files if hashes[path] not in _RUNNABLE]
     if not paths:
         return
-    command = [sys.executable, "-m", "prunedroid.probe",
+    command = [sys.executable, "-m", "prunedroid.deploy.probe",
                *(f"{','.join(map(str, files[path]))}:{path}" for path in paths)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=Path(__file__).resolve().parents[2])
     except subprocess.TimeoutExpired:
         raise PrunedroidError(f"loading {', '.join(map(str, paths))} did not finish in {TIMEOUT_S} s") from None
     passed = [line[3:] for line in result.stdout.splitlines() if line.startswith("ok ")]

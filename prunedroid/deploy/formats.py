@@ -5,7 +5,7 @@ format is one `register_format(ModelFormat(...))` (and, if the phone is to run i
 
     .ptl   TorchScript Lite: PyTorch Mobile's lite interpreter (the app's lite build)
     .onnx  ONNX: onnxruntime
-    .pte   ExecuTorch with XNNPACK (the app's default build; prunedroid/pte.py)
+    .pte   ExecuTorch with XNNPACK (the app's default build; prunedroid/deploy/pte.py)
 
 Each runtime is imported when a file of it is first written or loaded, so importing this module (the sidecar's
 checks do) costs no torch.
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 Predictor = Callable[["torch.Tensor"], "torch.Tensor"]  # (N, C, H, W) normalised images -> (N, classes) logits
 
 # TorchScript bytecode version of the .ptl files: v8, what PyTorch 1.12 and 1.13 write themselves, inside what the
-# app's org.pytorch:pytorch_android_lite 1.12.2 reads (v4..v9: prunedroid/android.py READABLE_BYTECODE). Newer torch
-# builds may write newer bytecode, so exports are backported to v8 when needed.
+# app's org.pytorch:pytorch_android_lite 1.12.2 reads (v4..v9: prunedroid/android/build.py READABLE_BYTECODE). Newer
+# torch builds may write newer bytecode, so exports are backported to v8 when needed.
 TARGET_BYTECODE_VERSION = 8
 ONNX_OPSET = 17
 BATCH = 100  # images per call when a predictor runs a whole set (predict)
@@ -258,20 +258,20 @@ def load_onnx(path: Path, threads: int | None) -> Predictor:
 
 def write_pte(model: nn.Module, path: Path, example: torch.Tensor, dynamic_batch: bool = True) -> dict:
     """A .pte takes one image per call (its program is traced at batch 1), whatever `dynamic_batch` says."""
-    from prunedroid import pte
+    from prunedroid.deploy import pte
 
     return pte.write_pte(model, path, example)
 
 
 def write_pte_int8(model: nn.Module, path: Path, calibration: torch.Tensor, fp32_path: Path) -> dict:
-    from prunedroid import pte
+    from prunedroid.deploy import pte
 
     return pte.write_pte(pte.quantize_int8(model, calibration), path, calibration[:1])
 
 
 def load_pte(path: Path, threads: int | None) -> Predictor:
     """Threads: the XNNPACK pool's size, process-wide and set before the first program loads (pte.set_threads)."""
-    from prunedroid import pte
+    from prunedroid.deploy import pte
 
     if threads is not None:
         pte.set_threads(threads)

@@ -18,14 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint, weights_sha256
-from prunedroid.distributed import World, joined, with_global_batchnorm
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import file_sha256, folder_lock, refuse_holding
 from prunedroid.models import MODELS, build_model, fresh_arch
 from prunedroid.models.registry import width_help
 from prunedroid.options import MAX_SEED, MAX_THREADS, option, with_options
 from prunedroid.pruning.cost import count_cost
+from prunedroid.training.checkpoint import Checkpoint, weights_sha256
+from prunedroid.training.distributed import World, joined, with_global_batchnorm
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SCHEDULES = ("cosine", "onecycle")
@@ -267,8 +267,8 @@ def train(config: TrainConfig, data: cifar.Cifar10, out_dir: str | Path, resume:
     resume=True continues from that checkpoint's epoch; on the CPU the result is bit-identical to an uninterrupted
     run (on a GPU, cuDNN's kernel choice may differ in the last bits). `out_dir` is locked while training runs.
 
-    Under torchrun (prunedroid.distributed.World) each process trains on its slice of every global batch; process 0
-    alone prints, evaluates and writes, and every process returns the same checkpoint.
+    Under torchrun (prunedroid.training.distributed.World) each process trains on its slice of every global batch;
+    process 0 alone prints, evaluates and writes, and every process returns the same checkpoint.
     """
     refuse_holding(out_dir, {"--teacher": teacher})
     images = len(data.train.head(config.train_limit))

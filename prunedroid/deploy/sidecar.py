@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunedroid.deploy.formats import FORMATS, format_of, int8_formats
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import beside, file_sha256, read_json
-from prunedroid.formats import FORMATS, format_of, int8_formats
 from prunedroid.options import is_finite_number
 
 MAX_COUNT = 10**15  # MACs and parameters: far above any CNN a phone runs; more is damage
@@ -118,11 +118,10 @@ class Sidecar:
     """The sidecar `invoke export` writes beside its files (<name>.json), its schema checked: what its readers use,
     typed. `record` is the whole JSON as written (the app's model.json and the reports carry its other entries).
 
-    files: format kind (prunedroid/formats.py) -> the file: "ptl", "onnx", "pte" (an export from before ExecuTorch
-    support has no "pte"); int8: "ptl", "onnx" and "pte" of `invoke export --quantize int8` (no "ptl" before the
-    int8 .ptl), empty otherwise; input_shape: (1,
-    channels, height, width); dynamic_batch: the ONNX file takes any batch size; executorch_version: the ExecuTorch
-    that wrote the .pte."""
+    files: format kind (prunedroid/deploy/formats.py) -> the file: "ptl", "onnx", "pte" (an export from before
+    ExecuTorch support has no "pte"); int8: "ptl", "onnx" and "pte" of `invoke export --quantize int8` (no "ptl"
+    before the int8 .ptl), empty otherwise; input_shape: (1, channels, height, width); dynamic_batch: the ONNX file
+    takes any batch size; executorch_version: the ExecuTorch that wrote the .pte."""
 
     path: Path
     files: dict[str, ModelFile]

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from prunedroid.bench import processes_note
-from prunedroid.checkpoint import library_versions
 from prunedroid.files import atomic_path, atomic_paths, file_sha256
+from prunedroid.measure.bench import processes_note
+from prunedroid.training.checkpoint import library_versions
 
 
 def machine_info() -> dict[str, Any]:
@@ -34,7 +34,7 @@ def command_line() -> str:
                                                  else sys.argv[0], *sys.argv[1:]])
 
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def script_version() -> dict[str, Any] | None:

@@ -20,15 +20,15 @@ import torch
 from torch import nn
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
-from prunedroid.deploy import fold_batchnorm
+from prunedroid.deploy.export import fold_batchnorm
+from prunedroid.deploy.formats import FORMATS, ModelFormat, Predictor, int8_formats, predict
+from prunedroid.deploy.probe import probe
+from prunedroid.deploy.sidecar import Sidecar, unique_names
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import read_json
-from prunedroid.formats import FORMATS, ModelFormat, Predictor, int8_formats, predict
 from prunedroid.options import MAX_THREADS, is_finite_number
-from prunedroid.probe import probe
 from prunedroid.pruning.cost import ModelCost, count_cost
-from prunedroid.sidecar import Sidecar, unique_names
+from prunedroid.training.checkpoint import Checkpoint
 
 ROUNDS = 10  # interleaved timing rounds: drift on a shared machine is spread over every model and runtime
 
@@ -167,12 +167,13 @@ def _time_in_processes(sidecars: list[Path], processes: int, threads: int, warmu
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(processes):
             out = Path(scratch) / f"{index}.json"
-            done = subprocess.run([sys.executable, "-m", "prunedroid.bench", str(out), str(threads), str(warmup),
-                                   str(runs), str(rounds), *map(str, sidecars)], capture_output=True, text=True)
+            done = subprocess.run([sys.executable, "-m", "prunedroid.measure.bench", str(out), str(threads),
+                                   str(warmup), str(runs), str(rounds), *map(str, sidecars)],
+                                  capture_output=True, text=True)
             if done.returncode:
                 last = (done.stderr.strip().splitlines() or ["no message"])[-1]
                 raise PrunedroidError(f"timing process {index + 1} of {processes} failed ({last}); run "
-                                      f"`python -m prunedroid.bench` by hand to see all of it")
+                                      f"`python -m prunedroid.measure.bench` by hand to see all of it")
             timings.append({(model, runtime): latency for model, runtime, latency in json.loads(out.read_text())})
     return timings
 

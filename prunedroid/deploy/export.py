@@ -1,4 +1,4 @@
-"""Export to every registered format (prunedroid/formats.py: TorchScript Lite .ptl for PyTorch Mobile, ONNX, and
+"""Export to every registered format (prunedroid/deploy/formats.py: TorchScript Lite .ptl for PyTorch Mobile, ONNX, and
 ExecuTorch .pte with XNNPACK), each loaded back in the runtime that will run it and checked against PyTorch;
 optionally their int8 files, checked by test accuracy.
 
@@ -19,13 +19,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from prunedroid import data as cifar
-from prunedroid.checkpoint import Checkpoint
+from prunedroid.deploy.formats import FORMATS, int8_formats, predict
+from prunedroid.deploy.probe import mark_runnable
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_paths, file_sha256, folder_lock, plain_name, refuse_holding
-from prunedroid.formats import FORMATS, int8_formats, predict
 from prunedroid.options import check, option, with_options
-from prunedroid.probe import mark_runnable
 from prunedroid.pruning.cost import count_cost
+from prunedroid.training.checkpoint import Checkpoint
 
 MAX_ABS_DIFF = 1e-4  # logits, between the eager model and each exported fp32 file
 VERIFY_IMAGES = 1000
@@ -34,7 +34,7 @@ MAX_INT8_DROP = 1.0  # points of test top-1 an int8 file may lose against fp32 b
 
 @dataclass(frozen=True)
 class ExportResult:
-    """files: format kind (prunedroid.formats.FORMATS) -> the file written; report: the sidecar's content."""
+    """files: format kind (prunedroid.deploy.formats.FORMATS) -> the file written; report: the sidecar's content."""
 
     files: dict[str, Path]
     sidecar: Path
@@ -153,7 +153,7 @@ def export_model(model: nn.Module, inputs: torch.Tensor, out_dir: str | Path, na
     if int8 is not None:
         paths.update({f"int8_{entry.kind}": out_dir / f"{name}-int8.{entry.kind}" for entry in int8_formats()})
     # Last, so it lands after every file it describes; a process killed between two renames leaves files that no
-    # longer match the old sidecar's hashes, which every reader checks (prunedroid/sidecar.py).
+    # longer match the old sidecar's hashes, which every reader checks (prunedroid/deploy/sidecar.py).
     paths["sidecar"] = out_dir / f"{name}.json"
     with folder_lock(out_dir), atomic_paths(list(paths.values())) as temporaries:
         # Every file goes to a temporary name and is renamed into place only when all of them have passed.

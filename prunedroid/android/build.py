@@ -1,5 +1,5 @@
 """The Python side of the Android app: check the build prerequisites, stage an exported model and its sidecar, the
-labels and sample images into the app's assets, and build the APK: with Gradle, or without it (prunedroid.apk).
+labels and sample images into the app's assets, and build the APK: with Gradle, or without it (prunedroid.android.apk).
 
 Everything the app needs to preprocess like training - input shape, mean, std, class names - comes from the export's
 sidecar; the app reads it as an asset and never retypes it.
@@ -22,22 +22,22 @@ import numpy as np
 import torch.jit.mobile
 
 from prunedroid import data as cifar
-from prunedroid import elf
-from prunedroid.apk import direct
-from prunedroid.apk.direct import MIN_JDK, jdk_major
-from prunedroid.apk.gradle_file import read_gradle_app
+from prunedroid.android import elf
+from prunedroid.android.apk import direct
+from prunedroid.android.apk.direct import MIN_JDK, jdk_major
+from prunedroid.android.apk.gradle_file import read_gradle_app
+from prunedroid.deploy.probe import probe
+from prunedroid.deploy.sidecar import Sidecar
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import check_writable
-from prunedroid.probe import probe
-from prunedroid.sidecar import Sidecar
 
-APP_DIR = Path(__file__).resolve().parent.parent / "android_app"
+APP_DIR = Path(__file__).resolve().parents[2] / "android_app"
 PACKAGE = "org.prunedroid.demo"
 # TorchScript bytecode versions each pytorch_android_lite release reads: kMinSupportedBytecodeVersion to
 # kMaxSupportedBytecodeVersion in caffe2/serialize/versions.h at the release's PyTorch tag (v9 was added by
 # pytorch/pytorch#75201 before the 1.12 branch), which the loader passes to its version check; in 1.12.2's
 # libpytorch_jni_lite.so (x86_64) the two constants that check reads are 4 and 9 (docs/android.md, "Bytecode").
-# prunedroid/formats.py writes v8.
+# prunedroid/deploy/formats.py writes v8.
 READABLE_BYTECODE = {"1.12.2": range(4, 10)}
 ASSETS = ("model.json", "labels.txt", "samples")  # beside the model file itself, model.pte or model.ptl
 RUNTIMES = ("executorch", "lite")  # the .pte on ExecuTorch (what a new app should ship) or the .ptl on PyTorch Mobile
@@ -264,8 +264,8 @@ def _gradle_or_direct(request: ApkRequest, app_dir: Path, env: Mapping[str, str]
 def build_apk(sidecar_path: Path, load_test: Callable[[], cifar.Split], request: ApkRequest = ApkRequest(),
               app_dir: Path = APP_DIR, env: Mapping[str, str] | None = None) -> Path:
     """Checks the prerequisites, stages the assets and builds the runtime's flavor (one runtime per APK): with
-    Gradle (`gradle assemble<Runtime><Variant>`) or without it (prunedroid.apk.direct); returns the APK path, where
-    Gradle writes it (apk_path) either way.
+    Gradle (`gradle assemble<Runtime><Variant>`) or without it (prunedroid.android.apk.direct); returns the APK path,
+    where Gradle writes it (apk_path) either way.
     load_test gives the test images the sample pictures come from; it is called only once the prerequisites hold,
     so a missing model or tool is reported before the test set is looked for (or downloaded)."""
     env = dict(os.environ if env is None else env)

@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunedroid.android import PACKAGE
+from prunedroid.android.build import PACKAGE
+from prunedroid.deploy.sidecar import Sidecar, unique_names
 from prunedroid.errors import PrunedroidError
-from prunedroid.latency import RUNTIMES, read_table, write_layer_pte, write_table
+from prunedroid.measure.latency import RUNTIMES, read_table, write_layer_pte, write_table
 from prunedroid.options import MAX_THREADS, is_finite_number
 from prunedroid.pruning.groups import LayerShape
-from prunedroid.sidecar import Sidecar, unique_names
 
 ACTIVITY = f"{PACKAGE}/.BenchmarkActivity"
 STAGING = "/data/local/tmp/prunedroid"  # adb may write here; the app copies from it with run-as

@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunedroid import pte
-from prunedroid.bench import interleaved_latencies_ms
+from prunedroid.deploy import pte
+from prunedroid.deploy.formats import ONNX_OPSET, onnx_session
 from prunedroid.errors import PrunedroidError
 from prunedroid.files import atomic_path, read_json
-from prunedroid.formats import ONNX_OPSET, onnx_session
+from prunedroid.measure.bench import interleaved_latencies_ms
+from prunedroid.measure.report import machine_info
 from prunedroid.models import build_model, example_input
 from prunedroid.options import check, is_finite_number, option
 from prunedroid.pruning.allocation import reachable_counts
 from prunedroid.pruning.budget import Budget
 from prunedroid.pruning.groups import ChannelGraph, LayerShape, channel_graph
-from prunedroid.report import machine_info
 
 RUNS = 60  # timed runs per shape, after WARMUP; the median is kept
 WARMUP = 10
