@@ -28,41 +28,6 @@ def test_readme_is_a_short_guide_that_starts_with_the_two_commands():
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
 
 
-NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
-
-
-def _values(text: str) -> set[float]:
-    """Every number written in `text`, and each as a percentage of itself (results JSON keeps top-1 as 0.8452)."""
-    numbers = {float(n.replace(",", "")) for n in NUMBER.findall(text)}
-    return numbers | {100 * n for n in numbers}
-
-
-def _quoted(number: str, values: set[float]) -> bool:
-    """`number` as the README writes it ("84.52", "-0.11", "0.490") is one of `values` rounded to its decimals."""
-    decimals = len(number.split(".")[1]) if "." in number else 0
-    wanted = float(number.replace(",", ""))
-    return any(round(value, decimals) == wanted or round(abs(value), decimals) == abs(wanted) for value in values)
-
-
-def test_every_number_in_the_readme_results_table_is_in_the_results_its_row_links_to():
-    """A row of "Results at a glance" quotes only what its linked benchmarks/results files, live or archived
-    (Markdown and the JSON beside it), hold, so a result that moves cannot leave a stale number behind."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("## Results at a glance", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
-    rows = [line for line in ("|" + table).splitlines()[2:] if line.startswith("|")]
-    assert len(rows) >= 8
-    for row in rows:
-        question, answer, evidence = (cell.strip() for cell in row.strip("|").split("|"))
-        files = [ROOT / target.split("#")[0] for target in LINK.findall(evidence)]
-        assert files and all(f.is_relative_to(ROOT / "benchmarks" / "results")
-                             or f.is_relative_to(ROOT / "benchmarks" / "archive" / "results") for f in files), question
-        sources = "".join(f.read_text() + (f.with_suffix(".json").read_text() if f.with_suffix(".json").exists()
-                                           else "") for f in files)
-        values = _values(sources)
-        missing = [n for n in NUMBER.findall(answer) if not _quoted(n, values)]
-        assert not missing, f"README row {question!r} quotes {missing}, which its results files do not hold"
-
-
 def test_every_committed_result_names_the_code_that_reproduces_it():
     """Each results JSON (live or archived) records its script's version itself or has a row in versions.json
     (benchmarks/result_versions.py: the commit it came with), naming the script its command ran."""
