@@ -64,7 +64,8 @@ def earlier_timings(width: float, specs: dict, earlier: list[dict], results: Pat
                   if field in TIMING_FIELDS} for key, spec in specs.items()}
 
 
-TIMING_FIELDS = ("median_ms", "latency_ratio", "latency_ratio_min", "latency_ratio_max")
+TIMING_FIELDS = ("median_ms", "latency_ratio", "latency_ratio_min", "latency_ratio_max", "ms_per_process",
+                 "latency_ratio_per_process")
 
 
 def latency_table(rows: list[dict]) -> str:

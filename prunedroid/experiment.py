@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -403,14 +404,15 @@ def program_instructions(runtime: str, paths: dict[str, Path], processes: int, w
     return {key: [counts[key] for counts in per_process] for key in paths}
 
 
-def ratios_to(base: str, per_process: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+def ratios_to(base: str, per_process: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
     """Per program: median ms over the processes, and its ratio to `base` within each process - the median
-    (latency_ratio) and the min and max over the processes."""
+    (latency_ratio) and the min and max over the processes - with each process's ms and ratio."""
     result = {}
     for key, times in per_process.items():
         ratios = [time / base_time for time, base_time in zip(times, per_process[base])]
         result[key] = {"median_ms": statistics.median(times), "latency_ratio": statistics.median(ratios),
-                       "latency_ratio_min": min(ratios), "latency_ratio_max": max(ratios)}
+                       "latency_ratio_min": min(ratios), "latency_ratio_max": max(ratios),
+                       "ms_per_process": times, "latency_ratio_per_process": ratios}
     return result
 
 
@@ -457,12 +459,12 @@ def repeated_latencies(sidecars: list[Path], data_dir: str | None, processes: in
     ExecuTorch/XNNPACK; 1 thread) timed in `processes` separate processes (prunedroid.measure.bench.benchmark): per
     "model/runtime", the median over the processes of the median latency (ms) and of the ratio to the first model in
     the same runtime, with the ratios' min and max - one process on this shared host has moved a ratio by up to
-    1.7x."""
+    1.7x - each process's ms and ratio, and the SHA-256 of the checkpoint the export came from."""
     result = benchmark(sidecars, cifar.load_test(data_dir).head(LATENCY_IMAGES), runs=runs, processes=processes)
-    return {f"{row['model']}/{row['runtime']}": {
-                "processes": processes, "median_ms": row["latency_median_ms"], "latency_ratio": row["latency_ratio"],
-                "latency_ratio_min": row["latency_ratio_min"], "latency_ratio_max": row["latency_ratio_max"],
-                "mac_ratio": row["mac_ratio"], "file_bytes": row["file_bytes"]} for row in result["rows"]}
+    kept = ("latency_ratio", "latency_ratio_min", "latency_ratio_max", "latency_ms_per_process",
+            "latency_ratio_per_process", "mac_ratio", "file_bytes", "checkpoint_sha256")
+    return {f"{row['model']}/{row['runtime']}": {"processes": processes, "median_ms": row["latency_median_ms"],
+                                                 **{key: row[key] for key in kept}} for row in result["rows"]}
 
 
 def ratio_spread(row: dict) -> str:

@@ -98,7 +98,8 @@ def test_architecture_timing_is_repeated_per_process_and_resumes(tmp_path):
     assert 0 < row["latency_ratio_min"] <= row["latency_ratio"] <= row["latency_ratio_max"] and row["median_ms"] > 0
 
     assert ratios_to("a", {"a": [2.0, 4.0, 1.0], "b": [1.0, 1.0, 1.0]})["b"] == {
-        "median_ms": 1.0, "latency_ratio": 0.5, "latency_ratio_min": 0.25, "latency_ratio_max": 1.0}
+        "median_ms": 1.0, "latency_ratio": 0.5, "latency_ratio_min": 0.25, "latency_ratio_max": 1.0,
+        "ms_per_process": [1.0, 1.0, 1.0], "latency_ratio_per_process": [0.5, 0.25, 1.0]}
 
     programs = tmp_path / "programs"
     programs.mkdir()

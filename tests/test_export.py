@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import statistics
 
 import onnx
 import pytest
@@ -96,10 +97,17 @@ def test_latency_repeated_in_separate_processes_reports_the_median_and_spread(vg
     sidecars = [vgg_exports["base"], vgg_exports["small"]]
     result = benchmark(sidecars, synthetic_data.test.head(64), warmup=1, runs=10, rounds=2, processes=2)
     assert result["processes"] == 2
+    base_ms = {r["runtime"]: r["latency_ms_per_process"] for r in result["rows"] if r["model"] == "base"}
     for row in result["rows"]:
         assert row["latency_ratio_min"] <= row["latency_ratio"] <= row["latency_ratio_max"]
         if row["model"] == "base":  # each process's ratio is against the base in that process
             assert row["latency_ratio_min"] == row["latency_ratio_max"] == 1.0
+        # each process's own figures are kept: the summaries are recomputed from them exactly
+        ms, ratios = row["latency_ms_per_process"], row["latency_ratio_per_process"]
+        assert len(ms) == len(ratios) == 2 and row["latency_median_ms"] == statistics.median(ms)
+        assert ratios == [m / b for m, b in zip(ms, base_ms[row["runtime"]])]
+        assert (min(ratios), statistics.median(ratios), max(ratios)) == (
+            row["latency_ratio_min"], row["latency_ratio"], row["latency_ratio_max"])
     small = next(r for r in result["rows"] if r["model"] == "small" and r["runtime"] == "onnxruntime")
     shown = next(r for r in table_rows(result) if r["model"] == "small" and r["runtime"] == "onnxruntime")
     assert shown["latency vs base"] == (f"{small['latency_ratio']:.2f}x [{small['latency_ratio_min']:.2f}-"

@@ -184,7 +184,8 @@ def benchmark(sidecars: Sequence[str | Path], test: cifar.Split, threads: int = 
     (every model and runtime once per round), so drift on a shared machine hits all of them alike; median and p90
     are over all `runs` single-image calls (ms). processes > 1: timed in that many separate processes instead of
     this one; a row's median_ms, p90_ms and latency_ratio are then the median over the processes, with the ratio's
-    min and max (latency_ratio_min, latency_ratio_max)."""
+    min and max (latency_ratio_min, latency_ratio_max). Every row keeps each process's median (ms) and ratio
+    (latency_ms_per_process, latency_ratio_per_process), so any summary of them can be recomputed."""
     check_timing(threads, warmup, runs, rounds, processes)
     models = load_models(sidecars, threads)
     shape = next(iter(models.values()))[0].input_shape[1:]
@@ -196,15 +197,16 @@ def benchmark(sidecars: Sequence[str | Path], test: cifar.Split, threads: int = 
     for model_name, (sidecar, predictors, cost) in models.items():
         for runtime, (predictor, size) in predictors.items():
             predictions = predict(predictor, images).argmax(1)
-            ratios = [timing[model_name, runtime]["median"] / timing[baseline, runtime]["median"]
-                      for timing in timings]
+            medians = [timing[model_name, runtime]["median"] for timing in timings]
+            ratios = [median / timing[baseline, runtime]["median"] for median, timing in zip(medians, timings)]
             rows.append({"model": model_name, "runtime": runtime, "checkpoint_sha256": sidecar.checkpoint_sha256,
                          "test_top1": (predictions == test.labels).float().mean().item(),
                          "macs": cost.macs, "params": cost.params, "file_bytes": size,
-                         "latency_median_ms": statistics.median(t[model_name, runtime]["median"] for t in timings),
+                         "latency_median_ms": statistics.median(medians),
                          "latency_p90_ms": statistics.median(t[model_name, runtime]["p90"] for t in timings),
                          "latency_ratio": statistics.median(ratios), "latency_ratio_min": min(ratios),
-                         "latency_ratio_max": max(ratios), "threads": threads})
+                         "latency_ratio_max": max(ratios), "latency_ms_per_process": medians,
+                         "latency_ratio_per_process": ratios, "threads": threads})
     baseline_cost = {r["runtime"]: r["macs"] for r in rows if r["model"] == baseline}
     for row in rows:
         row["mac_ratio"] = row["macs"] / baseline_cost[row["runtime"]]
