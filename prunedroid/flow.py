@@ -88,6 +88,10 @@ def prune_stage(base_path: Path, out_dir: Path, method: Method, budget: Budget |
           + f"), params {report['params_before'] / 1e6:.2f}M -> {report['params_after'] / 1e6:.2f}M; test top-1 "
           f"right after pruning {result['top1']:.2%} (base {report['parent_test_top1']:.2%})",
           flush=True)
+    if "candidates" in report:
+        scores = [candidate["score"] for candidate in report["candidates"]]
+        print(f"search: kept candidate {report['chosen'] + 1} of {len(scores)}, held-out top-1 after re-measuring "
+              f"BatchNorm {max(scores):.2f}% (the candidates: {min(scores):.2f}-{max(scores):.2f}%)", flush=True)
     wholes = report.get("left_whole") or []
     for whole in wholes[:3]:  # a budget is shared among the rest: say which convs never shrink
         print(f"left whole: {', '.join(whole['convs'])}: {whole['reason']}", flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -17,7 +18,6 @@ from prunedroid.files import atomic_path, read_json
 from prunedroid.measure.latency import APP_LATENCY, LatencyOptions
 from prunedroid.models import arch_of, example_input
 from prunedroid.pruning import Budget, Calibration, Method, prune
-from prunedroid.pruning.allocation import Curve
 from prunedroid.training.checkpoint import Checkpoint
 from prunedroid.training.train import evaluate, remeasure_batchnorm
 
@@ -46,23 +46,24 @@ def held_out_top1(holdout: cifar.Split) -> Callable[[nn.Module], float]:
     return lambda model: 100 * evaluate(remeasure_batchnorm(model, bn_images), scored)["top1"]
 
 
-def cached_curves(cache: Path | None, key: str, measure: Callable[[], list[Curve]]) -> list[Curve]:
-    """`measure()`, or the curves stored under `key` in the JSON file `cache` (written there when new): the curves
-    depend on the base model, the method and the held-out images, not on the target."""
-    stored = _read_curves(cache)
+def cached(cache: Path | None, key: str, measure: Callable[[], Any]) -> Any:
+    """`measure()`, or what is stored under `key` in the JSON file `cache` (written there as soon as it is new):
+    sensitivity curves and search candidates' scores depend on the base model, the method and the held-out images,
+    not on the target, and a search interrupted part-way resumes with the candidates it scored."""
+    stored = _read_cache(cache)
     if key not in stored:
-        curves = measure()
+        value = measure()
         if cache is not None:
-            # Read again: another run sharing the cache may have stored its curves while these were measured.
-            stored = {**_read_curves(cache), key: curves}
+            # Read again: another run sharing the cache may have stored its measurements while this one measured.
+            stored = {**_read_cache(cache), key: value}
             cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache) as tmp:
                 tmp.write_text(json.dumps(stored, indent=1) + "\n")
-        stored[key] = curves
-    return [[(int(kept), float(loss)) for kept, loss in curve] for curve in stored[key]]
+        stored[key] = value
+    return stored[key]
 
 
-def _read_curves(cache: Path | None) -> dict:
+def _read_cache(cache: Path | None) -> dict:
     stored = read_json(cache, "a cache of sensitivity curves") if cache is not None and cache.exists() else {}
     if not isinstance(stored, dict):
         raise PrunedroidError(f"{cache} is not a cache of sensitivity curves; delete it and they are measured again")
@@ -83,7 +84,7 @@ def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: i
     latency_folder: where this machine's table for that runtime is kept and extended (None: measured afresh)."""
     example = example_input()
     allocation = budget.allocation if budget is not None else "uniform"
-    measures = allocation in ("sensitivity", "latency")
+    measures = allocation in ("sensitivity", "latency", "search")
     if measures and holdout is None:
         raise PrunedroidError(f"--allocation {allocation} needs the base's held-out training images")
     table = latency.table(latency_folder) if allocation == "latency" else None
@@ -92,9 +93,8 @@ def prune_model(model: nn.Module, method: Method, budget: Budget | None, seed: i
         result = prune(model, example, method, budget, calibration=calibration(evaluation), seed=seed,
                        evaluate=held_out_top1(holdout) if measures and holdout is not None else None,
                        model_ms=None if table is None else table.model_ms,
-                       remember_curves=lambda key, measure: cached_curves(sensitivity_cache,
-                                                                          json.dumps([*json.loads(key), count]),
-                                                                          measure))
+                       remember=lambda key, measure: cached(sensitivity_cache, json.dumps([*json.loads(key), count]),
+                                                            measure))
     finally:
         if table is not None:
             table.save()  # what was timed is kept even when the target turns out unreachable

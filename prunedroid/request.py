@@ -65,10 +65,14 @@ def method_and_budget(method: str, options: Mapping[str, object],
     amount_given = any(budget_options.get(name) is not None for name in AMOUNT_OPTIONS)
     mac_target = budget_options["mac_reduction"] is not None or (default_budget is not None and not amount_given)
     shared_by = allocation or (RECOMMENDED["allocation"] if mac_target else None)
+    if budget_options["candidates"] is not None and shared_by != "search":
+        raise PrunedroidError("`candidates` is how many allocations `allocation` search scores; add `allocation` "
+                              "search, or leave it out")
     if budget_options["min_keep"] is not None and shared_by in (None, "uniform"):
         if method != "kmeans":
-            raise PrunedroidError("`min_keep` is the per-layer floor of `allocation` global, sensitivity or latency "
-                                  "(or of kmeans' automatic K); add `allocation` global, sensitivity or latency")
+            raise PrunedroidError("`min_keep` is the per-layer floor of `allocation` global, sensitivity, latency or "
+                                  "search (or of kmeans' automatic K); add `allocation` global, sensitivity, latency "
+                                  "or search")
         method_options = {**method_options, "min_keep": budget_options.pop("min_keep")}
     budget = Budget.from_options(recommended(budget_options))
     target = "latency_reduction" if allocation == "latency" else "mac_reduction"

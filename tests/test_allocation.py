@@ -6,9 +6,9 @@ from torch import nn
 
 from prunedroid import data as cifar
 from prunedroid.errors import PrunedroidError
-from prunedroid.models import vgg16_spec
-from prunedroid.pruned import cached_curves, prune_model
-from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig
+from prunedroid.models import arch_of, build_model, example_input, new_model, vgg16_spec
+from prunedroid.pruned import cached, prune_model
+from prunedroid.pruning import Budget, KMeansConfig, SCPConfig, TorchPruningConfig, prune
 from prunedroid.pruning.allocation import floors, global_counts, predicted_loss, sensitivity_counts
 from prunedroid.training.train import remeasure_batchnorm
 from tests.conftest import vgg_graph
@@ -23,13 +23,14 @@ def self_labelled(model: nn.Module, images: torch.Tensor) -> cifar.Split:
         return cifar.Split(images, model(cifar.normalize(images)).argmax(1))
 
 
-@pytest.mark.parametrize("allocation", ["global", "sensitivity"])
+@pytest.mark.parametrize("allocation", ["global", "sensitivity", "search"])
 def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, allocation):
     """The allocation says how many channels per layer, the method which; rounding and the floor hold for all."""
     model = trained_like(SMALL)
     holdout = synthetic_data.holdout.head(48)
     evaluation = holdout.head(32)
-    budget = Budget.of(mac_reduction=0.5, allocation=allocation, min_keep=0.3)
+    budget = Budget.of(mac_reduction=0.5, allocation=allocation, min_keep=0.3,
+                       **({"candidates": 3} if allocation == "search" else {}))
     lowest = floors(vgg_graph(SMALL), budget)
     for method in ("l1", "random", SCPConfig(eval_images=32, batch_size=32), KMeansConfig(restarts=1),
                    TorchPruningConfig(), TorchPruningConfig(importance="taylor", eval_images=32, batch_size=32)):
@@ -39,6 +40,10 @@ def test_every_method_meets_the_mac_target_above_the_floor(synthetic_data, alloc
         assert all(low <= c for low, c in zip(lowest, channels)), (method, channels, lowest)
         assert report["allocation"] == allocation and report["budget"]["min_keep"] == 0.3
         assert ("curves" in report) == (allocation == "sensitivity")
+        if allocation == "search":  # the candidate kept is the one cut, and scored best on the held-out images
+            best = report["candidates"][report["chosen"]]
+            assert list(channels) == best["channels"] and len(report["candidates"]) == 3
+            assert best["score"] == max(candidate["score"] for candidate in report["candidates"])
 
 
 @pytest.mark.parametrize("allocation", ["global", "sensitivity"])
@@ -117,13 +122,14 @@ def test_sensitivity_needs_held_out_images():
         prune_model(trained_like(SMALL), "l1", Budget.of(mac_reduction=0.5, allocation="sensitivity"))
 
 
-def test_sensitivity_curves_are_cached_per_key(tmp_path):
+def test_measurements_are_cached_per_key(tmp_path):
     cache = tmp_path / "curves.json"
-    measured = [[(8, 0.0), (4, 1.5)]]
-    assert cached_curves(cache, "l1", lambda: measured) == measured
-    assert cached_curves(cache, "l1", lambda: pytest.fail("measured twice")) == measured
-    assert cached_curves(cache, "scp", lambda: [[(8, 0.0), (4, 0.5)]]) == [[(8, 0.0), (4, 0.5)]]
-    assert set(json.loads(cache.read_text())) == {"l1", "scp"}
+    measured = [[[8, 0.0], [4, 1.5]]]
+    assert cached(cache, "l1", lambda: measured) == measured
+    assert cached(cache, "l1", lambda: pytest.fail("measured twice")) == measured
+    assert cached(cache, "scp", lambda: [[[8, 0.0], [4, 0.5]]]) == [[[8, 0.0], [4, 0.5]]]
+    assert cached(cache, "search candidate", lambda: 61.25) == 61.25
+    assert set(json.loads(cache.read_text())) == {"l1", "scp", "search candidate"}
 
 
 def test_two_runs_sharing_a_curve_cache_keep_each_others_curves(tmp_path):
@@ -132,10 +138,10 @@ def test_two_runs_sharing_a_curve_cache_keep_each_others_curves(tmp_path):
     cache = tmp_path / "curves.json"
 
     def slow_scp_curves():
-        cached_curves(cache, "tp-group-norm", lambda: [[(8, 0.0), (4, 2.0)]])  # the other run finishes meanwhile
-        return [[(8, 0.0), (4, 0.5)]]
+        cached(cache, "tp-group-norm", lambda: [[[8, 0.0], [4, 2.0]]])  # the other run finishes meanwhile
+        return [[[8, 0.0], [4, 0.5]]]
 
-    cached_curves(cache, "scp", slow_scp_curves)
+    cached(cache, "scp", slow_scp_curves)
     assert set(json.loads(cache.read_text())) == {"scp", "tp-group-norm"}
 
 
@@ -163,3 +169,61 @@ def test_prune_from_the_command_line_with_an_allocation(tmp_path, cifar_dir):
                                 "min_keep": 0.25}
     assert abs(report["mac_reduction"] - 0.3) <= 0.01
     assert all(row["channels_after"] % 2 == 0 for row in report["layers"])
+
+
+def first_conv_width(model: nn.Module) -> float:
+    """A stand-in for held-out accuracy that prefers keeping the first conv's channels (and is instant)."""
+    return float(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).out_channels)
+
+
+def test_search_keeps_the_best_candidate_is_seeded_and_resumes():
+    model, example = trained_like(TINY), torch.zeros(1, 3, 32, 32)
+    budget = Budget.of(mac_reduction=0.5, allocation="search", candidates=6, min_keep=0.2)
+    stored: dict = {}
+
+    def remember(key, measure):
+        if key not in stored:
+            stored[key] = measure()
+        return stored[key]
+
+    result = prune(model, example, "l1", budget, evaluate=first_conv_width, remember=remember)
+    candidates = result.report["candidates"]
+    assert len(candidates) == 6 and len({tuple(c["channels"]) for c in candidates}) == 6
+    graph = vgg_graph(TINY)
+    assert all(abs(graph.mac_reduction(c["channels"]) - 0.5) <= 0.01 for c in candidates)
+    assert all(c["score"] == c["channels"][0] for c in candidates)  # each scored as pruned to its own counts
+    best = max(c["channels"][0] for c in candidates)
+    assert result.report["chosen"] == next(i for i, c in enumerate(candidates) if c["channels"][0] == best)
+    assert result.model.spec.conv_channels[0] == best
+    # the first candidate weighs every group alike: each keeps about the same share, as a uniform cut would
+    shares = [kept / full for kept, full in zip(candidates[0]["channels"], TINY.conv_channels)]
+    assert max(shares) - min(shares) < 0.3, shares
+    # the same seed draws the same candidates, and a search resumes from what was scored (nothing is measured again)
+    again = prune(model, example, "l1", budget, evaluate=lambda m: pytest.fail("scored again"), remember=remember)
+    assert again.report["candidates"] == candidates
+    other = prune(model, example, "l1", budget, seed=1, evaluate=first_conv_width)
+    assert [c["channels"] for c in other.report["candidates"]] != [c["channels"] for c in candidates]
+
+
+def test_search_works_on_a_residual_network_and_through_a_checkpoint(synthetic_data):
+    """ResNet-56's groups couple each stage's residual channels; every candidate respects them."""
+    model = new_model("resnet56", width=0.25)
+    result = prune(model, example_input("resnet56"), "l1", mac_reduction=0.4, allocation="search", candidates=3,
+                   evaluate=first_conv_width)
+    assert len(result.report["candidates"]) == 3
+    assert abs(result.report["mac_reduction"] - 0.4) <= 0.01
+    assert build_model(arch_of(result.model))(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"mac_reduction": 0.5, "allocation": "search", "candidates": 0}, "`candidates` must be a whole number"),
+    ({"ratio": 0.5, "allocation": "search"}, "shares a MAC target"),
+])
+def test_a_search_without_a_mac_target_or_candidates_is_refused(options, message):
+    with pytest.raises(PrunedroidError, match=message):
+        Budget.of(**options)
+
+
+def test_a_search_needs_held_out_images():
+    with pytest.raises(PrunedroidError, match="held-out training images"):
+        prune_model(trained_like(SMALL), "l1", Budget.of(mac_reduction=0.5, allocation="search"))

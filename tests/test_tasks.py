@@ -184,6 +184,8 @@ HOSTILE = [
     (("prune", "--mac-reduction", "0.9", "--allocation", "sensitivity", "--min-keep", "0.9"), "lower --min-keep"),
     (("prune", "--mac-reduction", "0.5", "--allocation", "global", "--min-keep", "0"), r"--min-keep is a fraction"),
     (("prune", "--ratio", "0.5", "--min-keep", "0.2"), "add --allocation global"),
+    (("prune", "--mac-reduction", "0.5", "--candidates", "8"), "--candidates is how many allocations --allocation"),
+    (("prune", "--mac-reduction", "0.5", "--allocation", "search", "--candidates", "0"), "--candidates must be a"),
     (("prune", "--mac-reduction", "0.5", "--allocation", "latency"), "--latency-reduction and --allocation latency go"),
     (("prune", "--latency-reduction", "0.5"), "--latency-reduction and --allocation latency go together"),
     (("pipeline", "--allocation", "latency", "--latency-reduction", "2"), r"must be in \(0, 1\)"),
@@ -282,6 +284,10 @@ def test_a_mac_target_from_the_command_line_gets_the_recommended_recipe_unless_t
     latency = budget(default=0.5, allocation="latency")
     assert (latency.allocation, latency.round_to, latency.target) == ("latency", 1, 0.5)
     assert budget("kmeans", clusters="elbow") is None and budget("scp", threshold="0.5") is None
+    search = budget(mac_reduction="0.5", allocation="search", candidates="8")
+    assert (search.allocation, search.candidates, search.to_dict()["candidates"]) == ("search", 8, 8)
+    with pytest.raises(PrunedroidError, match="`candidates` is how many allocations `allocation` search scores"):
+        budget(mac_reduction="0.5", candidates="8")  # the recommended allocation is sensitivity, which takes none
 
 
 def test_the_recommended_multiple_steps_down_on_a_narrow_model_but_a_typed_one_is_kept(capsys):

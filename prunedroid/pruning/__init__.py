@@ -19,6 +19,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,7 +108,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
           calibration: Calibration | None = None, seed: int = 0,
           evaluate: Callable[[nn.Module], float] | None = None,
           model_ms: Callable[[ChannelGraph, Sequence[int]], float] | None = None,
-          remember_curves: Callable[[str, Callable[[], list[Curve]]], list[Curve]] | None = None,
+          remember: Callable[[str, Callable[[], Any]], Any] | None = None,
           **options: object) -> PruneResult:
     """Prunes whole channels of `model` (any nn.Module of Conv2d, Linear, BatchNorm and parameter-free operations;
     left untouched) and returns a smaller copy with the same output shape.
@@ -119,10 +120,11 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
     latency_reduction, round_to, allocation ("uniform", "global", "sensitivity", "latency"), min_keep, tolerance.
     calibration: batches of inputs, already normalised as the model takes them (SCP's feature maps), or of
     (inputs, class indices) (Torch-Pruning's Taylor criterion); weights-only methods need none.
-    evaluate: model -> accuracy in percent on held-out data (allocation "sensitivity" and "latency").
+    evaluate: model -> accuracy in percent on held-out data (allocation "sensitivity", "latency" and "search").
     model_ms: (the model's channel graph, channels per group) -> predicted batch-1 latency in ms (allocation
     "latency"; e.g. a lookup table of layer_shapes).
-    remember_curves: (key, measure) -> sensitivity curves, to keep measured curves between calls (a cache).
+    remember: (key, measure) -> measure(), or what an earlier call stored under `key`: a cache of what allocations
+    measure (sensitivity curves, each search candidate's score; JSON values), kept between calls and runs.
 
     The report: method, options, budget, seed, per group ("layers") channels before/after and the kept indices, the
     allocation's measurements, MACs and parameters before/after and their reductions, the groups' producers."""
@@ -149,7 +151,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, method: Method = "l1", 
     was_training = model.training
     try:
         pruned, report = _prune(model, example_input, method, budget, calibration, seed, evaluate, model_ms,
-                                remember_curves)
+                                remember)
     finally:
         model.train(was_training)
     return PruneResult(pruned.train(was_training), report)
@@ -208,7 +210,7 @@ def checked_calibration(calibration: Calibration | None, model: nn.Module,
 def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod, budget: Budget | None,
            calibration: list | None, seed: int, evaluate: Callable[[nn.Module], float] | None,
            model_ms: Callable[[ChannelGraph, Sequence[int]], float] | None,
-           remember_curves: Callable[[str, Callable[[], list[Curve]]], list[Curve]] | None) -> tuple[nn.Module, dict]:
+           remember: Callable[[str, Callable[[], Any]], Any] | None) -> tuple[nn.Module, dict]:
     graph = channel_graph(model, example_input)
     if not graph.groups:
         why = "; ".join(f"{', '.join(whole.producers[:3])}{' ...' if len(whole.producers) > 3 else ''}: "
@@ -222,16 +224,27 @@ def _prune(model: nn.Module, example_input: torch.Tensor, method: PruningMethod,
         key = json.dumps([method_name(method), method_options(method), seed])
         cut_to = lambda group_budget: cut(model, graph, example_input, method, group_budget, seed, calibration)[0]
 
-        def curves() -> list[Curve]:
+        def accuracy() -> Callable[[nn.Module], float]:
             if evaluate is None:
                 raise PrunedroidError(f"allocation {budget.allocation!r} measures accuracy: give `evaluate` (a "
                                       f"model's accuracy on held-out data)")
-            measure = lambda: layer_sensitivity(graph, model, cut_to, evaluate)
-            return measure() if remember_curves is None else remember_curves(key, measure)
+            return evaluate
+
+        def remembered(name: str, measure: Callable[[], Any]) -> Any:
+            return measure() if remember is None else remember(name, measure)
+
+        def curves() -> list[Curve]:
+            measured = remembered(key, lambda: layer_sensitivity(graph, model, cut_to, accuracy()))
+            return [[(int(kept), float(loss)) for kept, loss in curve] for curve in measured]
+
+        def score(counts: list[int]) -> float:
+            name = json.dumps([*json.loads(key), "search", counts])
+            return float(remembered(name, lambda: accuracy()(cut_to(Budget(LayerChannels(tuple(counts)))))))
 
         counts, allocation = allocate(graph, budget,
                                       lambda: channel_scores(model, graph, example_input, method, seed, calibration),
-                                      curves, None if model_ms is None else functools.partial(model_ms, graph))
+                                      curves, None if model_ms is None else functools.partial(model_ms, graph),
+                                      score, seed)
         per_group = Budget(LayerChannels(tuple(counts)))
     pruned, rows = cut(model, graph, example_input, method, per_group, seed, calibration)
     shape = tuple(example_input.shape[1:])

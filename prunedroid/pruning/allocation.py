@@ -10,12 +10,18 @@ sensitivity  each group pruned alone by the method at SENSITIVITY_RATIOS and the
 latency      the same loss curves, but the cost is the caller's predicted latency (a lookup table per layer shape)
              and the target a fraction of it: a step goes from the group whose predicted loss per millisecond saved
              is smallest (NetAdapt).
+search       budget.candidates whole allocations meeting the target, each pruned by the method and scored by the
+             caller's `evaluate` (held-out top-1 after re-measuring BatchNorm: EagleEye's adaptive-BN evaluation,
+             Li et al., ECCV 2020); the best is kept. The candidates interact as the real model does, which the
+             one-group-at-a-time curves above cannot see.
 
 No group goes below budget.min_keep of its channels under a non-uniform allocation.
 """
 from __future__ import annotations
 
+import functools
 import math
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,6 +35,7 @@ SENSITIVITY_RATIOS = (0.25, 0.5, 0.75, 0.9)  # fractions of one group's channels
 LOOKAHEAD = 4  # steps down a layer the latency allocation looks for a saving (one step can cost more: SIMD widths)
 Curve = list[tuple[int, float]]  # (kept channels, accuracy lost in points), from the whole group down
 PredictMs = Callable[[Sequence[int]], float]  # channels per group -> predicted batch-1 latency (ms)
+SEARCH_SPREAD = 3.0  # a candidate's group weights are log-uniform in [1/SPREAD, SPREAD]: cut shares differ up to 9x
 
 
 def floors(graph: ChannelGraph, budget: Budget) -> list[int]:
@@ -161,15 +168,56 @@ def layer_sensitivity(graph: ChannelGraph, model: nn.Module, cut: Callable[[Budg
     return curves
 
 
+def _weighted_loss(graph: ChannelGraph, weights: list[float], group: int, counts: list[int]) -> float:
+    """A search candidate's priority: its weight for `group` times the fraction of the group's channels gone."""
+    return weights[group] * (1 - counts[group] / graph.channels[group])
+
+
+def search_candidates(graph: ChannelGraph, budget: Budget, seed: int) -> list[list[int]]:
+    """budget.candidates distinct channel counts per group, each meeting the budget's MAC target within its tolerance,
+    rounding and floors. Each candidate weighs its groups (all 1 for the first, which comes out near-uniform;
+    log-uniform in [1/SEARCH_SPREAD, SEARCH_SPREAD] from `seed` for the others) and removes a step at a time from
+    the group whose weight times the fraction it has lost is smallest, so a light group loses more. Fewer than asked
+    when the target leaves fewer distinct allocations (draws stop after 20 times the number asked)."""
+    lowest = check_reachable(graph, budget)
+    draw = random.Random(seed)
+    found: list[list[int]] = []
+    for attempt in range(20 * budget.candidates):
+        if len(found) == budget.candidates:
+            break
+        weights = [1.0 if attempt == 0 else SEARCH_SPREAD ** draw.uniform(-1, 1) for _ in graph.channels]
+        counts = trim_to_target(graph, list(graph.channels), budget, lowest, functools.partial(_weighted_loss, graph,
+                                                                                                weights))
+        if counts not in found:
+            found.append(counts)
+    return found
+
+
+def search_counts(graph: ChannelGraph, budget: Budget, score: Callable[[list[int]], float],
+                  seed: int) -> tuple[int, list[dict]]:
+    """Every one of search_candidates with its `score` (channel counts -> held-out accuracy of the model pruned to
+    them, higher is better), in the order drawn, and the index of the best (the first of equals)."""
+    scored = [{"channels": counts, "score": score(counts)} for counts in search_candidates(graph, budget, seed)]
+    return max(range(len(scored)), key=lambda index: (scored[index]["score"], -index)), scored
+
+
 def allocate(graph: ChannelGraph, budget: Budget, scores: Callable[[], list[torch.Tensor]],
              curves: Callable[[], list[Curve]] | None = None,
-             predict_ms: PredictMs | None = None) -> tuple[list[int], dict]:
+             predict_ms: PredictMs | None = None,
+             score: Callable[[list[int]], float] | None = None, seed: int = 0) -> tuple[list[int], dict]:
     """Kept channels per group for a MAC- or latency-target budget, and what the allocation measured (for the
     report; the floor is in the budget's own entry).
     scores: the method's per-channel scores (global); curves: the measured sensitivity curves, e.g. layer_sensitivity
-    (sensitivity, latency); predict_ms: predicted latency of channel counts (latency)."""
+    (sensitivity, latency); predict_ms: predicted latency of channel counts (latency); score: held-out accuracy of
+    the model pruned to channel counts (search, which draws its candidates from `seed`)."""
     if budget.allocation == "global":
         return global_counts(graph, budget, scores()), {"allocation": "global"}
+    if budget.allocation == "search":
+        if score is None:
+            raise PrunedroidError("allocation 'search' scores candidates: give an evaluation (held-out data) to "
+                                  "score them on")
+        chosen, candidates = search_counts(graph, budget, score, seed)
+        return candidates[chosen]["channels"], {"allocation": "search", "candidates": candidates, "chosen": chosen}
     if curves is None:
         raise PrunedroidError(f"allocation {budget.allocation!r} measures accuracy: give an evaluation (held-out "
                               f"data) to measure it on")

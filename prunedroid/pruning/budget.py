@@ -13,7 +13,8 @@ from prunedroid.errors import PrunedroidError
 from prunedroid.options import option, parse_option
 from prunedroid.pruning.groups import ChannelGraph
 
-ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
+ALLOCATIONS = ("uniform", "global", "sensitivity", "latency", "search")
+MAX_CANDIDATES = 10_000  # a search scores each candidate on held-out images: more would take days
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,17 @@ class Budget:
 
     amount: Amount
     allocation: str = option("uniform", "how `mac_reduction` is shared among groups: uniform (one ratio), global "
-                                        "(the method's channel scores ranked across groups) or sensitivity (measured "
-                                        "accuracy loss per MAC); latency: accuracy loss per ms of measured layer "
-                                        "latency, to a `latency_reduction`")
+                                        "(the method's channel scores ranked across groups), sensitivity (measured "
+                                        "accuracy loss per MAC) or search (`candidates` random allocations scored "
+                                        "on held-out images, the best kept); latency: accuracy loss per ms of "
+                                        "measured layer latency, to a `latency_reduction`")
     round_to: int = option(1, "every pruned group keeps a multiple of this many channels, at least this many")
     min_keep: float = option(0.1, "the fraction of a group's channels it never goes below with `allocation` global/"
-                                  "sensitivity/latency; with `method` kmeans and no allocation, the floor of its "
-                                  "automatic K (there 0.25 unless given)")
+                                  "sensitivity/latency/search; with `method` kmeans and no allocation, the floor of "
+                                  "its automatic K (there 0.25 unless given)")
+    candidates: int = option(32, "with `allocation` search: how many per-group allocations meeting the target are "
+                                 "pruned and scored by held-out top-1 after re-measuring BatchNorm (the first is "
+                                 "near-uniform, the rest drawn at random from the seed)")
     tolerance: float = 0.01
 
     def __post_init__(self) -> None:
@@ -120,7 +125,9 @@ class Budget:
         if (self.allocation == "latency") != isinstance(self.amount, LatencyReduction):
             raise PrunedroidError("`latency_reduction` and `allocation` latency go together: the latency allocation "
                                   "trims to a latency target, and only it measures latency")
-        if self.allocation in ("global", "sensitivity") and not isinstance(self.amount, MacReduction):
+        if type(self.candidates) is not int or not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise PrunedroidError(f"`candidates` must be a whole number in 1..{MAX_CANDIDATES}, got {self.candidates}")
+        if self.allocation in ("global", "sensitivity", "search") and not isinstance(self.amount, MacReduction):
             raise PrunedroidError(f"`allocation` {self.allocation} shares a MAC target among layers: give "
                                   f"`mac_reduction`, not `{self.amount.option}` (that fixes each layer's share)")
         if not 0 < self.min_keep <= 1:
@@ -183,10 +190,12 @@ class Budget:
 
     def to_dict(self) -> dict:
         """The budget as reports record it: {"mac_reduction": 0.5, "tolerance": 0.01, "round_to": 1,
-        "allocation": "uniform"}, with min_keep where an allocation uses it."""
+        "allocation": "uniform"}, with min_keep where an allocation uses it and candidates where a search does."""
         value = amount_value(self.amount)
         record = {self.amount.option: list(value) if isinstance(value, tuple) else value,
                   "tolerance": self.tolerance, "round_to": self.round_to, "allocation": self.allocation}
+        if self.allocation == "search":
+            record["candidates"] = self.candidates
         return record if self.allocation == "uniform" else {**record, "min_keep": self.min_keep}
 
 
