@@ -197,7 +197,8 @@ def replot(out: Path) -> None:
 def main() -> None:
     parser = arguments(__doc__, out="benchmarks/results/frontier_wide", work="runs/bench-frontier")
     parser.add_argument("--methods", default="l1,scp-cosine", help=f"of {', '.join(METHODS)}")
-    parser.add_argument("--allocations", default=",".join(ALLOCATIONS))
+    parser.add_argument("--allocations", default="uniform,global,sensitivity,latency",
+                        help=f"of {', '.join(ALLOCATIONS)} (default: those its committed results compare)")
     parser.add_argument("--targets", default="0.5,0.6,0.7,0.8", help="MAC reductions")
     parser.add_argument("--finetune", default="0.7", help="targets to fine-tune: all, none or a comma list")
     parser.add_argument("--round-to", type=int, default=1)
