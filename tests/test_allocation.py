@@ -227,3 +227,26 @@ def test_a_search_without_a_mac_target_or_candidates_is_refused(options, message
 def test_a_search_needs_held_out_images():
     with pytest.raises(PrunedroidError, match="held-out training images"):
         prune_model(trained_like(SMALL), "l1", Budget.of(mac_reduction=0.5, allocation="search"))
+
+
+def test_a_candidate_stranded_between_steps_is_skipped_but_an_unreachable_target_is_refused(monkeypatch):
+    """Weights that leave every remaining step past the tolerance give no candidate (others are drawn); when even
+    the evenly weighted first candidate cannot reach the target, the search refuses as every allocation does."""
+    import prunedroid.pruning.allocation as allocation
+
+    graph, budget = vgg_graph(TINY), Budget.of(mac_reduction=0.5, allocation="search", candidates=4)
+    reach = allocation.trim_to_target
+    calls = []
+
+    def stranded(*args, **kwargs):
+        raise PrunedroidError("could not reach a 50.0% MAC reduction within 1.0%")
+
+    def every_second_stranded(*args, **kwargs):
+        calls.append(len(calls))
+        return (stranded if len(calls) % 2 == 0 else reach)(*args, **kwargs)
+
+    monkeypatch.setattr(allocation, "trim_to_target", every_second_stranded)
+    assert len(allocation.search_candidates(graph, budget, seed=0)) == 4 and len(calls) >= 7
+    monkeypatch.setattr(allocation, "trim_to_target", stranded)
+    with pytest.raises(PrunedroidError, match="could not reach"):
+        allocation.search_candidates(graph, budget, seed=0)

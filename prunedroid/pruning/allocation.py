@@ -186,8 +186,13 @@ def search_candidates(graph: ChannelGraph, budget: Budget, seed: int) -> list[li
         if len(found) == budget.candidates:
             break
         weights = [1.0 if attempt == 0 else SEARCH_SPREAD ** draw.uniform(-1, 1) for _ in graph.channels]
-        counts = trim_to_target(graph, list(graph.channels), budget, lowest, functools.partial(_weighted_loss, graph,
-                                                                                                weights))
+        try:
+            counts = trim_to_target(graph, list(graph.channels), budget, lowest,
+                                    functools.partial(_weighted_loss, graph, weights))
+        except PrunedroidError:
+            if attempt == 0:  # even evenly shared, the target is out of reach: as for every other allocation
+                raise
+            continue  # these weights strand the target between two steps: draw others
         if counts not in found:
             found.append(counts)
     return found
