@@ -54,18 +54,21 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="fine-tune seeds of every cell")
     parser.add_argument("--candidates", type=int, default=32, help="allocations the search scores")
     parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--allocations", default=",".join(ALLOCATIONS), help="search and the allocations it is "
+                                                                            "compared with")
     args = parser.parse_args()
+    allocations = args.allocations.split(",")
     bench = Bench.from_arguments(args)
     if args.epochs:
         bench.finetune_config = dataclasses.replace(bench.finetune_config, epochs=args.epochs)
         bench.payload["finetune"] = dataclasses.asdict(bench.finetune_config)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     for target in (float(t) for t in args.targets.split(",")):
-        for allocation in ALLOCATIONS:
+        for allocation in allocations:
             run_cell(bench, f"{target:.2f}/{allocation}", budget_of(target, allocation, args.round_to,
                                                                      args.candidates), seeds)
             bench.save("search (in progress)", "")
-        for reference in ("sensitivity", "uniform"):
+        for reference in (allocation for allocation in ("sensitivity", "uniform") if allocation in allocations):
             bench.pair(f"{target:.2f}/search", f"{target:.2f}/{reference}", over_runs=True)
     paired = [{"comparison": name, "seeds": len(result["seeds"]), "test": interval(result["test"]),
                "held-out": interval(result["unused_holdout"]) if "unused_holdout" in result else ""}
