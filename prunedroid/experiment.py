@@ -40,7 +40,7 @@ from prunedroid.measure.report import command_line, markdown_table, write_result
 from prunedroid.models import MODELS, build_model
 from prunedroid.pruned import BATCHNORM_IMAGES, SCORED_IMAGES, prune_checkpoint, prune_model
 from prunedroid.pruning import Budget, Method, SCPConfig, method_name
-from prunedroid.training.checkpoint import Checkpoint
+from prunedroid.training.checkpoint import Checkpoint, weights_sha256
 from prunedroid.training.train import CHECKPOINT_NAME, TrainConfig, evaluate, make_config, remeasure_batchnorm, train
 
 PROGRAM_RUNS = 200  # timed batch-1 calls per program and process, after PROGRAM_WARMUP untimed ones
@@ -115,6 +115,7 @@ class Bench:
                                   f"pass another --out, or delete it to start over")
         payload = {**resumed(previous),
                    "base": {"checkpoint": base, "sha256": sha256,
+                            "weights_sha256": weights_sha256(checkpoint.state_dict),
                             "width": checkpoint.recipe["width"], "epochs": checkpoint.epoch,
                             "arch": checkpoint.arch,
                             "test_top1": evaluate(model, data.test)["top1"]},

@@ -19,6 +19,7 @@ from prunedroid.experiment import (
 from prunedroid.models import build_model, vgg16_spec
 from prunedroid.pruned import example_input
 from prunedroid.pruning import Budget
+from prunedroid.training.checkpoint import Checkpoint, weights_sha256
 from prunedroid.training.train import CHECKPOINT_NAME
 
 
@@ -33,6 +34,8 @@ def test_paired_difference_matches_the_cells_and_is_not_redone(tmp_path, cifar_d
     bench = Bench.open(str(base), str(tmp_path / "out"), str(tmp_path / "work"), finetune_preset="smoke",
                        data_dir=str(cifar_dir), threads=1)
     bench.finetune_config = dataclasses.replace(bench.finetune_config, train_limit=256)
+    # the base is named by its file and by its weights (a file's hash also covers its training history's timings)
+    assert bench.payload["base"]["weights_sha256"] == weights_sha256(Checkpoint.load(base).state_dict)
     budget = Budget.of(mac_reduction=0.5)
     for name in ("l1", "random"):
         bench.measure(f"0.50/{name}", name, budget, target=0.5)
