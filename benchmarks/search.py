@@ -75,12 +75,13 @@ def main() -> None:
               for name, result in bench.payload.get("paired", {}).items()]
     weight = bench.finetune_config.distill_weight
     text = (f"Base: {base_title(bench.payload)}. L1 scores, `--round-to {args.round_to}`, search over "
-            f"{args.candidates} candidates; fine-tune {bench.finetune_config.epochs} epoch(s)"
+            f"{args.candidates} candidates; fine-tune: {bench.finetune_config.epochs} epochs"
             + (f", distilled from the base (weight {weight})" if weight else "") + ".\n\n"
             + markdown_table(table := rows(bench), list(table[0]))
             + "\n### Search minus the other allocations, paired over images and seeds\n\n"
             + markdown_table(paired, list(paired[0])))
-    bench.save("Allocation by search against sensitivity and uniform", text, NOTES)
+    others = [allocation for allocation in allocations if allocation != "search"]
+    bench.save(f"Allocation by search against {' and '.join(others)} allocation", text, NOTES)
 
 
 NOTES = """
